@@ -1,0 +1,1 @@
+"""The llmir runtime: paged KV cache memory management and CPU kernels."""
