@@ -24,8 +24,23 @@ def _all_dialects() -> dict[str, Callable[[], Dialect]]:
     return {"llm": _get_llm_dialect}
 
 
+def _get_llm_kv_cache_stats() -> type[ModulePass]:
+    from llmir.transforms.llm_kv_cache_stats import LLMKVCacheStatsPass
+
+    return LLMKVCacheStatsPass
+
+
+def _get_llm_verify_kv_cache() -> type[ModulePass]:
+    from llmir.transforms.llm_verify_kv_cache import LLMVerifyKVCachePass
+
+    return LLMVerifyKVCachePass
+
+
 def _all_passes() -> dict[str, Callable[[], type[ModulePass]]]:
-    return {}
+    return {
+        "llm-kv-cache-stats": _get_llm_kv_cache_stats,
+        "llm-verify-kv-cache": _get_llm_verify_kv_cache,
+    }
 
 
 LLMIR_UNIVERSE = Universe(all_dialects=_all_dialects(), all_passes=_all_passes())

@@ -1,0 +1,649 @@
+"""
+The `llm` dialect: a paged KV cache and the attention that reads it.
+
+A cache value of type `!llm.paged_kv_cache<E, L, H, D, B, S>` is created once,
+then threaded through the program in SSA form: `llm.append_kv` returns the new
+version of the cache, which later ops must use.  The geometry is in the type;
+the number of blocks in the pool is chosen by `llm.create_kv_cache`.
+
+Keys, values and queries are `[batch, T, heads, head_dim]` tensors whose element
+type is f32 or the cache's element type (the runtime converts on store/load).
+Batch, token and block-table widths may be dynamic (`?`); heads and head_dim
+must be static.  Sequence ids, block tables and sequence lengths are i32.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from xdsl.dialects.builtin import (
+    DYNAMIC_INDEX,
+    I32,
+    I64,
+    BoolAttr,
+    Float32Type,
+    FloatAttr,
+    IntegerAttr,
+    TensorType,
+    f32,
+    i32,
+    i64,
+)
+from xdsl.ir import Attribute, Dialect, SSAValue
+from xdsl.irdl import (
+    IRDLOperation,
+    attr_def,
+    irdl_op_definition,
+    operand_def,
+    opt_attr_def,
+    result_def,
+    traits_def,
+)
+from xdsl.utils.exceptions import VerifyException
+
+from llmir.dialects.interfaces import (
+    AttentionInterface,
+    KVCacheInterface,
+    KVCacheMemoryEffect,
+)
+from llmir.dialects.llm_checks import (
+    at_most,
+    cache_type_of,
+    check_data_element_type,
+    check_heads_and_dim,
+    check_layer,
+    check_optional_geometry,
+    check_table_and_lens,
+    dims_agree,
+    i32_attr_or_none,
+    i32_tensor,
+    ranked_tensor,
+    static_dim,
+)
+from llmir.dialects.llm_type import PagedKVCacheType
+
+__all__ = [
+    "LLM",
+    "AppendKVOp",
+    "BlockTableOp",
+    "CreateKVCacheOp",
+    "FreeSequenceOp",
+    "LookupKVOp",
+    "PagedAttentionOp",
+    "PagedKVCacheType",
+]
+
+_FUNCTIONAL_FORMAT = "operands attr-dict `:` functional-type(operands, results)"
+
+
+# --- ops -----------------------------------------------------------------------
+
+
+@irdl_op_definition
+class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
+    """
+    Creates an empty paged KV cache with a pool of `num_blocks` blocks per layer.
+
+    ```mlir
+    %kv = llm.create_kv_cache {num_blocks = 512 : i64}
+        : !llm.paged_kv_cache<f16, 12, 16, 64, 16, 4096>
+    ```
+    """
+
+    name = "llm.create_kv_cache"
+
+    num_blocks_attr = attr_def(IntegerAttr[I64], attr_name="num_blocks")
+
+    cache = result_def(PagedKVCacheType)
+
+    traits = traits_def(KVCacheMemoryEffect())
+
+    assembly_format = "attr-dict `:` type($cache)"
+
+    def __init__(self, cache_type: PagedKVCacheType, num_blocks: int):
+        super().__init__(
+            result_types=[cache_type],
+            attributes={"num_blocks": IntegerAttr(num_blocks, i64)},
+        )
+
+    @property
+    def num_blocks(self) -> int:
+        return self.num_blocks_attr.value.data
+
+    def verify_(self) -> None:
+        if self.num_blocks <= 0:
+            raise VerifyException(
+                f"llm.create_kv_cache: num_blocks must be positive, "
+                f"got {self.num_blocks}"
+            )
+
+    # KVCacheInterface
+    def get_cache(self) -> SSAValue:
+        return self.cache
+
+    def get_updated_cache(self) -> SSAValue | None:
+        return None
+
+    def allocates_cache(self) -> bool:
+        return True
+
+
+@irdl_op_definition
+class AppendKVOp(KVCacheInterface, IRDLOperation):
+    """
+    Appends `T` new tokens' keys and values to each sequence of the batch.
+
+    `keys`/`values` are `[batch, T, H, D]`, `seq_ids` is `[batch]` i32.  Results
+    are the new version of the cache and, for each appended token, the physical
+    block it was written to (`[batch, T]` i32).  `layer` (default 0) selects the
+    layer; `block_size`/`max_seq_len` are optional and must match the type.
+
+    ```mlir
+    !kv_cache_t = !llm.paged_kv_cache<f16, 12, 16, 64, 16, 4096>
+    %new_kv, %block_indices = llm.append_kv %kv_cache, %keys, %values, %seq_ids {
+      block_size = 16 : i32,
+      max_seq_len = 4096 : i32
+    } : (!kv_cache_t, tensor<2x1x16x64xf16>, tensor<2x1x16x64xf16>, tensor<2xi32>)
+        -> (!kv_cache_t, tensor<2x1xi32>)
+    ```
+    """
+
+    name = "llm.append_kv"
+
+    cache = operand_def(PagedKVCacheType)
+    keys = operand_def(TensorType)
+    values = operand_def(TensorType)
+    seq_ids = operand_def(TensorType)
+
+    layer_attr = opt_attr_def(IntegerAttr[I32], attr_name="layer")
+    block_size_attr = opt_attr_def(IntegerAttr[I32], attr_name="block_size")
+    max_seq_len_attr = opt_attr_def(IntegerAttr[I32], attr_name="max_seq_len")
+
+    new_cache = result_def(PagedKVCacheType)
+    block_indices = result_def(TensorType)
+
+    traits = traits_def(KVCacheMemoryEffect())
+
+    assembly_format = _FUNCTIONAL_FORMAT
+
+    def __init__(
+        self,
+        cache: SSAValue,
+        keys: SSAValue,
+        values: SSAValue,
+        seq_ids: SSAValue,
+        *,
+        layer: int | None = None,
+        with_geometry: bool = False,
+    ):
+        """`with_geometry` also records block_size/max_seq_len, as the seed does."""
+        cache_type = cache.type
+        keys_type = keys.type
+        assert isinstance(cache_type, PagedKVCacheType)
+        assert isinstance(keys_type, TensorType)
+        batch, tokens = keys_type.get_shape()[:2]
+        attributes: dict[str, Attribute | None] = {"layer": i32_attr_or_none(layer)}
+        if with_geometry:
+            attributes["block_size"] = i32_attr_or_none(cache_type.block_size)
+            attributes["max_seq_len"] = i32_attr_or_none(cache_type.max_seq_len)
+        super().__init__(
+            operands=[cache, keys, values, seq_ids],
+            result_types=[cache_type, TensorType(i32, [batch, tokens])],
+            attributes=attributes,
+        )
+
+    @property
+    def layer(self) -> int:
+        return 0 if self.layer_attr is None else self.layer_attr.value.data
+
+    def verify_(self) -> None:
+        op = self.name
+        cache = cache_type_of(self.cache)
+        if self.new_cache.type != cache:
+            raise VerifyException(
+                f"{op}: result cache type {self.new_cache.type} does not match "
+                f"operand cache type {cache}"
+            )
+        keys = ranked_tensor(op, "keys", self.keys.type, 4)
+        if self.values.type != keys:
+            raise VerifyException(
+                f"{op}: values type {self.values.type} does not match keys type {keys}"
+            )
+        check_data_element_type(op, "keys", keys, cache)
+        check_heads_and_dim(op, "keys", keys, cache)
+        batch, tokens = keys.get_shape()[:2]
+        at_most(op, "tokens per sequence", tokens, "max_seq_len", cache.max_seq_len)
+        seq_ids = i32_tensor(op, "seq_ids", self.seq_ids.type, 1)
+        dims_agree(op, "seq_ids batch", seq_ids.get_shape()[0], "keys batch", batch)
+        indices = i32_tensor(op, "block_indices", self.block_indices.type, 2)
+        index_batch, index_tokens = indices.get_shape()
+        dims_agree(op, "block_indices batch", index_batch, "keys batch", batch)
+        dims_agree(op, "block_indices tokens", index_tokens, "keys tokens", tokens)
+        check_layer(op, self.layer, cache)
+        check_optional_geometry(
+            op, "block_size", self.block_size_attr, cache.block_size
+        )
+        check_optional_geometry(
+            op, "max_seq_len", self.max_seq_len_attr, cache.max_seq_len
+        )
+
+    # KVCacheInterface
+    def get_cache(self) -> SSAValue:
+        return self.cache
+
+    def get_updated_cache(self) -> SSAValue | None:
+        return self.new_cache
+
+    def get_appended_tokens(self) -> int | None:
+        keys_type = self.keys.type
+        assert isinstance(keys_type, TensorType)
+        batch, tokens = keys_type.get_shape()[:2]
+        if DYNAMIC_INDEX in (batch, tokens):
+            return None
+        return batch * tokens
+
+    def get_layer(self) -> int | None:
+        return self.layer
+
+
+@irdl_op_definition
+class BlockTableOp(KVCacheInterface, IRDLOperation):
+    """
+    Reads the block tables and lengths of a batch of sequences.
+
+    The table is `[batch, M]` i32, each row a sequence's physical blocks in
+    order, padded with -1; `M` is at most `max_seq_len / block_size` (a sequence
+    with more than `M` blocks is a runtime error).  Lengths are `[batch]` i32.
+
+    ```mlir
+    %table, %lens = llm.block_table %kv, %seq_ids
+        : (!kv_cache_t, tensor<2xi32>) -> (tensor<2x128xi32>, tensor<2xi32>)
+    ```
+    """
+
+    name = "llm.block_table"
+
+    cache = operand_def(PagedKVCacheType)
+    seq_ids = operand_def(TensorType)
+
+    block_table = result_def(TensorType)
+    seq_lens = result_def(TensorType)
+
+    traits = traits_def(KVCacheMemoryEffect())
+
+    assembly_format = _FUNCTIONAL_FORMAT
+
+    def __init__(
+        self, cache: SSAValue, seq_ids: SSAValue, max_blocks: int | None = None
+    ):
+        """`max_blocks` (the table width) defaults to max_seq_len / block_size."""
+        cache_type = cache.type
+        seq_ids_type = seq_ids.type
+        assert isinstance(cache_type, PagedKVCacheType)
+        assert isinstance(seq_ids_type, TensorType)
+        (batch,) = seq_ids_type.get_shape()
+        width = cache_type.max_blocks_per_seq if max_blocks is None else max_blocks
+        super().__init__(
+            operands=[cache, seq_ids],
+            result_types=[TensorType(i32, [batch, width]), TensorType(i32, [batch])],
+        )
+
+    def verify_(self) -> None:
+        op = self.name
+        cache = cache_type_of(self.cache)
+        seq_ids = i32_tensor(op, "seq_ids", self.seq_ids.type, 1)
+        (batch,) = seq_ids.get_shape()
+        table = i32_tensor(op, "block_table", self.block_table.type, 2)
+        table_batch, width = table.get_shape()
+        dims_agree(op, "block_table batch", table_batch, "seq_ids batch", batch)
+        if width != DYNAMIC_INDEX and width < 1:
+            raise VerifyException(f"{op}: block_table width must be positive")
+        at_most(
+            op,
+            "block_table width",
+            width,
+            "max_seq_len / block_size",
+            cache.max_blocks_per_seq,
+        )
+        lens = i32_tensor(op, "seq_lens", self.seq_lens.type, 1)
+        dims_agree(op, "seq_lens batch", lens.get_shape()[0], "seq_ids batch", batch)
+
+    # KVCacheInterface
+    def get_cache(self) -> SSAValue:
+        return self.cache
+
+    def get_updated_cache(self) -> SSAValue | None:
+        return None
+
+
+@irdl_op_definition
+class LookupKVOp(KVCacheInterface, IRDLOperation):
+    """
+    Gathers one layer's cached keys and values into contiguous tensors.
+
+    Results are `[batch, max_len, H, D]`, token `p < seq_lens[b]` of row `b` at
+    `[b, p]`, the rest zero.  `max_len` is at most `max_seq_len`.
+
+    ```mlir
+    %k, %v = llm.lookup_kv %kv, %table, %lens {layer = 0 : i32}
+        : (!kv_cache_t, tensor<2x128xi32>, tensor<2xi32>)
+        -> (tensor<2x2048x16x64xf16>, tensor<2x2048x16x64xf16>)
+    ```
+    """
+
+    name = "llm.lookup_kv"
+
+    cache = operand_def(PagedKVCacheType)
+    block_table = operand_def(TensorType)
+    seq_lens = operand_def(TensorType)
+
+    layer_attr = opt_attr_def(IntegerAttr[I32], attr_name="layer")
+
+    keys = result_def(TensorType)
+    values = result_def(TensorType)
+
+    traits = traits_def(KVCacheMemoryEffect())
+
+    assembly_format = _FUNCTIONAL_FORMAT
+
+    def __init__(
+        self,
+        cache: SSAValue,
+        block_table: SSAValue,
+        seq_lens: SSAValue,
+        *,
+        max_len: int | None = None,
+        layer: int | None = None,
+        element_type: Attribute | None = None,
+    ):
+        """`max_len` defaults to the table's capacity (width * block_size),
+        `element_type` to the cache's."""
+        cache_type = cache.type
+        table_type = block_table.type
+        assert isinstance(cache_type, PagedKVCacheType)
+        assert isinstance(table_type, TensorType)
+        batch, width = table_type.get_shape()
+        if max_len is None:
+            max_len = (
+                cache_type.max_seq_len
+                if width == DYNAMIC_INDEX
+                else width * cache_type.block_size
+            )
+        result_type = TensorType(
+            cache_type.element_type if element_type is None else element_type,
+            [batch, max_len, cache_type.num_heads, cache_type.head_dim],
+        )
+        super().__init__(
+            operands=[cache, block_table, seq_lens],
+            result_types=[result_type, result_type],
+            attributes={"layer": i32_attr_or_none(layer)},
+        )
+
+    @property
+    def layer(self) -> int:
+        return 0 if self.layer_attr is None else self.layer_attr.value.data
+
+    def verify_(self) -> None:
+        op = self.name
+        cache = cache_type_of(self.cache)
+        batch, _ = check_table_and_lens(op, self.block_table, self.seq_lens, cache)
+        keys = ranked_tensor(op, "keys", self.keys.type, 4)
+        if self.values.type != keys:
+            raise VerifyException(
+                f"{op}: values type {self.values.type} does not match keys type {keys}"
+            )
+        check_data_element_type(op, "keys", keys, cache)
+        check_heads_and_dim(op, "keys", keys, cache)
+        keys_batch, max_len = keys.get_shape()[:2]
+        dims_agree(op, "keys batch", keys_batch, "block_table batch", batch)
+        at_most(op, "keys length", max_len, "max_seq_len", cache.max_seq_len)
+        check_layer(op, self.layer, cache)
+
+    # KVCacheInterface
+    def get_cache(self) -> SSAValue:
+        return self.cache
+
+    def get_updated_cache(self) -> SSAValue | None:
+        return None
+
+    def get_layer(self) -> int | None:
+        return self.layer
+
+
+@irdl_op_definition
+class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
+    """
+    Attention of new queries against one layer of the paged cache.
+
+    `query` is `[batch, Tq, Hq, D]` with `Hq` a multiple of the cache's kv heads
+    (GQA/MQA: query head `h` reads kv head `h // (Hq / H)`).  `Tq = 1` is decode;
+    `Tq > 1` is (chunked) prefill: the new tokens are the last `Tq` of each
+    sequence and, when `causal` (default true), token `i` sees cached tokens
+    up to `seq_len - Tq + i`.  `scale` defaults to `1/sqrt(D)`; `num_heads`
+    (query heads) and `head_dim` are optional and must match the types.
+
+    ```mlir
+    %out = llm.paged_attention %q, %kv, %table, %lens {
+      num_heads = 16 : i32, head_dim = 64 : i32, scale = 0.125 : f32
+    } : (tensor<2x1x16x64xf16>, !kv_cache_t, tensor<2x128xi32>, tensor<2xi32>)
+        -> tensor<2x1x16x64xf16>
+    ```
+    """
+
+    name = "llm.paged_attention"
+
+    query = operand_def(TensorType)
+    cache = operand_def(PagedKVCacheType)
+    block_table = operand_def(TensorType)
+    seq_lens = operand_def(TensorType)
+
+    num_heads_attr = opt_attr_def(IntegerAttr[I32], attr_name="num_heads")
+    head_dim_attr = opt_attr_def(IntegerAttr[I32], attr_name="head_dim")
+    scale_attr = opt_attr_def(FloatAttr[Float32Type], attr_name="scale")
+    layer_attr = opt_attr_def(IntegerAttr[I32], attr_name="layer")
+    causal_attr = opt_attr_def(BoolAttr, attr_name="causal")
+
+    output = result_def(TensorType)
+
+    traits = traits_def(KVCacheMemoryEffect())
+
+    assembly_format = _FUNCTIONAL_FORMAT
+
+    def __init__(
+        self,
+        query: SSAValue,
+        cache: SSAValue,
+        block_table: SSAValue,
+        seq_lens: SSAValue,
+        *,
+        scale: float | None = None,
+        layer: int | None = None,
+        causal: bool | None = None,
+        with_geometry: bool = False,
+    ):
+        """`with_geometry` also records num_heads/head_dim, as the seed does."""
+        query_type = query.type
+        assert isinstance(query_type, TensorType)
+        attributes: dict[str, Attribute | None] = {
+            "scale": None if scale is None else FloatAttr(scale, f32),
+            "layer": i32_attr_or_none(layer),
+            "causal": None if causal is None else IntegerAttr(int(causal), 1),
+        }
+        if with_geometry:
+            _, _, heads, head_dim = query_type.get_shape()
+            attributes["num_heads"] = i32_attr_or_none(heads)
+            attributes["head_dim"] = i32_attr_or_none(head_dim)
+        super().__init__(
+            operands=[query, cache, block_table, seq_lens],
+            result_types=[query_type],
+            attributes=attributes,
+        )
+
+    @property
+    def layer(self) -> int:
+        return 0 if self.layer_attr is None else self.layer_attr.value.data
+
+    @property
+    def causal(self) -> bool:
+        return True if self.causal_attr is None else bool(self.causal_attr.value.data)
+
+    @property
+    def scale(self) -> float:
+        if self.scale_attr is None:
+            return 1.0 / math.sqrt(self.get_head_dim())
+        return self.scale_attr.value.data
+
+    def _query_shape(self) -> Sequence[int]:
+        query_type = self.query.type
+        assert isinstance(query_type, TensorType)
+        return query_type.get_shape()
+
+    def verify_(self) -> None:
+        op = self.name
+        cache = cache_type_of(self.cache)
+        query = ranked_tensor(op, "query", self.query.type, 4)
+        check_data_element_type(op, "query", query, cache)
+        batch, q_len, q_heads, head_dim = query.get_shape()
+        static_dim(op, "query num_heads", q_heads)
+        static_dim(op, "query head_dim", head_dim)
+        dims_agree(op, "query head_dim", head_dim, "cache head_dim", cache.head_dim)
+        if q_heads % cache.num_heads != 0:
+            raise VerifyException(
+                f"{op}: query num_heads {q_heads} is not a multiple of "
+                f"cache num_heads {cache.num_heads}"
+            )
+        at_most(op, "query length", q_len, "max_seq_len", cache.max_seq_len)
+        table_batch, _ = check_table_and_lens(
+            op, self.block_table, self.seq_lens, cache
+        )
+        dims_agree(op, "block_table batch", table_batch, "query batch", batch)
+        if self.output.type != query:
+            raise VerifyException(
+                f"{op}: output type {self.output.type} does not match "
+                f"query type {query}"
+            )
+        if self.num_heads_attr is not None:
+            dims_agree(
+                op,
+                "num_heads",
+                self.num_heads_attr.value.data,
+                "query num_heads",
+                q_heads,
+            )
+        if self.head_dim_attr is not None:
+            dims_agree(
+                op,
+                "head_dim",
+                self.head_dim_attr.value.data,
+                "query head_dim",
+                head_dim,
+            )
+        if self.scale_attr is not None and not self.scale_attr.value.data > 0:
+            raise VerifyException(
+                f"{op}: scale must be positive, got {self.scale_attr.value.data}"
+            )
+        check_layer(op, self.layer, cache)
+
+    # KVCacheInterface
+    def get_cache(self) -> SSAValue:
+        return self.cache
+
+    def get_updated_cache(self) -> SSAValue | None:
+        return None
+
+    def get_layer(self) -> int | None:
+        return self.layer
+
+    # AttentionInterface
+    def get_batch_size(self) -> int | None:
+        batch = self._query_shape()[0]
+        return None if batch == DYNAMIC_INDEX else batch
+
+    def get_query_len(self) -> int | None:
+        q_len = self._query_shape()[1]
+        return None if q_len == DYNAMIC_INDEX else q_len
+
+    def get_num_query_heads(self) -> int:
+        return self._query_shape()[2]
+
+    def get_num_kv_heads(self) -> int:
+        return self.get_cache_type().num_heads
+
+    def get_head_dim(self) -> int:
+        return self._query_shape()[3]
+
+    def get_scale(self) -> float:
+        return self.scale
+
+    def is_causal(self) -> bool:
+        return self.causal
+
+    def get_max_kv_len(self) -> int:
+        cache = self.get_cache_type()
+        table_type = self.block_table.type
+        assert isinstance(table_type, TensorType)
+        width = table_type.get_shape()[1]
+        if width == DYNAMIC_INDEX:
+            return cache.max_seq_len
+        return width * cache.block_size
+
+
+@irdl_op_definition
+class FreeSequenceOp(KVCacheInterface, IRDLOperation):
+    """
+    Ends sequences: their blocks go back to the pool and their ids are forgotten.
+
+    Like `llm.append_kv` it returns the new version of the cache.
+
+    ```mlir
+    %kv2 = llm.free_sequence %kv, %seq_ids : (!kv_cache_t, tensor<2xi32>) -> !kv_cache_t
+    ```
+    """
+
+    name = "llm.free_sequence"
+
+    cache = operand_def(PagedKVCacheType)
+    seq_ids = operand_def(TensorType)
+
+    new_cache = result_def(PagedKVCacheType)
+
+    traits = traits_def(KVCacheMemoryEffect())
+
+    assembly_format = _FUNCTIONAL_FORMAT
+
+    def __init__(self, cache: SSAValue, seq_ids: SSAValue):
+        super().__init__(operands=[cache, seq_ids], result_types=[cache.type])
+
+    def verify_(self) -> None:
+        op = self.name
+        cache = cache_type_of(self.cache)
+        if self.new_cache.type != cache:
+            raise VerifyException(
+                f"{op}: result cache type {self.new_cache.type} does not match "
+                f"operand cache type {cache}"
+            )
+        i32_tensor(op, "seq_ids", self.seq_ids.type, 1)
+
+    # KVCacheInterface
+    def get_cache(self) -> SSAValue:
+        return self.cache
+
+    def get_updated_cache(self) -> SSAValue | None:
+        return self.new_cache
+
+
+LLM = Dialect(
+    "llm",
+    [
+        CreateKVCacheOp,
+        AppendKVOp,
+        BlockTableOp,
+        LookupKVOp,
+        PagedAttentionOp,
+        FreeSequenceOp,
+    ],
+    [
+        PagedKVCacheType,
+    ],
+)

@@ -1,0 +1,149 @@
+"""
+`llm-kv-cache-stats`: per-function KV cache traffic and attention cost.
+
+Annotates every `func.func` that contains `llm` cache ops with a
+`llm.kv_stats` dictionary, computed only through `KVCacheInterface` and
+`AttentionInterface`:
+
+- `tokens_appended`: tokens written by all appends (batch * T each);
+- `kv_bytes_written`: their key+value bytes (one layer each);
+- `attention_flops_max`: 4 * batch * Hq * Tq * Lkv * D per attention
+  (QK^T and PV), with Lkv the block-table capacity, an upper bound;
+- `kv_bytes_read_max`: key+value bytes that attention and lookups may read,
+  bounded the same way (GQA reads each kv head once per sequence).
+
+A statistic that depends on a dynamic dimension is left out and its name is
+listed in `dynamic`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from xdsl.context import Context
+from xdsl.dialects import builtin, func
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    DictionaryAttr,
+    IntegerAttr,
+    StringAttr,
+    TensorType,
+    i64,
+)
+from xdsl.ir import Attribute, Operation
+from xdsl.passes import ModulePass
+
+from llmir.dialects.interfaces import AttentionInterface, KVCacheInterface
+from llmir.dialects.llm import LookupKVOp
+
+STATS_ATTR_NAME = "llm.kv_stats"
+
+
+@dataclass
+class KVCacheStats:
+    """Running totals; a name in `dynamic` marks a total as unknown."""
+
+    tokens_appended: int = 0
+    kv_bytes_written: int = 0
+    attention_flops_max: int = 0
+    kv_bytes_read_max: int = 0
+    dynamic: set[str] = field(default_factory=set[str])
+
+    def add(self, stat: str, amount: int | None) -> None:
+        if amount is None:
+            self.dynamic.add(stat)
+        else:
+            setattr(self, stat, getattr(self, stat) + amount)
+
+    def as_attribute(self) -> DictionaryAttr:
+        entries: dict[str, Attribute] = {}
+        for stat in (
+            "tokens_appended",
+            "kv_bytes_written",
+            "attention_flops_max",
+            "kv_bytes_read_max",
+        ):
+            if stat not in self.dynamic:
+                entries[stat] = IntegerAttr(getattr(self, stat), i64)
+        if self.dynamic:
+            entries["dynamic"] = ArrayAttr(
+                [StringAttr(stat) for stat in sorted(self.dynamic)]
+            )
+        return DictionaryAttr(entries)
+
+
+def _product(*factors: int | None) -> int | None:
+    result = 1
+    for factor in factors:
+        if factor is None:
+            return None
+        result *= factor
+    return result
+
+
+def _static_or_none(dim: int) -> int | None:
+    return None if dim == builtin.DYNAMIC_INDEX else dim
+
+
+def collect_stats(root: Operation) -> KVCacheStats | None:
+    """Statistics of the cache ops nested in `root`, None if it has none."""
+    stats = KVCacheStats()
+    seen_any = False
+    for op in root.walk():
+        if isinstance(op, KVCacheInterface):
+            seen_any = True
+            cache = op.get_cache_type()
+            if op.writes_cache():
+                tokens = op.get_appended_tokens()
+                stats.add("tokens_appended", tokens)
+                stats.add("kv_bytes_written", _product(tokens, cache.bytes_per_token))
+            if isinstance(op, LookupKVOp):
+                keys_type = op.keys.type
+                assert isinstance(keys_type, TensorType)
+                batch, length = keys_type.get_shape()[:2]
+                stats.add(
+                    "kv_bytes_read_max",
+                    _product(
+                        _static_or_none(batch),
+                        _static_or_none(length),
+                        cache.bytes_per_token,
+                    ),
+                )
+        if isinstance(op, AttentionInterface):
+            seen_any = True
+            kv_len = op.get_max_kv_len()
+            stats.add(
+                "attention_flops_max",
+                _product(
+                    4,
+                    op.get_batch_size(),
+                    op.get_num_query_heads(),
+                    op.get_query_len(),
+                    kv_len,
+                    op.get_head_dim(),
+                ),
+            )
+            if isinstance(op, KVCacheInterface):
+                stats.add(
+                    "kv_bytes_read_max",
+                    _product(
+                        op.get_batch_size(),
+                        kv_len,
+                        op.get_cache_type().bytes_per_token,
+                    ),
+                )
+    return stats if seen_any else None
+
+
+@dataclass(frozen=True)
+class LLMKVCacheStatsPass(ModulePass):
+    """Annotates each function with the KV cache statistics of its body."""
+
+    name = "llm-kv-cache-stats"
+
+    def apply(self, ctx: Context, op: builtin.ModuleOp) -> None:
+        for function in op.walk():
+            if isinstance(function, func.FuncOp):
+                stats = collect_stats(function)
+                if stats is not None:
+                    function.attributes[STATS_ATTR_NAME] = stats.as_attribute()
