@@ -1,0 +1,163 @@
+"""Numba CPU kernels that move tokens between user tensors and the pool.
+
+`kind_code` selects the conversion on the way in or out (the codes of
+`llmir.runtime.dtypes`): ``RAW`` (-1) copies elements unchanged (the input is
+already in the storage representation), 0 is float32, 1 encodes/decodes IEEE
+half bits, 2 bfloat16 bits.  Each kernel exists as a serial and a ``prange``
+version: a decode step of a few tokens per layer is done before the thread
+pool would have woken up, so the caller picks by size (see
+`PARALLEL_MIN_ELEMENTS`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from numba import njit, prange  # pyright: ignore[reportUnknownVariableType]
+
+from llmir.runtime.dtypes import (
+    bf16_bits_to_f32,
+    f16_bits_to_f32,
+    f32_to_bf16_bits,
+    f32_to_f16_bits,
+)
+
+RAW = -1
+
+PARALLEL_MIN_ELEMENTS = 1 << 20
+"""Below this many elements moved (K and V together) the serial kernel runs.
+Measured on our 2-core machine (best of 15, H=8, D=128): two threads win
+from ~64 tokens of one layer (131K elements: 8.8 us serial, 6.0 us
+parallel), but while other processes load the cores a parallel launch
+stalls until the second thread is scheduled (~8 ms, seen for one layer of a
+batch-256 decode step: 50 us serial, 4.7 ms parallel).  So single-layer
+decode steps (256 tokens: 0.5M elements) stay serial and only bulk copies
+(prefill, whole-step decode, long lookups) pay the launch.  A module global
+read at call time: the benchmark moves it to compare."""
+
+
+@njit(inline="always", cache=True)
+def _store_row(dst: Any, src: Any, code: int) -> None:
+    n = src.shape[0]
+    if code == 1:
+        for d in range(n):
+            dst[d] = f32_to_f16_bits(src[d])
+    elif code == 2:
+        for d in range(n):
+            dst[d] = f32_to_bf16_bits(src[d])
+    else:
+        for d in range(n):
+            dst[d] = src[d]
+
+
+@njit(inline="always", cache=True)
+def _load_row(dst: Any, src: Any, code: int) -> None:
+    n = src.shape[0]
+    if code == 1:
+        for d in range(n):
+            dst[d] = f16_bits_to_f32(src[d])
+    elif code == 2:
+        for d in range(n):
+            dst[d] = bf16_bits_to_f32(src[d])
+    else:
+        for d in range(n):
+            dst[d] = src[d]
+
+
+@njit(inline="always", cache=True)
+def _scatter_one(
+    pool: Any, keys: Any, values: Any, slots: Any, block_size: int, code: int, i: int
+) -> None:
+    # Work item i = (layer, token) of the flattened [L, N] iteration space.
+    n_tok = keys.shape[1]
+    l = i // n_tok
+    n = i - l * n_tok
+    s = slots[n]
+    blk = s // block_size
+    off = s - blk * block_size
+    for h in range(keys.shape[2]):
+        _store_row(pool[l, blk, h, 0, off], keys[l, n, h], code)
+        _store_row(pool[l, blk, h, 1, off], values[l, n, h], code)
+
+
+@njit(cache=True)
+def scatter_serial(
+    pool: Any, keys: Any, values: Any, slots: Any, block_size: int, code: int
+) -> None:
+    """pool [L, NB, H, 2, B, D] <- keys/values [L, N, H, D] at `slots` [N]."""
+    for i in range(keys.shape[0] * keys.shape[1]):
+        _scatter_one(pool, keys, values, slots, block_size, code, i)
+
+
+@njit(parallel=True, cache=True)
+def scatter_parallel(
+    pool: Any, keys: Any, values: Any, slots: Any, block_size: int, code: int
+) -> None:
+    """`scatter_serial` over all threads (slots are distinct, so no races)."""
+    for i in prange(keys.shape[0] * keys.shape[1]):
+        _scatter_one(pool, keys, values, slots, block_size, code, i)
+
+
+@njit(inline="always", cache=True)
+def _gather_one(
+    pool: Any,
+    table: Any,
+    lens: Any,
+    out_k: Any,
+    out_v: Any,
+    block_size: int,
+    code: int,
+    i: int,
+) -> None:
+    max_len = out_k.shape[1]
+    b = i // max_len
+    p = i - b * max_len
+    if p < lens[b]:
+        blk = table[b, p // block_size]
+        off = p % block_size
+        for h in range(out_k.shape[2]):
+            _load_row(out_k[b, p, h], pool[blk, h, 0, off], code)
+            _load_row(out_v[b, p, h], pool[blk, h, 1, off], code)
+    else:
+        # Outputs come from np.empty: zero the padding here rather than paying
+        # a separate np.zeros pass over the whole output.
+        out_k[b, p, :, :] = 0
+        out_v[b, p, :, :] = 0
+
+
+@njit(cache=True)
+def gather_serial(
+    pool: Any, table: Any, lens: Any, out_k: Any, out_v: Any, block_size: int, code: int
+) -> None:
+    """out_k/out_v [batch, max_len, H, D] <- one layer's pool [NB, H, 2, B, D]."""
+    for i in range(out_k.shape[0] * out_k.shape[1]):
+        _gather_one(pool, table, lens, out_k, out_v, block_size, code, i)
+
+
+@njit(parallel=True, cache=True)
+def gather_parallel(
+    pool: Any, table: Any, lens: Any, out_k: Any, out_v: Any, block_size: int, code: int
+) -> None:
+    """`gather_serial` over all threads."""
+    for i in prange(out_k.shape[0] * out_k.shape[1]):
+        _gather_one(pool, table, lens, out_k, out_v, block_size, code, i)
+
+
+def scatter(
+    pool: Any, keys: Any, values: Any, slots: Any, block_size: int, code: int
+) -> None:
+    """Pick the serial or parallel scatter by the amount of work."""
+    kernel = (
+        scatter_parallel if 2 * keys.size >= PARALLEL_MIN_ELEMENTS else scatter_serial
+    )
+    kernel(pool, keys, values, slots, block_size, code)
+
+
+def gather(
+    pool: Any, table: Any, lens: Any, out_k: Any, out_v: Any, block_size: int, code: int
+) -> None:
+    """Pick the serial or parallel gather by the amount of work."""
+    kernel = (
+        gather_parallel if 2 * out_k.size >= PARALLEL_MIN_ELEMENTS else gather_serial
+    )
+    kernel(pool, table, lens, out_k, out_v, block_size, code)

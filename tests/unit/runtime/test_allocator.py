@@ -1,0 +1,136 @@
+"""BlockAllocator and KVBlock."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmir.errors import (
+    AllocatorError,
+    ConfigError,
+    DoubleFreeError,
+    OutOfBlocksError,
+    UnknownBlockError,
+)
+from llmir.runtime import BlockAllocator, KVBlock
+
+
+def _check_invariants(a: BlockAllocator) -> None:
+    refs = a.ref_counts()
+    free = a.free_block_ids()
+    assert a.num_free + a.num_used == a.num_blocks
+    assert len(set(free.tolist())) == free.size == a.num_free
+    assert set(free.tolist()) == set(np.flatnonzero(refs == 0).tolist())
+
+
+def test_allocate_is_all_or_nothing() -> None:
+    a = BlockAllocator(8, block_size=4)
+    ids = a.allocate(5)
+    assert ids.dtype == np.int32 and sorted(ids.tolist()) == [0, 1, 2, 3, 4]
+    before = a.snapshot()
+    with pytest.raises(OutOfBlocksError, match="asked for 4 blocks, only 3 of 8"):
+        a.allocate(4)
+    assert a.snapshot() == before
+    assert a.allocate(3).size == 3
+    assert a.num_free == 0
+    _check_invariants(a)
+
+
+def test_free_returns_blocks_and_reuses_them() -> None:
+    a = BlockAllocator(4, block_size=2)
+    ids = a.allocate(4)
+    a.release(ids[:2])
+    assert a.num_free == 2
+    again = a.allocate(2)
+    assert sorted(again.tolist()) == sorted(ids[:2].tolist())
+    _check_invariants(a)
+
+
+def test_share_and_release_count_references() -> None:
+    a = BlockAllocator(4, block_size=2)
+    (b,) = a.allocate(1).tolist()
+    a.share([b, b])
+    assert a.ref_count(b) == 3
+    a.release([b])
+    a.release([b, b])
+    assert a.ref_count(b) == 0 and a.num_free == 4
+    _check_invariants(a)
+
+
+def test_double_free_is_an_error_and_changes_nothing() -> None:
+    a = BlockAllocator(4, block_size=2)
+    ids = a.allocate(2)
+    a.release(ids[:1])
+    before = a.snapshot()
+    with pytest.raises(DoubleFreeError, match=f"block {ids[0]} released 1 time"):
+        a.release(ids[:1])
+    # Listing a block twice in one call is a double free too, and the other
+    # block of the call must not be released either.
+    with pytest.raises(DoubleFreeError):
+        a.release([int(ids[1]), int(ids[1])])
+    assert a.snapshot() == before
+
+
+@pytest.mark.parametrize("bad", [-1, 4, 100])
+def test_unknown_block_is_an_error(bad: int) -> None:
+    a = BlockAllocator(4, block_size=2)
+    a.allocate(2)
+    before = a.snapshot()
+    with pytest.raises(
+        UnknownBlockError, match=f"block {bad} is outside the pool of 4"
+    ):
+        a.release([0, bad])
+    with pytest.raises(UnknownBlockError):
+        a.share([bad])
+    with pytest.raises(UnknownBlockError):
+        a.block(bad)
+    assert a.snapshot() == before
+
+
+def test_share_of_a_free_block_is_an_error() -> None:
+    a = BlockAllocator(4, block_size=2)
+    with pytest.raises(AllocatorError, match="cannot share block 3: it is free"):
+        a.share([3])
+
+
+def test_reset_frees_everything() -> None:
+    a = BlockAllocator(6, block_size=2)
+    a.allocate(4)
+    a.reset()
+    assert a.num_free == 6 and a.snapshot() == BlockAllocator(6, 2).snapshot()
+
+
+def test_kvblock_is_a_live_view() -> None:
+    a = BlockAllocator(4, block_size=8)
+    block = a.allocate_block()
+    assert isinstance(block, KVBlock)
+    assert (block.ref_count, block.num_filled, block.content_hash) == (1, 0, None)
+    a.set_num_filled([block.block_id], [5])
+    block.content_hash = 1234
+    a.share([block.block_id])
+    assert (block.ref_count, block.num_filled, block.content_hash) == (2, 5, 1234)
+    a.release([block.block_id, block.block_id])
+    # Freeing clears the per-block state.
+    assert (block.ref_count, block.num_filled, block.content_hash) == (0, 0, None)
+    assert block.is_free
+    assert a.block(block.block_id) == block
+    with pytest.raises(AllocatorError):
+        block.content_hash = 1
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ConfigError):
+        BlockAllocator(0, 4)
+    with pytest.raises(ConfigError):
+        BlockAllocator(4, 0)
+
+
+def test_block_ids_may_come_as_any_iterable() -> None:
+    a = BlockAllocator(6, block_size=2)
+    ids = a.allocate(4).tolist()
+    a.share(i for i in ids[:2])
+    a.release({ids[0]})
+    a.release(range(ids[0], ids[0] + 1))
+    assert a.ref_count(ids[0]) == 0 and a.ref_count(ids[1]) == 2
+    with pytest.raises(AllocatorError, match="must be integers"):
+        a.release([1.5])
