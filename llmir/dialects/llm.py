@@ -422,6 +422,9 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
     sequence and, when `causal` (default true), token `i` sees cached tokens
     up to `seq_len - Tq + i`.  `scale` defaults to `1/sqrt(D)`; `num_heads`
     (query heads) and `head_dim` are optional and must match the types.
+    As in vLLM and FlashInfer, `sliding_window = W` limits each query to the
+    last `W` positions up to and including itself, and `logits_soft_cap = c`
+    maps each logit `x` to `c * tanh(x / c)`; both are off when absent.
 
     ```mlir
     %out = llm.paged_attention %q, %kv, %table, %lens {
@@ -443,6 +446,10 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
     scale_attr = opt_attr_def(FloatAttr[Float32Type], attr_name="scale")
     layer_attr = opt_attr_def(IntegerAttr[I32], attr_name="layer")
     causal_attr = opt_attr_def(BoolAttr, attr_name="causal")
+    sliding_window_attr = opt_attr_def(IntegerAttr[I32], attr_name="sliding_window")
+    logits_soft_cap_attr = opt_attr_def(
+        FloatAttr[Float32Type], attr_name="logits_soft_cap"
+    )
 
     output = result_def(TensorType)
 
@@ -460,6 +467,8 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
         scale: float | None = None,
         layer: int | None = None,
         causal: bool | None = None,
+        sliding_window: int | None = None,
+        logits_soft_cap: float | None = None,
         with_geometry: bool = False,
     ):
         """`with_geometry` also records num_heads/head_dim, as the seed does."""
@@ -469,6 +478,10 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
             "scale": None if scale is None else FloatAttr(scale, f32),
             "layer": i32_attr_or_none(layer),
             "causal": None if causal is None else IntegerAttr(int(causal), 1),
+            "sliding_window": i32_attr_or_none(sliding_window),
+            "logits_soft_cap": None
+            if logits_soft_cap is None
+            else FloatAttr(logits_soft_cap, f32),
         }
         if with_geometry:
             _, _, heads, head_dim = query_type.get_shape()
@@ -487,6 +500,16 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
     @property
     def causal(self) -> bool:
         return True if self.causal_attr is None else bool(self.causal_attr.value.data)
+
+    @property
+    def sliding_window(self) -> int | None:
+        attr = self.sliding_window_attr
+        return None if attr is None else attr.value.data
+
+    @property
+    def logits_soft_cap(self) -> float | None:
+        attr = self.logits_soft_cap_attr
+        return None if attr is None else attr.value.data
 
     @property
     def scale(self) -> float:
@@ -542,6 +565,14 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
         if self.scale_attr is not None and not self.scale_attr.value.data > 0:
             raise VerifyException(
                 f"{op}: scale must be positive, got {self.scale_attr.value.data}"
+            )
+        if self.sliding_window is not None and self.sliding_window <= 0:
+            raise VerifyException(
+                f"{op}: sliding_window must be positive, got {self.sliding_window}"
+            )
+        if self.logits_soft_cap is not None and not self.logits_soft_cap > 0:
+            raise VerifyException(
+                f"{op}: logits_soft_cap must be positive, got {self.logits_soft_cap}"
             )
         check_layer(op, self.layer, cache)
 

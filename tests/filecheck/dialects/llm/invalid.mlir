@@ -477,6 +477,24 @@ func.func @f(%q : tensor<2x1x8x8xf16>, %kv : !llm.paged_kv_cache<f16, 2, 4, 8, 1
 // -----
 
 func.func @f(%q : tensor<2x1x8x8xf16>, %kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %t : tensor<2x4xi32>, %l : tensor<2xi32>) {
+  %o = llm.paged_attention %q, %kv, %t, %l {sliding_window = 0 : i32} : (tensor<2x1x8x8xf16>, !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x1x8x8xf16>
+  func.return
+}
+
+// CHECK: llm.paged_attention: sliding_window must be positive, got 0
+
+// -----
+
+func.func @f(%q : tensor<2x1x8x8xf16>, %kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %t : tensor<2x4xi32>, %l : tensor<2xi32>) {
+  %o = llm.paged_attention %q, %kv, %t, %l {logits_soft_cap = -3.0 : f32} : (tensor<2x1x8x8xf16>, !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x1x8x8xf16>
+  func.return
+}
+
+// CHECK: llm.paged_attention: logits_soft_cap must be positive, got -3.0
+
+// -----
+
+func.func @f(%q : tensor<2x1x8x8xf16>, %kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %t : tensor<2x4xi32>, %l : tensor<2xi32>) {
   %o = llm.paged_attention %q, %kv, %t, %l {layer = 2 : i32} : (tensor<2x1x8x8xf16>, !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x1x8x8xf16>
   func.return
 }

@@ -45,6 +45,13 @@ func.func @full_program(%keys : tensor<2x3x4x8xf16>, %values : tensor<2x3x4x8xf1
       {num_heads = 8 : i32, head_dim = 8 : i32, scale = 0.5 : f32, layer = 1 : i32, causal = false}
       : (tensor<2x3x8x8xf32>, !cache, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x3x8x8xf32>
 
+  // Sliding window and logit soft-capping (Mistral/Gemma-style).
+  // CHECK-NEXT: %windowed = llm.paged_attention %query, %kv1, %table, %lens {sliding_window = 4 : i32, logits_soft_cap = 3.000000e+01 : f32} : (tensor<2x3x8x8xf32>, !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x3x8x8xf32>
+  // GENERIC: %windowed = "llm.paged_attention"(%query, %kv1, %table, %lens) {sliding_window = 4 : i32, logits_soft_cap = 3.000000e+01 : f32}
+  %windowed = llm.paged_attention %query, %kv1, %table, %lens
+      {sliding_window = 4 : i32, logits_soft_cap = 30.0 : f32}
+      : (tensor<2x3x8x8xf32>, !cache, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x3x8x8xf32>
+
   // CHECK-NEXT: %kv2 = llm.free_sequence %kv1, %seq_ids : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
   // GENERIC: %kv2 = "llm.free_sequence"(%kv1, %seq_ids) : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
   %kv2 = llm.free_sequence %kv1, %seq_ids : (!cache, tensor<2xi32>) -> !cache
