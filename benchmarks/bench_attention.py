@@ -1,0 +1,248 @@
+"""Paged attention on the CPU: decode and prefill against the memory limit,
+torch SDPA and numpy.
+
+    python -m benchmarks.bench_attention           # every row of issue 4
+    python -m benchmarks.bench_attention --quick   # batch 8, 2048 tokens only
+
+Prints, as medians: the read bandwidth measured in this run; then per decode
+shape the kernel's time, the GB/s of K+V it reads, that as % of the measured
+limit, and how many times faster it is than torch SDPA on contiguous
+(unpaged) K/V of the same dtype and than numpy (gather the blocks, then f32
+matmul + softmax); then prefill of 2048 tokens against torch SDPA with a
+causal mask.  The torch columns are left empty when torch (the ``bench``
+extra, ``torch==2.13.0``) is not installed.  Both libraries run with the same
+thread count as Numba.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+from benchmarks.common import median_seconds, print_table, read_bandwidth_gbs
+from llmir.runtime.attention import paged_attention_on_pool
+from llmir.runtime.dtypes import StorageKind, decode, encode, storage_kind
+from llmir.runtime.layout import KEY, VALUE
+
+HEAD_DIM = 128
+PREFILL_TOKENS = 2048
+
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    context: int
+    q_heads: int
+    kv_heads: int
+    block_size: int
+    kind: StorageKind
+    queries: int = 1
+
+    @property
+    def label(self) -> str:
+        return f"{self.q_heads}/{self.kv_heads}"
+
+
+@dataclass
+class Workload:
+    """A paged pool holding `batch` sequences of `context` tokens in shuffled
+    blocks, plus the same K/V as dense float arrays for the peers."""
+
+    shape: Shape
+    layer_pool: npt.NDArray[Any]
+    block_table: npt.NDArray[np.int32]
+    seq_lens: npt.NDArray[np.int32]
+    query: npt.NDArray[np.float32]
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of K and V the kernel must read (the whole pool here)."""
+        return self.layer_pool.nbytes
+
+
+def make_workload(shape: Shape, rng: np.random.Generator) -> Workload:
+    blocks_per_seq = shape.context // shape.block_size
+    num_blocks = shape.batch * blocks_per_seq
+    pool_shape = (num_blocks, shape.kv_heads, 2, shape.block_size, HEAD_DIM)
+    values = rng.standard_normal(pool_shape, dtype=np.float32)
+    layer_pool = encode(values, shape.kind)
+    del values
+    table = rng.permutation(num_blocks).astype(np.int32).reshape(shape.batch, -1)
+    lens = np.full(shape.batch, shape.context, np.int32)
+    query = rng.standard_normal(
+        (shape.batch, shape.queries, shape.q_heads, HEAD_DIM), dtype=np.float32
+    )
+    return Workload(shape, layer_pool, table, lens, query)
+
+
+def dense_kv(work: Workload) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+    """Keys and values as float32 ``[batch, H, context, D]`` (gathered)."""
+    s = work.shape
+    blocks = work.layer_pool[work.block_table]  # [b, n, H, 2, B, D]
+    k = (
+        blocks[:, :, :, KEY]
+        .transpose(0, 2, 1, 3, 4)
+        .reshape(s.batch, s.kv_heads, -1, HEAD_DIM)
+    )
+    v = (
+        blocks[:, :, :, VALUE]
+        .transpose(0, 2, 1, 3, 4)
+        .reshape(s.batch, s.kv_heads, -1, HEAD_DIM)
+    )
+    return decode(k, s.kind), decode(v, s.kind)
+
+
+def numpy_decode(work: Workload) -> npt.NDArray[np.float32]:
+    """The numpy peer: gather the blocks, decode, f32 matmul + softmax."""
+    s = work.shape
+    k, v = dense_kv(work)
+    group = s.q_heads // s.kv_heads
+    q = work.query[:, 0].reshape(s.batch, s.kv_heads, group, HEAD_DIM)
+    logits = q @ k.transpose(0, 1, 3, 2) * np.float32(HEAD_DIM**-0.5)
+    logits -= logits.max(axis=-1, keepdims=True)
+    weights = np.exp(logits)
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return (weights @ v).reshape(s.batch, 1, s.q_heads, HEAD_DIM)
+
+
+def torch_sdpa(work: Workload, causal: bool) -> Callable[[], Any] | None:
+    """A call of torch SDPA on contiguous K/V of the pool's dtype, or None
+    without torch."""
+    if importlib.util.find_spec("torch") is None:
+        return None
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(numba.get_num_threads())
+    dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[
+        work.shape.kind.name
+    ]
+    k, v = dense_kv(work)
+    tk = torch.from_numpy(k).to(dtype).contiguous()
+    tv = torch.from_numpy(v).to(dtype).contiguous()
+    tq = torch.from_numpy(work.query).transpose(1, 2).to(dtype).contiguous()
+    gqa = work.shape.q_heads != work.shape.kv_heads
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return F.scaled_dot_product_attention(
+                tq, tk, tv, is_causal=causal, enable_gqa=gqa
+            )
+
+    return run
+
+
+def ours(work: Workload) -> Callable[[], Any]:
+    out = np.empty(work.query.shape, np.float32)
+
+    def run() -> Any:
+        w = work
+        return paged_attention_on_pool(
+            w.query, w.layer_pool, w.shape.kind, w.block_table, w.seq_lens, out=out
+        )
+
+    return run
+
+
+def ratio(peer_seconds: float | None, our_seconds: float) -> str:
+    return "-" if peer_seconds is None else f"{peer_seconds / our_seconds:.2f}x"
+
+
+def decode_rows(shapes: list[Shape], limit_gbs: float, repeats: int) -> list[list[Any]]:
+    rng = np.random.default_rng(0)
+    rows: list[list[Any]] = []
+    for shape in shapes:
+        work = make_workload(shape, rng)
+        t = median_seconds(ours(work), repeats=repeats, warmup=2)
+        gbs = work.kv_bytes / t / 1e9
+        sdpa = torch_sdpa(work, causal=False)
+        t_torch = median_seconds(sdpa, repeats=repeats, warmup=1) if sdpa else None
+        t_numpy = median_seconds(lambda w=work: numpy_decode(w), repeats=3, warmup=0)
+        rows.append([
+            shape.batch, shape.context, shape.label, shape.block_size, shape.kind.name,
+            t * 1e3, gbs, 100 * gbs / limit_gbs, ratio(t_torch, t), ratio(t_numpy, t),
+        ])  # fmt: skip
+        print_progress(rows[-1])
+        del work
+    return rows
+
+
+def prefill_rows(shapes: list[Shape], repeats: int) -> list[list[Any]]:
+    rng = np.random.default_rng(1)
+    rows: list[list[Any]] = []
+    for shape in shapes:
+        work = make_workload(shape, rng)
+        t = median_seconds(ours(work), repeats=repeats, warmup=1)
+        sdpa = torch_sdpa(work, causal=True)
+        t_torch = median_seconds(sdpa, repeats=repeats, warmup=1) if sdpa else None
+        rows.append([
+            shape.batch, shape.context, shape.label, shape.block_size, shape.kind.name,
+            t * 1e3, "-" if t_torch is None else t_torch * 1e3, ratio(t_torch, t),
+        ])  # fmt: skip
+        print_progress(rows[-1])
+    return rows
+
+
+def print_progress(row: list[Any]) -> None:
+    print("  ..", " ".join(f"{c:.2f}" if isinstance(c, float) else str(c) for c in row),
+          flush=True)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="batch 8, 2048 tokens only"
+    )
+    args = parser.parse_args()
+    kinds = [storage_kind(k) for k in ("f32", "f16", "bf16")]
+    heads = [(16, 16), (32, 8)]
+    batches = (
+        [(8, 2048)] if args.quick else [(8, 2048), (8, 8192), (1, 2048), (1, 8192)]
+    )
+    repeats = 5 if args.quick else 7
+
+    threads = numba.get_num_threads()
+    limit = read_bandwidth_gbs()
+    print(f"threads: {threads}   read bandwidth (parallel sum of 1 GiB): ", end="")
+    print(f"{limit:.1f} GB/s\n")
+
+    decode_shapes = [
+        Shape(b, n, hq, h, bs, kind)
+        for b, n in batches
+        for hq, h in heads
+        for bs in (16, 64)
+        for kind in kinds
+    ]
+    print("decode (Tq = 1, D = 128): medians")
+    rows = decode_rows(decode_shapes, limit, repeats)
+    print()
+    print_table(
+        ["batch", "context", "Hq/H", "block", "dtype", "ms", "GB/s", "% limit",
+         "vs torch", "vs numpy"],
+        rows,
+    )  # fmt: skip
+
+    prefill_shapes = [
+        Shape(1, PREFILL_TOKENS, hq, h, 16, kind, queries=PREFILL_TOKENS)
+        for hq, h in heads
+        for kind in (kinds[:1] if args.quick else kinds)
+    ]
+    print(f"\nprefill ({PREFILL_TOKENS} tokens, causal, D = 128): medians")
+    rows = prefill_rows(prefill_shapes, repeats=3)
+    print()
+    print_table(
+        ["batch", "tokens", "Hq/H", "block", "dtype", "ms", "torch ms", "vs torch"],
+        rows,
+    )
+    print("\n'vs X' is X's time / ours: above 1.00x we are faster.")
+
+
+if __name__ == "__main__":
+    main()
