@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 
 ruff check .
 python -m pytest -q tests/unit
+NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/unit/cuda
 lit -sv tests/filecheck
