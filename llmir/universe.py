@@ -36,8 +36,15 @@ def _get_llm_verify_kv_cache() -> type[ModulePass]:
     return LLMVerifyKVCachePass
 
 
+def _get_convert_llm_to_func() -> type[ModulePass]:
+    from llmir.transforms.convert_llm_to_func import ConvertLLMToFuncPass
+
+    return ConvertLLMToFuncPass
+
+
 def _all_passes() -> dict[str, Callable[[], type[ModulePass]]]:
     return {
+        "convert-llm-to-func": _get_convert_llm_to_func,
         "llm-kv-cache-stats": _get_llm_kv_cache_stats,
         "llm-verify-kv-cache": _get_llm_verify_kv_cache,
     }

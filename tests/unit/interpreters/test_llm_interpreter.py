@@ -1,0 +1,206 @@
+"""The interpreter plugin: every llm op and the whole example program, run
+before and after `convert-llm-to-func`, against numpy references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from llmir.errors import BlockTableError, OutOfBlocksError
+from llmir.interpreters.runner import run_function
+from llmir.runtime.dtypes import decode, encode, storage_kind
+from llmir.runtime.reference import reference_paged_attention
+
+EXAMPLES = Path(__file__).parents[3] / "examples"
+
+OPS_PROGRAM = """
+!cache = !llm.paged_kv_cache<ELEM, 2, 2, 8, 4, 32>
+func.func @main(%k : tensor<2x5x2x8xf32>, %v : tensor<2x5x2x8xf32>,
+                %q : tensor<2x2x4x8xf32>, %ids : tensor<2xi32>)
+    -> (!cache, tensor<2x5xi32>, tensor<2x8xi32>, tensor<2xi32>,
+        tensor<2x8x2x8xf32>, tensor<2x8x2x8xf32>, tensor<2x2x4x8xf32>) {
+  %c = llm.create_kv_cache {num_blocks = 16 : i64} : !cache
+  %c1, %idx = llm.append_kv %c, %k, %v, %ids {layer = 1 : i32}
+      : (!cache, tensor<2x5x2x8xf32>, tensor<2x5x2x8xf32>, tensor<2xi32>)
+      -> (!cache, tensor<2x5xi32>)
+  %t, %l = llm.block_table %c1, %ids
+      : (!cache, tensor<2xi32>) -> (tensor<2x8xi32>, tensor<2xi32>)
+  %kk, %vv = llm.lookup_kv %c1, %t, %l {layer = 1 : i32}
+      : (!cache, tensor<2x8xi32>, tensor<2xi32>)
+      -> (tensor<2x8x2x8xf32>, tensor<2x8x2x8xf32>)
+  %o = llm.paged_attention %q, %c1, %t, %l {layer = 1 : i32, scale = 0.25 : f32}
+      : (tensor<2x2x4x8xf32>, !cache, tensor<2x8xi32>, tensor<2xi32>)
+      -> tensor<2x2x4x8xf32>
+  func.return %c1, %idx, %t, %l, %kk, %vv, %o
+      : !cache, tensor<2x5xi32>, tensor<2x8xi32>, tensor<2xi32>,
+        tensor<2x8x2x8xf32>, tensor<2x8x2x8xf32>, tensor<2x2x4x8xf32>
+}
+"""
+
+
+def _inputs(seed: int = 0) -> list[Any]:
+    rng = np.random.default_rng(seed)
+    k = rng.standard_normal((2, 5, 2, 8)).astype(np.float32)
+    v = rng.standard_normal((2, 5, 2, 8)).astype(np.float32)
+    q = rng.standard_normal((2, 2, 4, 8)).astype(np.float32)
+    return [k, v, q, np.array([3, 9], np.int32)]
+
+
+@pytest.mark.parametrize("element", ["f32", "f16", "bf16"])
+def test_every_op_matches_numpy_reference(element: str) -> None:
+    kind = storage_kind(element)
+    k, v, q, ids = _inputs()
+    cache, idx, table, lens, keys, values, out = run_function(
+        OPS_PROGRAM.replace("ELEM", element), k, v, q, ids
+    )
+    # Five tokens in blocks of 4: two blocks per sequence, -1 past them.
+    assert lens.tolist() == [5, 5]
+    assert (table[:, 2:] == -1).all() and (table[:, :2] >= 0).all()
+    assert len(set(table[:, :2].reshape(-1).tolist())) == 4
+    # Every appended token's block is the table's block for its position.
+    assert (idx == table[:, np.arange(5) // 4]).all()
+    # Lookup returns exactly the stored values (inputs rounded to storage),
+    # zero-padded to the static length 8.
+    stored_k = decode(encode(k, kind), kind)
+    stored_v = decode(encode(v, kind), kind)
+    np.testing.assert_array_equal(keys[:, :5], stored_k)
+    np.testing.assert_array_equal(values[:, :5], stored_v)
+    assert not keys[:, 5:].any() and not values[:, 5:].any()
+    # Attention against the float64 reference over the same pool.
+    want = reference_paged_attention(
+        q, cache.kv_pool[1], kind, table, lens, scale=0.25, causal=True
+    )
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("element", ["f32", "f16", "bf16"])
+def test_lowered_ops_are_bit_identical(element: str) -> None:
+    program = OPS_PROGRAM.replace("ELEM", element)
+    direct = run_function(program, *_inputs(1))
+    lowered = run_function(program, *_inputs(1), passes="convert-llm-to-func")
+    np.testing.assert_array_equal(direct[0].kv_pool, lowered[0].kv_pool)
+    for a, b in zip(direct[1:], lowered[1:], strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("passes", ["", "convert-llm-to-func"])
+def test_sliding_window_and_soft_cap_reach_the_kernel(passes: str) -> None:
+    program = OPS_PROGRAM.replace("ELEM", "f32").replace(
+        "scale = 0.25 : f32}",
+        "scale = 0.25 : f32, sliding_window = 2 : i32, logits_soft_cap = 0.5 : f32}",
+    )
+    k, v, q, ids = _inputs(4)
+    cache, _, table, lens, _, _, out = run_function(
+        program, k, v, q, ids, passes=passes
+    )
+    want = reference_paged_attention(
+        q,
+        cache.kv_pool[1],
+        storage_kind("f32"),
+        table,
+        lens,
+        scale=0.25,
+        sliding_window=2,
+        logits_soft_cap=0.5,
+    )
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    # The options matter: without them the result is different.
+    plain = reference_paged_attention(
+        q, cache.kv_pool[1], storage_kind("f32"), table, lens, scale=0.25
+    )
+    assert not np.allclose(out, plain, atol=1e-3)
+
+
+def _decode_inputs(seed: int) -> list[Any]:
+    rng = np.random.default_rng(seed)
+    shapes = [(1, 7, 4, 32), (1, 3, 4, 32), (1, 12, 4, 32), (3, 1, 4, 32)]
+    return [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+
+def test_decode_example_before_and_after_lowering() -> None:
+    program = (EXAMPLES / "decode.mlir").read_text()
+    direct = run_function(program, *_decode_inputs(0))
+    lowered = run_function(program, *_decode_inputs(0), passes="convert-llm-to-func")
+    for a, b in zip(direct, lowered, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert direct[2].tolist() == [23, 19, 28]
+
+
+def test_decode_example_matches_dense_reference() -> None:
+    program = (EXAMPLES / "decode.mlir").read_text()
+    paged = run_function(program, *_decode_inputs(2))
+    dense = run_function(program, *_decode_inputs(2), device="reference")
+    for got, want in zip(paged[:2], dense[:2], strict=True):
+        # f16 storage: 1e-3 relative to the reference of the stored values.
+        scale = np.abs(want).max()
+        assert np.abs(got.astype(np.float64) - want).max() <= 1e-3 * scale
+    np.testing.assert_array_equal(paged[2], dense[2])
+
+
+FREE_PROGRAM = """
+!cache = !llm.paged_kv_cache<f32, 1, 1, 4, 2, 16>
+func.func @main(%k : tensor<2x3x1x4xf32>) -> (!cache, tensor<1x2xi32>, tensor<1xi32>) {
+  %ids = arith.constant dense<[0, 1]> : tensor<2xi32>
+  %first = arith.constant dense<0> : tensor<1xi32>
+  %second = arith.constant dense<1> : tensor<1xi32>
+  %c = llm.create_kv_cache {num_blocks = 8 : i64} : !cache
+  %c1, %idx = llm.append_kv %c, %k, %k, %ids
+      : (!cache, tensor<2x3x1x4xf32>, tensor<2x3x1x4xf32>, tensor<2xi32>)
+      -> (!cache, tensor<2x3xi32>)
+  %c2 = llm.free_sequence %c1, %first : (!cache, tensor<1xi32>) -> !cache
+  %t, %l = llm.block_table %c2, %second
+      : (!cache, tensor<1xi32>) -> (tensor<1x2xi32>, tensor<1xi32>)
+  func.return %c2, %t, %l : !cache, tensor<1x2xi32>, tensor<1xi32>
+}
+"""
+
+
+@pytest.mark.parametrize("passes", ["", "convert-llm-to-func"])
+def test_free_sequence_and_dense_constants(passes: str) -> None:
+    k = np.ones((2, 3, 1, 4), np.float32)
+    cache, table, lens = run_function(FREE_PROGRAM, k, passes=passes)
+    stats = cache.stats()
+    # Sequence 0's two blocks went back to the pool; sequence 1 keeps two.
+    assert (stats.blocks_used, stats.blocks_free, stats.num_sequences) == (2, 6, 1)
+    assert lens.tolist() == [3]
+    assert 0 not in cache and 1 in cache
+    assert (table >= 0).all()
+
+
+def test_runtime_errors_surface_with_their_message() -> None:
+    program = OPS_PROGRAM.replace("ELEM", "f32").replace(
+        "num_blocks = 16", "num_blocks = 3"
+    )
+    # The runtime's own exception propagates (xDSL adds the IR as a note).
+    with pytest.raises(OutOfBlocksError, match="needs 4 new blocks, only 3 of 3"):
+        run_function(program, *_inputs())
+
+
+def test_block_table_wider_than_result_type_is_an_error() -> None:
+    program = OPS_PROGRAM.replace("ELEM", "f32").replace("2x8xi32", "2x1xi32")
+    with pytest.raises(BlockTableError, match=r"holds 2 blocks, .* has room for 1"):
+        run_function(program, *_inputs())
+
+
+@pytest.mark.parametrize("element", ["f32", "bf16"])
+@pytest.mark.parametrize(
+    "options",
+    ["", ", causal = false", ", sliding_window = 3 : i32, logits_soft_cap = 0.7 : f32"],
+)
+def test_dense_reference_cache_agrees_with_paged_run(
+    element: str, options: str
+) -> None:
+    # The --check backend is only useful if it is right: compare it with the
+    # paged run on every attention option it implements.
+    program = OPS_PROGRAM.replace("ELEM", element).replace(
+        "scale = 0.25 : f32}", "scale = 0.25 : f32" + options + "}"
+    )
+    paged = run_function(program, *_inputs(5))
+    dense = run_function(program, *_inputs(5), device="reference")
+    np.testing.assert_allclose(paged[4], dense[4], rtol=0, atol=0)  # lookup
+    np.testing.assert_allclose(paged[6], dense[6], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(paged[3], dense[3])  # lengths
