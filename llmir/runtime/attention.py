@@ -32,13 +32,16 @@ own lookups.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from llmir.errors import ConfigError, DeviceError, DTypeError, ShapeError
+from llmir.errors import DeviceError, DTypeError, ShapeError
+from llmir.runtime.attention_checks import (
+    check_attention_options,
+    check_query_shape,
+)
 from llmir.runtime.attention_kernels import run_paged_attention
 from llmir.runtime.dtypes import StorageKind
 from llmir.runtime.validation import validate_block_table
@@ -179,37 +182,8 @@ def _checked_attention(
             "(pass bf16 queries as their float32 values)"
         )
     num_heads, head_dim = layer_pool.shape[1], layer_pool.shape[4]
-    if q.ndim != 4:
-        raise ShapeError(f"query must be 4-D [batch, Tq, Hq, D], got shape {q.shape}")
-    batch, _, q_heads, q_dim = q.shape
-    if batch != lens.shape[0]:
-        raise ShapeError(
-            f"query has batch {batch} but seq_lens has {lens.shape[0]} entries"
-        )
-    if q_dim != head_dim:
-        raise ShapeError(
-            f"query head_dim {q_dim} does not match the cache's {head_dim}"
-        )
-    if q_heads == 0 or q_heads % num_heads:
-        raise ShapeError(
-            f"query has {q_heads} heads, not a positive multiple of the cache's "
-            f"{num_heads} kv heads"
-        )
-    scale = _check_scale(scale, head_dim)
-    if sliding_window is not None and (
-        isinstance(sliding_window, bool)
-        or not isinstance(sliding_window, (int, np.integer))  # pyright: ignore[reportUnnecessaryIsInstance]
-        or sliding_window < 1
-    ):
-        raise ConfigError(
-            f"sliding_window must be a positive integer, got {sliding_window!r}"
-        )
-    if logits_soft_cap is not None and not (
-        math.isfinite(logits_soft_cap) and logits_soft_cap > 0
-    ):
-        raise ConfigError(
-            f"logits_soft_cap must be a finite positive number, got {logits_soft_cap!r}"
-        )
+    check_query_shape(q.shape, lens.shape[0], num_heads, head_dim)
+    options = check_attention_options(scale, head_dim, sliding_window, logits_soft_cap)
     result = _check_out(out, q.shape, q.dtype)
 
     # The kernel works in float32 on C-contiguous arrays; write straight into
@@ -223,22 +197,14 @@ def _checked_attention(
             table,
             lens,
             work,
-            scale=scale,
+            scale=options.scale,
             causal=bool(causal),
-            sliding_window=None if sliding_window is None else int(sliding_window),
-            logits_soft_cap=logits_soft_cap,
+            sliding_window=options.sliding_window,
+            logits_soft_cap=options.logits_soft_cap,
         )
     if work is not result:
         result[...] = work
     return result
-
-
-def _check_scale(scale: float | None, head_dim: int) -> float:
-    if scale is None:
-        return 1.0 / math.sqrt(head_dim)
-    if not (math.isfinite(scale) and scale > 0):
-        raise ConfigError(f"scale must be a finite positive number, got {scale!r}")
-    return float(scale)
 
 
 def _check_out(

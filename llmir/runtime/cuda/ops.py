@@ -21,6 +21,10 @@ import numpy as np
 import numpy.typing as npt
 
 from llmir.errors import ConfigError, DTypeError, ShapeError
+from llmir.runtime.attention_checks import (
+    check_attention_options,
+    check_query_shape,
+)
 from llmir.runtime.cuda.attention_kernels import attention_kernels, shared_floats
 from llmir.runtime.cuda.cache_kernels import cache_kernels
 from llmir.runtime.cuda.codecs import codec
@@ -258,32 +262,6 @@ def choose_splits(batch: int, num_kv_heads: int, max_blocks_used: int) -> int:
     return max(1, min(by_length, math.ceil(target / max(work, 1))))
 
 
-def _check_options(
-    scale: float | None,
-    head_dim: int,
-    sliding_window: int | None,
-    soft_cap: float | None,
-) -> tuple[float, int, float]:
-    if scale is None:
-        scale = 1.0 / math.sqrt(head_dim)
-    if not math.isfinite(scale):
-        raise ConfigError(f"scale must be finite, got {scale!r}")
-    window: Any = sliding_window  # callers may pass anything
-    if window is not None and (
-        isinstance(window, bool)
-        or not isinstance(window, int | np.integer)
-        or window < 1
-    ):
-        raise ConfigError(
-            f"sliding_window must be a positive integer, got {sliding_window!r}"
-        )
-    if soft_cap is not None and not (math.isfinite(soft_cap) and soft_cap > 0):
-        raise ConfigError(
-            f"logits_soft_cap must be a finite positive number, got {soft_cap!r}"
-        )
-    return float(scale), int(sliding_window or 0), float(soft_cap or 0.0)
-
-
 @dataclass
 class AttentionPlan:
     """One validated attention call, ready to launch on any layer.
@@ -351,25 +329,13 @@ def plan_attention(
     choose the launch shape and stage the metadata on the device."""
     _, _, num_kv_heads, block_size, head_dim = pool_dims(pool)
     table, lens = _validated_table(pool, block_table, seq_lens)
-    if len(q_shape) != 4:
-        raise ShapeError(f"query must be 4-D [batch, Tq, Hq, D], got shape {q_shape}")
-    batch, num_new, num_q_heads, q_dim = q_shape
-    if batch != lens.shape[0]:
-        raise ShapeError(
-            f"query has batch {batch} but seq_lens has {lens.shape[0]} entries"
-        )
-    if q_dim != head_dim:
-        raise ShapeError(
-            f"query head_dim {q_dim} does not match the cache's {head_dim}"
-        )
-    if num_q_heads == 0 or num_q_heads % num_kv_heads:
-        raise ShapeError(
-            f"query has {num_q_heads} heads, not a positive multiple of the cache's "
-            f"{num_kv_heads} kv heads"
-        )
-    scale, window, soft_cap = _check_options(
-        scale, head_dim, sliding_window, logits_soft_cap
-    )
+    check_query_shape(q_shape, lens.shape[0], num_kv_heads, head_dim)
+    batch, num_new, num_q_heads, _ = q_shape
+    options = check_attention_options(scale, head_dim, sliding_window, logits_soft_cap)
+    # The kernels take 0 for "no window" / "no cap".
+    scale = options.scale
+    window = options.sliding_window or 0
+    soft_cap = options.logits_soft_cap or 0.0
 
     group = num_q_heads // num_kv_heads
     nthreads = threads or default_threads()
