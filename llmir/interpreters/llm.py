@@ -26,6 +26,7 @@ from xdsl.dialects import arith, func
 from xdsl.dialects.builtin import (
     DenseIntOrFPElementsAttr,
     FloatAttr,
+    IndexType,
     IntegerAttr,
     ModuleOp,
     TensorType,
@@ -278,13 +279,23 @@ def _forward(method: RuntimeImpl) -> RuntimeImpl:
 
 @register_impls
 class DenseConstantFunctions(ArithFunctions):
-    """xDSL's arith functions plus `arith.constant` of dense tensors."""
+    """xDSL's arith functions plus `arith.constant` of dense tensors.
+
+    Scalar float and non-index integer constants are answered here too, with
+    the same value xDSL's implementation returns (the attribute itself): its
+    generic `isa` check cost ~100 us per constant, which made the attribute
+    constants of lowered `llm` ops the largest cost of a lowered decode loop.
+    """
 
     @impl(arith.ConstantOp)
     def run_constant(
         self, interpreter: Interpreter, op: arith.ConstantOp, args: PythonValues
     ) -> PythonValues:
         value = op.value
+        if isinstance(value, FloatAttr) or (
+            isinstance(value, IntegerAttr) and not isinstance(value.type, IndexType)
+        ):
+            return (value,)
         if isinstance(value, DenseIntOrFPElementsAttr):
             import numpy as np
 
