@@ -36,12 +36,14 @@ from xdsl.interpreter import (
     InterpreterFunctions,
     PythonValues,
     impl,
+    impl_attr,
     impl_external,
     register_impls,
 )
 from xdsl.interpreters.arith import ArithFunctions
 from xdsl.interpreters.shaped_array import ShapedArray
 from xdsl.ir import Attribute, Operation
+from xdsl.utils.exceptions import InterpretationError
 
 from llmir.dialects import llm
 from llmir.dialects.llm_type import PagedKVCacheType
@@ -297,17 +299,36 @@ class DenseConstantFunctions(ArithFunctions):
         ):
             return (value,)
         if isinstance(value, DenseIntOrFPElementsAttr):
-            import numpy as np
-
-            value_type = cast(TensorType[Any], op.result.type)
-            element_type = value_type.element_type
-            data = np.broadcast_to(
-                np.asarray(value.get_values()), value_type.get_shape()
-            )
-            array = runtime_calls.to_element_type(data, element_type)
-            return (from_numpy(array, element_type),)
+            return (_dense_tensor(value, op.result.type),)
         # `@impl` wraps results in an OpImplResult; unwrap the parent's.
         return super().run_constant(interpreter, op, args).values
+
+    @impl_attr(TensorType)
+    def tensor_attr_value(
+        self, interpreter: Interpreter, attr: Attribute, attr_type: TensorType[Any]
+    ) -> ShapedArray[Any]:
+        """Tensor arguments written as attributes (`llmir-run --args`)."""
+        if not isinstance(attr, DenseIntOrFPElementsAttr):
+            raise InterpretationError(
+                f"a {attr_type} argument must be a dense<...> attribute, got {attr}"
+            )
+        return _dense_tensor(attr, attr_type)
+
+
+def _dense_tensor(
+    value: DenseIntOrFPElementsAttr[Any], type_attr: Attribute
+) -> ShapedArray[Any]:
+    """A `dense<...>` attribute (a splat or every element) as a tensor of
+    `type_attr`."""
+    import numpy as np
+
+    tensor_type = cast(TensorType[Any], type_attr)
+    element_type = tensor_type.element_type
+    shape = tensor_type.get_shape()
+    values = np.asarray(value.get_values())
+    # A splat may come back as one value or already expanded.
+    data = values.reshape(shape) if values.size > 1 else np.broadcast_to(values, shape)
+    return from_numpy(runtime_calls.to_element_type(data, element_type), element_type)
 
 
 def register_llmir_implementations(

@@ -39,10 +39,16 @@ from xdsl.interpreter import Interpreter, InterpreterFunctions
 from xdsl.interpreters import register_implementations as register_xdsl
 from xdsl.interpreters.shaped_array import ShapedArray
 from xdsl.ir import Attribute, Operation
+from xdsl.parser import Parser
 from xdsl.passes import PassPipeline
 from xdsl.tools.xdsl_run import xDSLRunMain
 from xdsl.universe import Universe
-from xdsl.utils.exceptions import DiagnosticException, ParseError, VerifyException
+from xdsl.utils.exceptions import (
+    DiagnosticException,
+    InterpretationError,
+    ParseError,
+    VerifyException,
+)
 
 from llmir.dialects.llm_type import PagedKVCacheType
 from llmir.errors import LLMIRError
@@ -156,13 +162,19 @@ class LLMIRRunMain(xDSLRunMain):
             raise RunError(f"no function @{symbol} with a body in the module")
         return entry
 
-    def _arguments(self, entry: func.FuncOp) -> tuple[Any, ...]:
+    def _arguments(
+        self, interpreter: Interpreter, entry: func.FuncOp
+    ) -> tuple[Any, ...]:
+        """Arguments in order: those of `--args` (xDSL attribute syntax, as
+        xdsl-run takes them), then the `--input` arrays, then random ones."""
         types = list(entry.function_type.inputs.data)
+        attributes = self._attribute_arguments()
         arrays = _load_inputs(self.args.input)
-        if len(arrays) > len(types):
+        given = len(attributes) + len(arrays)
+        if given > len(types):
             raise RunError(
                 f"@{entry.sym_name.data} takes {len(types)} arguments, "
-                f"{len(arrays)} were given"
+                f"{given} were given"
             )
         rng = (
             np.random.default_rng(self.args.random_args)
@@ -172,16 +184,30 @@ class LLMIRRunMain(xDSLRunMain):
         values: list[Any] = []
         for index, type_attr in enumerate(types):
             what = f"argument {index} of @{entry.sym_name.data}"
-            if index < len(arrays):
-                values.append(_argument_value(arrays[index], type_attr, what))
+            if index < len(attributes):
+                values.append(
+                    interpreter.value_for_attribute(attributes[index], type_attr)
+                )
+            elif index < given:
+                array = arrays[index - len(attributes)]
+                values.append(_argument_value(array, type_attr, what))
             elif rng is not None:
                 values.append(_random_value(rng, type_attr, what))
             else:
                 raise RunError(
                     f"@{entry.sym_name.data} takes {len(types)} arguments, "
-                    f"{len(arrays)} were given (use --input or --random-args)"
+                    f"{given} were given (use --input or --random-args)"
                 )
         return tuple(values)
+
+    def _attribute_arguments(self) -> list[Attribute]:
+        if not self.args.args:
+            return []
+        parser = Parser(self.ctx, self.args.args, "args")
+        parsed = parser.parse_optional_undelimited_comma_separated_list(
+            parser.parse_optional_attribute, parser.parse_attribute
+        )
+        return list(parsed or [])
 
     def _execute(
         self, module: ModuleOp, device: str, progress: bool
@@ -192,7 +218,7 @@ class LLMIRRunMain(xDSLRunMain):
         if progress:
             interpreter.listeners = (*interpreter.listeners, _Progress())
         entry = self._entry(interpreter)
-        args = self._arguments(entry)
+        args = self._arguments(interpreter, entry)
         start = time.perf_counter()
         results = interpreter.call_op(entry, args)
         elapsed = time.perf_counter() - start
@@ -211,6 +237,8 @@ class LLMIRRunMain(xDSLRunMain):
         arrays = [_result_array(r) for r in results]
         for index, array in enumerate(arrays):
             print(f"result{index}: {_describe(array)}")
+            if self.args.verbose and array is not None:
+                print(np.array2string(array, precision=4, threshold=10_000))
         print(f"time: {elapsed * 1e3:.1f} ms")
         if self.args.stats:
             for index, cache in enumerate(caches):
@@ -384,7 +412,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunError as e:
         print(f"llmir-run: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (LLMIRError, DiagnosticException, ParseError, VerifyException) as e:
+    except (
+        LLMIRError,
+        DiagnosticException,
+        InterpretationError,
+        ParseError,
+        VerifyException,
+    ) as e:
         message = str(e).strip().splitlines()
         print(f"llmir-run: error: {message[-1] if message else e}", file=sys.stderr)
         return EXIT_USAGE

@@ -144,3 +144,22 @@ def test_cuda_device_without_gpu_is_a_clear_error(
         pytest.skip("a CUDA device (or the simulator) is available here")
     message = _error(capsys, str(program), "--random-args", "0", "--device", "cuda")
     assert "cuda" in message.lower()
+
+
+def test_args_in_attribute_syntax_and_verbose(
+    program: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # xdsl-run's --args form: the first argument as a dense attribute, the
+    # rest random.  All-equal keys make attention return exactly that key.
+    keys = "dense<0.5> : tensor<1x3x2x4xf32>"
+    assert main([str(program), "--args", keys, "--random-args", "0", "--verbose"]) == 0
+    printed = capsys.readouterr().out
+    assert "result0: float32[1, 1, 2, 4] [0.5, 0.5, 0.5" in printed
+    assert "[[[[0.5 0.5 0.5 0.5]" in printed  # --verbose prints the whole array
+
+
+def test_args_of_the_wrong_kind_is_one_line(
+    program: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    message = _error(capsys, str(program), "--args", "3 : i32", "--random-args", "0")
+    assert "dense<...>" in message or "i32" in message
