@@ -72,10 +72,12 @@ def storage_kind(dtype: str | StorageKind | npt.DTypeLike) -> StorageKind:
     if isinstance(dtype, str):
         name = _ALIASES.get(dtype.lower(), dtype.lower())
     else:
+        names: dict[np.dtype[Any], str] = {
+            np.dtype(np.float32): "f32",
+            np.dtype(np.float16): "f16",
+        }
         try:
-            name = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}[
-                np.dtype(dtype)
-            ]
+            name = names[np.dtype(dtype)]
         except (KeyError, TypeError):
             name = str(dtype)
     if name not in STORAGE_KINDS:
@@ -135,25 +137,25 @@ def _f32_to_f16_bits(typingctx: Any, x: Any) -> Any:
 @njit(inline="always", cache=True)
 def f16_bits_to_f32(bits: Any) -> Any:
     """IEEE half bit pattern (uint16) -> float32, exact."""
-    return _f16_bits_to_f32(np.uint16(bits))
+    return _f16_bits_to_f32(np.uint16(bits))  # pyright: ignore[reportCallIssue]
 
 
 @njit(inline="always", cache=True)
 def f32_to_f16_bits(x: Any) -> Any:
     """float32 -> IEEE half bit pattern, round to nearest even."""
-    return _f32_to_f16_bits(np.float32(x))
+    return _f32_to_f16_bits(np.float32(x))  # pyright: ignore[reportCallIssue]
 
 
 @njit(inline="always", cache=True)
 def bf16_bits_to_f32(bits: Any) -> Any:
     """bfloat16 bit pattern (uint16) -> float32, exact."""
-    return _bitcast_u32_to_f32(np.uint32(bits) << np.uint32(16))
+    return _bitcast_u32_to_f32(np.uint32(bits) << np.uint32(16))  # pyright: ignore[reportCallIssue]
 
 
 @njit(inline="always", cache=True)
 def f32_to_bf16_bits(x: Any) -> Any:
     """float32 -> bfloat16 bit pattern, round to nearest even, NaN kept quiet."""
-    u = _bitcast_f32_to_u32(np.float32(x))
+    u = _bitcast_f32_to_u32(np.float32(x))  # pyright: ignore[reportCallIssue]
     if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
         return np.uint16((u >> np.uint32(16)) | np.uint32(0x0040))
     bias = np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))
