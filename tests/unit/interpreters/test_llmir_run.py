@@ -163,3 +163,34 @@ def test_args_of_the_wrong_kind_is_one_line(
 ) -> None:
     message = _error(capsys, str(program), "--args", "3 : i32", "--random-args", "0")
     assert "dense<...>" in message or "i32" in message
+
+
+def test_progress_is_reported_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loop = """
+!cache = !llm.paged_kv_cache<f32, 1, 1, 2, 4, 128>
+func.func @main(%x : tensor<1x1x1x2xf32>) -> tensor<1x1x1x2xf32> {
+  %ids = arith.constant dense<0> : tensor<1xi32>
+  %c = llm.create_kv_cache {num_blocks = 32 : i64} : !cache
+  %lb = arith.constant 0 : index
+  %ub = arith.constant 100 : index
+  %one = arith.constant 1 : index
+  %y, %cf = scf.for %i = %lb to %ub step %one iter_args(%xi = %x, %ci = %c)
+      -> (tensor<1x1x1x2xf32>, !cache) {
+    %ca, %b = llm.append_kv %ci, %xi, %xi, %ids
+        : (!cache, tensor<1x1x1x2xf32>, tensor<1x1x1x2xf32>, tensor<1xi32>) -> (!cache, tensor<1x1xi32>)
+    %t, %l = llm.block_table %ca, %ids : (!cache, tensor<1xi32>) -> (tensor<1x32xi32>, tensor<1xi32>)
+    %o = llm.paged_attention %xi, %ca, %t, %l
+        : (tensor<1x1x1x2xf32>, !cache, tensor<1x32xi32>, tensor<1xi32>) -> tensor<1x1x1x2xf32>
+    scf.yield %o, %ca : tensor<1x1x1x2xf32>, !cache
+  }
+  func.return %y : tensor<1x1x1x2xf32>
+}
+"""
+    path = tmp_path / "loop.mlir"
+    path.write_text(loop)
+    assert main([str(path), "--random-args", "0", "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "progress: 50 attention calls" in err
+    assert "progress: 100 attention calls" in err
