@@ -3,7 +3,8 @@
 //
 //  1. Prefill three prompts of different lengths (7, 3 and 12 tokens), one
 //     sequence at a time: each layer appends its input as keys and values,
-//     then runs causal attention; its output is the next layer's input.
+//     then runs causal attention; its output is the next layer's input (the
+//     last layer's output is returned for the third prompt).
 //  2. Decode: 16 steps for the batch of all three sequences in an scf.for.
 //     Each step appends the step's hidden state to layer 0, attends, feeds
 //     the result to layer 1, and feeds layer 1's output to the next step.
@@ -51,6 +52,9 @@ func.func @main(%prompt0 : tensor<1x7x4x32xf32>,
   %c1b, %b1b = llm.append_kv %c1a, %h1, %h1, %id1 {layer = 1 : i32}
       : (!cache, tensor<1x3x4x32xf32>, tensor<1x3x4x32xf32>, tensor<1xi32>)
       -> (!cache, tensor<1x3xi32>)
+  %o1 = llm.paged_attention %h1, %c1b, %t1, %l1 {layer = 1 : i32}
+      : (tensor<1x3x4x32xf32>, !cache, tensor<1x16xi32>, tensor<1xi32>)
+      -> tensor<1x3x4x32xf32>
 
   %c2a, %b2a = llm.append_kv %c1b, %prompt2, %prompt2, %id2 {layer = 0 : i32}
       : (!cache, tensor<1x12x4x32xf32>, tensor<1x12x4x32xf32>, tensor<1xi32>)
