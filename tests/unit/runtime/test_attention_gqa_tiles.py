@@ -1,0 +1,134 @@
+"""The four-row register tile of the half-precision kernels against the
+float64 reference.
+
+The tile serves items of exactly four query rows whose bounds agree: a GQA
+group of four in decode, and in prefill four queries of one kv head (group 1,
+q_tile 4) or two queries of a group of two (q_tile 2) away from the causal
+diagonal and the window edge.  The cases below put such items next to ones
+whose rows' bounds differ (and so go row by row), with lengths that do and do
+not fill the last block, windows, soft cap, context partitions and empty
+sequences.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from llmir.runtime.attention_kernels import run_paged_attention
+from llmir.runtime.dtypes import storage_kind
+from llmir.runtime.reference import build_paged_pool, reference_paged_attention
+
+HALF_TOL = 1e-3  # relative and absolute, as in test_attention_kernels
+F32_TOL = 1e-5
+
+
+def attend(
+    rng: np.random.Generator,
+    kind_name: str,
+    lens: list[int],
+    tq: int,
+    q_heads: int,
+    num_heads: int,
+    block_size: int,
+    **options: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(kernel output, float64 reference) for random K/V/queries."""
+    kind = storage_kind(kind_name)
+    head_dim = 32
+    keys = [rng.standard_normal((n, num_heads, head_dim)) for n in lens]
+    values = [rng.standard_normal((n, num_heads, head_dim)) for n in lens]
+    pool = build_paged_pool(keys, values, block_size, kind, rng)
+    query = rng.standard_normal((len(lens), tq, q_heads, head_dim)).astype(np.float32)
+    kernel_options = {
+        k: options.pop(k) for k in ("partition_size", "q_tile") if k in options
+    }
+    out = np.full(query.shape, np.nan, dtype=np.float32)
+    run_paged_attention(
+        query,
+        pool.kv_pool[0],
+        kind.code,
+        pool.block_table,
+        pool.seq_lens,
+        out,
+        scale=head_dim**-0.5,
+        **options,
+        **kernel_options,
+    )
+    expected = reference_paged_attention(
+        query,
+        pool.kv_pool[0],
+        kind,
+        pool.block_table,
+        pool.seq_lens,
+        scale=head_dim**-0.5,
+        **options,
+    )
+    return out, expected
+
+
+@pytest.mark.parametrize("kind_name", ["f16", "bf16"])
+@pytest.mark.parametrize("block_size", [1, 3, 8, 16])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"sliding_window": 5},
+        {"logits_soft_cap": 3.0},
+        {"partition_size": 48},
+        {"causal": False, "sliding_window": 7, "logits_soft_cap": 2.0},
+    ],
+)
+def test_group_of_four_decode(kind_name: str, block_size: int, options: Any):
+    rng = np.random.default_rng(block_size)
+    lens = [0, 1, 5, 37, 96]
+    if "partition_size" in options:
+        options["partition_size"] = block_size * (48 // block_size)
+    out, expected = attend(rng, kind_name, lens, 1, 8, 2, block_size, **options)
+    np.testing.assert_allclose(out, expected, rtol=HALF_TOL, atol=HALF_TOL)
+    assert not out[0].any()  # the empty sequence gives zeros
+
+
+@pytest.mark.parametrize("kind_name", ["f16", "bf16", "f32"])
+@pytest.mark.parametrize(
+    ("q_heads", "num_heads", "q_tile"), [(2, 2, 4), (4, 2, 2), (8, 2, 1), (8, 2, 3)]
+)
+@pytest.mark.parametrize("options", [{}, {"sliding_window": 6}, {"causal": False}])
+def test_prefill_tiles_of_four_rows(
+    kind_name: str, q_heads: int, num_heads: int, q_tile: int, options: Any
+):
+    # Rows of different queries share a block's bounds only away from the
+    # causal diagonal and the window edge; elsewhere the item goes row by row.
+    rng = np.random.default_rng(q_heads * 10 + q_tile)
+    out, expected = attend(
+        rng, kind_name, [9, 30, 0], 9, q_heads, num_heads, 4, q_tile=q_tile, **options
+    )
+    tolerance = F32_TOL if kind_name == "f32" else HALF_TOL
+    np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("kind_name", ["f16", "bf16"])
+def test_large_logits_stay_finite_in_the_tile(kind_name: str):
+    # Keys far apart in scale: exp underflows for most tokens of a block and
+    # the running max jumps between blocks; nothing may overflow or turn NaN.
+    rng = np.random.default_rng(3)
+    kind = storage_kind(kind_name)
+    head_dim = 32
+    n = 70
+    scales = np.where(np.arange(n) % 9 == 0, 300.0, 1.0)[:, None, None]
+    keys = [rng.standard_normal((n, 1, head_dim)) * scales]
+    values = [rng.standard_normal((n, 1, head_dim))]
+    pool = build_paged_pool(keys, values, 8, kind, rng)
+    query = rng.standard_normal((1, 1, 4, head_dim)).astype(np.float32)
+    out = np.full(query.shape, np.nan, dtype=np.float32)
+    run_paged_attention(
+        query, pool.kv_pool[0], kind.code, pool.block_table, pool.seq_lens, out,
+        scale=1.0,
+    )  # fmt: skip
+    expected = reference_paged_attention(
+        query, pool.kv_pool[0], kind, pool.block_table, pool.seq_lens, scale=1.0
+    )
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, expected, rtol=HALF_TOL, atol=HALF_TOL)
