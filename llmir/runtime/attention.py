@@ -44,7 +44,7 @@ from llmir.runtime.attention_checks import (
 )
 from llmir.runtime.attention_kernels import run_paged_attention
 from llmir.runtime.dtypes import StorageKind
-from llmir.runtime.validation import validate_block_table
+from llmir.runtime.validation import check_layer, validate_block_table
 
 _QUERY_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
@@ -83,14 +83,7 @@ def paged_attention(
     Returns `out` (filled) or a new array of the query's shape and dtype.
     The semantics are in the module docstring.
     """
-    if (
-        isinstance(layer, bool)
-        or not isinstance(layer, (int, np.integer))  # pyright: ignore[reportUnnecessaryIsInstance]
-        or not 0 <= layer < cache.num_layers
-    ):
-        raise ShapeError(
-            f"layer {layer!r} is out of range, the cache has {cache.num_layers} layers"
-        )
+    check_layer(layer, cache.num_layers)
     pool = cache.kv_pool
     if not isinstance(pool, np.ndarray):
         raise DeviceError(

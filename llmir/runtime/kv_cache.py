@@ -34,7 +34,7 @@ from llmir.runtime.cpu_storage import CPUStorage
 from llmir.runtime.dtypes import F16, F32, StorageKind, storage_kind
 from llmir.runtime.sequences import SequenceTable
 from llmir.runtime.storage import KVStorage, lookup_dtype
-from llmir.runtime.validation import validate_block_table
+from llmir.runtime.validation import check_layer, validate_block_table
 
 IntArray = npt.NDArray[np.int32]
 
@@ -257,7 +257,7 @@ class PagedKVCache:
         ``[written, written + T)`` of that layer (see `sequences` for the
         length semantics).  An empty batch or ``T == 0`` is a no-op.
         """
-        self._check_layer(layer)
+        check_layer(layer, self._num_layers)
         k, v = self._checked_inputs(keys, values, rank=4, seq_ids=seq_ids)
         batch, T = k.shape[0], k.shape[1]
         if batch == 0 or T == 0:
@@ -328,7 +328,7 @@ class PagedKVCache:
         avoids the page faults of fresh arrays, about half the cost of a
         large lookup.
         """
-        self._check_layer(layer)
+        check_layer(layer, self._num_layers)
         table, lens = self.validate_block_table(block_table, seq_lens)
         max_len = int(lens.max()) if lens.size else 0
         if out is None:
@@ -355,13 +355,6 @@ class PagedKVCache:
         return self.lookup_kv(table, lens, layer, as_float32=as_float32)
 
     # -- checks ----------------------------------------------------------------
-
-    def _check_layer(self, layer: object) -> None:
-        if not isinstance(layer, int | np.integer) or not 0 <= layer < self._num_layers:
-            raise ShapeError(
-                f"layer {layer!r} is out of range, "
-                f"the cache has {self._num_layers} layers"
-            )
 
     def _check_out(
         self, out: tuple[Any, Any], batch: int, max_len: int, as_float32: bool

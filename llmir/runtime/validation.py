@@ -1,4 +1,4 @@
-"""Checks of block tables and sequence lengths handed to kernels.
+"""Checks of block tables, sequence lengths and layer indices handed to kernels.
 
 Shared by the cache's `lookup_kv`, the attention kernels and the GPU backend:
 a table that passes `validate_block_table` can be indexed by any kernel
@@ -16,6 +16,18 @@ from llmir.errors import BlockTableError, DTypeError, ShapeError
 from llmir.runtime.layout import PAD_BLOCK
 
 IntArray = npt.NDArray[np.int32]
+
+
+def check_layer(layer: object, num_layers: int, owner: str = "cache") -> None:
+    """`layer` must be an integer (not a bool) in ``[0, num_layers)``."""
+    if (
+        isinstance(layer, bool)
+        or not isinstance(layer, int | np.integer)
+        or not 0 <= layer < num_layers
+    ):
+        raise ShapeError(
+            f"layer {layer!r} is out of range, the {owner} has {num_layers} layers"
+        )
 
 
 def validate_block_table(

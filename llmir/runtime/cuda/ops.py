@@ -31,7 +31,7 @@ from llmir.runtime.cuda.codecs import codec
 from llmir.runtime.cuda.loader import cuda_module, simulator_enabled
 from llmir.runtime.cuda.validation import check_slot_mapping
 from llmir.runtime.dtypes import F16, StorageKind
-from llmir.runtime.validation import validate_block_table
+from llmir.runtime.validation import check_layer, validate_block_table
 
 cuda = cuda_module()
 
@@ -87,13 +87,6 @@ def _to_device(name: str, value: Any, shape: tuple[int, ...], dtype: Any) -> Any
     return cuda.to_device(np.ascontiguousarray(host, dtype=dtype))
 
 
-def _check_layer(layer: int, num_layers: int) -> None:
-    if not 0 <= layer < num_layers:
-        raise ShapeError(
-            f"layer {layer} is out of range, the pool has {num_layers} layers"
-        )
-
-
 def _input_mode(kind: StorageKind, dtype: Any) -> tuple[bool, Any]:
     """(raw, dtype kernels read) for K/V inputs of `dtype`: float32 is
     encoded; the storage representation (float16 or uint16 bits for f16,
@@ -133,7 +126,7 @@ def append_kv(
     slots = check_slot_mapping(slot_mapping, num_slots=num_blocks * block_size)
     num_tokens = slots.shape[0]
     if layer is not None:
-        _check_layer(layer, num_layers)
+        check_layer(layer, num_layers, "pool")
         shape: tuple[int, ...] = (num_tokens, num_heads, head_dim)
     else:
         shape = (num_layers, num_tokens, num_heads, head_dim)
@@ -210,7 +203,7 @@ def gather_kv(
     f16 pool when ``as_float32`` is False.
     """
     num_layers, _, num_heads, _, head_dim = pool_dims(pool)
-    _check_layer(layer, num_layers)
+    check_layer(layer, num_layers, "pool")
     table, lens = _validated_table(pool, block_table, seq_lens)
     batch = lens.shape[0]
     longest = int(lens.max()) if batch else 0
@@ -426,7 +419,7 @@ def paged_attention_on_pool(
     and the launch overrides num_splits, threads, q_tile.
     """
     num_layers = pool_dims(pool)[0]
-    _check_layer(layer, num_layers)
+    check_layer(layer, num_layers, "pool")
     q_dtype = (
         np.dtype(np.float32) if is_device_array(query) else np.asarray(query).dtype
     )

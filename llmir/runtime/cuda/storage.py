@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from llmir.errors import ShapeError
 from llmir.runtime.cuda import ops
 from llmir.runtime.cuda.loader import cuda_module
 from llmir.runtime.dtypes import StorageKind
 from llmir.runtime.layout import pool_shape
+from llmir.runtime.validation import check_layer
 
 cuda = cuda_module()
 
@@ -137,10 +137,7 @@ def paged_attention(
     semantics, the table checked by the cache's own `validate_block_table`.
     Extra keyword arguments go to `ops.paged_attention_on_pool`."""
     table, lens = cache.validate_block_table(block_table, seq_lens)
-    if not 0 <= layer < cache.num_layers:
-        raise ShapeError(
-            f"layer {layer} is out of range, the cache has {cache.num_layers} layers"
-        )
+    check_layer(layer, cache.num_layers)
     return ops.paged_attention_on_pool(
         cache.kv_pool,
         cache.kind,
