@@ -45,13 +45,18 @@ class CacheMachine(RuleBasedStateMachine):
     def _expected_error(
         self, ids: list[int], t: int, layer: int | None
     ) -> type[Exception] | None:
+        # The cache checks the whole batch for each rule in turn (uneven
+        # layers, then length, then blocks), so the model does too.
+        if layer is None:
+            for s in ids:
+                written = [len(x) for x in self.model.get(s, [[]])]
+                if len(set(written)) > 1:
+                    return SequenceError
         needed = 0
         for s in ids:
             layers = self.model.get(s, [[] for _ in range(L)])
             written = [len(x) for x in layers]
             length = max(written)
-            if layer is None and len(set(written)) > 1:
-                return SequenceError
             end = (length if layer is None else written[layer]) + t
             if end > MAX:
                 return SequenceTooLongError
