@@ -74,10 +74,10 @@ def _scalar(value: Any) -> int | float:
 class LLMFunctions(InterpreterFunctions):
     """Executes `llm` ops on the llmir runtime of `device` ("cpu" or "cuda")."""
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", caches: list[Any] | None = None) -> None:
         self.device = device
-        self.caches: list[Any] = []
-        """Every cache created so far (for statistics)."""
+        self.caches: list[Any] = [] if caches is None else caches
+        """Every cache created so far (for statistics); may be shared."""
 
     @impl(llm.CreateKVCacheOp)
     def run_create_kv_cache(
@@ -169,10 +169,10 @@ class LLMRuntimeFunctions(InterpreterFunctions):
     registered class that maps each mangled callee to these methods.
     """
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", caches: list[Any] | None = None) -> None:
         self.device = device
-        self.caches: list[Any] = []
-        """Every cache created so far (for statistics)."""
+        self.caches: list[Any] = [] if caches is None else caches
+        """Every cache created so far (for statistics); may be shared."""
 
     def llmir_create_kv_cache(
         self, interpreter: Interpreter, op: Operation, args: PythonValues
@@ -241,7 +241,9 @@ class LLMRuntimeFunctions(InterpreterFunctions):
         return (cache,)
 
 
-def runtime_functions_for(module: ModuleOp, device: str = "cpu") -> LLMRuntimeFunctions:
+def runtime_functions_for(
+    module: ModuleOp, device: str = "cpu", caches: list[Any] | None = None
+) -> LLMRuntimeFunctions:
     """An `LLMRuntimeFunctions` whose registered external functions are the
     `llmir_*` declarations of `module` (unknown `llmir_*` names are left
     unregistered, so the interpreter reports them by name)."""
@@ -262,7 +264,7 @@ def runtime_functions_for(module: ModuleOp, device: str = "cpu") -> LLMRuntimeFu
     registered = register_impls(
         type("LLMModuleRuntimeFunctions", (LLMRuntimeFunctions,), externals)
     )
-    return registered(device)
+    return registered(device, caches)
 
 
 def _forward(method: RuntimeImpl) -> RuntimeImpl:
@@ -333,9 +335,13 @@ def _dense_tensor(
 
 def register_llmir_implementations(
     interpreter: Interpreter, module: ModuleOp, device: str = "cpu"
-) -> None:
+) -> list[Any]:
     """Register everything llmir needs on top of xDSL's own implementations:
-    the `llm` ops, the lowered runtime calls of `module`, and dense constants."""
-    interpreter.register_implementations(LLMFunctions(device))
-    interpreter.register_implementations(runtime_functions_for(module, device))
+    the `llm` ops, the lowered runtime calls of `module`, and dense constants.
+
+    Returns the list that collects every cache the run creates, in order."""
+    caches: list[Any] = []
+    interpreter.register_implementations(LLMFunctions(device, caches))
+    interpreter.register_implementations(runtime_functions_for(module, device, caches))
     interpreter.register_implementations(DenseConstantFunctions(), override=True)
+    return caches

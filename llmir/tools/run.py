@@ -35,7 +35,7 @@ from xdsl.dialects.builtin import (
     ModuleOp,
     TensorType,
 )
-from xdsl.interpreter import Interpreter, InterpreterFunctions
+from xdsl.interpreter import Interpreter
 from xdsl.interpreters import register_implementations as register_xdsl
 from xdsl.interpreters.shaped_array import ShapedArray
 from xdsl.ir import Attribute, Operation
@@ -214,7 +214,7 @@ class LLMIRRunMain(xDSLRunMain):
     ) -> tuple[tuple[Any, ...], list[Any], float]:
         interpreter = Interpreter(module, index_bitwidth=self.args.index_bitwidth)
         register_xdsl(interpreter, self.ctx)
-        register_llmir_implementations(interpreter, module, device)
+        caches = register_llmir_implementations(interpreter, module, device)
         if progress:
             interpreter.listeners = (*interpreter.listeners, _Progress())
         entry = self._entry(interpreter)
@@ -222,7 +222,6 @@ class LLMIRRunMain(xDSLRunMain):
         start = time.perf_counter()
         results = interpreter.call_op(entry, args)
         elapsed = time.perf_counter() - start
-        caches = _created_caches(interpreter)
         return tuple(results), caches, elapsed
 
     # -- main -------------------------------------------------------------------
@@ -300,23 +299,6 @@ def _has_symbol(module: Operation, symbol: str) -> bool:
     from xdsl.traits import SymbolTable
 
     return SymbolTable.lookup_symbol(module, symbol) is not None
-
-
-def _created_caches(interpreter: Interpreter) -> list[Any]:
-    caches: list[Any] = []
-    for functions in _registered_functions(interpreter):
-        caches.extend(getattr(functions, "caches", []))
-    return caches
-
-
-def _registered_functions(interpreter: Interpreter) -> list[InterpreterFunctions]:
-    impls = interpreter._impls  # pyright: ignore[reportPrivateUsage]
-    found: list[InterpreterFunctions] = []
-    for table in (impls._impl_dict, impls._external_funcs_dict):  # pyright: ignore[reportPrivateUsage]
-        for functions, _ in table.values():
-            if functions not in found:
-                found.append(functions)
-    return found
 
 
 def _load_inputs(paths: list[str]) -> list[npt.NDArray[Any]]:
