@@ -27,9 +27,9 @@ import numpy as np
 import numpy.typing as npt
 
 from benchmarks.common import median_seconds, print_table, read_bandwidth_gbs
-from llmir.runtime.attention import paged_attention_on_pool
-from llmir.runtime.dtypes import StorageKind, decode, encode, storage_kind
-from llmir.runtime.layout import KEY, VALUE
+from llmir import PagedKVCache, paged_attention
+from llmir.runtime.dtypes import ElementType, decode, element_type
+from llmir.runtime.geometry import KEY, VALUE
 
 HEAD_DIM = 128
 PREFILL_TOKENS = 2048
@@ -42,7 +42,7 @@ class Shape:
     q_heads: int
     kv_heads: int
     block_size: int
-    kind: StorageKind
+    kind: ElementType
     queries: int = 1
 
     @property
@@ -56,10 +56,14 @@ class Workload:
     blocks, plus the same K/V as dense float arrays for the peers."""
 
     shape: Shape
-    layer_pool: npt.NDArray[Any]
+    cache: PagedKVCache
     block_table: npt.NDArray[np.int32]
     seq_lens: npt.NDArray[np.int32]
     query: npt.NDArray[np.float32]
+
+    @property
+    def layer_pool(self) -> npt.NDArray[Any]:
+        return self.cache.kv_pool[0]
 
     @property
     def kv_bytes(self) -> int:
@@ -68,18 +72,30 @@ class Workload:
 
 
 def make_workload(shape: Shape, rng: np.random.Generator) -> Workload:
+    """A one-layer cache whose pool is filled directly (the bookkeeping is
+    not involved: attention takes any valid block table)."""
     blocks_per_seq = shape.context // shape.block_size
     num_blocks = shape.batch * blocks_per_seq
-    pool_shape = (num_blocks, shape.kv_heads, 2, shape.block_size, HEAD_DIM)
-    values = rng.standard_normal(pool_shape, dtype=np.float32)
-    layer_pool = encode(values, shape.kind)
-    del values
+    cache = PagedKVCache(
+        1,
+        shape.kv_heads,
+        HEAD_DIM,
+        shape.block_size,
+        shape.context,
+        shape.kind,
+        num_blocks=num_blocks,
+    )
+    layer_pool = cache.kv_pool[0]
+    for block in range(num_blocks):  # encode block by block: no 2x peak memory
+        layer_pool[block] = shape.kind.encode(
+            rng.standard_normal(layer_pool.shape[1:], dtype=np.float32)
+        )
     table = rng.permutation(num_blocks).astype(np.int32).reshape(shape.batch, -1)
     lens = np.full(shape.batch, shape.context, np.int32)
     query = rng.standard_normal(
         (shape.batch, shape.queries, shape.q_heads, HEAD_DIM), dtype=np.float32
     )
-    return Workload(shape, layer_pool, table, lens, query)
+    return Workload(shape, cache, table, lens, query)
 
 
 def dense_kv(work: Workload) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
@@ -144,9 +160,7 @@ def ours(work: Workload) -> Callable[[], Any]:
 
     def run() -> Any:
         w = work
-        return paged_attention_on_pool(
-            w.query, w.layer_pool, w.shape.kind, w.block_table, w.seq_lens, out=out
-        )
+        return paged_attention(w.query, w.cache, w.block_table, w.seq_lens, out=out)
 
     return run
 
@@ -201,7 +215,7 @@ def main() -> None:
         "--quick", action="store_true", help="batch 8, 2048 tokens only"
     )
     args = parser.parse_args()
-    kinds = [storage_kind(k) for k in ("f32", "f16", "bf16")]
+    kinds = [element_type(k) for k in ("f32", "f16", "bf16")]
     heads = [(16, 16), (32, 8)]
     batches = (
         [(8, 2048)] if args.quick else [(8, 2048), (8, 8192), (1, 2048), (1, 8192)]

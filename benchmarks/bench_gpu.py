@@ -54,10 +54,12 @@ if ARGS is not None and ARGS.simulator:
 
 from benchmarks.common import print_table  # noqa: E402
 from llmir.runtime import cuda as kvcuda  # noqa: E402
-from llmir.runtime.dtypes import storage_kind  # noqa: E402
-from llmir.runtime.layout import pool_shape  # noqa: E402
-
-F16 = storage_kind("f16")
+from llmir.runtime.dtypes import F16  # noqa: E402
+from llmir.runtime.geometry import CacheGeometry  # noqa: E402
+from llmir.runtime.validation import (  # noqa: E402
+    check_attention_options,
+    validate_block_table,
+)
 
 # A module global named ``cuda`` (the simulator swaps exactly such globals);
 # raises DeviceError, saying what is missing, without a GPU or numba-cuda.
@@ -115,6 +117,26 @@ def _fill_kernel() -> Any:
     return fill
 
 
+def pool_shape(
+    layers: int, num_blocks: int, kv_heads: int, block: int, head_dim: int
+) -> tuple[int, ...]:
+    geometry = CacheGeometry(F16, layers, kv_heads, head_dim, block, block)
+    return geometry.pool_shape(num_blocks)
+
+
+def plan(pool: Any, q_shape: tuple[int, ...], table: Any, lens: Any) -> Any:
+    block = pool.shape[4]
+    checked = validate_block_table(
+        table,
+        lens,
+        block_size=block,
+        num_blocks=pool.shape[1],
+        max_seq_len=table.shape[1] * block,
+    )
+    options = check_attention_options(pool.shape[5])
+    return kvcuda.launch.plan_attention(pool, F16, q_shape, checked, options)
+
+
 def make_pool(num_blocks: int, kv_heads: int, block: int, head_dim: int) -> Any:
     """A one-layer f16 pool in device memory, filled on the device."""
     pool = cuda.device_array(
@@ -150,10 +172,10 @@ def bench_decode(sizes: dict[str, Any], limit: float, repeats: int) -> None:
                 table = scattered_tables(rng, batch, ctx // block, num_blocks)
                 lens = np.full(batch, ctx, np.int32)
                 q_shape = (batch, 1, q_heads, d)
-                plan = kvcuda.plan_attention(pool, F16, q_shape, table, lens)
+                attention = plan(pool, q_shape, table, lens)
                 query = cuda.to_device(rng.standard_normal(q_shape).astype(np.float32))
                 out = cuda.device_array(q_shape, np.float32)
-                t = _time_plan(plan, pool, query, out, repeats, sizes["calls"])
+                t = _time_plan(attention, pool, query, out, repeats, sizes["calls"])
                 kv_bytes = batch * ctx * kv_heads * d * 2 * F16.itemsize
                 gbs = kv_bytes / t / 1e9
                 rows.append(
@@ -161,7 +183,7 @@ def bench_decode(sizes: dict[str, Any], limit: float, repeats: int) -> None:
                         f"{q_heads}/{kv_heads}",
                         batch,
                         ctx,
-                        plan.num_splits,
+                        attention.num_splits,
                         t * 1e6,
                         gbs,
                         100 * gbs / limit,
@@ -190,13 +212,13 @@ def bench_append(sizes: dict[str, Any], repeats: int) -> None:
         pool = cuda.device_array(
             pool_shape(num_layers, num_blocks, heads, block, d), np.uint16
         )
-        shape = (tokens, heads, d) if layers is None else (num_layers, tokens, heads, d)
+        shape = (num_layers, tokens, heads, d)
         keys = cuda.to_device(rng.standard_normal(shape).astype(np.float32))
         values = cuda.to_device(rng.standard_normal(shape).astype(np.float32))
         slots = rng.permutation(num_blocks * block)[:tokens].astype(np.int32)
         layer = 0 if layers is None else None
         t = gpu_seconds(
-            lambda: kvcuda.append_kv(pool, F16, keys, values, slots, layer=layer),  # noqa: B023
+            lambda: kvcuda.launch.append(pool, F16, layer, keys, values, slots),  # noqa: B023
             repeats,
             sizes["calls"],
         )
@@ -222,12 +244,10 @@ def bench_prefill(sizes: dict[str, Any], repeats: int) -> None:
         pool = make_pool(num_blocks, kv_heads, block, d)
         table = scattered_tables(rng, 1, num_blocks, num_blocks)
         q_shape = (1, tokens, q_heads, d)
-        plan = kvcuda.plan_attention(
-            pool, F16, q_shape, table, np.array([tokens], np.int32)
-        )
+        attention = plan(pool, q_shape, table, np.array([tokens], np.int32))
         query = cuda.to_device(rng.standard_normal(q_shape).astype(np.float32))
         out = cuda.device_array(q_shape, np.float32)
-        t = _time_plan(plan, pool, query, out, repeats, 1)
+        t = _time_plan(attention, pool, query, out, repeats, 1)
         flops = 2 * 2 * q_heads * d * tokens * (tokens + 1) / 2  # QK^T and PV, causal
         rows.append((f"{q_heads}/{kv_heads}", tokens, t * 1e3, flops / t / 1e12))
     print(f"\nprefill, causal, f16, D={d}, block {block}")

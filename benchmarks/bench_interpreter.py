@@ -18,10 +18,9 @@ import numpy as np
 from xdsl.dialects.builtin import f32
 
 from benchmarks.common import median_seconds, print_table
+from llmir import PagedKVCache, paged_attention
 from llmir.interpreters.arrays import from_numpy
 from llmir.interpreters.runner import apply_passes, make_interpreter, parse_module
-from llmir.runtime import PagedKVCache
-from llmir.runtime.attention import paged_attention
 
 BATCH, HEADS, DIM, BLOCK, MAX_LEN = 4, 8, 64, 16, 512
 OPS_PER_STEP = 3
@@ -59,7 +58,7 @@ def _interpreted(steps: int, lowered: bool) -> float:
     x = x.astype(np.float32)
 
     def run() -> None:
-        interpreter = make_interpreter(module)
+        interpreter, _ = make_interpreter(module)
         interpreter.call_op("main", (from_numpy(x, f32),))
 
     return median_seconds(run, repeats=5)

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import copy_bandwidth_gbs, median_seconds, print_table
-from llmir.runtime import PagedKVCache, cpu_kernels
+from llmir.runtime import PagedKVCache
+from llmir.runtime.cpu import copy_kernels
 
 LAYERS, HEADS, HEAD_DIM, BLOCK = 32, 8, 128, 16
 
@@ -39,7 +40,9 @@ def bench_prefill(dtype: str, tokens: int, layers: int, copy_bw: float) -> list[
         cache.append_kv_all_layers(keys, values, [0])
 
     t = median_seconds(step, repeats=5, warmup=1)
-    moved = keys.nbytes * 2 + 2 * keys.size * cache.kind.itemsize  # read + write
+    moved = (
+        keys.nbytes * 2 + 2 * keys.size * cache.element_type.itemsize
+    )  # read + write
     gbs = moved / t / 1e9
     return [
         f"prefill {tokens} tok x {layers} layers, {dtype}",
@@ -135,7 +138,9 @@ def bench_lookup(
         t = median_seconds(lambda: cache.lookup_kv(table, lens, out=out), repeats=7)
     else:
         t = median_seconds(lambda: cache.lookup_kv(table, lens), repeats=7)
-    moved = 2 * (out[0].nbytes + keys.size * cache.kind.itemsize)  # K+V, read+write
+    moved = 2 * (
+        out[0].nbytes + keys.size * cache.element_type.itemsize
+    )  # K+V, read+write
     gbs = moved / t / 1e9
     where = "into reused out" if reuse_out else "into new arrays"
     return [
@@ -159,16 +164,16 @@ def main() -> None:
     print(f"copy bandwidth (read + write, measured now): {copy_bw:.1f} GB/s")
     print(f"H={HEADS}, D={HEAD_DIM}, block_size={BLOCK}\n")
     rows: list[list[Any]] = []
-    default_threshold = cpu_kernels.PARALLEL_MIN_ELEMENTS
+    default_threshold = copy_kernels.PARALLEL_MIN_ELEMENTS
     # Parallel (the default for these sizes) and, for comparison, serial.
     for threshold, kernels in ((default_threshold, "prange"), (1 << 62, "serial")):
-        cpu_kernels.PARALLEL_MIN_ELEMENTS = threshold
+        copy_kernels.PARALLEL_MIN_ELEMENTS = threshold
         for d in ("f32", "f16", "bf16"):
             rows.append([kernels, *bench_prefill(d, tokens, layers, copy_bw)])
         for reuse in (True, False):
             for d in ("f32", "f16", "bf16"):
                 rows.append([kernels, *bench_lookup(d, 8, lk_tokens, copy_bw, reuse)])
-    cpu_kernels.PARALLEL_MIN_ELEMENTS = default_threshold
+    copy_kernels.PARALLEL_MIN_ELEMENTS = default_threshold
     print_table(["kernels", "append / lookup", "ms", "GB/s", "% of copy"], rows)
     print()
     rows = [r for d in ("f16", "f32") for r in bench_decode(d, batch, layers, steps)]

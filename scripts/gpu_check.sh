@@ -9,7 +9,9 @@
 # toolkit it can find (libnvvm, libnvrtc; numba-cuda[cu12] or [cu13] from PyPI
 # bring them as wheels).  Wheels in .whl/ (e.g. carried to a machine without
 # network access) are installed first into /tmp/llmir-site.  llmir itself runs
-# from this checkout (its runtime does not need xdsl).  To carry wheels, here:
+# from this checkout; xdsl (a core dependency, pure Python: its element-type
+# registry names IR types) and its two small dependencies travel as wheels
+# when the machine lacks them.  To carry wheels, here:
 #   python3 -m pip download --only-binary=:all: --python-version 3.12 \
 #       --platform manylinux_2_28_x86_64 -d .whl 'numba-cuda[cu13]'
 # (then keep only what the GPU machine lacks; they travel in the 64 MiB tree).  If $OUT is set, the
@@ -102,16 +104,46 @@ if [ $status -ne 0 ]; then
     exit $status
 fi
 
+: > ${LOG:-/dev/null}
+say "torch CUDA tensors used in place (__cuda_array_interface__)"
+"$PY" - <<'PYEOF' 2>&1 | tee -a ${LOG:-/dev/null}
+import numpy as np
+from llmir import PagedKVCache, paged_attention
+try:
+    import torch
+except ImportError:
+    raise SystemExit("torch not installed: skipped")
+rng = np.random.default_rng(0)
+keys = rng.standard_normal((2, 37, 4, 64), dtype=np.float32)
+query = rng.standard_normal((2, 1, 16, 64), dtype=np.float32)
+results = []
+for device in ("cpu", "cuda"):
+    cache = PagedKVCache(2, 4, 64, 16, 256, "bf16", num_blocks=16, device=device)
+    k = torch.from_numpy(keys).cuda() if device == "cuda" else keys
+    cache.append_kv(k, k, [0, 1])
+    table, lens = cache.block_table([0, 1])
+    q = torch.from_numpy(query).cuda() if device == "cuda" else query
+    out = paged_attention(q, cache, table, lens)
+    results.append(np.asarray(torch.as_tensor(out, device="cuda").cpu()) if device == "cuda" else out)
+err = float(np.max(np.abs(results[0] - results[1])))
+print(f"torch CUDA in, device array out: max |cuda - cpu| = {err:.2e}")
+raise SystemExit(0 if err < 1e-3 else 1)
+PYEOF
+interop=${PIPESTATUS[0]}
+
 say "CUDA tests on the GPU (tests/unit/cuda)"
-"$PY" -m pytest -q -p no:cacheprovider tests/unit/cuda 2>&1 | tee ${LOG:-/dev/null}
+"$PY" -m pytest -q -p no:cacheprovider -W ignore::numba.core.errors.NumbaPerformanceWarning \
+    tests/unit/cuda 2>&1 | tee -a ${LOG:-/dev/null}
 tests=${PIPESTATUS[0]}
 if [ "${1:-}" = "--tests" ]; then
-    exit "$tests"
+    echo "torch interop exit $interop, tests exit $tests"
+    [ "$interop" -eq 0 ] && [ "$tests" -eq 0 ]
+    exit
 fi
 
 say "benchmark (benchmarks/bench_gpu.py)"
 "$PY" -m benchmarks.bench_gpu 2>&1 | tee ${OUT:+$OUT/bench_gpu.txt}
 bench=${PIPESTATUS[0]}
 echo
-echo "tests exit $tests, benchmark exit $bench"
-[ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]
+echo "torch interop exit $interop, tests exit $tests, benchmark exit $bench"
+[ "$interop" -eq 0 ] && [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]

@@ -33,20 +33,16 @@ from xdsl.dialects.builtin import (
 from xdsl.ir import Attribute, Dialect, SSAValue
 from xdsl.irdl import (
     IRDLOperation,
-    attr_def,
+    ParsePropInAttrDict,
     irdl_op_definition,
     operand_def,
-    opt_attr_def,
+    opt_prop_def,
+    prop_def,
     result_def,
-    traits_def,
 )
 from xdsl.utils.exceptions import VerifyException
 
-from llmir.dialects.interfaces import (
-    AttentionInterface,
-    KVCacheInterface,
-    KVCacheMemoryEffect,
-)
+from llmir.dialects.interfaces import AttentionInterface, KVCacheInterface
 from llmir.dialects.llm_checks import (
     at_most,
     cache_type_of,
@@ -62,6 +58,8 @@ from llmir.dialects.llm_checks import (
     static_dim,
 )
 from llmir.dialects.llm_type import PagedKVCacheType
+from llmir.errors import ConfigError
+from llmir.runtime.validation import check_scale, check_soft_cap, check_window
 
 __all__ = [
     "LLM",
@@ -75,6 +73,12 @@ __all__ = [
 ]
 
 _FUNCTIONAL_FORMAT = "operands attr-dict `:` functional-type(operands, results)"
+
+# Attributes are properties, written in the attribute dictionary as the seed
+# writes them (`{layer = 1 : i32}`); a property at its default is not printed.
+_OPTIONS = (ParsePropInAttrDict(),)
+_LAYER_DEFAULT = IntegerAttr(0, i32)
+_CAUSAL_DEFAULT = BoolAttr.from_bool(True)
 
 
 # --- ops -----------------------------------------------------------------------
@@ -93,18 +97,17 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
 
     name = "llm.create_kv_cache"
 
-    num_blocks_attr = attr_def(IntegerAttr[I64], attr_name="num_blocks")
+    num_blocks_attr = prop_def(IntegerAttr[I64], prop_name="num_blocks")
 
     cache = result_def(PagedKVCacheType)
 
-    traits = traits_def(KVCacheMemoryEffect())
-
+    irdl_options = _OPTIONS
     assembly_format = "attr-dict `:` type($cache)"
 
     def __init__(self, cache_type: PagedKVCacheType, num_blocks: int):
         super().__init__(
             result_types=[cache_type],
-            attributes={"num_blocks": IntegerAttr(num_blocks, i64)},
+            properties={"num_blocks": IntegerAttr(num_blocks, i64)},
         )
 
     @property
@@ -121,9 +124,6 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
     # KVCacheInterface
     def get_cache(self) -> SSAValue:
         return self.cache
-
-    def get_updated_cache(self) -> SSAValue | None:
-        return None
 
     def allocates_cache(self) -> bool:
         return True
@@ -156,15 +156,14 @@ class AppendKVOp(KVCacheInterface, IRDLOperation):
     values = operand_def(TensorType)
     seq_ids = operand_def(TensorType)
 
-    layer_attr = opt_attr_def(IntegerAttr[I32], attr_name="layer")
-    block_size_attr = opt_attr_def(IntegerAttr[I32], attr_name="block_size")
-    max_seq_len_attr = opt_attr_def(IntegerAttr[I32], attr_name="max_seq_len")
+    layer_attr = prop_def(IntegerAttr[I32], _LAYER_DEFAULT, prop_name="layer")
+    block_size_attr = opt_prop_def(IntegerAttr[I32], prop_name="block_size")
+    max_seq_len_attr = opt_prop_def(IntegerAttr[I32], prop_name="max_seq_len")
 
     new_cache = result_def(PagedKVCacheType)
     block_indices = result_def(TensorType)
 
-    traits = traits_def(KVCacheMemoryEffect())
-
+    irdl_options = _OPTIONS
     assembly_format = _FUNCTIONAL_FORMAT
 
     def __init__(
@@ -183,19 +182,19 @@ class AppendKVOp(KVCacheInterface, IRDLOperation):
         assert isinstance(cache_type, PagedKVCacheType)
         assert isinstance(keys_type, TensorType)
         batch, tokens = keys_type.get_shape()[:2]
-        attributes: dict[str, Attribute | None] = {"layer": i32_attr_or_none(layer)}
+        properties: dict[str, Attribute | None] = {"layer": i32_attr_or_none(layer)}
         if with_geometry:
-            attributes["block_size"] = i32_attr_or_none(cache_type.block_size)
-            attributes["max_seq_len"] = i32_attr_or_none(cache_type.max_seq_len)
+            properties["block_size"] = i32_attr_or_none(cache_type.block_size)
+            properties["max_seq_len"] = i32_attr_or_none(cache_type.max_seq_len)
         super().__init__(
             operands=[cache, keys, values, seq_ids],
             result_types=[cache_type, TensorType(i32, [batch, tokens])],
-            attributes=attributes,
+            properties=_present(properties),
         )
 
     @property
     def layer(self) -> int:
-        return 0 if self.layer_attr is None else self.layer_attr.value.data
+        return self.layer_attr.value.data
 
     def verify_(self) -> None:
         op = self.name
@@ -270,8 +269,7 @@ class BlockTableOp(KVCacheInterface, IRDLOperation):
     block_table = result_def(TensorType)
     seq_lens = result_def(TensorType)
 
-    traits = traits_def(KVCacheMemoryEffect())
-
+    irdl_options = _OPTIONS
     assembly_format = _FUNCTIONAL_FORMAT
 
     def __init__(
@@ -313,9 +311,6 @@ class BlockTableOp(KVCacheInterface, IRDLOperation):
     def get_cache(self) -> SSAValue:
         return self.cache
 
-    def get_updated_cache(self) -> SSAValue | None:
-        return None
-
 
 @irdl_op_definition
 class LookupKVOp(KVCacheInterface, IRDLOperation):
@@ -338,13 +333,12 @@ class LookupKVOp(KVCacheInterface, IRDLOperation):
     block_table = operand_def(TensorType)
     seq_lens = operand_def(TensorType)
 
-    layer_attr = opt_attr_def(IntegerAttr[I32], attr_name="layer")
+    layer_attr = prop_def(IntegerAttr[I32], _LAYER_DEFAULT, prop_name="layer")
 
     keys = result_def(TensorType)
     values = result_def(TensorType)
 
-    traits = traits_def(KVCacheMemoryEffect())
-
+    irdl_options = _OPTIONS
     assembly_format = _FUNCTIONAL_FORMAT
 
     def __init__(
@@ -377,12 +371,12 @@ class LookupKVOp(KVCacheInterface, IRDLOperation):
         super().__init__(
             operands=[cache, block_table, seq_lens],
             result_types=[result_type, result_type],
-            attributes={"layer": i32_attr_or_none(layer)},
+            properties=_present({"layer": i32_attr_or_none(layer)}),
         )
 
     @property
     def layer(self) -> int:
-        return 0 if self.layer_attr is None else self.layer_attr.value.data
+        return self.layer_attr.value.data
 
     def verify_(self) -> None:
         op = self.name
@@ -404,11 +398,16 @@ class LookupKVOp(KVCacheInterface, IRDLOperation):
     def get_cache(self) -> SSAValue:
         return self.cache
 
-    def get_updated_cache(self) -> SSAValue | None:
-        return None
-
     def get_layer(self) -> int | None:
         return self.layer
+
+    def get_tokens_read(self) -> int | None:
+        keys_type = self.keys.type
+        assert isinstance(keys_type, TensorType)
+        batch, length = keys_type.get_shape()[:2]
+        if DYNAMIC_INDEX in (batch, length):
+            return None
+        return batch * length
 
 
 @irdl_op_definition
@@ -441,20 +440,19 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
     block_table = operand_def(TensorType)
     seq_lens = operand_def(TensorType)
 
-    num_heads_attr = opt_attr_def(IntegerAttr[I32], attr_name="num_heads")
-    head_dim_attr = opt_attr_def(IntegerAttr[I32], attr_name="head_dim")
-    scale_attr = opt_attr_def(FloatAttr[Float32Type], attr_name="scale")
-    layer_attr = opt_attr_def(IntegerAttr[I32], attr_name="layer")
-    causal_attr = opt_attr_def(BoolAttr, attr_name="causal")
-    sliding_window_attr = opt_attr_def(IntegerAttr[I32], attr_name="sliding_window")
-    logits_soft_cap_attr = opt_attr_def(
-        FloatAttr[Float32Type], attr_name="logits_soft_cap"
+    num_heads_attr = opt_prop_def(IntegerAttr[I32], prop_name="num_heads")
+    head_dim_attr = opt_prop_def(IntegerAttr[I32], prop_name="head_dim")
+    scale_attr = opt_prop_def(FloatAttr[Float32Type], prop_name="scale")
+    layer_attr = prop_def(IntegerAttr[I32], _LAYER_DEFAULT, prop_name="layer")
+    causal_attr = prop_def(BoolAttr, _CAUSAL_DEFAULT, prop_name="causal")
+    sliding_window_attr = opt_prop_def(IntegerAttr[I32], prop_name="sliding_window")
+    logits_soft_cap_attr = opt_prop_def(
+        FloatAttr[Float32Type], prop_name="logits_soft_cap"
     )
 
     output = result_def(TensorType)
 
-    traits = traits_def(KVCacheMemoryEffect())
-
+    irdl_options = _OPTIONS
     assembly_format = _FUNCTIONAL_FORMAT
 
     def __init__(
@@ -474,10 +472,10 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
         """`with_geometry` also records num_heads/head_dim, as the seed does."""
         query_type = query.type
         assert isinstance(query_type, TensorType)
-        attributes: dict[str, Attribute | None] = {
+        properties: dict[str, Attribute | None] = {
             "scale": None if scale is None else FloatAttr(scale, f32),
             "layer": i32_attr_or_none(layer),
-            "causal": None if causal is None else IntegerAttr(int(causal), 1),
+            "causal": None if causal is None else BoolAttr.from_bool(causal),
             "sliding_window": i32_attr_or_none(sliding_window),
             "logits_soft_cap": None
             if logits_soft_cap is None
@@ -485,21 +483,21 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
         }
         if with_geometry:
             _, _, heads, head_dim = query_type.get_shape()
-            attributes["num_heads"] = i32_attr_or_none(heads)
-            attributes["head_dim"] = i32_attr_or_none(head_dim)
+            properties["num_heads"] = i32_attr_or_none(heads)
+            properties["head_dim"] = i32_attr_or_none(head_dim)
         super().__init__(
             operands=[query, cache, block_table, seq_lens],
             result_types=[query_type],
-            attributes=attributes,
+            properties=_present(properties),
         )
 
     @property
     def layer(self) -> int:
-        return 0 if self.layer_attr is None else self.layer_attr.value.data
+        return self.layer_attr.value.data
 
     @property
     def causal(self) -> bool:
-        return True if self.causal_attr is None else bool(self.causal_attr.value.data)
+        return bool(self.causal_attr.value.data)
 
     @property
     def sliding_window(self) -> int | None:
@@ -562,29 +560,33 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
                 "query head_dim",
                 head_dim,
             )
-        if self.scale_attr is not None and not self.scale_attr.value.data > 0:
-            raise VerifyException(
-                f"{op}: scale must be positive, got {self.scale_attr.value.data}"
-            )
-        if self.sliding_window is not None and self.sliding_window <= 0:
-            raise VerifyException(
-                f"{op}: sliding_window must be positive, got {self.sliding_window}"
-            )
-        if self.logits_soft_cap is not None and not self.logits_soft_cap > 0:
-            raise VerifyException(
-                f"{op}: logits_soft_cap must be positive, got {self.logits_soft_cap}"
-            )
+        # The runtime's own rules, so that a verified program never fails
+        # these checks when it runs.
+        try:
+            if self.scale_attr is not None:
+                check_scale(self.scale_attr.value.data, head_dim)
+            check_window(self.sliding_window)
+            check_soft_cap(self.logits_soft_cap)
+        except ConfigError as e:
+            raise VerifyException(f"{op}: {e}") from e
         check_layer(op, self.layer, cache)
 
     # KVCacheInterface
     def get_cache(self) -> SSAValue:
         return self.cache
 
-    def get_updated_cache(self) -> SSAValue | None:
-        return None
-
     def get_layer(self) -> int | None:
         return self.layer
+
+    def get_tokens_read(self) -> int | None:
+        batch = self.get_batch_size()
+        kv_len = self.get_max_kv_len()
+        window = self.sliding_window
+        q_len = self.get_query_len()
+        if window is not None and q_len is not None:
+            # The tile of Tq queries sees at most W + Tq - 1 distinct keys.
+            kv_len = min(kv_len, window + q_len - 1)
+        return None if batch is None else batch * kv_len
 
     # AttentionInterface
     def get_batch_size(self) -> int | None:
@@ -598,9 +600,6 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
     def get_num_query_heads(self) -> int:
         return self._query_shape()[2]
 
-    def get_num_kv_heads(self) -> int:
-        return self.get_cache_type().num_heads
-
     def get_head_dim(self) -> int:
         return self._query_shape()[3]
 
@@ -609,6 +608,12 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
 
     def is_causal(self) -> bool:
         return self.causal
+
+    def get_sliding_window(self) -> int | None:
+        return self.sliding_window
+
+    def get_logits_soft_cap(self) -> float | None:
+        return self.logits_soft_cap
 
     def get_max_kv_len(self) -> int:
         cache = self.get_cache_type()
@@ -639,8 +644,7 @@ class FreeSequenceOp(KVCacheInterface, IRDLOperation):
 
     new_cache = result_def(PagedKVCacheType)
 
-    traits = traits_def(KVCacheMemoryEffect())
-
+    irdl_options = _OPTIONS
     assembly_format = _FUNCTIONAL_FORMAT
 
     def __init__(self, cache: SSAValue, seq_ids: SSAValue):
@@ -662,6 +666,11 @@ class FreeSequenceOp(KVCacheInterface, IRDLOperation):
 
     def get_updated_cache(self) -> SSAValue | None:
         return self.new_cache
+
+
+def _present(properties: dict[str, Attribute | None]) -> dict[str, Attribute]:
+    """The given properties, without the absent (None) ones."""
+    return {k: v for k, v in properties.items() if v is not None}
 
 
 LLM = Dialect(

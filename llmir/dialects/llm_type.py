@@ -8,43 +8,28 @@ Syntax (bare integers, in this order):
 !llm.paged_kv_cache<f16, 12, 16, 64, 16, 4096>
 ```
 
-E element type, L layers, H kv heads, D head_dim, B block_size (tokens per
-block), S max_seq_len (tokens per sequence).  The pool it describes has the
-layout of `llmir.runtime.layout` (`[L, num_blocks, H, 2, B, D]`); the number of
-blocks is not part of the type, it is chosen by `llm.create_kv_cache`.
+E element type (one of the registry `llmir.runtime.dtypes`), L layers, H kv
+heads, D head_dim, B block_size (tokens per block), S max_seq_len (tokens per
+sequence).  `PagedKVCacheType.geometry` is the runtime's `CacheGeometry` of
+the type: the pool layout (`[L, num_blocks, H, 2, B, D]`), bytes per block
+and per token come from there and nowhere else.  The number of blocks is not
+part of the type; `llm.create_kv_cache` chooses it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from xdsl.dialects.builtin import (
-    BFloat16Type,
-    Float16Type,
-    Float32Type,
-    IntAttr,
-)
+from xdsl.dialects.builtin import IntAttr
 from xdsl.ir import Attribute, ParametrizedAttribute, TypeAttribute
 from xdsl.irdl import irdl_attr_definition
 from xdsl.parser import AttrParser
 from xdsl.printer import Printer
 from xdsl.utils.exceptions import VerifyException
 
-# Storage width in bits of every supported element type.  This is the ONE place
-# that decides which element types a cache may hold: the quantized forms (i8,
-# i4 with their scales) are added here when their runtime support lands.
-_ELEMENT_BITWIDTHS: dict[type[Attribute], int] = {
-    Float32Type: 32,
-    Float16Type: 16,
-    BFloat16Type: 16,
-}
-
-SUPPORTED_ELEMENT_TYPES_TEXT = "f32, f16 or bf16"
-
-
-def element_bitwidth(element_type: Attribute) -> int | None:
-    """Storage bits per element of `element_type`, None if unsupported."""
-    return _ELEMENT_BITWIDTHS.get(type(element_type))
+from llmir.errors import ConfigError
+from llmir.runtime.dtypes import ElementType, element_type_of_ir, supported_names
+from llmir.runtime.geometry import INT32_MAX, CacheGeometry
 
 
 def is_power_of_two(value: int) -> bool:
@@ -120,20 +105,33 @@ class PagedKVCacheType(ParametrizedAttribute, TypeAttribute):
         return self.max_seq_len_attr.data
 
     @property
-    def max_blocks_per_seq(self) -> int:
-        """Blocks one sequence of `max_seq_len` tokens needs (S is a multiple of B)."""
-        return self.max_seq_len // self.block_size
+    def cache_element_type(self) -> ElementType:
+        """The registry entry of the element type (the type is verified)."""
+        element = element_type_of_ir(self.element_type)
+        assert element is not None, "a verified type names a registered element"
+        return element
 
     @property
-    def element_bitwidth(self) -> int:
-        bits = element_bitwidth(self.element_type)
-        assert bits is not None, "verified type has a supported element type"
-        return bits
+    def geometry(self) -> CacheGeometry:
+        """The runtime geometry of this (verified) type."""
+        return CacheGeometry(
+            self.cache_element_type,
+            self.num_layers,
+            self.num_heads,
+            self.head_dim,
+            self.block_size,
+            self.max_seq_len,
+        )
+
+    @property
+    def max_blocks_per_seq(self) -> int:
+        """Blocks one sequence of `max_seq_len` tokens needs."""
+        return self.geometry.max_blocks_per_seq
 
     @property
     def bytes_per_token(self) -> int:
-        """Bytes one token occupies in one layer: its key and its value, all heads."""
-        return 2 * self.num_heads * self.head_dim * self.element_bitwidth // 8
+        """Bytes one token occupies in one layer: its key and value, all heads."""
+        return self.geometry.bytes_per_token
 
     @classmethod
     def parse_parameters(cls, parser: AttrParser) -> Sequence[Attribute]:
@@ -159,9 +157,9 @@ class PagedKVCacheType(ParametrizedAttribute, TypeAttribute):
         printer.print_string(">")
 
     def verify(self) -> None:
-        if element_bitwidth(self.element_type) is None:
+        if element_type_of_ir(self.element_type) is None:
             raise VerifyException(
-                f"paged_kv_cache element type must be {SUPPORTED_ELEMENT_TYPES_TEXT}, "
+                f"paged_kv_cache element type must be {supported_names()}, "
                 f"got {self.element_type}"
             )
         for label, value in (
@@ -171,9 +169,9 @@ class PagedKVCacheType(ParametrizedAttribute, TypeAttribute):
             ("block_size", self.block_size),
             ("max_seq_len", self.max_seq_len),
         ):
-            if value <= 0:
+            if not 1 <= value <= INT32_MAX:
                 raise VerifyException(
-                    f"paged_kv_cache {label} must be positive, got {value}"
+                    f"paged_kv_cache {label} must be in [1, {INT32_MAX}], got {value}"
                 )
         # Power-of-two blocks make `p // B` and `p % B` a shift and a mask in
         # every kernel.
@@ -189,3 +187,9 @@ class PagedKVCacheType(ParametrizedAttribute, TypeAttribute):
                 f"paged_kv_cache max_seq_len {self.max_seq_len} must be a multiple "
                 f"of block_size {self.block_size}"
             )
+        # The geometry checks what the IR alone cannot: one block's bytes fit
+        # in int64, so every pass can do byte arithmetic in i64.
+        try:
+            self.geometry  # noqa: B018
+        except ConfigError as e:
+            raise VerifyException(f"paged_kv_cache: {e}") from e

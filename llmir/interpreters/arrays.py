@@ -11,9 +11,10 @@ describe the same bytes, so the bridge only reinterprets:
   without copying (a `RawPtr` only needs a writable buffer: it slices it with
   `memoryview` and packs into it with `struct.pack_into`).
 
-Element types: f32 <-> float32, f16 <-> float16, i32 <-> int32, i64 <-> int64,
-i1 <-> bool, and bf16 <-> uint16 *bit patterns* (numpy has no bfloat16; the
-runtime treats uint16 input to a bf16 cache as already-encoded bits).
+Element types: those of the cache element-type registry in their
+`ElementType.host_dtype` form (f32 <-> float32, f16 <-> float16, bf16 <->
+uint16 *bit patterns*, since numpy has no bfloat16), plus f64 and the
+integers i8..i64 (i32 block tables and ids, say).
 """
 
 from __future__ import annotations
@@ -23,9 +24,6 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 from xdsl.dialects.builtin import (
-    BFloat16Type,
-    Float16Type,
-    Float32Type,
     Float64Type,
     IntegerType,
     PackableType,
@@ -35,18 +33,25 @@ from xdsl.interpreters.shaped_array import ShapedArray
 from xdsl.interpreters.utils.ptr import RawPtr, TypedPtr
 from xdsl.ir import Attribute
 
-from llmir.errors import DTypeError
+from llmir.errors import DTypeError, ShapeError
+from llmir.runtime.dtypes import element_type_of_ir
+
+_DTYPES: dict[Attribute, np.dtype[Any]] = {}
 
 
 def numpy_dtype_for(element_type: Attribute) -> np.dtype[Any]:
     """The numpy dtype whose bytes match xDSL's packing of `element_type`."""
+    dtype = _DTYPES.get(element_type)
+    if dtype is None:
+        dtype = _DTYPES[element_type] = _numpy_dtype(element_type)
+    return dtype
+
+
+def _numpy_dtype(element_type: Attribute) -> np.dtype[Any]:
+    cache_element = element_type_of_ir(element_type)
+    if cache_element is not None:
+        return cache_element.host_dtype
     match element_type:
-        case Float32Type():
-            return np.dtype(np.float32)
-        case Float16Type():
-            return np.dtype(np.float16)
-        case BFloat16Type():
-            return np.dtype(np.uint16)
         case Float64Type():
             return np.dtype(np.float64)
         case IntegerType() if element_type.width.data in (8, 16, 32, 64):
@@ -55,8 +60,16 @@ def numpy_dtype_for(element_type: Attribute) -> np.dtype[Any]:
             raise DTypeError(f"no numpy representation for element type {element_type}")
 
 
+_ARRAY = "_llmir_array"
+"""The attribute under which `from_numpy` keeps the array a ShapedArray
+wraps, so that `to_numpy` of the same tensor is an attribute read."""
+
+
 def to_numpy(value: ShapedArray[Any]) -> npt.NDArray[Any]:
     """View an interpreter tensor as an ndarray (no copy)."""
+    array = value.__dict__.get(_ARRAY)
+    if array is not None and list(array.shape) == value.shape:
+        return array
     ptr = value.data_ptr
     dtype = numpy_dtype_for(cast(Attribute, ptr.xtype))
     flat = np.frombuffer(
@@ -77,15 +90,16 @@ def from_numpy(array: npt.ArrayLike, element_type: Attribute) -> ShapedArray[Any
         data = data.copy()
     raw = RawPtr(cast(bytearray, data.reshape(-1).view(np.uint8)))
     xtype = cast(PackableType[Any], element_type)
-    return ShapedArray(TypedPtr[Any](raw, xtype=xtype), list(data.shape))
+    shaped = ShapedArray(TypedPtr[Any](raw, xtype=xtype), list(data.shape))
+    # Same memory: writes through either are seen by the other.
+    shaped.__dict__[_ARRAY] = data
+    return shaped
 
 
 def check_tensor(
     value: npt.NDArray[Any], tensor_type: TensorType[Any], what: str
 ) -> None:
     """Raise a ShapeError/DTypeError unless `value` fits `tensor_type`."""
-    from llmir.errors import ShapeError
-
     expected = numpy_dtype_for(tensor_type.element_type)
     if value.dtype != expected:
         raise DTypeError(

@@ -1,347 +1,258 @@
-"""Interpreter functions for the `llm` dialect and its lowered runtime calls.
+"""Interpreter functions for both forms of `llm` IR.
 
-* `LLMFunctions` runs the `llm` ops themselves.
-* `LLMRuntimeFunctions` runs the external `llmir_*` functions that
-  `convert-llm-to-func` declares.  Their names are mangled per signature
-  (see `llmir.transforms.convert_llm_to_func`), so the implementations are
-  registered per module: `runtime_functions_for(module)` builds a
-  `@register_impls` class with one `@impl_external` entry per declared
-  `llmir_*` function, each bound to the implementation of its base name.
-* `DenseConstantFunctions` adds `arith.constant dense<...> : tensor<...>`,
-  which xDSL's arith interpreter leaves out and real programs need (sequence
-  ids, say).
+`LLMFunctions` runs the `llm` ops and the ``func.call``s of the runtime
+functions that ``convert-llm-to-func`` produces.  Both are derived from the
+one contract, `llmir.abi`, and both end in the same implementation in
+`llmir.interpreters.runtime_calls`, so a module gives bit-identical results
+before and after lowering.  The set of registered implementations is fixed
+when this module is imported: one `@impl` per `llm` op and one
+`@impl_external` per callee the ABI names (per element type of the
+registry).
 
-A cache value is a handle to a `llmir.runtime.PagedKVCache`; ops that write
-the cache return the same handle (the IR's new SSA version of a cache is the
-same mutable object at run time).  Tensors are `ShapedArray`s bridged to
-numpy without copies (`llmir.interpreters.arrays`).
+A cache value (an ``!llm.paged_kv_cache``, or the ``!llvm.ptr`` handle it
+lowers to) is a `KVCache` object; ops that write the cache return the same
+object.  Tensors are `ShapedArray`s bridged to numpy without copies
+(`llmir.interpreters.arrays`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 from xdsl.dialects import arith, func
-from xdsl.dialects.builtin import (
-    DenseIntOrFPElementsAttr,
-    FloatAttr,
-    IndexType,
-    IntegerAttr,
-    ModuleOp,
-    TensorType,
-)
+from xdsl.dialects.builtin import FloatAttr, IntegerAttr, TensorType
 from xdsl.interpreter import (
     Interpreter,
     InterpreterFunctions,
     PythonValues,
     impl,
-    impl_attr,
     impl_external,
     register_impls,
 )
-from xdsl.interpreters.arith import ArithFunctions
 from xdsl.interpreters.shaped_array import ShapedArray
 from xdsl.ir import Attribute, Operation
-from xdsl.utils.exceptions import InterpretationError
 
-from llmir.dialects import llm
-from llmir.dialects.llm_type import PagedKVCacheType
+from llmir import abi
 from llmir.interpreters import runtime_calls
 from llmir.interpreters.arrays import from_numpy, to_numpy
-from llmir.transforms.convert_llm_to_func import RUNTIME_PREFIX, runtime_base_name
+from llmir.interpreters.runtime_calls import CallContext
+from llmir.interpreters.xdsl_extras import XDSLExtraFunctions
+from llmir.runtime.dtypes import ElementType
 
-Array = Any
-
-
-def _np(value: Any) -> Array:
-    return to_numpy(cast(ShapedArray[Any], value))
+RuntimeCall = Callable[..., tuple[Any, ...]]
 
 
-def _wrap(array: Array, type_attr: Attribute) -> ShapedArray[Any]:
-    assert isinstance(type_attr, TensorType)
-    return from_numpy(array, cast(TensorType[Any], type_attr).element_type)
+@dataclass(frozen=True)
+class _Prepared:
+    """What an op needs at each execution, read from the op once."""
+
+    element: ElementType | None
+    scalars: tuple[abi.Number | None, ...]
+    result_types: tuple[Attribute | None, ...]
+    """Element type of each tensor result; None for a cache result."""
 
 
-def _scalar(value: Any) -> int | float:
-    """The Python number of an interpreter scalar (IntegerAttr/FloatAttr)."""
+def _result_elements(types: Sequence[Attribute]) -> tuple[Attribute | None, ...]:
+    return tuple(
+        cast(TensorType[Any], t).element_type if isinstance(t, TensorType) else None
+        for t in types
+    )
+
+
+def _as_python(value: Any) -> Any:
+    """Interpreter values as the runtime takes them: tensors as numpy views,
+    scalar attributes as Python numbers, caches as they are."""
+    if isinstance(value, ShapedArray):
+        return to_numpy(cast(ShapedArray[Any], value))
     if isinstance(value, IntegerAttr | FloatAttr):
         return value.value.data
-    return cast(int | float, value)
+    return value
 
 
-@register_impls
-class LLMFunctions(InterpreterFunctions):
-    """Executes `llm` ops on the llmir runtime of `device` ("cpu" or "cuda")."""
+@dataclass(frozen=True)
+class _Binding:
+    """One ABI function bound to its implementation, with what its results
+    are, worked out once."""
 
-    def __init__(self, device: str = "cpu", caches: list[Any] | None = None) -> None:
-        self.device = device
-        self.caches: list[Any] = [] if caches is None else caches
-        """Every cache created so far (for statistics); may be shared."""
+    function: abi.RuntimeFunction
+    runtime: RuntimeCall
+    passthrough: tuple[int | None, ...]
+    """Per op result: the operand index of the cache it passes through
+    (a new cache version), or None for a result the call returns."""
+    num_operands: int
 
-    @impl(llm.CreateKVCacheOp)
-    def run_create_kv_cache(
-        self, interpreter: Interpreter, op: llm.CreateKVCacheOp, args: PythonValues
-    ) -> PythonValues:
-        cache_type = op.cache.type
-        assert isinstance(cache_type, PagedKVCacheType)
-        cache = runtime_calls.create_kv_cache(cache_type, op.num_blocks, self.device)
-        self.caches.append(cache)
-        return (cache,)
-
-    @impl(llm.AppendKVOp)
-    def run_append_kv(
-        self, interpreter: Interpreter, op: llm.AppendKVOp, args: PythonValues
-    ) -> PythonValues:
-        cache, keys, values, seq_ids = args
-        indices = runtime_calls.append_kv(
-            cache, _np(keys), _np(values), _np(seq_ids), op.layer
+    @staticmethod
+    def of(function: abi.RuntimeFunction) -> _Binding:
+        cache_operand = (
+            function.operands.index(abi.CACHE)
+            if abi.CACHE in function.operands
+            else None
         )
-        return cache, _wrap(indices, op.block_indices.type)
-
-    @impl(llm.BlockTableOp)
-    def run_block_table(
-        self, interpreter: Interpreter, op: llm.BlockTableOp, args: PythonValues
-    ) -> PythonValues:
-        cache, seq_ids = args
-        table, lens = runtime_calls.block_table(cache, _np(seq_ids), op.result_types)
-        return _wrap(table, op.block_table.type), _wrap(lens, op.seq_lens.type)
-
-    @impl(llm.LookupKVOp)
-    def run_lookup_kv(
-        self, interpreter: Interpreter, op: llm.LookupKVOp, args: PythonValues
-    ) -> PythonValues:
-        cache, table, lens = args
-        keys, values = runtime_calls.lookup_kv(
-            cache, _np(table), _np(lens), op.layer, op.result_types
+        returned = function.returned_results
+        passthrough = tuple(
+            cache_operand if slot == abi.CACHE and slot not in returned else None
+            for slot in function.results
         )
-        return _wrap(keys, op.keys.type), _wrap(values, op.values.type)
-
-    @impl(llm.PagedAttentionOp)
-    def run_paged_attention(
-        self, interpreter: Interpreter, op: llm.PagedAttentionOp, args: PythonValues
-    ) -> PythonValues:
-        query, cache, table, lens = args
-        output = runtime_calls.paged_attention(
-            _np(query),
-            op.query.type,
-            cache,
-            _np(table),
-            _np(lens),
-            op.layer,
-            op.scale,
-            op.causal,
-            op.sliding_window,
-            op.logits_soft_cap,
-            op.output.type,
+        return _Binding(
+            function,
+            getattr(runtime_calls, function.base),
+            passthrough,
+            len(function.operands),
         )
-        return (_wrap(output, op.output.type),)
 
-    @impl(llm.FreeSequenceOp)
-    def run_free_sequence(
-        self, interpreter: Interpreter, op: llm.FreeSequenceOp, args: PythonValues
+
+class _LLMFunctionsBase(InterpreterFunctions):
+    def __init__(self, context: CallContext) -> None:
+        self.context = context
+        self._prepared: dict[Operation, _Prepared] = {}
+        self._callees: dict[Operation, Operation] = {}
+        self._constant_scalars: dict[
+            Operation, tuple[abi.Number | None, ...] | None
+        ] = {}
+
+    @impl(func.CallOp)
+    def run_func_call(
+        self, interpreter: Interpreter, op: func.CallOp, args: PythonValues
     ) -> PythonValues:
-        cache, seq_ids = args
-        runtime_calls.free_sequence(cache, _np(seq_ids))
-        return (cache,)
+        """A call of a runtime function goes straight to its implementation;
+        any other call to its callee, looked up once per call site (xDSL's
+        own scans the module's symbols at every call)."""
+        target = _CALLEES.get(op.callee.root_reference.data)
+        if target is not None:
+            binding, element, result_types = target
+            scalars = self._constant_scalars.get(op)
+            if scalars is None and op not in self._constant_scalars:
+                scalars = self._constant_scalars[op] = _constant_scalars(binding, op)
+            if scalars is not None:
+                return self.run_call(
+                    binding,
+                    element,
+                    result_types,
+                    args[: binding.num_operands],
+                    scalars,
+                )
+            return self.run_call(binding, element, result_types, args)
+        callee = self._callees.get(op)
+        if callee is None:
+            callee = self._callees[op] = interpreter.get_op_for_symbol(op.callee)
+        return interpreter.call_op(callee, args)
 
+    @property
+    def caches(self) -> list[Any]:
+        """Every cache created so far, in order."""
+        return self.context.caches
 
-# --- lowered form ---------------------------------------------------------------
-
-RuntimeImpl = Callable[[Any, Interpreter, Operation, PythonValues], PythonValues]
-
-
-def _call_result_types(op: Operation) -> tuple[Attribute, ...]:
-    """Result types of the callee `op` (a `func.func` declaration)."""
-    assert isinstance(op, func.FuncOp)
-    return tuple(op.function_type.outputs.data)
-
-
-def _call_input_types(op: Operation) -> tuple[Attribute, ...]:
-    assert isinstance(op, func.FuncOp)
-    return tuple(op.function_type.inputs.data)
-
-
-class LLMRuntimeFunctions(InterpreterFunctions):
-    """Implementations of the lowered runtime calls, by base name.
-
-    Not registered by itself: `runtime_functions_for(module)` derives the
-    registered class that maps each mangled callee to these methods.
-    """
-
-    def __init__(self, device: str = "cpu", caches: list[Any] | None = None) -> None:
-        self.device = device
-        self.caches: list[Any] = [] if caches is None else caches
-        """Every cache created so far (for statistics); may be shared."""
-
-    def llmir_create_kv_cache(
-        self, interpreter: Interpreter, op: Operation, args: PythonValues
+    def run_op(
+        self, binding: _Binding, op: Operation, args: PythonValues
     ) -> PythonValues:
-        (num_blocks,) = args
-        cache_type = _call_result_types(op)[0]
-        assert isinstance(cache_type, PagedKVCacheType)
-        cache = runtime_calls.create_kv_cache(
-            cache_type, int(_scalar(num_blocks)), self.device
-        )
-        self.caches.append(cache)
-        return (cache,)
-
-    def llmir_append_kv(
-        self, interpreter: Interpreter, op: Operation, args: PythonValues
-    ) -> PythonValues:
-        cache, keys, values, seq_ids, layer = args
-        indices = runtime_calls.append_kv(
-            cache, _np(keys), _np(values), _np(seq_ids), int(_scalar(layer))
-        )
-        return cache, _wrap(indices, _call_result_types(op)[1])
-
-    def llmir_block_table(
-        self, interpreter: Interpreter, op: Operation, args: PythonValues
-    ) -> PythonValues:
-        cache, seq_ids = args
-        result_types = _call_result_types(op)
-        table, lens = runtime_calls.block_table(cache, _np(seq_ids), result_types)
-        return _wrap(table, result_types[0]), _wrap(lens, result_types[1])
-
-    def llmir_lookup_kv(
-        self, interpreter: Interpreter, op: Operation, args: PythonValues
-    ) -> PythonValues:
-        cache, table, lens, layer = args
-        result_types = _call_result_types(op)
-        keys, values = runtime_calls.lookup_kv(
-            cache, _np(table), _np(lens), int(_scalar(layer)), result_types
-        )
-        return _wrap(keys, result_types[0]), _wrap(values, result_types[1])
-
-    def llmir_paged_attention(
-        self, interpreter: Interpreter, op: Operation, args: PythonValues
-    ) -> PythonValues:
-        query, cache, table, lens, layer, scale, causal, window, soft_cap = args
-        result_type = _call_result_types(op)[0]
-        output = runtime_calls.paged_attention(
-            _np(query),
-            _call_input_types(op)[0],
-            cache,
-            _np(table),
-            _np(lens),
-            int(_scalar(layer)),
-            float(_scalar(scale)),
-            bool(_scalar(causal)),
-            int(_scalar(window)) or None,  # 0 encodes "no window"
-            float(_scalar(soft_cap)) or None,  # 0.0 encodes "no cap"
-            result_type,
-        )
-        return (_wrap(output, result_type),)
-
-    def llmir_free_sequence(
-        self, interpreter: Interpreter, op: Operation, args: PythonValues
-    ) -> PythonValues:
-        cache, seq_ids = args
-        runtime_calls.free_sequence(cache, _np(seq_ids))
-        return (cache,)
-
-
-def runtime_functions_for(
-    module: ModuleOp, device: str = "cpu", caches: list[Any] | None = None
-) -> LLMRuntimeFunctions:
-    """An `LLMRuntimeFunctions` whose registered external functions are the
-    `llmir_*` declarations of `module` (unknown `llmir_*` names are left
-    unregistered, so the interpreter reports them by name)."""
-    externals: dict[str, Any] = {}
-    for op in module.walk():
-        if not isinstance(op, func.FuncOp) or not op.is_declaration:
-            continue
-        callee = op.sym_name.data
-        base = runtime_base_name(callee)
-        if not callee.startswith(RUNTIME_PREFIX):
-            continue
-        method = getattr(LLMRuntimeFunctions, base, None)
-        if method is None:
-            continue
-        externals[f"_external_{len(externals)}"] = impl_external(callee)(
-            _forward(method)
-        )
-    registered = register_impls(
-        type("LLMModuleRuntimeFunctions", (LLMRuntimeFunctions,), externals)
-    )
-    return registered(device, caches)
-
-
-def _forward(method: RuntimeImpl) -> RuntimeImpl:
-    # A fresh function object per callee: impl_external tags the function it
-    # is given, and one method may serve several mangled names.
-    def forward(
-        self: Any, interpreter: Interpreter, op: Operation, args: PythonValues
-    ) -> PythonValues:
-        return method(self, interpreter, op, args)
-
-    return forward
-
-
-# --- dense tensor constants -----------------------------------------------------
-
-
-@register_impls
-class DenseConstantFunctions(ArithFunctions):
-    """xDSL's arith functions plus `arith.constant` of dense tensors.
-
-    Scalar float and non-index integer constants are answered here too, with
-    the same value xDSL's implementation returns (the attribute itself): its
-    generic `isa` check cost ~100 us per constant, which made the attribute
-    constants of lowered `llm` ops the largest cost of a lowered decode loop.
-    """
-
-    @impl(arith.ConstantOp)
-    def run_constant(
-        self, interpreter: Interpreter, op: arith.ConstantOp, args: PythonValues
-    ) -> PythonValues:
-        value = op.value
-        if isinstance(value, FloatAttr) or (
-            isinstance(value, IntegerAttr) and not isinstance(value.type, IndexType)
-        ):
-            return (value,)
-        if isinstance(value, DenseIntOrFPElementsAttr):
-            return (_dense_tensor(value, op.result.type),)
-        # `@impl` wraps results in an OpImplResult; unwrap the parent's.
-        return super().run_constant(interpreter, op, args).values
-
-    @impl_attr(TensorType)
-    def tensor_attr_value(
-        self, interpreter: Interpreter, attr: Attribute, attr_type: TensorType[Any]
-    ) -> ShapedArray[Any]:
-        """Tensor arguments written as attributes (`llmir-run --args`)."""
-        if not isinstance(attr, DenseIntOrFPElementsAttr):
-            raise InterpretationError(
-                f"a {attr_type} argument must be a dense<...> attribute, got {attr}"
+        prepared = self._prepared.get(op)
+        if prepared is None:
+            function = binding.function
+            prepared = self._prepared[op] = _Prepared(
+                function.element_of(op),
+                function.decode(function.encode(op)),
+                _result_elements(op.result_types),
             )
-        return _dense_tensor(attr, attr_type)
+        values = [_as_python(a) for a in args]
+        returned = iter(
+            binding.runtime(self.context, prepared.element, *values, *prepared.scalars)
+        )
+        return tuple(
+            values[cache] if cache is not None else _to_interpreter(next(returned), t)
+            for cache, t in zip(binding.passthrough, prepared.result_types, strict=True)
+        )
+
+    def run_call(
+        self,
+        binding: _Binding,
+        element: ElementType | None,
+        result_types: tuple[Attribute | None, ...],
+        args: PythonValues,
+        scalars: tuple[abi.Number | None, ...] | None = None,
+    ) -> PythonValues:
+        """Run a runtime call on `args` (operands, then encoded scalars), or
+        on the operands `args` and the already decoded `scalars`."""
+        count = binding.num_operands
+        values = [_as_python(a) for a in args]
+        if scalars is None:
+            scalars = binding.function.decode(values[count:])
+        returned = binding.runtime(self.context, element, *values[:count], *scalars)
+        return tuple(
+            _to_interpreter(value, element_type)
+            for value, element_type in zip(returned, result_types, strict=True)
+        )
 
 
-def _dense_tensor(
-    value: DenseIntOrFPElementsAttr[Any], type_attr: Attribute
-) -> ShapedArray[Any]:
-    """A `dense<...>` attribute (a splat or every element) as a tensor of
-    `type_attr`."""
-    import numpy as np
+def _constant_scalars(
+    binding: _Binding, op: func.CallOp
+) -> tuple[abi.Number | None, ...] | None:
+    """The decoded scalars of a call whose scalar operands are all
+    `arith.constant`s (as `convert-llm-to-func` emits them): they never
+    change, so they are decoded once.  None when one may vary."""
+    values: list[Any] = []
+    for operand in op.arguments[binding.num_operands :]:
+        owner = operand.owner
+        if not isinstance(owner, arith.ConstantOp):
+            return None
+        values.append(_as_python(owner.value))
+    return binding.function.decode(values)
 
-    tensor_type = cast(TensorType[Any], type_attr)
-    element_type = tensor_type.element_type
-    shape = tensor_type.get_shape()
-    values = np.asarray(value.get_values())
-    # A splat may come back as one value or already expanded.
-    data = values.reshape(shape) if values.size > 1 else np.broadcast_to(values, shape)
-    return from_numpy(runtime_calls.to_element_type(data, element_type), element_type)
+
+def _to_interpreter(value: Any, element_type: Attribute | None) -> Any:
+    return value if element_type is None else from_numpy(value, element_type)
+
+
+def _op_impl(function: abi.RuntimeFunction) -> Any:
+    binding = _Binding.of(function)
+
+    def run(
+        self: _LLMFunctionsBase, interpreter: Interpreter, op: Operation, args: Any
+    ) -> PythonValues:
+        return self.run_op(binding, op, args)
+
+    return impl(function.op)(run)  # pyright: ignore[reportArgumentType]
+
+
+def _call_impl(name: str) -> Any:
+    def run(
+        self: _LLMFunctionsBase, interpreter: Interpreter, op: Operation, args: Any
+    ) -> PythonValues:
+        return self.run_call(*_CALLEES[name], args)
+
+    return impl_external(name)(run)
+
+
+# One implementation per op and per callee, fixed at import.
+_CALLEES: dict[
+    str, tuple[_Binding, ElementType | None, tuple[Attribute | None, ...]]
+] = {
+    name: (
+        _Binding.of(function),
+        element,
+        _result_elements(function.signature(element)[1]),
+    )
+    for name, (function, element) in abi.CALLEES.items()
+}
+for _function in abi.FUNCTIONS:
+    setattr(_LLMFunctionsBase, f"op_{_function.base}", _op_impl(_function))
+for _name, _function, _element in abi.all_callees():
+    setattr(_LLMFunctionsBase, f"call_{_name}", _call_impl(_name))
+
+
+@register_impls
+class LLMFunctions(_LLMFunctionsBase):
+    """The `llm` ops and their lowered runtime calls, over the caches that
+    `context.create_cache` makes."""
 
 
 def register_llmir_implementations(
-    interpreter: Interpreter, module: ModuleOp, device: str = "cpu"
-) -> list[Any]:
+    interpreter: Interpreter, context: CallContext
+) -> None:
     """Register everything llmir needs on top of xDSL's own implementations:
-    the `llm` ops, the lowered runtime calls of `module`, and dense constants.
-
-    Returns the list that collects every cache the run creates, in order."""
-    caches: list[Any] = []
-    interpreter.register_implementations(LLMFunctions(device, caches))
-    interpreter.register_implementations(runtime_functions_for(module, device, caches))
-    interpreter.register_implementations(DenseConstantFunctions(), override=True)
-    return caches
+    the `llm` ops, their runtime calls, and the additions of
+    `llmir.interpreters.xdsl_extras`."""
+    interpreter.register_implementations(XDSLExtraFunctions(), override=True)
+    # Overrides xDSL's func.call, for runtime calls without detours.
+    interpreter.register_implementations(LLMFunctions(context), override=True)

@@ -23,12 +23,12 @@ import numpy.typing as npt
 
 from llmir.errors import (
     AllocatorError,
-    ConfigError,
     DoubleFreeError,
     OutOfBlocksError,
     UnknownBlockError,
 )
 from llmir.runtime.block import KVBlock
+from llmir.runtime.geometry import positive_int
 
 IntArray = npt.NDArray[np.int32]
 
@@ -36,13 +36,8 @@ IntArray = npt.NDArray[np.int32]
 class BlockAllocator:
     """A fixed pool of `num_blocks` blocks with reference counting."""
 
-    def __init__(self, num_blocks: int, block_size: int) -> None:
-        if num_blocks <= 0:
-            raise ConfigError(f"num_blocks must be positive, got {num_blocks}")
-        if block_size <= 0:
-            raise ConfigError(f"block_size must be positive, got {block_size}")
-        self._num_blocks = int(num_blocks)
-        self._block_size = int(block_size)
+    def __init__(self, num_blocks: int) -> None:
+        self._num_blocks = positive_int("num_blocks", num_blocks)
         # Free stack: ids in _free_stack[:_num_free] are free.  Initialised in
         # descending order so that the first allocations return 0, 1, 2, ...
         self._free_stack: IntArray = np.arange(num_blocks - 1, -1, -1, dtype=np.int32)
@@ -57,10 +52,6 @@ class BlockAllocator:
     @property
     def num_blocks(self) -> int:
         return self._num_blocks
-
-    @property
-    def block_size(self) -> int:
-        return self._block_size
 
     @property
     def num_free(self) -> int:
@@ -78,10 +69,7 @@ class BlockAllocator:
         Raises OutOfBlocksError, naming the request and the free count, when
         fewer than `count` blocks are free; nothing is allocated then.
         """
-        if count < 0:
-            raise AllocatorError(
-                f"cannot allocate a negative number of blocks ({count})"
-            )
+        count = _checked_count(count)
         if count > self._num_free:
             raise OutOfBlocksError(
                 f"asked for {count} blocks, only {self._num_free} of "
@@ -215,7 +203,9 @@ class BlockAllocator:
         if not isinstance(source, np.ndarray) and isinstance(source, Iterable):
             source = list(source)  # generators, sets, ranges
         ids = np.asarray(source).ravel()
-        if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        if ids.size and (
+            ids.dtype == np.bool_ or not np.issubdtype(ids.dtype, np.integer)
+        ):
             raise AllocatorError(f"block ids must be integers, got dtype {ids.dtype}")
         bad = ids[(ids < 0) | (ids >= self._num_blocks)]
         if bad.size:
@@ -225,7 +215,13 @@ class BlockAllocator:
         return ids.astype(np.int32, copy=False)
 
     def __repr__(self) -> str:
-        return (
-            f"BlockAllocator(num_blocks={self._num_blocks}, "
-            f"free={self._num_free}, block_size={self._block_size})"
-        )
+        return f"BlockAllocator(num_blocks={self._num_blocks}, free={self._num_free})"
+
+
+def _checked_count(count: object) -> int:
+    """A block count: a non-negative Python or numpy integer (not a bool)."""
+    if isinstance(count, bool | np.bool_) or not isinstance(count, int | np.integer):
+        raise AllocatorError(f"block count must be an integer, got {count!r}")
+    if count < 0:
+        raise AllocatorError(f"cannot allocate a negative number of blocks ({count})")
+    return int(count)

@@ -9,10 +9,16 @@ fields always reflects the allocator's current state.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from llmir.runtime.allocator import BlockAllocator
+
+class BlockStates(Protocol):
+    """Where a `KVBlock` reads its fields (`BlockAllocator` provides it)."""
+
+    def ref_count(self, block_id: int) -> int: ...
+    def num_filled(self, block_id: int) -> int: ...
+    def content_hash(self, block_id: int) -> int | None: ...
+    def set_content_hash(self, block_id: int, value: int | None) -> None: ...
 
 
 class KVBlock:
@@ -30,7 +36,7 @@ class KVBlock:
 
     __slots__ = ("_allocator", "block_id")
 
-    def __init__(self, allocator: BlockAllocator, block_id: int) -> None:
+    def __init__(self, allocator: BlockStates, block_id: int) -> None:
         self._allocator = allocator
         self.block_id = block_id
 

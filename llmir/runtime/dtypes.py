@@ -1,184 +1,137 @@
-"""Storage element types of the KV cache and their conversions.
+"""The one registry of KV-cache element types.
 
-Numba has no float16 type on the CPU, so half-precision caches store their
-elements as ``uint16`` bit patterns and convert inside the kernels:
+Every layer reads this table and nothing else decides which element types a
+cache may hold:
 
-* ``f16``: LLVM's own ``fpext``/``fptrunc`` between ``half`` and ``float``,
-  emitted through tiny `@intrinsic`s.  On x86 with F16C these become single
-  ``vcvtph2ps``/``vcvtps2ph`` instructions that vectorize; a 65536-entry lookup
-  table was 2-3x slower because gathers block vectorization.  The rounding is
-  IEEE round-to-nearest-even with subnormals, infinities and NaN preserved,
-  the same as ``numpy.float16`` (tested exhaustively).
-* ``bf16``: the upper 16 bits of a float32; decoding is a shift, encoding
-  rounds to nearest even and keeps NaN quiet.
+* the verifier of ``!llm.paged_kv_cache`` (`ElementType.ir_type`),
+* ``convert-llm-to-func``, whose callees are named after the element type of
+  the tensors they take (`ElementType.name`),
+* the interpreter, which bridges tensors of these types to numpy
+  (`ElementType.host_dtype`),
+* the runtime, which sizes the pool (`ElementType.storage_dtype`) and accepts
+  inputs either as float32 or already in the stored form
+  (`ElementType.raw_input_dtypes`),
+* both backends, whose kernels dispatch on `ElementType.code` through the
+  named constants `F32_CODE`, `F16_CODE`, `BF16_CODE`.
 
-All four scalar conversions are callable from any ``@njit`` function.
+Numba has no float16 on the CPU, so half-precision caches store uint16 bit
+patterns and the kernels convert (``llmir.runtime.cpu.codecs``,
+``llmir.runtime.cuda.codecs``).  The host-side conversions below are plain
+numpy, used for inputs, references and tests.
+
+This module imports numpy and xDSL's builtin types only, never Numba: the
+dialect reads it while ``xdsl-opt`` starts.
+
+Adding an element type: an entry here (name, code, dtypes, IR type,
+encode/decode), and its kernels (see ``docs/adding-an-element-type.md``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from llvmlite import ir
-from numba import njit, types  # pyright: ignore[reportUnknownVariableType]
-from numba.extending import intrinsic
+from xdsl.dialects.builtin import bf16, f16, f32
+from xdsl.ir import Attribute
 
 from llmir.errors import DTypeError
 
-# ---------------------------------------------------------------------------
-# Storage kinds
+Array = npt.NDArray[Any]
+
+F32_CODE = 0
+F16_CODE = 1
+BF16_CODE = 2
+RAW_CODE = -1
+"""Not an element type: tells the copy kernels to move stored elements bit
+for bit (the input already is in the storage form)."""
 
 
 @dataclass(frozen=True)
-class StorageKind:
-    """One supported element type of a cache: its name, the numpy dtype of
-    its stored elements, and the integer code kernels dispatch on."""
+class ElementType:
+    """One element type a KV cache can hold."""
 
     name: str
+    """The spelling in the IR (``!llm.paged_kv_cache<f16, ...>``), in callee
+    names and in the Python API (``PagedKVCache(..., dtype="f16")``)."""
     code: int
+    """What kernels dispatch on: one of the ``*_CODE`` constants."""
     storage_dtype: np.dtype[Any]
+    """Element of the pool: float32, or uint16 bits for the halves."""
+    host_dtype: np.dtype[Any]
+    """numpy form of a tensor of this type (interpreter, `--input` files):
+    float16 for f16, uint16 bit patterns for bf16 (numpy has no bfloat16)."""
+    lookup_dtype: np.dtype[Any]
+    """The narrowest numpy type holding the stored values exactly, which
+    lookups return unless float32 is asked for."""
+    ir_type: Attribute
+    """The xDSL type naming this element type in IR."""
+    aliases: tuple[str, ...]
+    _encode: Callable[[Array], Array] = field(repr=False)
+    _decode: Callable[[Array], Array] = field(repr=False)
 
     @property
     def itemsize(self) -> int:
+        """Bytes of one stored element."""
         return self.storage_dtype.itemsize
+
+    def row_bytes(self, head_dim: int) -> int:
+        """Bytes one stored row (one token's key or value of one head) takes
+        in the pool: what `CacheGeometry` counts blocks and tokens in.  (A
+        quantized type adds its scales here.)"""
+        return head_dim * self.itemsize
 
     @property
     def is_half(self) -> bool:
-        return self.itemsize == 2
+        return self.code in (F16_CODE, BF16_CODE)
 
+    @property
+    def raw_input_dtypes(self) -> tuple[np.dtype[Any], ...]:
+        """Input dtypes copied bit for bit instead of encoded from float32."""
+        if self.storage_dtype == np.float32:
+            return ()
+        return tuple(dict.fromkeys((self.host_dtype, self.storage_dtype)))
 
-F32 = StorageKind("f32", 0, np.dtype(np.float32))
-F16 = StorageKind("f16", 1, np.dtype(np.uint16))
-BF16 = StorageKind("bf16", 2, np.dtype(np.uint16))
+    def out_dtype(self, as_float32: bool) -> np.dtype[Any]:
+        """Element type of lookup results."""
+        return np.dtype(np.float32) if as_float32 else self.lookup_dtype
 
-STORAGE_KINDS: dict[str, StorageKind] = {k.name: k for k in (F32, F16, BF16)}
-_ALIASES = {
-    "float32": "f32",
-    "fp32": "f32",
-    "float16": "f16",
-    "half": "f16",
-    "fp16": "f16",
-    "bfloat16": "bf16",
-}
+    def encode(self, values: npt.ArrayLike) -> Array:
+        """float values -> stored elements (a new array)."""
+        return self._encode(np.asarray(values, dtype=np.float32))
 
+    def decode(self, stored: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """Stored elements -> float32 values (a new array)."""
+        return self._decode(np.ascontiguousarray(stored, dtype=self.storage_dtype))
 
-def storage_kind(dtype: str | StorageKind | npt.DTypeLike) -> StorageKind:
-    """Resolve ``"f16"``, ``"bfloat16"``, ``np.float16``... to a StorageKind."""
-    if isinstance(dtype, StorageKind):
-        return dtype
-    if isinstance(dtype, str):
-        name = _ALIASES.get(dtype.lower(), dtype.lower())
-    else:
-        names: dict[np.dtype[Any], str] = {
-            np.dtype(np.float32): "f32",
-            np.dtype(np.float16): "f16",
-        }
-        try:
-            name = names[np.dtype(dtype)]
-        except (KeyError, TypeError):
-            name = str(dtype)
-    if name not in STORAGE_KINDS:
-        raise DTypeError(
-            f"unsupported KV cache element type {dtype!r}, "
-            f"expected one of {', '.join(STORAGE_KINDS)}"
-        )
-    return STORAGE_KINDS[name]
+    def to_host(self, values: npt.ArrayLike) -> Array:
+        """float values as a tensor of this type in numpy form
+        (`host_dtype`): converted, or encoded when numpy has no such float."""
+        array = np.asarray(values)
+        if array.dtype == self.host_dtype:
+            return array
+        if self.host_dtype.kind == "f":
+            return np.ascontiguousarray(array, dtype=self.host_dtype)
+        return self.encode(array)
 
+    def from_host(self, array: Array) -> Array:
+        """A tensor of this type in numpy form as numpy floats (float32 or
+        float16), decoding the forms numpy has no float for."""
+        return array if self.host_dtype.kind == "f" else self.decode(array)
 
-# ---------------------------------------------------------------------------
-# Scalar conversions usable inside @njit code
-
-
-@intrinsic
-def _bitcast_f32_to_u32(typingctx: Any, x: Any) -> Any:
-    sig = types.uint32(types.float32)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return sig, codegen
-
-
-@intrinsic
-def _bitcast_u32_to_f32(typingctx: Any, x: Any) -> Any:
-    sig = types.float32(types.uint32)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return sig, codegen
-
-
-@intrinsic
-def _f16_bits_to_f32(typingctx: Any, bits: Any) -> Any:
-    sig = types.float32(types.uint16)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        half = builder.bitcast(args[0], ir.HalfType())
-        return builder.fpext(half, ir.FloatType())
-
-    return sig, codegen
-
-
-@intrinsic
-def _f32_to_f16_bits(typingctx: Any, x: Any) -> Any:
-    sig = types.uint16(types.float32)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        half = builder.fptrunc(args[0], ir.HalfType())
-        return builder.bitcast(half, ir.IntType(16))
-
-    return sig, codegen
-
-
-@njit(inline="always", cache=True)
-def f16_bits_to_f32(bits: Any) -> Any:
-    """IEEE half bit pattern (uint16) -> float32, exact."""
-    return _f16_bits_to_f32(np.uint16(bits))  # pyright: ignore[reportCallIssue]
-
-
-@njit(inline="always", cache=True)
-def f32_to_f16_bits(x: Any) -> Any:
-    """float32 -> IEEE half bit pattern, round to nearest even."""
-    return _f32_to_f16_bits(np.float32(x))  # pyright: ignore[reportCallIssue]
-
-
-@njit(inline="always", cache=True)
-def bf16_bits_to_f32(bits: Any) -> Any:
-    """bfloat16 bit pattern (uint16) -> float32, exact."""
-    return _bitcast_u32_to_f32(np.uint32(bits) << np.uint32(16))  # pyright: ignore[reportCallIssue]
-
-
-@njit(inline="always", cache=True)
-def f32_to_bf16_bits(x: Any) -> Any:
-    """float32 -> bfloat16 bit pattern, round to nearest even, NaN kept quiet."""
-    u = _bitcast_f32_to_u32(np.float32(x))  # pyright: ignore[reportCallIssue]
-    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
-        return np.uint16((u >> np.uint32(16)) | np.uint32(0x0040))
-    bias = np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))
-    return np.uint16((u + bias) >> np.uint32(16))
-
-
-@njit(inline="always", cache=True)
-def load_f32(pool_value: Any, kind_code: int) -> Any:
-    """Decode one stored element of storage kind `kind_code` to float32."""
-    if kind_code == 1:
-        return f16_bits_to_f32(pool_value)
-    if kind_code == 2:
-        return bf16_bits_to_f32(pool_value)
-    return np.float32(pool_value)
+    def __str__(self) -> str:
+        return self.name
 
 
 # ---------------------------------------------------------------------------
-# Array conversions (host side, vectorized numpy; used by tests, references
-# and for converting user inputs)
+# Host-side conversions (vectorized numpy)
 
 
 def bf16_bits_from_f32_array(x: npt.ArrayLike) -> npt.NDArray[np.uint16]:
-    """Round a float32 array to bfloat16 bit patterns (nearest even)."""
+    """Round a float32 array to bfloat16 bit patterns (nearest even, NaN kept
+    quiet)."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     is_nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
     rounded = (u + (np.uint32(0x7FFF) + ((u >> 16) & 1))) >> 16
@@ -191,23 +144,96 @@ def f32_array_from_bf16_bits(bits: npt.ArrayLike) -> npt.NDArray[np.float32]:
     return (b.astype(np.uint32) << 16).view(np.float32)
 
 
-def encode(x: npt.ArrayLike, kind: StorageKind) -> npt.NDArray[Any]:
-    """float values -> stored elements of `kind` (a new array)."""
-    if kind is F32:
-        return np.array(x, dtype=np.float32)
-    if kind is F16:
-        return np.asarray(x, dtype=np.float32).astype(np.float16).view(np.uint16)
-    return bf16_bits_from_f32_array(x)
+def _f16_encode(x: Array) -> Array:
+    return x.astype(np.float16).view(np.uint16)
 
 
-def decode(stored: npt.ArrayLike, kind: StorageKind) -> npt.NDArray[np.float32]:
-    """Stored elements of `kind` -> float32 values (a new array)."""
-    if kind is F32:
-        return np.array(stored, dtype=np.float32)
-    if kind is F16:
-        return (
-            np.ascontiguousarray(stored, dtype=np.uint16)
-            .view(np.float16)
-            .astype(np.float32)
+def _f16_decode(stored: Array) -> Array:
+    return stored.view(np.float16).astype(np.float32)
+
+
+F32 = ElementType(
+    "f32",
+    F32_CODE,
+    np.dtype(np.float32),
+    np.dtype(np.float32),
+    np.dtype(np.float32),
+    f32,
+    ("float32", "fp32"),
+    lambda x: x.copy(),
+    lambda s: s.copy(),
+)
+F16 = ElementType(
+    "f16",
+    F16_CODE,
+    np.dtype(np.uint16),
+    np.dtype(np.float16),
+    np.dtype(np.float16),
+    f16,
+    ("float16", "half", "fp16"),
+    _f16_encode,
+    _f16_decode,
+)
+BF16 = ElementType(
+    "bf16",
+    BF16_CODE,
+    np.dtype(np.uint16),
+    np.dtype(np.uint16),
+    np.dtype(np.float32),
+    bf16,
+    ("bfloat16",),
+    bf16_bits_from_f32_array,
+    f32_array_from_bf16_bits,
+)
+
+ELEMENT_TYPES: dict[str, ElementType] = {t.name: t for t in (F32, F16, BF16)}
+"""Every element type, by name."""
+
+_BY_ALIAS = {alias: t for t in ELEMENT_TYPES.values() for alias in t.aliases}
+_BY_NUMPY = {np.dtype(np.float32): F32, np.dtype(np.float16): F16}
+
+
+def supported_names() -> str:
+    """``"f32, f16 or bf16"``, for messages."""
+    names = list(ELEMENT_TYPES)
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def element_type_of_ir(attr: Attribute) -> ElementType | None:
+    """The element type an xDSL type names, None if no cache can hold it."""
+    for candidate in ELEMENT_TYPES.values():
+        if candidate.ir_type == attr:
+            return candidate
+    return None
+
+
+def element_type(spec: object) -> ElementType:
+    """Resolve ``"f16"``, ``"bfloat16"``, ``np.float16``, an xDSL type or an
+    `ElementType` to its registry entry; `DTypeError` for anything else."""
+    if isinstance(spec, ElementType):
+        return spec
+    if isinstance(spec, str):
+        name = spec.lower()
+        found = ELEMENT_TYPES.get(name) or _BY_ALIAS.get(name)
+    elif isinstance(spec, Attribute):
+        found = element_type_of_ir(spec)
+    else:
+        try:
+            found = _BY_NUMPY.get(np.dtype(spec))  # pyright: ignore[reportArgumentType, reportCallIssue]
+        except TypeError:
+            found = None
+    if found is None:
+        raise DTypeError(
+            f"unsupported KV cache element type {spec!r}, expected {supported_names()}"
         )
-    return f32_array_from_bf16_bits(stored)
+    return found
+
+
+def encode(values: npt.ArrayLike, kind: ElementType) -> Array:
+    """float values -> stored elements of `kind` (a new array)."""
+    return kind.encode(values)
+
+
+def decode(stored: npt.ArrayLike, kind: ElementType) -> npt.NDArray[np.float32]:
+    """Stored elements of `kind` -> float32 values (a new array)."""
+    return kind.decode(stored)

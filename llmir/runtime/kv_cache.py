@@ -1,72 +1,66 @@
-"""`PagedKVCache`: the paged KV cache of llmir.
+"""`PagedKVCache`: the paged KV cache of llmir, on any backend.
 
 Composition (one job per part):
+  * `CacheGeometry` (geometry.py): element type, sizes, the pool layout;
   * `BlockAllocator` (allocator.py): the fixed pool of block ids, ref counts;
   * `SequenceTable` (sequences.py): block tables, per-layer lengths, slot
-    mapping — all host-side bookkeeping, shared by every device;
-  * a `KVStorage` (storage.py): the pool tensor and the copy kernels —
-    `CPUStorage` here, the CUDA backend in `llmir.runtime.cuda`.
+    mapping: all host-side bookkeeping, the same for every device;
+  * a `Backend` (backend.py), chosen once by `device`: the pool and the
+    kernels that write, gather and attend over it (`llmir.runtime.cpu`,
+    `llmir.runtime.cuda`).
+
+Every argument is checked here, once, before anything changes
+(`llmir.runtime.validation`); backends receive validated values.
 
 Accepted input element types (keys and values must agree):
-  * float32 for every storage type (encoded with round to nearest even);
-  * the storage representation: ``np.float16`` or ``uint16`` bit patterns for
-    f16, ``uint16`` bit patterns for bf16 (copied bit for bit).
+  * float32 for every element type (encoded with round to nearest even);
+  * the stored form: ``np.float16`` or ``uint16`` bit patterns for f16,
+    ``uint16`` bit patterns for bf16 (copied bit for bit).
 NaN and Inf are stored as given (f16/bf16 keep them; NaN stays NaN).
 
 `lookup_kv` returns, by default, values in the narrowest numpy type that
 holds them exactly: float32 for f32, ``np.float16`` for f16, and float32 for
 bf16 (numpy has no bfloat16; every bf16 value is a float32).  Pass
-``as_float32=True`` to get float32 for every storage type.
+``as_float32=True`` to get float32 for every element type.
+
+Threads.  One cache may be shared by several threads: a lock is held around
+each call's bookkeeping (plan, commit and the write into the slots it
+reserved), so concurrent appends to different sequences never corrupt each
+other.  Attention and lookups take validated tables and read the pool
+without the lock.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass
+import threading
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from llmir.errors import ConfigError, DeviceError, DTypeError, ShapeError
+from llmir.errors import ConfigError, DTypeError, ShapeError
 from llmir.runtime.allocator import BlockAllocator
-from llmir.runtime.cpu_storage import CPUStorage
-from llmir.runtime.dtypes import F16, F32, StorageKind, storage_kind
+from llmir.runtime.backend import Backend, create_backend
+from llmir.runtime.dtypes import ElementType, element_type
+from llmir.runtime.geometry import CacheGeometry, as_int
+from llmir.runtime.protocol import CacheStats
 from llmir.runtime.sequences import SequenceTable
-from llmir.runtime.storage import KVStorage, lookup_dtype
-from llmir.runtime.validation import check_layer, validate_block_table
+from llmir.runtime.validation import (
+    BlockTable,
+    check_attention_options,
+    check_layer,
+    check_query,
+    check_seq_id,
+    check_seq_ids,
+    validate_table_for,
+)
 
 IntArray = npt.NDArray[np.int32]
 
 
-@dataclass(frozen=True)
-class CacheStats:
-    """Occupancy of a cache at one moment."""
-
-    blocks_total: int
-    blocks_used: int
-    blocks_free: int
-    num_sequences: int
-    tokens_stored: int
-    pool_bytes: int
-    bytes_used: int
-    slots_allocated: int
-    """Token slots of the allocated blocks (``blocks_used * block_size``)."""
-    fragmentation_slots: int
-    """Allocated token slots that hold no token (internal fragmentation: at
-    most ``block_size - 1`` per sequence)."""
-
-    @property
-    def fragmentation(self) -> float:
-        """Fraction of allocated slots that hold no token."""
-        if not self.slots_allocated:
-            return 0.0
-        return self.fragmentation_slots / self.slots_allocated
-
-
 class PagedKVCache:
     """A paged KV cache: one block table per sequence, shared by all layers,
-    over a pool of `num_blocks` blocks allocated once.
+    over a pool of `num_blocks` blocks allocated once on `device`.
 
     Size the pool with `num_blocks` or with `memory_budget_bytes` (the most
     blocks that fit), not both; with neither, the pool holds one sequence of
@@ -80,106 +74,99 @@ class PagedKVCache:
         head_dim: int,
         block_size: int,
         max_seq_len: int,
-        dtype: str | StorageKind | npt.DTypeLike = "f32",
+        dtype: object = "f32",
         *,
         num_blocks: int | None = None,
         memory_budget_bytes: int | None = None,
         device: str = "cpu",
     ) -> None:
-        params: tuple[tuple[str, object], ...] = (
-            ("num_layers", num_layers),
-            ("num_heads", num_heads),
-            ("head_dim", head_dim),
-            ("block_size", block_size),
-            ("max_seq_len", max_seq_len),
+        geometry = CacheGeometry(
+            element_type(dtype),
+            num_layers,
+            num_heads,
+            head_dim,
+            block_size,
+            max_seq_len,
         )
-        for name, value in params:
-            _require_positive_int(name, value)
-        kind = storage_kind(dtype)
-        block_bytes = num_layers * num_heads * 2 * block_size * head_dim * kind.itemsize
-        if num_blocks is not None and memory_budget_bytes is not None:
-            raise ConfigError("give num_blocks or memory_budget_bytes, not both")
-        if memory_budget_bytes is not None:
-            num_blocks = memory_budget_bytes // block_bytes
-            if num_blocks <= 0:
-                raise ConfigError(
-                    f"memory_budget_bytes {memory_budget_bytes} is less than one "
-                    f"block ({block_bytes} bytes)"
-                )
-        elif num_blocks is None:
-            num_blocks = -(-max_seq_len // block_size)
-        if num_blocks <= 0 or num_blocks > np.iinfo(np.int32).max // block_size:
-            raise ConfigError(
-                f"num_blocks must be in [1, {np.iinfo(np.int32).max // block_size}], "
-                f"got {num_blocks}"
-            )
-        self._num_layers = int(num_layers)
-        self._num_heads = int(num_heads)
-        self._head_dim = int(head_dim)
-        self._block_size = int(block_size)
-        self._max_seq_len = int(max_seq_len)
-        self._num_blocks = int(num_blocks)
-        self._kind = kind
-        self._block_bytes = block_bytes
-        self._device = device
-        self._allocator = BlockAllocator(self._num_blocks, self._block_size)
-        self._seqs = SequenceTable(self._allocator, self._num_layers, self._max_seq_len)
-        self._storage: KVStorage = _create_storage(
-            device,
-            num_layers=self._num_layers,
-            num_blocks=self._num_blocks,
-            num_heads=self._num_heads,
-            block_size=self._block_size,
-            head_dim=self._head_dim,
-            kind=kind,
+        self._geometry = geometry
+        self._num_blocks = _pool_blocks(geometry, num_blocks, memory_budget_bytes)
+        self._allocator = BlockAllocator(self._num_blocks)
+        self._seqs = SequenceTable(self._allocator, geometry)
+        self._backend: Backend = create_backend(device, geometry, self._num_blocks)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_geometry(
+        cls,
+        geometry: CacheGeometry,
+        num_blocks: int | None = None,
+        *,
+        memory_budget_bytes: int | None = None,
+        device: str = "cpu",
+    ) -> PagedKVCache:
+        """The cache of a `CacheGeometry` (e.g. an IR type's)."""
+        return cls(
+            geometry.num_layers,
+            geometry.num_heads,
+            geometry.head_dim,
+            geometry.block_size,
+            geometry.max_seq_len,
+            geometry.element_type,
+            num_blocks=num_blocks,
+            memory_budget_bytes=memory_budget_bytes,
+            device=device,
         )
 
     # -- configuration (read-only) --------------------------------------------
 
     @property
+    def geometry(self) -> CacheGeometry:
+        return self._geometry
+
+    @property
+    def element_type(self) -> ElementType:
+        return self._geometry.element_type
+
+    @property
     def num_layers(self) -> int:
-        return self._num_layers
+        return self._geometry.num_layers
 
     @property
     def num_heads(self) -> int:
-        return self._num_heads
+        return self._geometry.num_heads
 
     @property
     def head_dim(self) -> int:
-        return self._head_dim
+        return self._geometry.head_dim
 
     @property
     def block_size(self) -> int:
-        return self._block_size
+        return self._geometry.block_size
 
     @property
     def max_seq_len(self) -> int:
-        return self._max_seq_len
+        return self._geometry.max_seq_len
 
     @property
     def num_blocks(self) -> int:
         return self._num_blocks
 
     @property
-    def kind(self) -> StorageKind:
-        return self._kind
-
-    @property
     def device(self) -> str:
-        return self._device
+        return self._backend.device
 
     @property
     def kv_pool(self) -> Any:
-        """The pool, laid out as in `llmir.runtime.layout`."""
-        return self._storage.kv_pool
+        """The pool, laid out as in `llmir.runtime.geometry`."""
+        return self._backend.kv_pool
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
 
     @property
     def allocator(self) -> BlockAllocator:
         return self._allocator
-
-    @property
-    def storage(self) -> KVStorage:
-        return self._storage
 
     @property
     def sequences(self) -> SequenceTable:
@@ -189,60 +176,79 @@ class PagedKVCache:
     # -- sequences -------------------------------------------------------------
 
     def __contains__(self, seq_id: object) -> bool:
-        return seq_id in self._seqs
+        with self._lock:
+            return seq_id in self._seqs
 
     def __len__(self) -> int:
-        return len(self._seqs)
+        with self._lock:
+            return len(self._seqs)
 
     @property
     def seq_ids(self) -> list[int]:
-        return self._seqs.seq_ids
+        with self._lock:
+            return self._seqs.seq_ids
 
     def seq_len(self, seq_id: int) -> int:
         """Tokens of `seq_id` (the most written to any layer)."""
-        return self._seqs.seq_len(seq_id)
+        with self._lock:
+            return self._seqs.seq_len(check_seq_id(seq_id))
 
     def layer_lens(self, seq_id: int) -> IntArray:
         """Tokens written to each layer of `seq_id`."""
-        return self._seqs.layer_lens(seq_id)
+        with self._lock:
+            return self._seqs.layer_lens(check_seq_id(seq_id))
 
     def blocks_of(self, seq_id: int) -> IntArray:
         """The physical blocks of `seq_id` in logical order."""
-        return self._seqs.blocks_of(seq_id)
+        with self._lock:
+            return self._seqs.blocks_of(check_seq_id(seq_id))
 
     def block_table(self, seq_ids: Any) -> tuple[IntArray, IntArray]:
         """(table int32 ``[batch, max_blocks]`` padded with -1, lens int32
         ``[batch]``) for `seq_ids`; UnknownSequenceError for an unknown id."""
-        return self._seqs.block_table(seq_ids)
+        ids = check_seq_ids(seq_ids)
+        with self._lock:
+            return self._seqs.block_table(ids)
 
     def free_sequence(self, seq_id: int) -> None:
         """Release the blocks of `seq_id` and forget it."""
-        self._seqs.free_sequence(seq_id)
+        self.free_sequences([check_seq_id(seq_id)])
+
+    def free_sequences(self, seq_ids: Any) -> None:
+        """Release every listed sequence, or (on an unknown or repeated id)
+        none of them."""
+        ids = check_seq_ids(seq_ids)
+        with self._lock:
+            self._seqs.free_sequences(ids)
 
     def reset(self) -> None:
         """Forget every sequence and free every block.  The pool's bytes are
         left as they are (appends overwrite them)."""
-        self._seqs.reset()
+        with self._lock:
+            self._seqs.reset()
 
     def stats(self) -> CacheStats:
-        used = self._allocator.num_used
-        return CacheStats(
-            blocks_total=self._num_blocks,
-            blocks_used=used,
-            blocks_free=self._allocator.num_free,
-            num_sequences=len(self._seqs),
-            tokens_stored=self._seqs.tokens_stored(),
-            pool_bytes=self._num_blocks * self._block_bytes,
-            bytes_used=used * self._block_bytes,
-            slots_allocated=used * self._block_size,
-            fragmentation_slots=used * self._block_size
-            - self._allocator.filled_slots(),
-        )
+        block_bytes = self._geometry.bytes_per_block
+        with self._lock:
+            used = self._allocator.num_used
+            return CacheStats(
+                blocks_total=self._num_blocks,
+                blocks_used=used,
+                blocks_free=self._allocator.num_free,
+                num_sequences=len(self._seqs),
+                tokens_stored=self._seqs.tokens_stored(),
+                pool_bytes=self._geometry.pool_bytes(self._num_blocks),
+                bytes_used=used * block_bytes,
+                slots_allocated=used * self._geometry.block_size,
+                fragmentation_slots=used * self._geometry.block_size
+                - self._allocator.filled_slots(),
+            )
 
     def snapshot(self) -> tuple[Any, ...]:
         """The complete bookkeeping state, comparable with ``==`` (tests use
         it, with the pool's bytes, to prove a rejected call changed nothing)."""
-        return self._seqs.snapshot()
+        with self._lock:
+            return self._seqs.snapshot()
 
     # -- append ----------------------------------------------------------------
 
@@ -257,19 +263,20 @@ class PagedKVCache:
         ``[written, written + T)`` of that layer (see `sequences` for the
         length semantics).  An empty batch or ``T == 0`` is a no-op.
         """
-        check_layer(layer, self._num_layers)
-        k, v = self._checked_inputs(keys, values, rank=4, seq_ids=seq_ids)
-        batch, T = k.shape[0], k.shape[1]
-        if batch == 0 or T == 0:
-            return np.zeros((batch, T), np.int32)
-        plan = self._seqs.plan_append(seq_ids, T, layer)
-        blocks, slots = self._seqs.commit_append(plan)
-        self._storage.write(
-            layer,
-            k.reshape(1, batch * T, *k.shape[2:]),
-            v.reshape(1, batch * T, *v.shape[2:]),
-            slots,
-        )
+        layer = check_layer(layer, self._geometry.num_layers)
+        k, v, ids = self._checked_inputs(keys, values, seq_ids, rank=4)
+        batch, tokens = k.shape[0], k.shape[1]
+        if batch == 0 or tokens == 0:
+            return np.zeros((batch, tokens), np.int32)
+        with self._lock:
+            plan = self._seqs.plan_append(ids, tokens, layer)
+            blocks, slots = self._seqs.commit_append(plan)
+            self._backend.write(
+                layer,
+                k.reshape(1, batch * tokens, *k.shape[2:]),
+                v.reshape(1, batch * tokens, *v.shape[2:]),
+                slots,
+            )
         return blocks
 
     def append_kv_all_layers(self, keys: Any, values: Any, seq_ids: Any) -> IntArray:
@@ -279,32 +286,27 @@ class PagedKVCache:
         all layers level (no step half-appended by `append_kv`).  Returns the
         physical block of every appended token, int32 ``[batch, T]``.
         """
-        k, v = self._checked_inputs(keys, values, rank=5, seq_ids=seq_ids)
-        L, batch, T = k.shape[0], k.shape[1], k.shape[2]
-        if batch == 0 or T == 0:
-            return np.zeros((batch, T), np.int32)
-        plan = self._seqs.plan_append(seq_ids, T, None)
-        blocks, slots = self._seqs.commit_append(plan)
-        self._storage.write(
-            None,
-            k.reshape(L, batch * T, *k.shape[3:]),
-            v.reshape(L, batch * T, *v.shape[3:]),
-            slots,
-        )
+        k, v, ids = self._checked_inputs(keys, values, seq_ids, rank=5)
+        layers, batch, tokens = k.shape[0], k.shape[1], k.shape[2]
+        if batch == 0 or tokens == 0:
+            return np.zeros((batch, tokens), np.int32)
+        with self._lock:
+            plan = self._seqs.plan_append(ids, tokens, None)
+            blocks, slots = self._seqs.commit_append(plan)
+            self._backend.write(
+                None,
+                k.reshape(layers, batch * tokens, *k.shape[3:]),
+                v.reshape(layers, batch * tokens, *v.shape[3:]),
+                slots,
+            )
         return blocks
 
-    # -- lookup ----------------------------------------------------------------
+    # -- reads -----------------------------------------------------------------
 
-    def validate_block_table(
-        self, block_table: Any, seq_lens: Any
-    ) -> tuple[IntArray, IntArray]:
+    def validate_block_table(self, block_table: Any, seq_lens: Any) -> BlockTable:
         """`llmir.runtime.validation.validate_block_table` against this pool."""
-        return validate_block_table(
-            block_table,
-            seq_lens,
-            block_size=self._block_size,
-            num_blocks=self._num_blocks,
-            max_seq_len=self._max_seq_len,
+        return validate_table_for(
+            self._geometry, self._num_blocks, block_table, seq_lens
         )
 
     def lookup_kv(
@@ -322,30 +324,17 @@ class PagedKVCache:
         layer by layer, a layer not yet written reads the block's previous
         contents at the new positions (zeros in a never-used block).
 
-        `out`: optional (keys, values) buffers, C-contiguous, of that element
-        type and shape ``[batch, N, H, D]`` with ``N >= max(seq_lens)``; they
-        are filled (zero past each length) and returned.  Reusing buffers
-        avoids the page faults of fresh arrays, about half the cost of a
-        large lookup.
+        `out`: optional (keys, values) numpy buffers, C-contiguous, of that
+        element type and shape ``[batch, N, H, D]`` with ``N >=
+        max(seq_lens)``; they are filled (zero past each length) and
+        returned.  Reusing buffers avoids the page faults of fresh arrays,
+        about half the cost of a large lookup.
         """
-        check_layer(layer, self._num_layers)
-        table, lens = self.validate_block_table(block_table, seq_lens)
-        max_len = int(lens.max()) if lens.size else 0
-        if out is None:
-            return self._storage.gather(layer, table, lens, max_len, as_float32)
-        self._check_out(out, table.shape[0], max_len, as_float32)
-        if isinstance(self._storage, CPUStorage):
-            return self._storage.gather(
-                layer, table, lens, out[0].shape[1], as_float32, out=out
-            )
-        # Backends without `out` support (the GPU's gather returns host
-        # arrays): copy into the caller's buffers.
-        keys, values = self._storage.gather(
-            layer, table, lens, out[0].shape[1], as_float32
-        )
-        out[0][...] = keys
-        out[1][...] = values
-        return out
+        layer = check_layer(layer, self._geometry.num_layers)
+        table = self.validate_block_table(block_table, seq_lens)
+        if out is not None:
+            self._check_lookup_out(out, table, as_float32)
+        return self._backend.gather(layer, table, bool(as_float32), out)
 
     def lookup_sequences(
         self, seq_ids: Any, layer: int = 0, *, as_float32: bool = False
@@ -354,12 +343,93 @@ class PagedKVCache:
         table, lens = self.block_table(seq_ids)
         return self.lookup_kv(table, lens, layer, as_float32=as_float32)
 
+    def paged_attention(
+        self,
+        query: Any,
+        block_table: Any,
+        seq_lens: Any,
+        layer: int = 0,
+        *,
+        scale: float | None = None,
+        causal: bool = True,
+        sliding_window: int | None = None,
+        logits_soft_cap: float | None = None,
+        out: Any = None,
+    ) -> Any:
+        """Attention of ``query [batch, Tq, Hq, D]`` over layer `layer`, for
+        the sequences described by `block_table`/`seq_lens` (semantics in
+        `llmir.runtime.attention`).
+
+        The query may be a numpy array (float32 or float16; the result has
+        its dtype) or, on a CUDA cache, a device array (anything with
+        ``__cuda_array_interface__``, such as a torch CUDA tensor; the result
+        is a float32 device array).  `out`, if given, is filled and returned.
+        """
+        geometry = self._geometry
+        layer = check_layer(layer, geometry.num_layers)
+        table = self.validate_block_table(block_table, seq_lens)
+        q = self._backend.as_array(query)
+        check_query(
+            q.shape, q.dtype, table.batch, geometry.num_heads, geometry.head_dim
+        )
+        options = check_attention_options(
+            geometry.head_dim, scale, causal, sliding_window, logits_soft_cap
+        )
+        if out is not None:
+            out = self._checked_attention_out(out, q)
+        return self._backend.attention(layer, q, table, options, out)
+
     # -- checks ----------------------------------------------------------------
 
-    def _check_out(
-        self, out: tuple[Any, Any], batch: int, max_len: int, as_float32: bool
-    ) -> None:
-        want = lookup_dtype(self._kind, as_float32)
+    def _checked_inputs(
+        self, keys: Any, values: Any, seq_ids: Any, *, rank: int
+    ) -> tuple[Any, Any, npt.NDArray[np.int64]]:
+        geometry = self._geometry
+        k = self._backend.as_array(keys)
+        v = self._backend.as_array(values)
+        what = "[L, batch, T, H, D]" if rank == 5 else "[batch, T, H, D]"
+        k_shape, v_shape = tuple(k.shape), tuple(v.shape)
+        for name, shape in (("keys", k_shape), ("values", v_shape)):
+            if len(shape) != rank:
+                raise ShapeError(f"{name} must be {rank}-D {what}, got shape {shape}")
+        if k_shape != v_shape:
+            raise ShapeError(
+                f"keys shape {k_shape} differs from values shape {v_shape}"
+            )
+        if rank == 5 and k_shape[0] != geometry.num_layers:
+            raise ShapeError(
+                f"keys carry {k_shape[0]} layers, the cache has {geometry.num_layers}"
+            )
+        if k_shape[-2] != geometry.num_heads:
+            raise ShapeError(
+                f"keys have {k_shape[-2]} heads, the cache has {geometry.num_heads}"
+            )
+        if k_shape[-1] != geometry.head_dim:
+            raise ShapeError(
+                f"keys have head_dim {k_shape[-1]}, the cache has {geometry.head_dim}"
+            )
+        if k.dtype != v.dtype:
+            raise DTypeError(f"keys are {k.dtype} but values are {v.dtype}")
+        element = geometry.element_type
+        accepted = (np.dtype(np.float32), *element.raw_input_dtypes)
+        if k.dtype not in accepted:
+            raise DTypeError(
+                f"a {element.name} cache accepts keys of "
+                f"{', '.join(str(d) for d in accepted)}, got {k.dtype}"
+            )
+        ids = check_seq_ids(seq_ids)
+        batch = k_shape[-4]
+        if ids.shape != (batch,):
+            raise ShapeError(
+                f"seq_ids has shape {ids.shape}, expected ({batch},) for the batch"
+            )
+        return k, v, ids
+
+    def _check_lookup_out(self, out: Any, table: BlockTable, as_float32: bool) -> None:
+        if not isinstance(out, tuple | list) or len(out) != 2:
+            raise ShapeError("out must be a (keys, values) pair of arrays")
+        want = self._geometry.element_type.out_dtype(as_float32)
+        heads, dim = self._geometry.num_heads, self._geometry.head_dim
         for name, buf in zip(("keys", "values"), out, strict=True):
             if not isinstance(buf, np.ndarray):
                 raise DTypeError(f"out {name} must be a numpy array")
@@ -368,90 +438,79 @@ class PagedKVCache:
                 raise DTypeError(f"out {name} must be {want}, got {arr.dtype}")
             if (
                 arr.ndim != 4
-                or arr.shape[0] != batch
-                or arr.shape[1] < max_len
-                or arr.shape[2:] != (self._num_heads, self._head_dim)
+                or arr.shape[0] != table.batch
+                or arr.shape[1] < table.max_len
+                or arr.shape[2:] != (heads, dim)
             ):
                 raise ShapeError(
-                    f"out {name} has shape {arr.shape}, expected ({batch}, >= "
-                    f"{max_len}, {self._num_heads}, {self._head_dim})"
+                    f"out {name} has shape {arr.shape}, expected ({table.batch}, >= "
+                    f"{table.max_len}, {heads}, {dim})"
                 )
             if not arr.flags.c_contiguous or not arr.flags.writeable:
                 raise ShapeError(f"out {name} must be C-contiguous and writeable")
+            pool = self._backend.kv_pool
+            if isinstance(pool, np.ndarray) and np.shares_memory(arr, pool):
+                raise ShapeError(f"out {name} overlaps the cache's pool")
         if out[0].shape != out[1].shape:
             raise ShapeError("out keys and values differ in shape")
+        if np.shares_memory(out[0], out[1]):
+            raise ShapeError("out keys and values overlap each other")
 
-    def _checked_inputs(
-        self, keys: Any, values: Any, *, rank: int, seq_ids: Any
-    ) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
-        if not isinstance(keys, np.ndarray) or not isinstance(values, np.ndarray):
+    def _checked_attention_out(self, out: Any, query: Any) -> Any:
+        """`out` for a query: on the host, a writeable C-contiguous numpy array
+        of the query's shape and dtype that overlaps neither the query nor
+        the pool; on the device, a float32 device array of its shape."""
+        on_host = isinstance(query, np.ndarray)
+        if on_host and not isinstance(out, np.ndarray):
             raise DTypeError(
-                f"keys and values must be numpy arrays, got {type(keys).__name__} "
-                f"and {type(values).__name__}"
+                f"out must be a numpy array for a numpy query, got {type(out).__name__}"
             )
-        k: npt.NDArray[Any] = keys
-        v: npt.NDArray[Any] = values
-        what = "[L, batch, T, H, D]" if rank == 5 else "[batch, T, H, D]"
-        for name, arr in (("keys", k), ("values", v)):
-            if arr.ndim != rank:
-                raise ShapeError(
-                    f"{name} must be {rank}-D {what}, got shape {arr.shape}"
-                )
-        if k.shape != v.shape:
+        buf = out if on_host else self._backend.as_array(out)
+        want = query.dtype if on_host else np.dtype(np.float32)
+        if tuple(buf.shape) != tuple(query.shape):
             raise ShapeError(
-                f"keys shape {k.shape} differs from values shape {v.shape}"
+                f"out has shape {tuple(buf.shape)}, expected the query's "
+                f"{tuple(query.shape)}"
             )
-        if rank == 5 and k.shape[0] != self._num_layers:
-            raise ShapeError(
-                f"keys carry {k.shape[0]} layers, the cache has {self._num_layers}"
-            )
-        if k.shape[-2] != self._num_heads:
-            raise ShapeError(
-                f"keys have {k.shape[-2]} heads, the cache has {self._num_heads}"
-            )
-        if k.shape[-1] != self._head_dim:
-            raise ShapeError(
-                f"keys have head_dim {k.shape[-1]}, the cache has {self._head_dim}"
-            )
-        if k.dtype != v.dtype:
-            raise DTypeError(f"keys are {k.dtype} but values are {v.dtype}")
-        accepted: list[np.dtype[Any]] = [np.dtype(np.float32)]
-        if self._kind is F16:
-            accepted += [np.dtype(np.float16), np.dtype(np.uint16)]
-        elif self._kind is not F32:
-            accepted.append(np.dtype(np.uint16))
-        if k.dtype not in accepted:
-            raise DTypeError(
-                f"a {self._kind.name} cache accepts keys of "
-                f"{', '.join(str(d) for d in accepted)}, got {k.dtype}"
-            )
-        batch = k.shape[-4]
-        n_ids = np.shape(seq_ids)
-        if n_ids != (batch,):
-            raise ShapeError(
-                f"seq_ids has shape {n_ids}, expected ({batch},) for the batch"
-            )
-        return np.ascontiguousarray(k), np.ascontiguousarray(v)
+        if buf.dtype != want:
+            raise DTypeError(f"out has dtype {buf.dtype}, expected {want}")
+        if on_host:
+            if not (buf.flags.c_contiguous and buf.flags.writeable):
+                raise ShapeError("out must be a writeable C-contiguous array")
+            pool = self._backend.kv_pool
+            if np.shares_memory(buf, query) or (
+                isinstance(pool, np.ndarray) and np.shares_memory(buf, pool)
+            ):
+                raise ShapeError("out overlaps the query or the cache's pool")
+        return buf
+
+    def __repr__(self) -> str:
+        return (
+            f"PagedKVCache({self._geometry.describe()}, {self._num_blocks} blocks, "
+            f"device={self.device!r})"
+        )
 
 
-def _require_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int | np.integer) or value <= 0:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _create_storage(device: str, **params: Any) -> KVStorage:
-    if device == "cpu":
-        return CPUStorage(**params)
-    if device == "cuda":
-        try:
-            cuda = importlib.import_module("llmir.runtime.cuda")
-        except ImportError as exc:
-            raise DeviceError(
-                f"device='cuda' needs the CUDA backend llmir.runtime.cuda and "
-                f"numba-cuda (pip install 'llmir[gpu]'): {exc}"
-            ) from exc
-        create = getattr(cuda, "create_storage", None)
-        if create is None:
-            raise DeviceError("llmir.runtime.cuda provides no create_storage()")
-        return create(**params)
-    raise DeviceError(f"unknown device {device!r}, expected 'cpu' or 'cuda'")
+def _pool_blocks(
+    geometry: CacheGeometry, num_blocks: object, memory_budget_bytes: object
+) -> int:
+    """The pool's block count from `num_blocks` or a byte budget."""
+    if num_blocks is not None and memory_budget_bytes is not None:
+        raise ConfigError("give num_blocks or memory_budget_bytes, not both")
+    limit = geometry.max_num_blocks()
+    if memory_budget_bytes is not None:
+        budget = as_int("memory_budget_bytes", memory_budget_bytes)
+        count = budget // geometry.bytes_per_block
+        if count <= 0:
+            raise ConfigError(
+                f"memory_budget_bytes {budget} is less than one block "
+                f"({geometry.bytes_per_block} bytes)"
+            )
+        count = min(count, limit)
+    elif num_blocks is None:
+        count = geometry.max_blocks_per_seq
+    else:
+        count = as_int("num_blocks", num_blocks)
+    if not 1 <= count <= limit:
+        raise ConfigError(f"num_blocks must be in [1, {limit}], got {count}")
+    return count

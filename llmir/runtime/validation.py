@@ -1,33 +1,116 @@
-"""Checks of block tables, sequence lengths and layer indices handed to kernels.
+"""Checks of everything a caller hands the cache, run once at the
+`PagedKVCache` boundary.
 
-Shared by the cache's `lookup_kv`, the attention kernels and the GPU backend:
-a table that passes `validate_block_table` can be indexed by any kernel
-without bounds checks.  The rules are those of `llmir.runtime.layout`.
+Each check returns a *validated* value (`BlockTable`, `AttentionOptions`, an
+int32 id array, a layer index) that backends take as it is: a kernel given a
+`BlockTable` indexes the pool without bounds checks, and no backend checks
+again.  Errors derive from `llmir.errors.LLMIRError` and name the bad value
+and the limit.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from llmir.errors import BlockTableError, DTypeError, ShapeError
-from llmir.runtime.layout import PAD_BLOCK
+from llmir.errors import (
+    BlockTableError,
+    ConfigError,
+    DTypeError,
+    SequenceError,
+    ShapeError,
+)
+from llmir.runtime.geometry import INT32_MAX, PAD_BLOCK, CacheGeometry
 
 IntArray = npt.NDArray[np.int32]
 
+INT32_MIN = int(np.iinfo(np.int32).min)
 
-def check_layer(layer: object, num_layers: int, owner: str = "cache") -> None:
+MAX_LOGIT = 1e4
+"""The largest |q.k| the attention options are checked against: a scale (or
+soft cap) whose product with this bound overflows float32 is rejected, so
+that a finite logit can never become inf inside the kernels."""
+
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_layer(layer: object, num_layers: int) -> int:
     """`layer` must be an integer (not a bool) in ``[0, num_layers)``."""
     if (
-        isinstance(layer, bool)
+        isinstance(layer, bool | np.bool_)
         or not isinstance(layer, int | np.integer)
         or not 0 <= layer < num_layers
     ):
         raise ShapeError(
-            f"layer {layer!r} is out of range, the {owner} has {num_layers} layers"
+            f"layer {layer!r} is out of range, the cache has {num_layers} layers"
         )
+    return int(layer)
+
+
+def check_seq_id(seq_id: object) -> int:
+    """One sequence id: an integer (Python or numpy, not bool) within int32."""
+    if isinstance(seq_id, bool | np.bool_) or not isinstance(seq_id, int | np.integer):
+        raise SequenceError(f"sequence id {seq_id!r} is not an integer")
+    if not INT32_MIN <= seq_id <= INT32_MAX:
+        raise SequenceError(f"sequence id {seq_id} does not fit in int32")
+    return int(seq_id)
+
+
+def check_seq_ids(seq_ids: object) -> npt.NDArray[np.int64]:
+    """A batch of sequence ids: a 1-D integer array (or sequence of ints)
+    within int32.  Returned as int64.  (Repeated ids are the bookkeeping's to
+    reject: it skips the check for the batch it saw last.)"""
+    if isinstance(seq_ids, int | np.integer) and not isinstance(
+        seq_ids, bool | np.bool_
+    ):
+        seq_ids = [seq_ids]
+    try:
+        ids = np.asarray(seq_ids)
+    except (TypeError, ValueError) as exc:
+        raise SequenceError(f"sequence ids {seq_ids!r} are not integers") from exc
+    if ids.ndim != 1:
+        raise ShapeError(f"sequence ids must be 1-D, got shape {ids.shape}")
+    if ids.size and (ids.dtype == np.bool_ or not np.issubdtype(ids.dtype, np.integer)):
+        raise SequenceError(f"sequence ids must be integers, got dtype {ids.dtype}")
+    narrow = ids.dtype.itemsize <= (4 if ids.dtype.kind == "i" else 2)
+    if ids.size and not narrow:
+        # Compare in the source dtype: uint64 values above int64 must not wrap.
+        low, high = ids.min(), ids.max()
+        if int(low) < INT32_MIN or int(high) > INT32_MAX:
+            bad = low if int(low) < INT32_MIN else high
+            raise SequenceError(f"sequence id {int(bad)} does not fit in int32")
+    return ids.astype(np.int64, copy=False)
+
+
+def check_unique(ids: list[int]) -> None:
+    """No sequence id listed twice in one batch."""
+    if len(set(ids)) != len(ids):
+        seen: set[int] = set()
+        dup = next(s for s in ids if s in seen or seen.add(s))
+        raise SequenceError(f"sequence {dup} appears more than once in the batch")
+
+
+@dataclass(frozen=True)
+class BlockTable:
+    """A block table checked against a pool: kernels may index it blindly.
+
+    `table` int32 ``[batch, width]`` and `lens` int32 ``[batch]``, both
+    C-contiguous; every block a sequence's length needs is a block id of the
+    pool.  `max_len` is ``max(lens)`` (0 for an empty batch).
+    """
+
+    table: IntArray
+    lens: IntArray
+    max_len: int
+
+    @property
+    def batch(self) -> int:
+        return int(self.lens.shape[0])
 
 
 def validate_block_table(
@@ -37,9 +120,8 @@ def validate_block_table(
     block_size: int,
     num_blocks: int,
     max_seq_len: int,
-) -> tuple[IntArray, IntArray]:
-    """Check a block table against a pool and return it, with `seq_lens`, as
-    C-contiguous int32 arrays (no copy when they already are).
+) -> BlockTable:
+    """Check a block table against a pool.
 
     Accepted: `block_table` an integer array ``[batch, max_blocks]``,
     `seq_lens` an integer array ``[batch]``, with for every row ``b``:
@@ -57,7 +139,7 @@ def validate_block_table(
     table = np.asarray(block_table)
     lens = np.asarray(seq_lens)
     for name, arr in (("block_table", table), ("seq_lens", lens)):
-        if not np.issubdtype(arr.dtype, np.integer):
+        if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
             raise DTypeError(
                 f"{name} must hold integers (int32), got dtype {arr.dtype}"
             )
@@ -72,59 +154,188 @@ def validate_block_table(
             f"block_table has {table.shape[0]} rows but seq_lens has "
             f"{lens.shape[0]} entries"
         )
-    if table.size and (
-        table.min() < np.iinfo(np.int32).min or table.max() > np.iinfo(np.int32).max
-    ):
-        raise BlockTableError("block_table values do not fit in int32")
     if lens.size == 0:
-        return (
+        return BlockTable(
             np.ascontiguousarray(table, dtype=np.int32),
             np.ascontiguousarray(lens, dtype=np.int32),
+            0,
         )
 
-    negative = np.flatnonzero(lens < 0)
-    if negative.size:
-        b = int(negative[0])
+    low, high = int(lens.min()), int(lens.max())
+    if low < 0:
+        b = int(np.argmax(lens < 0))
         raise BlockTableError(f"seq_lens[{b}] = {int(lens[b])} is negative")
-    too_long = np.flatnonzero(lens > max_seq_len)
-    if too_long.size:
-        b = int(too_long[0])
+    if high > max_seq_len:
+        b = int(np.argmax(lens > max_seq_len))
         raise BlockTableError(
             f"seq_lens[{b}] = {int(lens[b])} exceeds max_seq_len {max_seq_len}"
         )
     capacity = table.shape[1] * block_size
-    uncovered = np.flatnonzero(lens > capacity)
-    if uncovered.size:
-        b = int(uncovered[0])
+    if high > capacity:
+        b = int(np.argmax(lens > capacity))
         raise BlockTableError(
             f"seq_lens[{b}] = {int(lens[b])} but block_table covers only "
             f"{capacity} tokens ({table.shape[1]} blocks of {block_size})"
         )
 
-    blocks_needed = (lens.astype(np.int64) + block_size - 1) // block_size
-    live = np.arange(table.shape[1])[None, :] < blocks_needed[:, None]
     in_range = (table >= 0) & (table < num_blocks)
-    bad_live = np.argwhere(live & ~in_range)
-    if bad_live.size:
-        b, j = (int(v) for v in bad_live[0])
-        value = int(table[b, j])
-        what = (
-            "padding (-1)"
-            if value == PAD_BLOCK
-            else f"out of range, the pool has {num_blocks} blocks"
-        )
-        raise BlockTableError(
-            f"block_table[{b}, {j}] = {value} is {what}, but seq_lens[{b}] = "
-            f"{int(lens[b])} needs {int(blocks_needed[b])} blocks"
-        )
-    bad_pad = np.argwhere(~live & ~in_range & (table != PAD_BLOCK))
-    if bad_pad.size:
-        b, j = (int(v) for v in bad_pad[0])
-        raise BlockTableError(
-            f"block_table[{b}, {j}] = {int(table[b, j])} is neither a block id in "
-            f"[0, {num_blocks}) nor the padding value {PAD_BLOCK}"
-        )
-    return (
+    if not in_range.all():
+        blocks_needed = (lens.astype(np.int64) + block_size - 1) // block_size
+        live = np.arange(table.shape[1])[None, :] < blocks_needed[:, None]
+        bad_live = np.argwhere(live & ~in_range)
+        if bad_live.size:
+            b, j = (int(v) for v in bad_live[0])
+            value = int(table[b, j])
+            what = (
+                "padding (-1)"
+                if value == PAD_BLOCK
+                else f"out of range, the pool has {num_blocks} blocks"
+            )
+            raise BlockTableError(
+                f"block_table[{b}, {j}] = {value} is {what}, but seq_lens[{b}] = "
+                f"{int(lens[b])} needs {int(blocks_needed[b])} blocks"
+            )
+        bad_pad = np.argwhere(~live & ~in_range & (table != PAD_BLOCK))
+        if bad_pad.size:
+            b, j = (int(v) for v in bad_pad[0])
+            raise BlockTableError(
+                f"block_table[{b}, {j}] = {int(table[b, j])} is neither a block id "
+                f"in [0, {num_blocks}) nor the padding value {PAD_BLOCK}"
+            )
+    return BlockTable(
         np.ascontiguousarray(table, dtype=np.int32),
         np.ascontiguousarray(lens, dtype=np.int32),
+        high,
     )
+
+
+def validate_table_for(
+    geometry: CacheGeometry, num_blocks: int, block_table: Any, seq_lens: Any
+) -> BlockTable:
+    """`validate_block_table` against a cache of `geometry` and `num_blocks`."""
+    return validate_block_table(
+        block_table,
+        seq_lens,
+        block_size=geometry.block_size,
+        num_blocks=num_blocks,
+        max_seq_len=geometry.max_seq_len,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Attention
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    """Checked attention options: `scale` resolved (default 1/sqrt(D)) and
+    rounded to float32, 0 for an absent window or soft cap (the kernels'
+    encoding of "off")."""
+
+    scale: float
+    causal: bool
+    sliding_window: int
+    logits_soft_cap: float
+
+
+def check_scale(scale: object, head_dim: int) -> float:
+    """The softmax scale: None for 1/sqrt(head_dim); otherwise a finite
+    positive number whose product with `MAX_LOGIT` is a finite float32."""
+    if scale is None:
+        return float(np.float32(1.0 / math.sqrt(head_dim)))
+    value = _finite_positive("scale", scale)
+    if value * MAX_LOGIT > _F32_MAX or np.float32(value) == 0:
+        raise ConfigError(
+            f"scale {value!r} is outside the float32 range usable for logits "
+            f"up to {MAX_LOGIT:g} (at most {_F32_MAX / MAX_LOGIT:.3g}, nonzero in "
+            "float32)"
+        )
+    return float(np.float32(value))
+
+
+def check_soft_cap(cap: object) -> float:
+    """A logits soft cap: None for off, else finite, positive and nonzero in
+    float32."""
+    if cap is None:
+        return 0.0
+    value = _finite_positive("logits_soft_cap", cap)
+    if np.float32(value) == 0 or not math.isfinite(float(np.float32(value))):
+        raise ConfigError(
+            f"logits_soft_cap {value!r} is not representable as a nonzero float32"
+        )
+    return float(np.float32(value))
+
+
+def check_window(window: object) -> int:
+    """A sliding window: None for off, else a positive integer within int32."""
+    if window is None:
+        return 0
+    if (
+        isinstance(window, bool | np.bool_)
+        or not isinstance(window, int | np.integer)
+        or not 1 <= window <= INT32_MAX
+    ):
+        raise ConfigError(
+            f"sliding_window must be an integer in [1, {INT32_MAX}], got {window!r}"
+        )
+    return int(window)
+
+
+def _finite_positive(name: str, value: object) -> float:
+    if isinstance(value, bool | np.bool_) or not isinstance(
+        value, int | float | np.integer | np.floating
+    ):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    number = float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise ConfigError(f"{name} must be a finite positive number, got {value!r}")
+    return number
+
+
+def check_attention_options(
+    head_dim: int,
+    scale: object = None,
+    causal: object = True,
+    sliding_window: object = None,
+    logits_soft_cap: object = None,
+) -> AttentionOptions:
+    if not isinstance(causal, bool | np.bool_):
+        raise ConfigError(f"causal must be a bool, got {causal!r}")
+    return AttentionOptions(
+        check_scale(scale, head_dim),
+        bool(causal),
+        check_window(sliding_window),
+        check_soft_cap(logits_soft_cap),
+    )
+
+
+QUERY_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+def check_query(
+    shape: Sequence[int], dtype: Any, batch: int, num_kv_heads: int, head_dim: int
+) -> None:
+    """A query ``[batch, Tq, Hq, D]`` of float32 or float16 for `batch`
+    sequences of a pool with `num_kv_heads` heads of `head_dim`, Hq a
+    positive multiple of them."""
+    if np.dtype(dtype) not in QUERY_DTYPES:
+        raise DTypeError(
+            f"query dtype {dtype} is not supported, expected float32 or float16 "
+            "(pass bf16 queries as their float32 values)"
+        )
+    if len(shape) != 4:
+        raise ShapeError(
+            f"query must be 4-D [batch, Tq, Hq, D], got shape {tuple(shape)}"
+        )
+    q_batch, _, q_heads, q_dim = shape
+    if q_batch != batch:
+        raise ShapeError(f"query has batch {q_batch} but seq_lens has {batch} entries")
+    if q_dim != head_dim:
+        raise ShapeError(
+            f"query head_dim {q_dim} does not match the cache's {head_dim}"
+        )
+    if q_heads == 0 or q_heads % num_kv_heads:
+        raise ShapeError(
+            f"query has {q_heads} heads, not a positive multiple of the cache's "
+            f"{num_kv_heads} kv heads"
+        )

@@ -28,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from xdsl.dialects import func
 from xdsl.dialects.builtin import (
-    BFloat16Type,
+    DenseIntOrFPElementsAttr,
     FloatAttr,
     IntegerAttr,
     IntegerType,
@@ -36,13 +36,11 @@ from xdsl.dialects.builtin import (
     TensorType,
 )
 from xdsl.interpreter import Interpreter
-from xdsl.interpreters import register_implementations as register_xdsl
 from xdsl.interpreters.shaped_array import ShapedArray
 from xdsl.ir import Attribute, Operation
 from xdsl.parser import Parser
 from xdsl.passes import PassPipeline
 from xdsl.tools.xdsl_run import xDSLRunMain
-from xdsl.universe import Universe
 from xdsl.utils.exceptions import (
     DiagnosticException,
     InterpretationError,
@@ -50,16 +48,23 @@ from xdsl.utils.exceptions import (
     VerifyException,
 )
 
+from llmir import abi
+from llmir.dialects import llm
 from llmir.dialects.llm_type import PagedKVCacheType
 from llmir.errors import LLMIRError
-from llmir.interpreters.arrays import (
-    check_tensor,
-    from_numpy,
-    numpy_dtype_for,
-    to_numpy,
+from llmir.interpreters.arrays import check_tensor, from_numpy, numpy_dtype_for
+from llmir.interpreters.runner import (
+    all_passes,
+    entry_function,
+    execute,
+    llmir_context,
+    paged_caches,
+    python_value,
+    reference_caches,
 )
-from llmir.interpreters.llm import register_llmir_implementations
-from llmir.runtime.dtypes import BF16, encode
+from llmir.interpreters.xdsl_extras import dense_tensor
+from llmir.runtime.backend import DEVICES
+from llmir.runtime.dtypes import element_type_of_ir
 
 EXIT_USAGE = 2
 
@@ -73,6 +78,10 @@ class LLMIRRunMain(xDSLRunMain):
 
     def __init__(self, args: Sequence[str] | None = None) -> None:
         super().__init__(description="Run llm IR on the llmir runtime", args=args)
+
+    def register_all_dialects(self) -> None:
+        # Ours too when llmir runs from a checkout, without its entry point.
+        self.ctx = llmir_context()
 
     def register_all_arguments(self, arg_parser: argparse.ArgumentParser) -> None:
         super().register_all_arguments(arg_parser)
@@ -99,7 +108,7 @@ class LLMIRRunMain(xDSLRunMain):
         )
         arg_parser.add_argument(
             "--device",
-            choices=("cpu", "cuda"),
+            choices=DEVICES,
             default="cpu",
             help="where the KV cache and kernels live (default: cpu)",
         )
@@ -142,7 +151,7 @@ class LLMIRRunMain(xDSLRunMain):
             raise RunError("the input holds no module")
         module.verify()
         if self.args.passes:
-            available = Universe.get_multiverse().all_passes
+            available = all_passes()
             try:
                 pipeline = PassPipeline.parse_spec(available, self.args.passes)
             except ValueError as e:
@@ -151,20 +160,13 @@ class LLMIRRunMain(xDSLRunMain):
             module.verify()
         return module
 
-    def _entry(self, interpreter: Interpreter) -> func.FuncOp:
-        symbol = self.args.symbol
-        entry = (
-            interpreter.get_op_for_symbol(symbol)
-            if _has_symbol(interpreter.module, symbol)
-            else None
-        )
-        if not isinstance(entry, func.FuncOp) or entry.is_declaration:
-            raise RunError(f"no function @{symbol} with a body in the module")
+    def _entry(self, module: ModuleOp) -> func.FuncOp:
+        entry = entry_function(module, self.args.symbol)
+        if entry is None:
+            raise RunError(f"no function @{self.args.symbol} with a body in the module")
         return entry
 
-    def _arguments(
-        self, interpreter: Interpreter, entry: func.FuncOp
-    ) -> tuple[Any, ...]:
+    def _arguments(self, entry: func.FuncOp) -> tuple[Any, ...]:
         """Arguments in order: those of `--args` (xDSL attribute syntax, as
         xdsl-run takes them), then the `--input` arrays, then random ones."""
         types = list(entry.function_type.inputs.data)
@@ -185,9 +187,7 @@ class LLMIRRunMain(xDSLRunMain):
         for index, type_attr in enumerate(types):
             what = f"argument {index} of @{entry.sym_name.data}"
             if index < len(attributes):
-                values.append(
-                    interpreter.value_for_attribute(attributes[index], type_attr)
-                )
+                values.append(_attribute_value(attributes[index], type_attr, what))
             elif index < given:
                 array = arrays[index - len(attributes)]
                 values.append(_argument_value(array, type_attr, what))
@@ -209,54 +209,51 @@ class LLMIRRunMain(xDSLRunMain):
         )
         return list(parsed or [])
 
-    def _execute(
-        self, module: ModuleOp, device: str, progress: bool
-    ) -> tuple[tuple[Any, ...], list[Any], float]:
-        interpreter = Interpreter(module, index_bitwidth=self.args.index_bitwidth)
-        register_xdsl(interpreter, self.ctx)
-        caches = register_llmir_implementations(interpreter, module, device)
-        if progress:
-            interpreter.listeners = (*interpreter.listeners, _Progress())
-        entry = self._entry(interpreter)
-        args = self._arguments(interpreter, entry)
-        start = time.perf_counter()
-        results = interpreter.call_op(entry, args)
-        elapsed = time.perf_counter() - start
-        return tuple(results), caches, elapsed
-
-    # -- main -------------------------------------------------------------------
-
     def run(self) -> None:
         module = self._parse_module()
         if self.args.print_ir:
             print(module)
-        results, caches, elapsed = self._execute(
-            module, self.args.device, self.args.progress
+        entry = self._entry(module)
+        args = self._arguments(entry)
+        listeners = (_Progress(),) if self.args.progress else ()
+        run = execute(
+            module,
+            entry,
+            args,
+            paged_caches(self.args.device),
+            ctx=self.ctx,
+            listeners=listeners,
+            index_bitwidth=self.args.index_bitwidth,
         )
-        arrays = [_result_array(r) for r in results]
+        arrays = [_result_array(r) for r in run.results]
         for index, array in enumerate(arrays):
             print(f"result{index}: {_describe(array)}")
             if self.args.verbose and array is not None:
                 print(np.array2string(array, precision=4, threshold=10_000))
-        print(f"time: {elapsed * 1e3:.1f} ms")
+        print(f"time: {run.seconds * 1e3:.1f} ms")
         if self.args.stats:
-            for index, cache in enumerate(caches):
+            for index, cache in enumerate(run.caches):
                 print(f"cache{index}: {cache.stats()}")
         if self.args.output:
             named = {f"result{i}": a for i, a in enumerate(arrays) if a is not None}
             np.savez(self.args.output, **cast(dict[str, Any], named))
             print(f"saved {len(named)} results to {self.args.output}")
         if self.args.check:
-            self._check(module, arrays, caches)
+            reference = execute(
+                module,
+                entry,
+                args,
+                reference_caches(),
+                ctx=self.ctx,
+                index_bitwidth=self.args.index_bitwidth,
+            )
+            self._check(arrays, [_result_array(r) for r in reference.results], run)
 
-    def _check(self, module: ModuleOp, arrays: list[Any], caches: list[Any]) -> None:
-        reference, _, _ = self._execute(module, "reference", False)
-        half = any(getattr(c, "kind", None) and c.kind.is_half for c in caches)
+    def _check(self, arrays: list[Any], reference: list[Any], run: Any) -> None:
+        half = any(c.geometry.element_type.is_half for c in run.caches)
         tolerance = 1e-3 if half else 1e-5
         worst = 0.0
-        for index, (got, want) in enumerate(
-            zip(arrays, (_result_array(r) for r in reference), strict=True)
-        ):
+        for index, (got, want) in enumerate(zip(arrays, reference, strict=True)):
             if got is None or want is None or got.dtype.kind != "f":
                 continue
             got64, want64 = got.astype(np.float64), want.astype(np.float64)
@@ -281,10 +278,12 @@ class _Progress(Interpreter.Listener):
         self.start = time.perf_counter()
 
     def will_interpret_op(self, op: Operation, args: tuple[Any, ...]) -> None:
-        if "paged_attention" not in op.name and not (
-            isinstance(op, func.CallOp)
-            and op.callee.string_value().startswith("llmir_paged_attention")
-        ):
+        function = (
+            abi.function_of_call(op.callee.string_value())
+            if isinstance(op, func.CallOp)
+            else abi.function_of(op)
+        )
+        if function is None or function.op is not llm.PagedAttentionOp:
             return
         self.calls += 1
         if self.calls % 50 == 0:
@@ -293,12 +292,6 @@ class _Progress(Interpreter.Listener):
                 f"progress: {self.calls} attention calls, {elapsed:.1f} s",
                 file=sys.stderr,
             )
-
-
-def _has_symbol(module: Operation, symbol: str) -> bool:
-    from xdsl.traits import SymbolTable
-
-    return SymbolTable.lookup_symbol(module, symbol) is not None
 
 
 def _load_inputs(paths: list[str]) -> list[npt.NDArray[Any]]:
@@ -323,12 +316,24 @@ def _load_inputs(paths: list[str]) -> list[npt.NDArray[Any]]:
     return arrays
 
 
+def _attribute_value(attr: Attribute, type_attr: Attribute, what: str) -> Any:
+    """An `--args` attribute as the interpreter value of `type_attr`."""
+    if isinstance(type_attr, TensorType):
+        if not isinstance(attr, DenseIntOrFPElementsAttr):
+            raise RunError(f"{what} must be a dense<...> attribute, got {attr}")
+        return dense_tensor(attr, type_attr)
+    if isinstance(type_attr, IntegerType) and isinstance(attr, IntegerAttr):
+        return IntegerAttr(attr.value.data, type_attr)
+    raise RunError(f"{what} of type {type_attr} cannot be given as {attr}")
+
+
 def _argument_value(array: npt.NDArray[Any], type_attr: Attribute, what: str) -> Any:
     if isinstance(type_attr, TensorType):
         tensor_type = cast(TensorType[Any], type_attr)
         element_type = tensor_type.element_type
-        if isinstance(element_type, BFloat16Type) and array.dtype == np.float32:
-            array = encode(array, BF16)
+        cache_element = element_type_of_ir(element_type)
+        if cache_element is not None and array.dtype == np.float32:
+            array = cache_element.to_host(array)
         if array.dtype != numpy_dtype_for(element_type) and array.dtype.kind == (
             numpy_dtype_for(element_type).kind
         ):
@@ -356,24 +361,25 @@ def _random_value(rng: np.random.Generator, type_attr: Attribute, what: str) -> 
             )
         element_type = tensor_type.element_type
         dtype = numpy_dtype_for(element_type)
+        cache_element = element_type_of_ir(element_type)
         if isinstance(element_type, IntegerType):
             data: npt.NDArray[Any] = rng.integers(0, 8, size=shape).astype(dtype)
-        elif isinstance(element_type, BFloat16Type):
-            data = encode(rng.standard_normal(shape, np.float32), BF16)
+        elif cache_element is not None:
+            data = cache_element.to_host(rng.standard_normal(shape, np.float32))
         else:
             data = rng.standard_normal(shape).astype(dtype)
         return from_numpy(data, element_type)
     if isinstance(type_attr, IntegerType):
         return IntegerAttr(int(rng.integers(0, 8)), type_attr)
-    if isinstance(type_attr, PagedKVCacheType):
+    if isinstance(type_attr, PagedKVCacheType) or type_attr == abi.HANDLE:
         raise RunError(f"{what} is a KV cache: create it inside the function")
     raise RunError(f"{what} of type {type_attr} cannot be generated")
 
 
 def _result_array(value: Any) -> npt.NDArray[Any] | None:
-    if isinstance(value, ShapedArray):
-        return to_numpy(cast(ShapedArray[Any], value)).copy()
-    if isinstance(value, IntegerAttr | FloatAttr):
+    if isinstance(value, ShapedArray | IntegerAttr):
+        return np.asarray(python_value(value))
+    if isinstance(value, FloatAttr):
         return np.asarray(value.value.data)
     return None
 

@@ -8,9 +8,11 @@ Annotates every `func.func` that contains `llm` cache ops with a
 - `tokens_appended`: tokens written by all appends (batch * T each);
 - `kv_bytes_written`: their key+value bytes (one layer each);
 - `attention_flops_max`: 4 * batch * Hq * Tq * Lkv * D per attention
-  (QK^T and PV), with Lkv the block-table capacity, an upper bound;
-- `kv_bytes_read_max`: key+value bytes that attention and lookups may read,
-  bounded the same way (GQA reads each kv head once per sequence).
+  (QK^T and PV), with Lkv the block-table capacity, or the sliding window
+  when it is smaller: an upper bound;
+- `kv_bytes_read_max`: key+value bytes that attention and lookups may read
+  (`KVCacheInterface.get_tokens_read` times the bytes of a token; GQA reads
+  each kv head once per sequence).
 
 A statistic that depends on a dynamic dimension is left out and its name is
 listed in `dynamic`.
@@ -27,14 +29,12 @@ from xdsl.dialects.builtin import (
     DictionaryAttr,
     IntegerAttr,
     StringAttr,
-    TensorType,
     i64,
 )
 from xdsl.ir import Attribute, Operation
 from xdsl.passes import ModulePass
 
 from llmir.dialects.interfaces import AttentionInterface, KVCacheInterface
-from llmir.dialects.llm import LookupKVOp
 
 STATS_ATTR_NAME = "llm.kv_stats"
 
@@ -81,10 +81,6 @@ def _product(*factors: int | None) -> int | None:
     return result
 
 
-def _static_or_none(dim: int) -> int | None:
-    return None if dim == builtin.DYNAMIC_INDEX else dim
-
-
 def collect_stats(root: Operation) -> KVCacheStats | None:
     """Statistics of the cache ops nested in `root`, None if it has none."""
     stats = KVCacheStats()
@@ -97,21 +93,16 @@ def collect_stats(root: Operation) -> KVCacheStats | None:
                 tokens = op.get_appended_tokens()
                 stats.add("tokens_appended", tokens)
                 stats.add("kv_bytes_written", _product(tokens, cache.bytes_per_token))
-            if isinstance(op, LookupKVOp):
-                keys_type = op.keys.type
-                assert isinstance(keys_type, TensorType)
-                batch, length = keys_type.get_shape()[:2]
-                stats.add(
-                    "kv_bytes_read_max",
-                    _product(
-                        _static_or_none(batch),
-                        _static_or_none(length),
-                        cache.bytes_per_token,
-                    ),
-                )
+            stats.add(
+                "kv_bytes_read_max",
+                _product(op.get_tokens_read(), cache.bytes_per_token),
+            )
         if isinstance(op, AttentionInterface):
             seen_any = True
             kv_len = op.get_max_kv_len()
+            window = op.get_sliding_window()
+            if window is not None:
+                kv_len = min(kv_len, window)
             stats.add(
                 "attention_flops_max",
                 _product(
@@ -123,15 +114,6 @@ def collect_stats(root: Operation) -> KVCacheStats | None:
                     op.get_head_dim(),
                 ),
             )
-            if isinstance(op, KVCacheInterface):
-                stats.add(
-                    "kv_bytes_read_max",
-                    _product(
-                        op.get_batch_size(),
-                        kv_len,
-                        op.get_cache_type().bytes_per_token,
-                    ),
-                )
     return stats if seen_any else None
 
 

@@ -47,7 +47,8 @@ import numpy as np
 
 from llmir.runtime.cuda.codecs import codec
 from llmir.runtime.cuda.loader import cuda_module
-from llmir.runtime.dtypes import StorageKind
+from llmir.runtime.dtypes import ElementType
+from llmir.runtime.geometry import KEY, VALUE
 
 cuda = cuda_module()  # see cache_kernels.py: the simulator swaps this global
 
@@ -73,9 +74,9 @@ class AttentionKernels(NamedTuple):
 
 
 @cache
-def attention_kernels(kind: StorageKind) -> AttentionKernels:
-    """The attention kernels specialised to one storage kind."""
-    load = codec(kind).load
+def attention_kernels(element: ElementType) -> AttentionKernels:
+    """The attention kernels specialised to one element type."""
+    load = codec(element).load
     from numba import float32
 
     @cuda.jit
@@ -171,7 +172,7 @@ def attention_kernels(kind: StorageKind) -> AttentionKernels:
             for i in range(tid, block_size * head_dim, nthreads):
                 j = i // head_dim
                 d = i - j * head_dim
-                s_k[j * padded + d] = load(kv_layer[physical, kv_head, 0, j, d])
+                s_k[j * padded + d] = load(kv_layer[physical, kv_head, KEY, j, d])
             cuda.syncthreads()
 
             for i in range(tid, rows * block_size * parts, nthreads):
@@ -234,7 +235,7 @@ def attention_kernels(kind: StorageKind) -> AttentionKernels:
                 for r in range(rows):
                     s_acc[r * head_dim + d] *= s_alpha[r]
                 for j in range(live):
-                    v = load(kv_layer[physical, kv_head, 1, j, d])
+                    v = load(kv_layer[physical, kv_head, VALUE, j, d])
                     for r in range(rows):
                         s_acc[r * head_dim + d] += s_p[r * block_size + j] * v
         cuda.syncthreads()

@@ -1,5 +1,5 @@
 """CUDA kernels that write and read the paged pool: append (scatter) and lookup
-(gather).  Layout and slot semantics are those of `llmir.runtime.layout`.
+(gather).  Layout and slot semantics are those of `llmir.runtime.geometry`.
 
 A *slot* is ``block * block_size + offset``: token ``p`` of a sequence whose
 block table is ``table`` goes to slot ``table[p // B] * B + p % B``.  The host
@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 
 from llmir.runtime.cuda.codecs import codec
 from llmir.runtime.cuda.loader import cuda_module
-from llmir.runtime.dtypes import StorageKind
+from llmir.runtime.dtypes import ElementType
+from llmir.runtime.geometry import KEY, VALUE
 
 # A module global *named* ``cuda`` bound to numba.cuda: the simulator swaps
 # exactly such globals for its fake module while a kernel runs.
@@ -40,14 +41,14 @@ def _identity() -> Any:
 
 
 @cache
-def cache_kernels(kind: StorageKind, raw: bool = False) -> CacheKernels:
-    """The append/gather kernels specialised to one storage kind.
+def cache_kernels(element: ElementType, raw: bool = False) -> CacheKernels:
+    """The append/gather kernels specialised to one element type.
 
     ``raw=True`` copies stored elements bit for bit instead: inputs and
     outputs are in the storage dtype and the pool is indexed as stored.
     """
-    encode = _identity() if raw else codec(kind).encode
-    load = _identity() if raw else codec(kind).load
+    encode = _identity() if raw else codec(element).encode
+    load = _identity() if raw else codec(element).load
 
     @cuda.jit
     def append_layer(kv_layer: Any, keys: Any, values: Any, slot_mapping: Any) -> None:
@@ -66,8 +67,8 @@ def cache_kernels(kind: StorageKind, raw: bool = False) -> CacheKernels:
         for i in range(cuda.threadIdx.x, num_heads * head_dim, cuda.blockDim.x):
             h = i // head_dim
             d = i - h * head_dim
-            kv_layer[block, h, 0, offset, d] = encode(keys[t, h, d])
-            kv_layer[block, h, 1, offset, d] = encode(values[t, h, d])
+            kv_layer[block, h, KEY, offset, d] = encode(keys[t, h, d])
+            kv_layer[block, h, VALUE, offset, d] = encode(values[t, h, d])
 
     @cuda.jit
     def append_all_layers(
@@ -89,8 +90,8 @@ def cache_kernels(kind: StorageKind, raw: bool = False) -> CacheKernels:
         for i in range(cuda.threadIdx.x, num_heads * head_dim, cuda.blockDim.x):
             h = i // head_dim
             d = i - h * head_dim
-            kv_pool[layer, block, h, 0, offset, d] = encode(keys[layer, t, h, d])
-            kv_pool[layer, block, h, 1, offset, d] = encode(values[layer, t, h, d])
+            kv_pool[layer, block, h, KEY, offset, d] = encode(keys[layer, t, h, d])
+            kv_pool[layer, block, h, VALUE, offset, d] = encode(values[layer, t, h, d])
 
     @cuda.jit
     def gather(
@@ -114,8 +115,8 @@ def cache_kernels(kind: StorageKind, raw: bool = False) -> CacheKernels:
             h = i // head_dim
             d = i - h * head_dim
             if live:
-                out_keys[b, p, h, d] = load(kv_layer[block, h, 0, offset, d])
-                out_values[b, p, h, d] = load(kv_layer[block, h, 1, offset, d])
+                out_keys[b, p, h, d] = load(kv_layer[block, h, KEY, offset, d])
+                out_values[b, p, h, d] = load(kv_layer[block, h, VALUE, offset, d])
             else:
                 out_keys[b, p, h, d] = 0.0
                 out_values[b, p, h, d] = 0.0

@@ -1,7 +1,7 @@
-"""Per-storage-kind element load/store as CUDA device functions.
+"""Per-element-type load/store as CUDA device functions.
 
-Kernels accumulate in float32 whatever the storage kind.  How a pool element
-is read and written depends on the kind:
+Kernels accumulate in float32 whatever the element type.  How a pool element
+is read and written depends on the type (`llmir.runtime.dtypes`):
 
 * f32: as is.
 * f16: the host hands kernels the uint16 pool *viewed as float16*, so loads and
@@ -22,17 +22,18 @@ from typing import Any
 
 import numpy as np
 
+from llmir.errors import DeviceError
 from llmir.runtime.cuda.loader import cuda_module, simulator_enabled
-from llmir.runtime.dtypes import BF16, F16, F32, StorageKind
+from llmir.runtime.dtypes import BF16_CODE, F16_CODE, F32_CODE, ElementType
 
 
 @dataclass(frozen=True)
 class Codec:
     """Device functions ``load(stored) -> float32`` and ``encode(float32) ->
-    value to store`` for one storage kind, and the dtype kernels see the pool
+    value to store`` for one element type, and the dtype kernels see the pool
     as (float16 for f16, else the storage dtype)."""
 
-    kind: StorageKind
+    element: ElementType
     load: Any
     encode: Any
     kernel_dtype: np.dtype[Any]
@@ -54,12 +55,12 @@ def _bit_casts() -> tuple[Any, Any]:
 
 
 @cache
-def codec(kind: StorageKind) -> Codec:
-    """The (cached) codec of one storage kind."""
+def codec(element: ElementType) -> Codec:
+    """The (cached) codec of one element type."""
     cuda = cuda_module()
     from numba import float32, int32, uint16, uint32
 
-    if kind is F32:
+    if element.code == F32_CODE:
 
         @cuda.jit(device=True, inline=True)
         def load_f32(x: Any) -> Any:
@@ -69,9 +70,9 @@ def codec(kind: StorageKind) -> Codec:
         def encode_f32(x: Any) -> Any:
             return float32(x)
 
-        return Codec(kind, load_f32, encode_f32, np.dtype(np.float32))
+        return Codec(element, load_f32, encode_f32, np.dtype(np.float32))
 
-    if kind is F16:
+    if element.code == F16_CODE:
 
         @cuda.jit(device=True, inline=True)
         def load_f16(x: Any) -> Any:
@@ -83,9 +84,10 @@ def codec(kind: StorageKind) -> Codec:
             # conversion (round to nearest even).
             return float32(x)
 
-        return Codec(kind, load_f16, encode_f16, np.dtype(np.float16))
+        return Codec(element, load_f16, encode_f16, np.dtype(np.float16))
 
-    assert kind is BF16
+    if element.code != BF16_CODE:
+        raise DeviceError(f"the CUDA backend has no kernels for {element.name}")
     int_as_float, float_as_int = _bit_casts()
 
     @cuda.jit(device=True, inline=True)
@@ -100,4 +102,4 @@ def codec(kind: StorageKind) -> Codec:
         bias = uint32(0x7FFF) + ((u >> uint32(16)) & uint32(1))
         return uint16((u + bias) >> uint32(16))
 
-    return Codec(kind, load_bf16, encode_bf16, np.dtype(np.uint16))
+    return Codec(element, load_bf16, encode_bf16, np.dtype(np.uint16))

@@ -2,87 +2,153 @@
 // The lowered module verifies, round-trips, and lowering it again is a no-op:
 // RUN: xdsl-opt %s -p convert-llm-to-func | xdsl-opt | filecheck %s
 // RUN: xdsl-opt %s -p convert-llm-to-func > %t.mlir && xdsl-opt %t.mlir -p convert-llm-to-func | diff %t.mlir -
-// No llm op survives; only the cache type does:
-// RUN: xdsl-opt %s -p convert-llm-to-func | filecheck %s --check-prefix=NOOPS
+// Neither an llm op nor the cache type survives:
+// RUN: xdsl-opt %s -p convert-llm-to-func | filecheck %s --check-prefix=NOLLM
 
-// NOOPS-NOT: llm.{{[a-z_]+}} %
-// NOOPS-NOT: "llm.
+// NOLLM-NOT: llm.
 
 !cache = !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
 
-// Every op, each attribute becoming a trailing constant operand.
-// CHECK-LABEL: func.func @every_op
+// Every op.  Attributes become constants at the top of the function, tensors
+// are cast to dynamic shapes once, right after they are defined, and call
+// results are cast back to static types only where the program uses them.
+// CHECK-LABEL: func.func @every_op(%keys: tensor<2x3x4x8xf16>, %seq_ids: tensor<2xi32>, %query: tensor<2x3x8x8xf32>)
+// CHECK-NEXT: %query_1 = tensor.cast %query : tensor<2x3x8x8xf32> to tensor<?x?x?x?xf32>
+// CHECK-NEXT: %seq_ids_1 = tensor.cast %seq_ids : tensor<2xi32> to tensor<?xi32>
+// CHECK-NEXT: %keys_1 = tensor.cast %keys : tensor<2x3x4x8xf16> to tensor<?x?x?x?xf16>
+// CHECK-NEXT: %num_layers = arith.constant 2 : i64
+// CHECK-NEXT: %num_heads = arith.constant 4 : i64
+// CHECK-NEXT: %head_dim = arith.constant 8 : i64
+// CHECK-NEXT: %block_size = arith.constant 16 : i64
+// CHECK-NEXT: %max_seq_len = arith.constant 64 : i64
+// CHECK-NEXT: %num_blocks = arith.constant 32 : i64
+// CHECK-NEXT: %layer = arith.constant 1 : i32
+// CHECK-NEXT: %width = arith.constant 4 : i64
+// CHECK-NEXT: %max_len = arith.constant 64 : i64
+// The default scale 1/sqrt(8) is made explicit; causal = false is kept.
+// CHECK-NEXT: %scale = arith.constant 0.353553{{[0-9]*}} : f32
+// CHECK-NEXT: %causal = arith.constant false
+// CHECK-NEXT: %sliding_window = arith.constant 8 : i32
+// CHECK-NEXT: %logits_soft_cap = arith.constant 5.000000e+01 : f32
+// CHECK-NEXT: %kv = func.call @llmir_create_kv_cache_f16(%num_layers, %num_heads, %head_dim, %block_size, %max_seq_len, %num_blocks) : (i64, i64, i64, i64, i64, i64) -> !llvm.ptr
+// CHECK-NEXT: %idx = func.call @llmir_append_kv_f16(%kv, %keys_1, %keys_1, %seq_ids_1, %layer) : (!llvm.ptr, tensor<?x?x?x?xf16>, tensor<?x?x?x?xf16>, tensor<?xi32>, i32) -> tensor<?x?xi32>
+// CHECK-NEXT: %idx_1 = tensor.cast %idx : tensor<?x?xi32> to tensor<2x3xi32>
+// CHECK-NEXT: %table, %lens = func.call @llmir_block_table(%kv, %seq_ids_1, %width) : (!llvm.ptr, tensor<?xi32>, i64) -> (tensor<?x?xi32>, tensor<?xi32>)
+// CHECK-NEXT: %k, %v = func.call @llmir_lookup_kv_f32(%kv, %table, %lens, %layer, %max_len) : (!llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, i64) -> (tensor<?x?x?x?xf32>, tensor<?x?x?x?xf32>)
+// CHECK-NEXT: %k_1 = tensor.cast %k : tensor<?x?x?x?xf32> to tensor<2x64x4x8xf32>
+// CHECK-NEXT: %out = func.call @llmir_paged_attention_f32(%query_1, %kv, %table, %lens, %layer, %scale, %causal, %sliding_window, %logits_soft_cap) : (tensor<?x?x?x?xf32>, !llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, f32, i1, i32, f32) -> tensor<?x?x?x?xf32>
+// CHECK-NEXT: %out_1 = tensor.cast %out : tensor<?x?x?x?xf32> to tensor<2x3x8x8xf32>
+// CHECK-NEXT: func.call @llmir_free_sequence(%kv, %seq_ids_1) : (!llvm.ptr, tensor<?xi32>) -> ()
+// CHECK-NEXT: func.return %out_1, %k_1, %idx_1 : tensor<2x3x8x8xf32>, tensor<2x64x4x8xf32>, tensor<2x3xi32>
 func.func @every_op(%keys : tensor<2x3x4x8xf16>, %seq_ids : tensor<2xi32>,
-                    %query : tensor<2x3x8x8xf32>) -> (tensor<2x3x8x8xf32>, tensor<2x64x4x8xf32>) {
-  // CHECK-NEXT: %num_blocks = arith.constant 32 : i64
-  // CHECK-NEXT: %kv = func.call @llmir_create_kv_cache__i64__kv_f16_2_4_8_16_64(%num_blocks) : (i64) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+                    %query : tensor<2x3x8x8xf32>) -> (tensor<2x3x8x8xf32>, tensor<2x64x4x8xf32>, tensor<2x3xi32>) {
   %kv = llm.create_kv_cache {num_blocks = 32 : i64} : !cache
-
-  // CHECK-NEXT: %layer = arith.constant 1 : i32
-  // CHECK-NEXT: %kv1, %idx = func.call @llmir_append_kv__kv_f16_2_4_8_16_64_t2x3x4x8xf16_t2x3x4x8xf16_t2xi32_i32__kv_f16_2_4_8_16_64_t2x3xi32(%kv, %keys, %keys, %seq_ids, %layer)
   %kv1, %idx = llm.append_kv %kv, %keys, %keys, %seq_ids {layer = 1 : i32, block_size = 16 : i32, max_seq_len = 64 : i32}
       : (!cache, tensor<2x3x4x8xf16>, tensor<2x3x4x8xf16>, tensor<2xi32>) -> (!cache, tensor<2x3xi32>)
-
-  // CHECK-NEXT: %table, %lens = func.call @llmir_block_table__kv_f16_2_4_8_16_64_t2xi32__t2x4xi32_t2xi32(%kv1, %seq_ids)
   %table, %lens = llm.block_table %kv1, %seq_ids : (!cache, tensor<2xi32>) -> (tensor<2x4xi32>, tensor<2xi32>)
-
-  // CHECK-NEXT: %layer_1 = arith.constant 1 : i32
-  // CHECK-NEXT: %k, %v = func.call @llmir_lookup_kv__kv_f16_2_4_8_16_64_t2x4xi32_t2xi32_i32__t2x64x4x8xf32_t2x64x4x8xf32(%kv1, %table, %lens, %layer_1)
   %k, %v = llm.lookup_kv %kv1, %table, %lens {layer = 1 : i32}
       : (!cache, tensor<2x4xi32>, tensor<2xi32>) -> (tensor<2x64x4x8xf32>, tensor<2x64x4x8xf32>)
-
-  // The default scale 1/sqrt(8) is made explicit; causal = false is kept.
-  // CHECK-NEXT: %layer_2 = arith.constant 1 : i32
-  // CHECK-NEXT: %scale = arith.constant 0.353553{{[0-9]*}} : f32
-  // CHECK-NEXT: %causal = arith.constant false
-  // CHECK-NEXT: %sliding_window = arith.constant 8 : i32
-  // CHECK-NEXT: %logits_soft_cap = arith.constant 5.000000e+01 : f32
-  // CHECK-NEXT: %out = func.call @llmir_paged_attention__t2x3x8x8xf32_kv_f16_2_4_8_16_64_t2x4xi32_t2xi32_i32_f32_i1_i32_f32__t2x3x8x8xf32(%query, %kv1, %table, %lens, %layer_2, %scale, %causal, %sliding_window, %logits_soft_cap)
   %out = llm.paged_attention %query, %kv1, %table, %lens {layer = 1 : i32, causal = false, sliding_window = 8 : i32, logits_soft_cap = 50.0 : f32}
       : (tensor<2x3x8x8xf32>, !cache, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x3x8x8xf32>
-
-  // CHECK-NEXT: %kv2 = func.call @llmir_free_sequence__kv_f16_2_4_8_16_64_t2xi32__kv_f16_2_4_8_16_64(%kv1, %seq_ids)
   %kv2 = llm.free_sequence %kv1, %seq_ids : (!cache, tensor<2xi32>) -> !cache
-  func.return %out, %k : tensor<2x3x8x8xf32>, tensor<2x64x4x8xf32>
+  func.return %out, %k, %idx : tensor<2x3x8x8xf32>, tensor<2x64x4x8xf32>, tensor<2x3xi32>
 }
 
-// Reads whose results are unused are dead, and the rewriter drops them.
-// CHECK-LABEL: func.func @dead_read
+// Reads whose results are unused are dead and dropped.
+// CHECK-LABEL: func.func @dead_read(%kv: !llvm.ptr, %s: tensor<2xi32>)
 // CHECK-NEXT: func.return
 func.func @dead_read(%kv : !cache, %s : tensor<2xi32>) {
   %t, %l = llm.block_table %kv, %s : (!cache, tensor<2xi32>) -> (tensor<2x4xi32>, tensor<2xi32>)
   func.return
 }
 
-// Two call sites with the same signature share one declaration; a different
-// shape gets its own, and an explicit scale is passed through unchanged.
-// CHECK-LABEL: func.func @several_shapes
+// A cache passed in and returned becomes a handle in the signature; calls of
+// every shape share one callee; a dynamic table width travels as -1.
+// CHECK-LABEL: func.func @several_shapes(%kv: !llvm.ptr, %k1: tensor<1x1x4x8xf32>, %k5: tensor<1x5x4x8xf32>, %s: tensor<1xi32>) -> (!llvm.ptr, tensor<1x1x4x8xf32>)
+// CHECK: %width = arith.constant -1 : i64
+// CHECK: %scale = arith.constant 1.250000e-01 : f32
+// CHECK-NEXT: %causal = arith.constant true
+// Absent window and soft cap lower to 0, "off".
+// CHECK-NEXT: %sliding_window = arith.constant 0 : i32
+// CHECK-NEXT: %logits_soft_cap = arith.constant 0.000000e+00 : f32
+// CHECK: func.call @llmir_append_kv_f32(%kv, %k1_1, %k1_1, %s_1, %layer)
+// CHECK-NEXT: func.call @llmir_append_kv_f32(%kv, %k1_1, %k1_1, %s_1, %layer_1)
+// CHECK-NEXT: func.call @llmir_append_kv_f32(%kv, %k5_1, %k5_1, %s_1, %layer)
+// CHECK-NEXT: %t, %l = func.call @llmir_block_table(%kv, %s_1, %width)
+// The table feeds attention in its dynamic form: no cast back and forth.
+// CHECK-NEXT: %o = func.call @llmir_paged_attention_f32(%k1_1, %kv, %t, %l,
+// CHECK: func.return %kv, %o_1 : !llvm.ptr, tensor<1x1x4x8xf32>
 func.func @several_shapes(%kv : !cache, %k1 : tensor<1x1x4x8xf32>, %k5 : tensor<1x5x4x8xf32>,
                           %s : tensor<1xi32>) -> (!cache, tensor<1x1x4x8xf32>) {
-  // CHECK: func.call @llmir_append_kv__kv_f16_2_4_8_16_64_t1x1x4x8xf32_t1x1x4x8xf32_t1xi32_i32__kv_f16_2_4_8_16_64_t1x1xi32(
-  // CHECK: func.call @llmir_append_kv__kv_f16_2_4_8_16_64_t1x1x4x8xf32_t1x1x4x8xf32_t1xi32_i32__kv_f16_2_4_8_16_64_t1x1xi32(
-  // CHECK: func.call @llmir_append_kv__kv_f16_2_4_8_16_64_t1x5x4x8xf32_t1x5x4x8xf32_t1xi32_i32__kv_f16_2_4_8_16_64_t1x5xi32(
   %a, %ia = llm.append_kv %kv, %k1, %k1, %s : (!cache, tensor<1x1x4x8xf32>, tensor<1x1x4x8xf32>, tensor<1xi32>) -> (!cache, tensor<1x1xi32>)
   %b, %ib = llm.append_kv %a, %k1, %k1, %s {layer = 1 : i32} : (!cache, tensor<1x1x4x8xf32>, tensor<1x1x4x8xf32>, tensor<1xi32>) -> (!cache, tensor<1x1xi32>)
   %c, %ic = llm.append_kv %b, %k5, %k5, %s : (!cache, tensor<1x5x4x8xf32>, tensor<1x5x4x8xf32>, tensor<1xi32>) -> (!cache, tensor<1x5xi32>)
-  // CHECK: func.call @llmir_block_table__kv_f16_2_4_8_16_64_t1xi32__t1xdxi32_t1xi32(
-  // Absent window and soft cap lower to 0, "off".
-  // CHECK: %scale = arith.constant 1.250000e-01 : f32
-  // CHECK-NEXT: %causal = arith.constant true
-  // CHECK-NEXT: %sliding_window = arith.constant 0 : i32
-  // CHECK-NEXT: %logits_soft_cap = arith.constant 0.000000e+00 : f32
   %t, %l = llm.block_table %c, %s : (!cache, tensor<1xi32>) -> (tensor<1x?xi32>, tensor<1xi32>)
   %o = llm.paged_attention %k1, %c, %t, %l {scale = 0.125 : f32} : (tensor<1x1x4x8xf32>, !cache, tensor<1x?xi32>, tensor<1xi32>) -> tensor<1x1x4x8xf32>
   func.return %c, %o : !cache, tensor<1x1x4x8xf32>
 }
 
-// The declarations: private, one per distinct signature, at module level.
-// CHECK-DAG: func.func private @llmir_create_kv_cache__i64__kv_f16_2_4_8_16_64(i64) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
-// CHECK-DAG: func.func private @llmir_append_kv__kv_f16_2_4_8_16_64_t2x3x4x8xf16_t2x3x4x8xf16_t2xi32_i32__kv_f16_2_4_8_16_64_t2x3xi32(
-// CHECK-DAG: func.func private @llmir_append_kv__kv_f16_2_4_8_16_64_t1x1x4x8xf32_t1x1x4x8xf32_t1xi32_i32__kv_f16_2_4_8_16_64_t1x1xi32(
-// CHECK-DAG: func.func private @llmir_append_kv__kv_f16_2_4_8_16_64_t1x5x4x8xf32_t1x5x4x8xf32_t1xi32_i32__kv_f16_2_4_8_16_64_t1x5xi32(
-// CHECK-DAG: func.func private @llmir_block_table__kv_f16_2_4_8_16_64_t2xi32__t2x4xi32_t2xi32(
-// CHECK-DAG: func.func private @llmir_lookup_kv__kv_f16_2_4_8_16_64_t2x4xi32_t2xi32_i32__t2x64x4x8xf32_t2x64x4x8xf32(
-// CHECK-DAG: func.func private @llmir_paged_attention__t2x3x8x8xf32_kv_f16_2_4_8_16_64_t2x4xi32_t2xi32_i32_f32_i1_i32_f32__t2x3x8x8xf32(
-// CHECK-DAG: func.func private @llmir_free_sequence__kv_f16_2_4_8_16_64_t2xi32__kv_f16_2_4_8_16_64(
-// CHECK-NOT: func.func private @llmir_append_kv__kv_f16_2_4_8_16_64_t1x1x4x8xf32
+// A decode loop: the cache carried by scf.for becomes a handle; the ids are
+// cast once, before the loop; the loop-carried tensor, cast on entry and
+// back on exit of every step, is carried in its dynamic form instead, so the
+// steps do no casting at all.
+// CHECK-LABEL: func.func @decode_loop
+// CHECK: %ids_1 = tensor.cast %ids : tensor<2xi32> to tensor<?xi32>
+// CHECK: %x_1 = tensor.cast %x : tensor<2x1x4x8xbf16> to tensor<?x?x?x?xbf16>
+// CHECK-NEXT: %y, %cache = scf.for %i = %lb to %ub step %one iter_args(%xi = %x_1, %ci = %c) -> (tensor<?x?x?x?xbf16>, !llvm.ptr) {
+// CHECK-NEXT: %{{.*}} = func.call @llmir_append_kv_bf16(%ci, %xi, %xi, %ids_1, %layer)
+// CHECK-NEXT: %t, %l = func.call @llmir_block_table(%ci, %ids_1, %width)
+// CHECK-NEXT: %o = func.call @llmir_paged_attention_bf16(%xi, %ci, %t, %l,
+// CHECK-NEXT: scf.yield %o, %ci : tensor<?x?x?x?xbf16>, !llvm.ptr
+// CHECK-NEXT: }
+// CHECK-NEXT: %y_1 = tensor.cast %y : tensor<?x?x?x?xbf16> to tensor<2x1x4x8xbf16>
+// CHECK-NEXT: func.return %y_1 : tensor<2x1x4x8xbf16>
+!bcache = !llm.paged_kv_cache<bf16, 1, 4, 8, 16, 64>
+func.func @decode_loop(%x : tensor<2x1x4x8xbf16>) -> tensor<2x1x4x8xbf16> {
+  %c = llm.create_kv_cache {num_blocks = 8 : i64} : !bcache
+  %ids = arith.constant dense<[0, 1]> : tensor<2xi32>
+  %lb = arith.constant 0 : index
+  %ub = arith.constant 4 : index
+  %one = arith.constant 1 : index
+  %y, %cache = scf.for %i = %lb to %ub step %one iter_args(%xi = %x, %ci = %c) -> (tensor<2x1x4x8xbf16>, !bcache) {
+    %ca, %ba = llm.append_kv %ci, %xi, %xi, %ids : (!bcache, tensor<2x1x4x8xbf16>, tensor<2x1x4x8xbf16>, tensor<2xi32>) -> (!bcache, tensor<2x1xi32>)
+    %t, %l = llm.block_table %ca, %ids : (!bcache, tensor<2xi32>) -> (tensor<2x4xi32>, tensor<2xi32>)
+    %o = llm.paged_attention %xi, %ca, %t, %l : (tensor<2x1x4x8xbf16>, !bcache, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x1x4x8xbf16>
+    scf.yield %o, %ca : tensor<2x1x4x8xbf16>, !bcache
+  }
+  func.return %y : tensor<2x1x4x8xbf16>
+}
+
+// A loop value that is also used as a static tensor inside the loop keeps
+// its static type (the cast is not the only use).
+// CHECK-LABEL: func.func @static_use_in_loop
+// CHECK: scf.for {{.*}} iter_args(%xi = %x, %ci = %c) -> (tensor<1x1x4x8xf32>, !llvm.ptr) {
+// CHECK-NEXT: %xi_1 = tensor.cast %xi : tensor<1x1x4x8xf32> to tensor<?x?x?x?xf32>
+// CHECK: "test.op"(%xi) : (tensor<1x1x4x8xf32>) -> ()
+!fcache = !llm.paged_kv_cache<f32, 1, 4, 8, 16, 64>
+func.func @static_use_in_loop(%x : tensor<1x1x4x8xf32>) -> tensor<1x1x4x8xf32> {
+  %c = llm.create_kv_cache {num_blocks = 8 : i64} : !fcache
+  %ids = arith.constant dense<[0]> : tensor<1xi32>
+  %lb = arith.constant 0 : index
+  %ub = arith.constant 4 : index
+  %one = arith.constant 1 : index
+  %y, %cache = scf.for %i = %lb to %ub step %one iter_args(%xi = %x, %ci = %c) -> (tensor<1x1x4x8xf32>, !fcache) {
+    %ca, %ba = llm.append_kv %ci, %xi, %xi, %ids : (!fcache, tensor<1x1x4x8xf32>, tensor<1x1x4x8xf32>, tensor<1xi32>) -> (!fcache, tensor<1x1xi32>)
+    "test.op"(%xi) : (tensor<1x1x4x8xf32>) -> ()
+    scf.yield %xi, %ca : tensor<1x1x4x8xf32>, !fcache
+  }
+  func.return %y : tensor<1x1x4x8xf32>
+}
+
+// The declarations: private, one per callee, with the llmir.abi signatures.
+// CHECK-DAG: func.func private @llmir_create_kv_cache_f16(i64, i64, i64, i64, i64, i64) -> !llvm.ptr
+// CHECK-DAG: func.func private @llmir_create_kv_cache_bf16(i64, i64, i64, i64, i64, i64) -> !llvm.ptr
+// CHECK-DAG: func.func private @llmir_append_kv_f16(!llvm.ptr, tensor<?x?x?x?xf16>, tensor<?x?x?x?xf16>, tensor<?xi32>, i32) -> tensor<?x?xi32>
+// CHECK-DAG: func.func private @llmir_append_kv_f32(!llvm.ptr, tensor<?x?x?x?xf32>, tensor<?x?x?x?xf32>, tensor<?xi32>, i32) -> tensor<?x?xi32>
+// CHECK-DAG: func.func private @llmir_append_kv_bf16(!llvm.ptr, tensor<?x?x?x?xbf16>, tensor<?x?x?x?xbf16>, tensor<?xi32>, i32) -> tensor<?x?xi32>
+// CHECK-DAG: func.func private @llmir_block_table(!llvm.ptr, tensor<?xi32>, i64) -> (tensor<?x?xi32>, tensor<?xi32>)
+// CHECK-DAG: func.func private @llmir_lookup_kv_f32(!llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, i64) -> (tensor<?x?x?x?xf32>, tensor<?x?x?x?xf32>)
+// CHECK-DAG: func.func private @llmir_paged_attention_f32(tensor<?x?x?x?xf32>, !llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, f32, i1, i32, f32) -> tensor<?x?x?x?xf32>
+// CHECK-DAG: func.func private @llmir_paged_attention_bf16(tensor<?x?x?x?xbf16>, !llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, f32, i1, i32, f32) -> tensor<?x?x?x?xbf16>
+// CHECK-DAG: func.func private @llmir_free_sequence(!llvm.ptr, tensor<?xi32>) -> ()
+// CHECK-NOT: func.func private @llmir_append_kv_f32

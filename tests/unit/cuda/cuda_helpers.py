@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from llmir.runtime.dtypes import StorageKind
+from llmir.runtime.dtypes import ElementType
 
 KINDS = ("f32", "f16", "bf16")
 
@@ -20,6 +20,6 @@ def to_device(array: np.ndarray[Any, Any]) -> Any:
     return cuda.to_device(array)
 
 
-def assert_close(actual: Any, expected: Any, kind: StorageKind) -> None:
+def assert_close(actual: Any, expected: Any, kind: ElementType) -> None:
     tol = TOLERANCE[kind.name]
     np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol)

@@ -1,5 +1,8 @@
 """Paged attention kernels (decode, split-context decode, prefill) against the
-float64 reference of `llmir.runtime.reference`, and against the CPU kernel."""
+float64 reference of `llmir.testing.reference`, and against the CPU kernel.
+The launchers take validated tables and options, as `CUDABackend` passes
+them; the argument checks themselves are tested on a CUDA cache
+(test_cuda_device_cache.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +12,16 @@ import numpy as np
 import pytest
 from cuda_helpers import KINDS, assert_close, to_device
 
-from llmir.errors import BlockTableError, ConfigError, DTypeError, ShapeError
+from llmir.errors import ConfigError
 from llmir.runtime import cuda as kvcuda
-from llmir.runtime.attention import paged_attention_on_pool as cpu_attention
-from llmir.runtime.dtypes import storage_kind
-from llmir.runtime.reference import (
+from llmir.runtime.cpu.attention_kernels import run_paged_attention
+from llmir.runtime.dtypes import element_type
+from llmir.runtime.validation import (
+    BlockTable,
+    check_attention_options,
+    validate_block_table,
+)
+from llmir.testing.reference import (
     PagedPool,
     build_paged_pool,
     reference_paged_attention,
@@ -28,21 +36,44 @@ def _pool(
 ) -> PagedPool:
     keys = [rng.standard_normal((n, kv_heads, D)).astype(np.float32) for n in lens]
     values = [rng.standard_normal((n, kv_heads, D)).astype(np.float32) for n in lens]
-    return build_paged_pool(keys, values, B, storage_kind(kind_name), rng)
+    return build_paged_pool(keys, values, B, element_type(kind_name), rng)
 
 
-def _run(
-    paged: PagedPool, query: np.ndarray[Any, Any], **kwargs: Any
-) -> np.ndarray[Any, Any]:
-    return kvcuda.paged_attention_on_pool(
-        to_device(paged.kv_pool),
-        paged.kind,
-        0,
-        query,
+_LAUNCH = ("num_splits", "threads", "q_tile", "return_device")
+
+
+def _table(paged: PagedPool) -> BlockTable:
+    return validate_block_table(
         paged.block_table,
         paged.seq_lens,
-        **kwargs,
+        block_size=B,
+        num_blocks=paged.kv_pool.shape[1],
+        max_seq_len=paged.block_table.shape[1] * B,
     )
+
+
+def _run(paged: PagedPool, query: Any, **kwargs: Any) -> Any:
+    launch = {k: kwargs.pop(k) for k in _LAUNCH if k in kwargs}
+    device_query = launch.pop("return_device", False)
+    options = check_attention_options(D, **kwargs)
+    q = to_device(query) if device_query else query
+    return kvcuda.launch.attention(
+        to_device(paged.kv_pool), paged.kind, 0, q, _table(paged), options, **launch
+    )
+
+
+def cpu_attention(paged: PagedPool, query: np.ndarray[Any, Any]) -> Any:
+    out = np.empty(query.shape, np.float32)
+    run_paged_attention(
+        query.astype(np.float32),
+        paged.kv_pool[0],
+        paged.kind.code,
+        paged.block_table,
+        paged.seq_lens,
+        out,
+        scale=1.0 / np.sqrt(D),
+    )
+    return out
 
 
 def _reference(paged: PagedPool, query: np.ndarray[Any, Any], **kwargs: Any) -> Any:
@@ -128,54 +159,29 @@ def test_float16_query_gives_float16_output(rng: np.random.Generator) -> None:
 def test_agrees_with_cpu_kernel(kind_name: str, rng: np.random.Generator) -> None:
     paged = _pool(rng, kind_name, [9, 4], kv_heads=2)
     query = rng.standard_normal((2, 2, 4, D)).astype(np.float32)
-    cpu = cpu_attention(
-        query, paged.kv_pool[0], paged.kind, paged.block_table, paged.seq_lens
-    )
+    cpu = cpu_attention(paged, query)
     assert_close(_run(paged, query), cpu, paged.kind)
 
 
-def test_bad_inputs_are_rejected_before_launch(rng: np.random.Generator) -> None:
+def test_split_only_in_decode(rng: np.random.Generator) -> None:
     paged = _pool(rng, "f32", [6, 3], kv_heads=2)
-    pool = to_device(paged.kv_pool)
-    query = rng.standard_normal((2, 1, 4, D)).astype(np.float32)
-    num_blocks = paged.kv_pool.shape[1]
-
-    def run(
-        q: Any = query,
-        table: Any = paged.block_table,
-        lens: Any = paged.seq_lens,
-        **kw: Any,
-    ) -> Any:
-        return kvcuda.paged_attention_on_pool(pool, paged.kind, 0, q, table, lens, **kw)
-
-    bad = paged.block_table.copy()
-    bad[1, 0] = num_blocks
-    with pytest.raises(
-        BlockTableError, match=rf"block_table\[1, 0\] = {num_blocks} is out of range"
-    ):
-        run(table=bad)
-    bad[1, 0] = -1
-    with pytest.raises(BlockTableError, match=r"block_table\[1, 0\] = -1 is padding"):
-        run(table=bad)
-    with pytest.raises(BlockTableError, match=r"seq_lens\[1\] = 100 exceeds"):
-        run(lens=np.array([6, 100]))
-    with pytest.raises(ShapeError, match="not a positive multiple"):
-        run(q=rng.standard_normal((2, 1, 3, D)).astype(np.float32))
-    with pytest.raises(ShapeError, match="head_dim"):
-        run(q=rng.standard_normal((2, 1, 4, D + 1)).astype(np.float32))
-    with pytest.raises(DTypeError, match="float64"):
-        run(q=query.astype(np.float64))
     with pytest.raises(ConfigError, match="num_splits 2 is invalid"):
-        run(q=np.zeros((2, 2, 4, D), np.float32), num_splits=2)
-    with pytest.raises(ConfigError, match="sliding_window"):
-        run(sliding_window=0)
+        _run(paged, np.zeros((2, 2, 4, D), np.float32), num_splits=2)
+
+
+def test_device_query_gives_a_device_result(rng: np.random.Generator) -> None:
+    paged = _pool(rng, "f16", [9, 4], kv_heads=2)
+    query = rng.standard_normal((2, 1, 4, D)).astype(np.float32)
+    got = _run(paged, query, return_device=True)
+    assert kvcuda.launch.is_device_array(got) and got.dtype == np.float32
+    assert_close(got.copy_to_host(), _reference(paged, query), paged.kind)
 
 
 def test_split_heuristic_fills_the_device_only_when_needed() -> None:
-    sms = kvcuda.sm_count()
+    sms = kvcuda.launch.sm_count()
     # Few (sequence, kv head) pairs and a long context: split.
-    assert kvcuda.choose_splits(1, 1, 64 * sms) == 2 * sms
+    assert kvcuda.launch.choose_splits(1, 1, 64 * sms) == 2 * sms
     # Splits never shorter than 16 blocks.
-    assert kvcuda.choose_splits(1, 1, 32) == 2
+    assert kvcuda.launch.choose_splits(1, 1, 32) == 2
     # Enough thread blocks already: no split.
-    assert kvcuda.choose_splits(2 * sms, 1, 10_000) == 1
+    assert kvcuda.launch.choose_splits(2 * sms, 1, 10_000) == 1

@@ -7,10 +7,15 @@ import numpy as np
 import pytest
 from cuda_helpers import KINDS, assert_close
 
-from llmir.errors import BlockTableError, SequenceTooLongError
-from llmir.runtime import PagedKVCache
+from llmir import PagedKVCache, paged_attention
+from llmir.errors import (
+    BlockTableError,
+    ConfigError,
+    DTypeError,
+    SequenceTooLongError,
+    ShapeError,
+)
 from llmir.runtime import cuda as kvcuda
-from llmir.runtime.attention import paged_attention as cpu_paged_attention
 
 LAYERS, HEADS, D, B, MAX_LEN = 2, 2, 8, 4, 16
 
@@ -41,7 +46,7 @@ def _same_appends(caches: tuple[PagedKVCache, ...], rng: np.random.Generator) ->
 @pytest.mark.parametrize("kind_name", KINDS)
 def test_lookup_agrees_with_cpu_cache(kind_name: str, rng: np.random.Generator) -> None:
     cpu, gpu = _caches(kind_name)
-    assert isinstance(gpu.storage, kvcuda.CudaKVStorage)
+    assert isinstance(gpu.backend, kvcuda.CUDABackend)
     _same_appends((cpu, gpu), rng)
     assert gpu.snapshot() == cpu.snapshot()
     np.testing.assert_array_equal(gpu.kv_pool.copy_to_host(), cpu.kv_pool)
@@ -62,13 +67,67 @@ def test_attention_agrees_with_cpu_cache(
     _same_appends((cpu, gpu), rng)
     table, lens = cpu.block_table([7, 9, 3])
     query = rng.standard_normal((3, 2, 4, D)).astype(np.float32)  # GQA 4/2, Tq 2
-    want = cpu_paged_attention(query, cpu, table, lens, layer=1)
-    got = kvcuda.paged_attention(query, gpu, table, lens, layer=1)
-    assert_close(got, want, gpu.kind)
+    want = paged_attention(query, cpu, table, lens, layer=1)
+    got = paged_attention(query, gpu, table, lens, layer=1)
+    assert_close(got, want, gpu.element_type)
     decode_q = query[:, :1]
-    want = cpu_paged_attention(decode_q, cpu, table, lens, layer=0)
-    got = kvcuda.paged_attention(decode_q, gpu, table, lens, layer=0, num_splits=2)
-    assert_close(got, want, gpu.kind)
+    options = {"sliding_window": 3, "logits_soft_cap": 2.0, "scale": 0.4}
+    want = paged_attention(decode_q, cpu, table, lens, layer=0, **options)
+    got = paged_attention(decode_q, gpu, table, lens, layer=0, **options)
+    assert_close(got, want, gpu.element_type)
+
+
+def test_readme_snippet_runs_unchanged_on_a_cuda_cache() -> None:
+    """The README's Python example, with only device="cuda" added."""
+    cache = PagedKVCache(num_layers=2, num_heads=8, head_dim=64, block_size=16,
+                         max_seq_len=4096, dtype="f16", num_blocks=256,
+                         device="cuda")  # fmt: skip
+    k = np.random.randn(2, 5, 8, 64).astype(np.float32)  # [batch, T, H, D]
+    cache.append_kv(k, k, seq_ids=[0, 1], layer=0)
+    table, lens = cache.block_table([0, 1])  # int32, -1 padded
+    q = np.random.randn(2, 1, 32, 64).astype(np.float32)  # GQA: 32 query heads
+    out = paged_attention(q, cache, table, lens, layer=0)  # [2, 1, 32, 64]
+    assert out.shape == (2, 1, 32, 64) and out.dtype == np.float32
+    assert cache.stats().blocks_used == 2
+
+
+def test_device_arrays_are_used_in_place(rng: np.random.Generator) -> None:
+    """Inputs already on the GPU (anything with __cuda_array_interface__)
+    need no host round trip; a device query gives a device result."""
+    cpu, gpu = _caches("f32")
+    keys = rng.standard_normal((2, 5, HEADS, D)).astype(np.float32)
+    cpu.append_kv(keys, keys, [1, 2])
+    gpu.append_kv(kvcuda.cuda_module().to_device(keys), keys, [1, 2])
+    table, lens = gpu.block_table([1, 2])
+    query = rng.standard_normal((2, 1, 4, D)).astype(np.float32)
+    got = paged_attention(kvcuda.cuda_module().to_device(query), gpu, table, lens)
+    assert hasattr(got, "copy_to_host")
+    want = paged_attention(query, cpu, table, lens)
+    assert_close(got.copy_to_host(), want, gpu.element_type)
+
+
+def test_the_cache_boundary_checks_every_argument(rng: np.random.Generator) -> None:
+    _, gpu = _caches("f32")
+    gpu.append_kv_all_layers(
+        *(rng.standard_normal((LAYERS, 2, 6, HEADS, D)).astype(np.float32),) * 2,
+        [0, 1],
+    )
+    table, lens = gpu.block_table([0, 1])
+    query = rng.standard_normal((2, 1, 4, D)).astype(np.float32)
+    bad = table.copy()
+    bad[1, 0] = 10
+    with pytest.raises(BlockTableError, match=r"block_table\[1, 0\] = 10 is out"):
+        paged_attention(query, gpu, bad, lens)
+    with pytest.raises(BlockTableError, match=r"seq_lens\[1\] = 100 exceeds"):
+        paged_attention(query, gpu, table, np.array([6, 100]))
+    with pytest.raises(ShapeError, match="not a positive multiple"):
+        paged_attention(query[:, :, :3], gpu, table, lens)
+    with pytest.raises(DTypeError, match="float64"):
+        paged_attention(query.astype(np.float64), gpu, table, lens)
+    with pytest.raises(ConfigError, match="sliding_window"):
+        paged_attention(query, gpu, table, lens, sliding_window=0)
+    with pytest.raises(ShapeError, match="layer 2 is out of range"):
+        paged_attention(query, gpu, table, lens, layer=2)
 
 
 def test_rejected_calls_change_nothing(rng: np.random.Generator) -> None:
@@ -86,5 +145,5 @@ def test_rejected_calls_change_nothing(rng: np.random.Generator) -> None:
         gpu.lookup_kv(table, lens)
     query = np.zeros((1, 1, HEADS, D), np.float32)
     with pytest.raises(BlockTableError, match=r"= 10 is out of range"):
-        kvcuda.paged_attention(query, gpu, table, lens)
+        paged_attention(query, gpu, table, lens)
     assert (gpu.snapshot(), gpu.kv_pool.copy_to_host().tobytes()) == before

@@ -31,17 +31,21 @@ def test_type_accessors() -> None:
     assert (CACHE.num_layers, CACHE.num_heads, CACHE.head_dim) == (2, 4, 8)
     assert (CACHE.block_size, CACHE.max_seq_len) == (16, 64)
     assert CACHE.max_blocks_per_seq == 4
-    assert CACHE.element_bitwidth == 16
+    assert CACHE.cache_element_type.itemsize == 2
     assert CACHE.bytes_per_token == 2 * 4 * 8 * 2
     assert PagedKVCacheType(f32, 1, 1, 4, 4, 8).bytes_per_token == 2 * 4 * 4
-    assert PagedKVCacheType(bf16, 1, 1, 4, 4, 8).element_bitwidth == 16
+    assert PagedKVCacheType(bf16, 1, 1, 4, 4, 8).cache_element_type.name == "bf16"
+    # The type's geometry is the runtime's: one source for both.
+    geometry = CACHE.geometry
+    assert geometry.pool_shape(3) == (2, 3, 4, 2, 16, 8)
+    assert geometry.bytes_per_block == 2 * 4 * 2 * 16 * 8 * 2
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         ((i32, 1, 1, 4, 4, 8), "element type must be f32, f16 or bf16, got i32"),
-        ((f16, 1, 0, 4, 4, 8), "num_heads must be positive, got 0"),
+        ((f16, 1, 0, 4, 4, 8), r"num_heads must be in \[1, 2147483647\], got 0"),
         ((f16, 1, 1, 4, 6, 12), "block_size must be a power of two, got 6"),
         ((f16, 1, 1, 4, 4, 10), "max_seq_len 10 must be a multiple of block_size 4"),
     ],

@@ -96,12 +96,27 @@ def test_attention_interface_decode_gqa() -> None:
     assert op.get_batch_size() == 2
     assert op.get_query_len() == 1
     assert op.get_num_query_heads() == 4
-    assert op.get_num_kv_heads() == 2
     assert op.get_head_dim() == 16
     assert op.get_scale() == pytest.approx(0.25)
     assert op.is_causal()
-    # 3 blocks of 8 tokens.
+    assert op.get_sliding_window() is None
+    assert op.get_logits_soft_cap() is None
+    # 3 blocks of 8 tokens, for each of the 2 sequences.
     assert op.get_max_kv_len() == 24
+    assert op.get_tokens_read() == 2 * 24
+    assert op.get_layer() == 0
+
+
+def test_sliding_window_bounds_the_tokens_read() -> None:
+    cache = create_ssa_value(CACHE)
+    table = _table(cache, 2, width=3)
+    query = create_ssa_value(TensorType(f32, [2, 3, 4, 16]))
+    op = PagedAttentionOp(
+        query, cache, table.block_table, table.seq_lens, sliding_window=5
+    )
+    assert op.get_sliding_window() == 5
+    # 3 queries with a window of 5 see at most 5 + 3 - 1 keys each sequence.
+    assert op.get_tokens_read() == 2 * 7
 
 
 def test_attention_interface_prefill_with_explicit_attributes() -> None:

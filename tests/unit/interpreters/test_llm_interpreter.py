@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from llmir.errors import BlockTableError, OutOfBlocksError
-from llmir.interpreters.runner import run_function
-from llmir.runtime.dtypes import decode, encode, storage_kind
-from llmir.runtime.reference import reference_paged_attention
+from llmir.interpreters.runner import reference_caches, run_function
+from llmir.runtime.dtypes import decode, element_type, encode
+from llmir.testing.reference import reference_paged_attention
 
 EXAMPLES = Path(__file__).parents[3] / "examples"
 
@@ -51,7 +51,7 @@ def _inputs(seed: int = 0) -> list[Any]:
 
 @pytest.mark.parametrize("element", ["f32", "f16", "bf16"])
 def test_every_op_matches_numpy_reference(element: str) -> None:
-    kind = storage_kind(element)
+    kind = element_type(element)
     k, v, q, ids = _inputs()
     cache, idx, table, lens, keys, values, out = run_function(
         OPS_PROGRAM.replace("ELEM", element), k, v, q, ids
@@ -100,7 +100,7 @@ def test_sliding_window_and_soft_cap_reach_the_kernel(passes: str) -> None:
     want = reference_paged_attention(
         q,
         cache.kv_pool[1],
-        storage_kind("f32"),
+        element_type("f32"),
         table,
         lens,
         scale=0.25,
@@ -110,7 +110,7 @@ def test_sliding_window_and_soft_cap_reach_the_kernel(passes: str) -> None:
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
     # The options matter: without them the result is different.
     plain = reference_paged_attention(
-        q, cache.kv_pool[1], storage_kind("f32"), table, lens, scale=0.25
+        q, cache.kv_pool[1], element_type("f32"), table, lens, scale=0.25
     )
     assert not np.allclose(out, plain, atol=1e-3)
 
@@ -133,7 +133,7 @@ def test_decode_example_before_and_after_lowering() -> None:
 def test_decode_example_matches_dense_reference() -> None:
     program = (EXAMPLES / "decode.mlir").read_text()
     paged = run_function(program, *_decode_inputs(2))
-    dense = run_function(program, *_decode_inputs(2), device="reference")
+    dense = run_function(program, *_decode_inputs(2), create_cache=reference_caches())
     for got, want in zip(paged[:2], dense[:2], strict=True):
         # f16 storage: 1e-3 relative to the reference of the stored values.
         scale = np.abs(want).max()
@@ -200,7 +200,25 @@ def test_dense_reference_cache_agrees_with_paged_run(
         "scale = 0.25 : f32}", "scale = 0.25 : f32" + options + "}"
     )
     paged = run_function(program, *_inputs(5))
-    dense = run_function(program, *_inputs(5), device="reference")
+    dense = run_function(program, *_inputs(5), create_cache=reference_caches())
     np.testing.assert_allclose(paged[4], dense[4], rtol=0, atol=0)  # lookup
     np.testing.assert_allclose(paged[6], dense[6], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(paged[3], dense[3])  # lengths
+
+
+def test_runs_from_a_checkout_without_the_entry_point(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where llmir is not installed (a checkout on PYTHONPATH, as on a GPU
+    machine), xdsl's multiverse lacks our universe; the runner adds it."""
+    from xdsl.universe import Universe
+
+    xdsl_only = Universe.get_multiverse()
+    without_llm = Universe(
+        all_dialects={k: v for k, v in xdsl_only.all_dialects.items() if k != "llm"},
+        all_passes={k: v for k, v in xdsl_only.all_passes.items() if "llm" not in k},
+    )
+    monkeypatch.setattr(Universe, "get_multiverse", staticmethod(lambda: without_llm))
+    program = (EXAMPLES / "decode.mlir").read_text()
+    outputs = run_function(program, *_decode_inputs(2), passes="convert-llm-to-func")
+    assert outputs[2].tolist() == [23, 19, 28]

@@ -24,7 +24,7 @@ def _check_invariants(a: BlockAllocator) -> None:
 
 
 def test_allocate_is_all_or_nothing() -> None:
-    a = BlockAllocator(8, block_size=4)
+    a = BlockAllocator(8)
     ids = a.allocate(5)
     assert ids.dtype == np.int32 and sorted(ids.tolist()) == [0, 1, 2, 3, 4]
     before = a.snapshot()
@@ -37,7 +37,7 @@ def test_allocate_is_all_or_nothing() -> None:
 
 
 def test_free_returns_blocks_and_reuses_them() -> None:
-    a = BlockAllocator(4, block_size=2)
+    a = BlockAllocator(4)
     ids = a.allocate(4)
     a.release(ids[:2])
     assert a.num_free == 2
@@ -47,7 +47,7 @@ def test_free_returns_blocks_and_reuses_them() -> None:
 
 
 def test_share_and_release_count_references() -> None:
-    a = BlockAllocator(4, block_size=2)
+    a = BlockAllocator(4)
     (b,) = a.allocate(1).tolist()
     a.share([b, b])
     assert a.ref_count(b) == 3
@@ -58,7 +58,7 @@ def test_share_and_release_count_references() -> None:
 
 
 def test_double_free_is_an_error_and_changes_nothing() -> None:
-    a = BlockAllocator(4, block_size=2)
+    a = BlockAllocator(4)
     ids = a.allocate(2)
     a.release(ids[:1])
     before = a.snapshot()
@@ -73,7 +73,7 @@ def test_double_free_is_an_error_and_changes_nothing() -> None:
 
 @pytest.mark.parametrize("bad", [-1, 4, 100])
 def test_unknown_block_is_an_error(bad: int) -> None:
-    a = BlockAllocator(4, block_size=2)
+    a = BlockAllocator(4)
     a.allocate(2)
     before = a.snapshot()
     with pytest.raises(
@@ -88,20 +88,20 @@ def test_unknown_block_is_an_error(bad: int) -> None:
 
 
 def test_share_of_a_free_block_is_an_error() -> None:
-    a = BlockAllocator(4, block_size=2)
+    a = BlockAllocator(4)
     with pytest.raises(AllocatorError, match="cannot share block 3: it is free"):
         a.share([3])
 
 
 def test_reset_frees_everything() -> None:
-    a = BlockAllocator(6, block_size=2)
+    a = BlockAllocator(6)
     a.allocate(4)
     a.reset()
-    assert a.num_free == 6 and a.snapshot() == BlockAllocator(6, 2).snapshot()
+    assert a.num_free == 6 and a.snapshot() == BlockAllocator(6).snapshot()
 
 
 def test_kvblock_is_a_live_view() -> None:
-    a = BlockAllocator(4, block_size=8)
+    a = BlockAllocator(4)
     block = a.allocate_block()
     assert isinstance(block, KVBlock)
     assert (block.ref_count, block.num_filled, block.content_hash) == (1, 0, None)
@@ -119,14 +119,24 @@ def test_kvblock_is_a_live_view() -> None:
 
 
 def test_config_errors() -> None:
-    with pytest.raises(ConfigError):
-        BlockAllocator(0, 4)
-    with pytest.raises(ConfigError):
-        BlockAllocator(4, 0)
+    with pytest.raises(ConfigError, match=r"num_blocks must be in \[1, "):
+        BlockAllocator(0)
+    with pytest.raises(ConfigError, match="num_blocks must be an integer"):
+        BlockAllocator(4.0)  # pyright: ignore[reportArgumentType]
+
+
+@pytest.mark.parametrize("count", [1.5, True, "2", None])
+def test_allocate_takes_integers_only(count: object) -> None:
+    a = BlockAllocator(4)
+    before = a.snapshot()
+    with pytest.raises(AllocatorError, match="block count must be an integer"):
+        a.allocate(count)  # pyright: ignore[reportArgumentType]
+    assert a.snapshot() == before
+    assert a.allocate(np.int64(2)).tolist() == [0, 1]
 
 
 def test_block_ids_may_come_as_any_iterable() -> None:
-    a = BlockAllocator(6, block_size=2)
+    a = BlockAllocator(6)
     ids = a.allocate(4).tolist()
     a.share(i for i in ids[:2])
     a.release({ids[0]})

@@ -1,17 +1,21 @@
-"""The public paged-attention API on bare pools: dtypes of queries and
-outputs, `out=`, and every rejected argument with its message.
+"""The public paged-attention API (`llmir.paged_attention` over a
+`PagedKVCache`): dtypes of queries and outputs, `out=`, and every rejected
+argument with its message.
 
-The kernels' numerics are covered in test_attention_kernels.py; tests
-through a real `PagedKVCache` are in test_attention_cache.py.
+The kernels' numerics are covered in test_attention_kernels.py (on pools
+with NaN in every unowned slot); decode and prefill sequences through the
+cache in test_attention_cache.py.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
 
+from llmir import PagedKVCache, paged_attention
 from llmir.errors import (
     BlockTableError,
     ConfigError,
@@ -19,24 +23,32 @@ from llmir.errors import (
     LLMIRError,
     ShapeError,
 )
-from llmir.runtime.attention import paged_attention_on_pool
-from llmir.runtime.dtypes import storage_kind
-from llmir.runtime.reference import (
-    PagedPool,
-    build_paged_pool,
-    reference_paged_attention,
-)
+from llmir.testing.reference import reference_paged_attention
 
 HEAD_DIM = 32
 
 
+@dataclass
+class Pool:
+    """A cache holding two sequences (20 and 9 tokens), and their table
+    padded to 4 blocks."""
+
+    cache: PagedKVCache
+    block_table: np.ndarray
+    seq_lens: np.ndarray
+
+
 @pytest.fixture
-def pool() -> PagedPool:
+def pool() -> Pool:
     rng = np.random.default_rng(1)
-    lens = [20, 9]
-    keys = [rng.standard_normal((n, 2, HEAD_DIM)) for n in lens]
-    values = [rng.standard_normal((n, 2, HEAD_DIM)) for n in lens]
-    return build_paged_pool(keys, values, 8, storage_kind("f16"), rng)
+    cache = PagedKVCache(2, 2, HEAD_DIM, 8, 64, "f16", num_blocks=10)
+    for seq, n in enumerate([20, 9]):
+        k = rng.standard_normal((1, n, 2, HEAD_DIM), dtype=np.float32)
+        cache.append_kv(k, k + 1, [seq], layer=0)
+    table, lens = cache.block_table([0, 1])
+    padded = np.full((2, 4), -1, np.int32)
+    padded[:, : table.shape[1]] = table
+    return Pool(cache, padded, lens)
 
 
 def query(tq: int = 2, heads: int = 4, dtype: Any = np.float32) -> np.ndarray:
@@ -44,34 +56,38 @@ def query(tq: int = 2, heads: int = 4, dtype: Any = np.float32) -> np.ndarray:
     return rng.standard_normal((2, tq, heads, HEAD_DIM)).astype(dtype)
 
 
-def attend(pool: PagedPool, q: Any, **options: Any) -> np.ndarray:
+def attend(pool: Pool, q: Any, **options: Any) -> np.ndarray:
     table = options.pop("block_table", pool.block_table)
     lens = options.pop("seq_lens", pool.seq_lens)
-    layer_pool = options.pop("layer_pool", pool.kv_pool[0])
-    return paged_attention_on_pool(q, layer_pool, pool.kind, table, lens, **options)
+    return paged_attention(q, pool.cache, table, lens, **options)
 
 
-def expected(pool: PagedPool, q: np.ndarray, **options: Any) -> np.ndarray:
+def expected(pool: Pool, q: np.ndarray, **options: Any) -> np.ndarray:
     return reference_paged_attention(
-        q, pool.kv_pool[0], pool.kind, pool.block_table, pool.seq_lens, **options
+        q,
+        pool.cache.kv_pool[0],
+        pool.cache.element_type,
+        pool.block_table,
+        pool.seq_lens,
+        **options,
     )
 
 
-def test_float32_query_gives_float32(pool: PagedPool):
+def test_float32_query_gives_float32(pool: Pool):
     q = query()
     out = attend(pool, q)
     assert out.dtype == np.float32 and out.shape == q.shape
     np.testing.assert_allclose(out, expected(pool, q), rtol=1e-5, atol=1e-5)
 
 
-def test_float16_query_gives_float16(pool: PagedPool):
+def test_float16_query_gives_float16(pool: Pool):
     q = query(dtype=np.float16)
     out = attend(pool, q)
     assert out.dtype == np.float16 and out.shape == q.shape
     np.testing.assert_allclose(out, expected(pool, q), rtol=1e-3, atol=1e-3)
 
 
-def test_options_reach_the_kernel(pool: PagedPool):
+def test_options_reach_the_kernel(pool: Pool):
     q = query(tq=3)
     options = {
         "scale": 0.3,
@@ -85,19 +101,19 @@ def test_options_reach_the_kernel(pool: PagedPool):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_out_is_filled_and_returned(pool: PagedPool, dtype: Any):
+def test_out_is_filled_and_returned(pool: Pool, dtype: Any):
     q = query(dtype=dtype)
     out = np.full(q.shape, np.nan, dtype=dtype)
     assert attend(pool, q, out=out) is out
     np.testing.assert_array_equal(out, attend(pool, q))
 
 
-def test_non_contiguous_query_is_accepted(pool: PagedPool):
+def test_non_contiguous_query_is_accepted(pool: Pool):
     q = np.asfortranarray(query())
     np.testing.assert_allclose(attend(pool, q), expected(pool, q), rtol=1e-5, atol=1e-5)
 
 
-def test_empty_batch_and_zero_queries(pool: PagedPool):
+def test_empty_batch_and_zero_queries(pool: Pool):
     empty_table = np.zeros((0, 3), np.int32)
     out = attend(
         pool,
@@ -186,13 +202,25 @@ BAD_TABLE = np.array([[0, 1, 2, -1], [3, 99, -1, -1]], np.int32)
         (
             {"sliding_window": 0},
             ConfigError,
-            "sliding_window must be a positive integer, got 0",
+            r"sliding_window must be an integer in \[1, 2147483647\], got 0",
         ),
         (
             {"sliding_window": 2.5},
             ConfigError,
-            "sliding_window must be a positive integer, got 2.5",
+            "sliding_window must be an integer .* got 2.5",
         ),
+        ({"sliding_window": True}, ConfigError, "got True"),
+        ({"scale": "a"}, ConfigError, "scale must be a number, got 'a'"),
+        ({"scale": 1e38}, ConfigError, "scale 1e.38 is outside the float32 range"),
+        ({"scale": float("inf")}, ConfigError, "finite positive number, got inf"),
+        ({"causal": 1}, ConfigError, "causal must be a bool, got 1"),
+        (
+            {"logits_soft_cap": float("inf")},
+            ConfigError,
+            "logits_soft_cap must be a finite positive number, got inf",
+        ),
+        ({"layer": 2}, ShapeError, "layer 2 is out of range, the cache has 2 layers"),
+        ({"layer": True}, ShapeError, "layer True is out of range"),
         (
             {"logits_soft_cap": -1.0},
             ConfigError,
@@ -206,27 +234,17 @@ BAD_TABLE = np.array([[0, 1, 2, -1], [3, 99, -1, -1]], np.int32)
         (
             {"out": np.empty((2, 2, 4, 32), np.float16)},
             DTypeError,
-            "out has dtype float16, expected the query's float32",
+            "out has dtype float16, expected float32",
         ),
         (
             {"out": np.empty((2, 2, 4, 32), np.float32)[:, ::-1]},
             ShapeError,
             "out must be a writeable C-contiguous array",
         ),
-        (
-            {"layer_pool": np.zeros((4, 2, 2, 8, 32), np.float32)},
-            DTypeError,
-            "a f16 pool stores uint16, got float32",
-        ),
-        (
-            {"layer_pool": np.zeros((4, 2, 3, 8, 32), np.uint16)},
-            ShapeError,
-            r"layer_pool must be \[num_blocks, num_heads, 2, block_size, head_dim\]",
-        ),
     ],
 )
 def test_bad_arguments_are_rejected(
-    pool: PagedPool, change: dict[str, Any], error: type[LLMIRError], message: str
+    pool: Pool, change: dict[str, Any], error: type[LLMIRError], message: str
 ):
     options = dict(change)
     q = options.pop("q", query())
@@ -234,7 +252,13 @@ def test_bad_arguments_are_rejected(
         attend(pool, q, **options)
 
 
-def test_rejected_call_leaves_out_untouched(pool: PagedPool):
+def test_out_may_not_overlap_the_query(pool: Pool):
+    q = query()
+    with pytest.raises(ShapeError, match="out overlaps the query"):
+        attend(pool, q, out=q)
+
+
+def test_rejected_call_leaves_out_untouched(pool: Pool):
     out = np.full((2, 2, 4, 32), 7.0, np.float32)
     with pytest.raises(ConfigError):
         attend(pool, query(), out=out, sliding_window=-3)

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llmir.errors import BlockTableError, DeviceError, ShapeError
+from llmir.errors import BlockTableError, ShapeError
 from llmir.runtime.attention import paged_attention
-from llmir.runtime.dtypes import STORAGE_KINDS
+from llmir.runtime.dtypes import ELEMENT_TYPES
 from llmir.runtime.kv_cache import PagedKVCache
-from llmir.runtime.reference import reference_paged_attention
+from llmir.testing import DenseReferenceCache, reference_paged_attention
 
 HEADS, HEAD_DIM, BLOCK = 2, 32, 8
 
@@ -42,10 +42,12 @@ def kv(rng: np.random.Generator, batch: int, tokens: int) -> np.ndarray:
 
 
 def expected(cache: PagedKVCache, q: np.ndarray, table: Any, lens: Any, layer: int = 0):
-    return reference_paged_attention(q, cache.kv_pool[layer], cache.kind, table, lens)
+    return reference_paged_attention(
+        q, cache.kv_pool[layer], cache.element_type, table, lens
+    )
 
 
-@pytest.mark.parametrize("kind_name", list(STORAGE_KINDS))
+@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
 def test_decode_steps_after_prefill(kind_name: str):
     rng = np.random.default_rng(21)
     cache = new_cache(kind_name)
@@ -66,7 +68,7 @@ def test_decode_steps_after_prefill(kind_name: str):
             )
 
 
-@pytest.mark.parametrize("kind_name", list(STORAGE_KINDS))
+@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
 def test_chunked_prefill_equals_prefill_at_once(kind_name: str):
     rng = np.random.default_rng(22)
     length, q_heads = 29, 8
@@ -115,6 +117,22 @@ def test_layer_out_of_range_is_rejected():
             paged_attention(q, cache, table, lens, layer=layer)
 
 
+def test_any_kv_cache_serves_the_free_function():
+    """`paged_attention` asks the cache itself: the dense reference works
+    through the same call."""
+    rng = np.random.default_rng(4)
+    paged = new_cache("f32")
+    dense = DenseReferenceCache.from_geometry(paged.geometry, paged.num_blocks)
+    keys = rng.standard_normal((2, 9, HEADS, HEAD_DIM), dtype=np.float32)
+    q = rng.standard_normal((2, 1, 2 * HEADS, HEAD_DIM), dtype=np.float32)
+    outs = []
+    for cache in (paged, dense):
+        cache.append_kv(keys, keys, [0, 1])
+        table, lens = cache.block_table([0, 1])
+        outs.append(paged_attention(q, cache, table, lens))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
 def test_cache_limits_apply_to_the_table():
     cache = new_cache("f32")
     q = np.zeros((1, 1, HEADS, HEAD_DIM), np.float32)
@@ -127,20 +145,3 @@ def test_cache_limits_apply_to_the_table():
         BlockTableError, match=r"block_table\[0, 0\] = 40 is out of range"
     ):
         paged_attention(q, cache, table + 40, np.array([3], np.int32))
-
-
-def test_pool_off_the_cpu_is_rejected():
-    class DeviceCache:  # the attributes paged_attention reads, pool elsewhere
-        num_layers = 1
-        kind = new_cache("f32").kind
-        device = "cuda"
-        kv_pool = object()
-
-        def validate_block_table(self, block_table: Any, seq_lens: Any) -> Any:
-            raise AssertionError("must not be reached")
-
-    q = np.zeros((1, 1, HEADS, HEAD_DIM), np.float32)
-    with pytest.raises(DeviceError, match=r"runs on the CPU.*device 'cuda'"):
-        paged_attention(
-            q, DeviceCache(), np.zeros((1, 1), np.int32), np.zeros(1, np.int32)
-        )

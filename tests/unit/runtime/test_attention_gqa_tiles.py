@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llmir.runtime.attention_kernels import run_paged_attention
-from llmir.runtime.dtypes import storage_kind
-from llmir.runtime.reference import build_paged_pool, reference_paged_attention
+from llmir.runtime.cpu.attention_kernels import run_paged_attention
+from llmir.runtime.dtypes import element_type
+from llmir.testing.reference import build_paged_pool, reference_paged_attention
 
 HALF_TOL = 1e-3  # relative and absolute, as in test_attention_kernels
 F32_TOL = 1e-5
@@ -36,7 +36,7 @@ def attend(
     **options: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(kernel output, float64 reference) for random K/V/queries."""
-    kind = storage_kind(kind_name)
+    kind = element_type(kind_name)
     head_dim = 32
     keys = [rng.standard_normal((n, num_heads, head_dim)) for n in lens]
     values = [rng.standard_normal((n, num_heads, head_dim)) for n in lens]
@@ -114,7 +114,7 @@ def test_large_logits_stay_finite_in_the_tile(kind_name: str):
     # Keys far apart in scale: exp underflows for most tokens of a block and
     # the running max jumps between blocks; nothing may overflow or turn NaN.
     rng = np.random.default_rng(3)
-    kind = storage_kind(kind_name)
+    kind = element_type(kind_name)
     head_dim = 32
     n = 70
     scales = np.where(np.arange(n) % 9 == 0, 300.0, 1.0)[:, None, None]

@@ -16,13 +16,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from llmir.runtime.attention_kernels import (
+from llmir.runtime.cpu.attention_kernels import (
     _exp_nonpositive,  # pyright: ignore[reportPrivateUsage]
     plan_partition_size,
     run_paged_attention,
 )
-from llmir.runtime.dtypes import STORAGE_KINDS, StorageKind, storage_kind
-from llmir.runtime.reference import (
+from llmir.runtime.dtypes import ELEMENT_TYPES, ElementType, element_type
+from llmir.testing.reference import (
     PagedPool,
     build_paged_pool,
     reference_paged_attention,
@@ -34,7 +34,7 @@ HEADS = [(1, 1), (4, 4), (8, 2), (8, 1)]
 BLOCK_SIZES = [1, 8, 16, 64]
 
 
-def tolerance(kind: StorageKind) -> dict[str, float]:
+def tolerance(kind: ElementType) -> dict[str, float]:
     """f32: 1e-5 abs and rel.  Halves: 1e-3 abs and rel against the reference
     computed from the stored (already rounded) values, so only the kernel's
     float32 arithmetic is measured."""
@@ -47,7 +47,7 @@ def make_pool(
     num_heads: int,
     head_dim: int,
     block_size: int,
-    kind: StorageKind,
+    kind: ElementType,
     spread: float = 1.0,
 ) -> PagedPool:
     keys = [rng.standard_normal((n, num_heads, head_dim)) * spread for n in lens]
@@ -91,7 +91,7 @@ def sampled_cases(count: int) -> list[tuple[Any, ...]]:
     cases: list[tuple[Any, ...]] = []
     for i in range(count):
         q_heads, kv_heads = HEADS[i % len(HEADS)]
-        kind = list(STORAGE_KINDS)[(i // len(HEADS)) % 3]
+        kind = list(ELEMENT_TYPES)[(i // len(HEADS)) % 3]
         block_size = BLOCK_SIZES[(i // 3) % len(BLOCK_SIZES)]
         head_dim = [32, 64, 128][int(rng.integers(3))]
         batch = int(rng.integers(1, 6))
@@ -121,7 +121,7 @@ def test_matches_reference(
     tq: int,
     lens: list[int],
 ):
-    kind = storage_kind(kind_name)
+    kind = element_type(kind_name)
     rng = np.random.default_rng(sum(lens) + tq)
     pool = make_pool(rng, lens, kv_heads, head_dim, block_size, kind)
     query = rng.standard_normal((len(lens), tq, q_heads, head_dim)).astype(np.float32)
@@ -130,10 +130,10 @@ def test_matches_reference(
     )
 
 
-@pytest.mark.parametrize("kind_name", list(STORAGE_KINDS))
+@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
 @pytest.mark.parametrize("causal", [True, False])
 def test_sliding_window_and_soft_cap(kind_name: str, causal: bool):
-    kind = storage_kind(kind_name)
+    kind = element_type(kind_name)
     rng = np.random.default_rng(5)
     pool = make_pool(rng, [37, 5, 64, 0], 2, 32, 8, kind, spread=4.0)
     # GQA prefill (several rows per item) and MHA decode (one row per item,
@@ -154,11 +154,11 @@ def test_sliding_window_and_soft_cap(kind_name: str, causal: bool):
             )
 
 
-@pytest.mark.parametrize("kind_name", list(STORAGE_KINDS))
+@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
 def test_large_logits_stay_finite(kind_name: str):
     # Logits of exactly +-1e4: every key is +u or -u and the query is c*u, so
     # the +u keys tie and the output is the mean of their values.
-    kind = storage_kind(kind_name)
+    kind = element_type(kind_name)
     rng = np.random.default_rng(9)
     head_dim, length = 32, 40
     u = np.zeros(head_dim)
@@ -181,9 +181,9 @@ def test_large_logits_stay_finite(kind_name: str):
             )
 
 
-@pytest.mark.parametrize("kind_name", list(STORAGE_KINDS))
+@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
 def test_empty_sequences_give_zeros(kind_name: str):
-    kind = storage_kind(kind_name)
+    kind = element_type(kind_name)
     rng = np.random.default_rng(3)
     pool = make_pool(rng, [0, 20, 0], 2, 32, 8, kind)
     query = rng.standard_normal((3, 3, 4, 32)).astype(np.float32)
@@ -200,7 +200,7 @@ def test_padding_queries_of_short_sequences_give_zeros():
     # Tq = 5 but the sequence holds 2 tokens: queries 0..2 sit at negative
     # positions and, causally, see nothing.
     rng = np.random.default_rng(4)
-    pool = make_pool(rng, [2], 1, 32, 8, storage_kind("f32"))
+    pool = make_pool(rng, [2], 1, 32, 8, element_type("f32"))
     query = rng.standard_normal((1, 5, 1, 32)).astype(np.float32)
     out = run(query, pool)
     assert (out[0, :3] == 0).all()
@@ -208,14 +208,14 @@ def test_padding_queries_of_short_sequences_give_zeros():
     np.testing.assert_allclose(out, reference(query, pool), **F32_TOL)
 
 
-@pytest.mark.parametrize("kind_name", list(STORAGE_KINDS))
+@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
 @pytest.mark.parametrize(
     "q_heads, kv_heads, block_size", [(8, 2, 16), (4, 1, 8), (2, 2, 64)]
 )
 def test_split_context_decode_equals_unsplit(
     kind_name: str, q_heads: int, kv_heads: int, block_size: int
 ):
-    kind = storage_kind(kind_name)
+    kind = element_type(kind_name)
     rng = np.random.default_rng(11)
     lens = [700, 129, 0, 1, 512]
     pool = make_pool(rng, lens, kv_heads, 32, block_size, kind)
@@ -233,18 +233,18 @@ def test_split_context_with_window_and_prefill():
     # Partitions entirely outside a window or beyond a causal horizon hold no
     # keys: the merge must skip their empty (-inf, 0) states.
     rng = np.random.default_rng(12)
-    pool = make_pool(rng, [300, 45], 2, 32, 16, storage_kind("f32"))
+    pool = make_pool(rng, [300, 45], 2, 32, 16, element_type("f32"))
     query = rng.standard_normal((2, 4, 4, 32)).astype(np.float32)
     options = {"sliding_window": 40}
     split = run(query, pool, partition_size=32, q_tile=3, **options)
     np.testing.assert_allclose(split, reference(query, pool, **options), **F32_TOL)
 
 
-@pytest.mark.parametrize("kind_name", list(STORAGE_KINDS))
+@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
 def test_chunked_prefill_equals_prefill_at_once(kind_name: str):
     # The chunk ending at token e sees the table with seq_len e: the same
     # state a cache has after appending the chunk.
-    kind = storage_kind(kind_name)
+    kind = element_type(kind_name)
     rng = np.random.default_rng(13)
     length = 61
     pool = make_pool(rng, [length], 2, 64, 8, kind)
@@ -265,7 +265,7 @@ def test_chunked_prefill_equals_prefill_at_once(kind_name: str):
 @pytest.mark.parametrize("q_tile", [1, 3, 16])
 def test_query_tiling_does_not_change_results(q_tile: int):
     rng = np.random.default_rng(14)
-    pool = make_pool(rng, [50, 7], 2, 32, 16, storage_kind("bf16"))
+    pool = make_pool(rng, [50, 7], 2, 32, 16, element_type("bf16"))
     query = rng.standard_normal((2, 7, 8, 32)).astype(np.float32)
     np.testing.assert_allclose(
         run(query, pool, q_tile=q_tile), reference(query, pool), **HALF_TOL

@@ -106,10 +106,10 @@ CASES: list[tuple[str, Callable[[PagedKVCache], Any], type[LLMIRError], str]] = 
         "keys are float32 but values are float16",
     ),
     (
-        "not arrays",
+        "not 4-D",
         lambda c: c.append_kv([[1.0]], [[1.0]], [0]),
-        DTypeError,
-        "must be numpy arrays",
+        ShapeError,
+        r"keys must be 4-D \[batch, T, H, D\], got shape \(1, 1\)",
     ),
     (
         "layer out of range",

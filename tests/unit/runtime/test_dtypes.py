@@ -9,19 +9,21 @@ import pytest
 from numba import njit
 
 from llmir.errors import DTypeError
+from llmir.runtime.cpu.codecs import (
+    bf16_bits_to_f32,
+    f16_bits_to_f32,
+    f32_to_bf16_bits,
+    f32_to_f16_bits,
+)
 from llmir.runtime.dtypes import (
     BF16,
     F16,
     F32,
     bf16_bits_from_f32_array,
-    bf16_bits_to_f32,
     decode,
+    element_type,
     encode,
-    f16_bits_to_f32,
     f32_array_from_bf16_bits,
-    f32_to_bf16_bits,
-    f32_to_f16_bits,
-    storage_kind,
 )
 
 ALL_BITS = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
@@ -186,8 +188,8 @@ def test_numpy_encode_decode(kind: Any) -> None:
 
 
 def test_storage_kind_resolution() -> None:
-    assert storage_kind("half") is F16
-    assert storage_kind(np.float16) is F16
-    assert storage_kind("bfloat16") is BF16
+    assert element_type("half") is F16
+    assert element_type(np.float16) is F16
+    assert element_type("bfloat16") is BF16
     with pytest.raises(DTypeError, match="int8"):
-        storage_kind("int8")
+        element_type("int8")

@@ -15,9 +15,10 @@ from llmir.errors import (
     ShapeError,
     UnknownSequenceError,
 )
-from llmir.runtime import CacheStats, KVStorage, PagedKVCache, cpu_kernels
-from llmir.runtime.dtypes import decode, encode, storage_kind
-from llmir.runtime.layout import KEY, VALUE
+from llmir.runtime import Backend, CacheStats, PagedKVCache
+from llmir.runtime.cpu import copy_kernels
+from llmir.runtime.dtypes import decode, element_type, encode
+from llmir.runtime.geometry import KEY, VALUE
 
 L, H, D, B = 3, 2, 8, 4
 
@@ -36,7 +37,7 @@ def reference_lookup(
     cache: PagedKVCache, table: Any, lens: Any, layer: int
 ) -> tuple[Any, Any]:
     """Plain numpy gather through the layout rules, decoded to float32."""
-    pool = decode(np.asarray(cache.kv_pool), cache.kind)
+    pool = decode(np.asarray(cache.kv_pool), cache.element_type)
     max_len = int(max(lens, default=0))
     keys = np.zeros((len(lens), max_len, H, D), np.float32)
     values = np.zeros_like(keys)
@@ -51,7 +52,7 @@ def reference_lookup(
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
 def test_append_then_lookup_round_trips(dtype: str) -> None:
     cache = make_cache(dtype)
-    kind = storage_kind(dtype)
+    kind = element_type(dtype)
     k1, v1 = rand(2, 5, H, D, seed=1), rand(2, 5, H, D, seed=2)
     k2, v2 = rand(2, 3, H, D, seed=3), rand(2, 3, H, D, seed=4)
     cache.append_kv(k1, v1, [10, 11], layer=1)
@@ -82,7 +83,7 @@ def test_lookup_dtype_is_exact_representation(dtype: str, out_dtype: Any) -> Non
     cache.append_kv(k, k, [0])
     keys, _ = cache.lookup_kv(*cache.block_table([0]))
     assert keys.dtype == out_dtype
-    kind = storage_kind(dtype)
+    kind = element_type(dtype)
     assert np.array_equal(keys.astype(np.float32), decode(encode(k, kind), kind))
 
 
@@ -96,10 +97,10 @@ def test_storage_dtype_inputs_are_copied_bit_for_bit() -> None:
     f16.append_kv(bits, bits, [1])
     assert np.array_equal(f16.lookup_kv(*f16.block_table([1]))[0], k.astype(np.float16))
     bf16 = make_cache("bf16")
-    bf_bits = encode(k, bf16.kind)
+    bf_bits = encode(k, bf16.element_type)
     bf16.append_kv(bf_bits, bf_bits, [0])
     keys, _ = bf16.lookup_kv(*bf16.block_table([0]))
-    assert np.array_equal(keys, decode(bf_bits, bf16.kind))
+    assert np.array_equal(keys, decode(bf_bits, bf16.element_type))
 
 
 @pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
@@ -174,14 +175,14 @@ def test_variable_lengths_across_the_batch() -> None:
 def test_serial_and_parallel_kernels_agree(
     monkeypatch: pytest.MonkeyPatch, threshold: int, dtype: str
 ) -> None:
-    monkeypatch.setattr(cpu_kernels, "PARALLEL_MIN_ELEMENTS", threshold)
+    monkeypatch.setattr(copy_kernels, "PARALLEL_MIN_ELEMENTS", threshold)
     cache = make_cache(dtype, num_blocks=40)
     ids = [3, 1, 2]
     k, v = rand(L, 3, 7, H, D, seed=8), rand(L, 3, 7, H, D, seed=9)
     cache.append_kv_all_layers(k, v, ids)
     cache.append_kv(k[0, :, :2], v[0, :, :2], ids, layer=0)
     table, lens = cache.block_table(ids)
-    kind = cache.kind
+    kind = cache.element_type
     for layer in range(L):
         keys, values = cache.lookup_kv(table, lens, layer, as_float32=True)
         ref_k, ref_v = reference_lookup(cache, table, lens, layer)
@@ -230,7 +231,7 @@ def test_pool_layout_and_attributes() -> None:
     )
     assert (cache.num_layers, cache.num_heads, cache.head_dim) == (L, H, D)
     assert (cache.block_size, cache.max_seq_len, cache.num_blocks) == (B, 40, 7)
-    assert isinstance(cache.storage, KVStorage)
+    assert isinstance(cache.backend, Backend)
     pool = cache.kv_pool
     cache.append_kv(rand(1, 3, H, D), rand(1, 3, H, D), [0])
     assert cache.kv_pool is pool  # allocated once
@@ -245,7 +246,9 @@ def test_sizing_by_memory_budget() -> None:
         PagedKVCache(L, H, D, B, 40, memory_budget_bytes=block_bytes - 1)
     with pytest.raises(ConfigError, match="not both"):
         PagedKVCache(L, H, D, B, 40, num_blocks=3, memory_budget_bytes=block_bytes)
-    with pytest.raises(ConfigError, match="head_dim must be a positive integer, got 0"):
+    with pytest.raises(
+        ConfigError, match=r"head_dim must be in \[1, 2147483647\], got 0"
+    ):
         PagedKVCache(L, H, 0, B, 40)
 
 
@@ -301,7 +304,7 @@ def test_lookup_sequences_and_blocks_of() -> None:
     k = rand(2, 6, H, D)
     cache.append_kv(k, -k, [5, 6])
     keys, values = cache.lookup_sequences([6, 5])
-    want = decode(encode(k, cache.kind), cache.kind)
+    want = decode(encode(k, cache.element_type), cache.element_type)
     assert np.array_equal(keys, want[::-1]) and np.array_equal(values, -want[::-1])
     table, _ = cache.block_table([5])
     assert cache.blocks_of(5).tolist() == table[0].tolist()

@@ -8,19 +8,21 @@ import numpy as np
 import pytest
 
 from llmir.errors import BlockTableError, DTypeError, ShapeError
-from llmir.runtime import validate_block_table
+from llmir.runtime import BlockTable, validate_block_table
 
 LIMITS = {"block_size": 4, "num_blocks": 10, "max_seq_len": 12}
 
 
-def _check(table: Any, lens: Any) -> tuple[Any, Any]:
+def _check(table: Any, lens: Any) -> BlockTable:
     return validate_block_table(np.asarray(table), np.asarray(lens), **LIMITS)
 
 
 def test_valid_table_is_returned_as_int32() -> None:
-    table, lens = _check(np.array([[0, 1, -1], [2, -1, -1]], np.int64), [5, 4])
+    checked = _check(np.array([[0, 1, -1], [2, -1, -1]], np.int64), [5, 4])
+    table, lens = checked.table, checked.lens
     assert table.dtype == np.int32 and lens.dtype == np.int32
     assert table.flags.c_contiguous
+    assert checked.max_len == 5 and checked.batch == 2
     # Block ids past the end are allowed (a table cut from a longer sequence).
     _check([[0, 1, 2]], [3])
     # Empty batch.

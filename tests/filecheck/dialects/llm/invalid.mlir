@@ -13,7 +13,7 @@ func.func @f(%kv : !llm.paged_kv_cache<f16, 0, 4, 8, 16, 64>) {
   func.return
 }
 
-// CHECK: paged_kv_cache num_layers must be positive, got 0
+// CHECK: paged_kv_cache num_layers must be in [1, 2147483647], got 0
 
 // -----
 
@@ -21,7 +21,7 @@ func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 0, 8, 16, 64>) {
   func.return
 }
 
-// CHECK: paged_kv_cache num_heads must be positive, got 0
+// CHECK: paged_kv_cache num_heads must be in [1, 2147483647], got 0
 
 // -----
 
@@ -29,7 +29,7 @@ func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, -8, 16, 64>) {
   func.return
 }
 
-// CHECK: paged_kv_cache head_dim must be positive, got -8
+// CHECK: paged_kv_cache head_dim must be in [1, 2147483647], got -8
 
 // -----
 
@@ -37,7 +37,7 @@ func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 0, 64>) {
   func.return
 }
 
-// CHECK: paged_kv_cache block_size must be positive, got 0
+// CHECK: paged_kv_cache block_size must be in [1, 2147483647], got 0
 
 // -----
 
@@ -45,7 +45,7 @@ func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 0>) {
   func.return
 }
 
-// CHECK: paged_kv_cache max_seq_len must be positive, got 0
+// CHECK: paged_kv_cache max_seq_len must be in [1, 2147483647], got 0
 
 // -----
 
@@ -62,6 +62,24 @@ func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 40>) {
 }
 
 // CHECK: paged_kv_cache max_seq_len 40 must be a multiple of block_size 16
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 1180591620717411303424, 4, 8, 16, 64>) {
+  func.return
+}
+
+// Every dimension fits in i32 (layers = 2^70 here).
+// CHECK: paged_kv_cache num_layers must be in [1, 2147483647], got 1180591620717411303424
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f32, 2147483647, 2147483647, 8, 16, 64>) {
+  func.return
+}
+
+// One block of all layers must fit in 2^63 bytes, so passes can count bytes in i64.
+// CHECK: paged_kv_cache: one block of 2147483647 layers x 2147483647 heads x 16 tokens x 8 would exceed 2^63 bytes
 
 // -----
 
@@ -472,7 +490,26 @@ func.func @f(%q : tensor<2x1x8x8xf16>, %kv : !llm.paged_kv_cache<f16, 2, 4, 8, 1
   func.return
 }
 
-// CHECK: llm.paged_attention: scale must be positive, got 0.0
+// CHECK: llm.paged_attention: scale must be a finite positive number, got 0.0
+
+// -----
+
+func.func @f(%q : tensor<2x1x8x8xf16>, %kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %t : tensor<2x4xi32>, %l : tensor<2xi32>) {
+  %o = llm.paged_attention %q, %kv, %t, %l {scale = 0x7F800000 : f32} : (tensor<2x1x8x8xf16>, !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x1x8x8xf16>
+  func.return
+}
+
+// CHECK: llm.paged_attention: scale must be a finite positive number, got inf
+
+// -----
+
+func.func @f(%q : tensor<2x1x8x8xf16>, %kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %t : tensor<2x4xi32>, %l : tensor<2xi32>) {
+  %o = llm.paged_attention %q, %kv, %t, %l {scale = 1.0e+38 : f32} : (tensor<2x1x8x8xf16>, !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x1x8x8xf16>
+  func.return
+}
+
+// The runtime's rule: a logit of up to 1e4 times the scale must stay finite.
+// CHECK: llm.paged_attention: scale 9.99999{{[0-9]*}}e+37 is outside the float32 range usable for logits up to 10000
 
 // -----
 
@@ -481,7 +518,7 @@ func.func @f(%q : tensor<2x1x8x8xf16>, %kv : !llm.paged_kv_cache<f16, 2, 4, 8, 1
   func.return
 }
 
-// CHECK: llm.paged_attention: sliding_window must be positive, got 0
+// CHECK: llm.paged_attention: sliding_window must be an integer in [1, 2147483647], got 0
 
 // -----
 
@@ -490,7 +527,16 @@ func.func @f(%q : tensor<2x1x8x8xf16>, %kv : !llm.paged_kv_cache<f16, 2, 4, 8, 1
   func.return
 }
 
-// CHECK: llm.paged_attention: logits_soft_cap must be positive, got -3.0
+// CHECK: llm.paged_attention: logits_soft_cap must be a finite positive number, got -3.0
+
+// -----
+
+func.func @f(%q : tensor<2x1x8x8xf16>, %kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %t : tensor<2x4xi32>, %l : tensor<2xi32>) {
+  %o = llm.paged_attention %q, %kv, %t, %l {logits_soft_cap = 0x7F800000 : f32} : (tensor<2x1x8x8xf16>, !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x1x8x8xf16>
+  func.return
+}
+
+// CHECK: llm.paged_attention: logits_soft_cap must be a finite positive number, got inf
 
 // -----
 

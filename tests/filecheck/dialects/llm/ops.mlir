@@ -17,11 +17,11 @@ func.func @types(%a : !cache32, %b : !cachebf) {
 func.func @full_program(%keys : tensor<2x3x4x8xf16>, %values : tensor<2x3x4x8xf16>,
                         %seq_ids : tensor<2xi32>, %query : tensor<2x3x8x8xf32>) {
   // CHECK-NEXT: %kv = llm.create_kv_cache {num_blocks = 32 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
-  // GENERIC: %kv = "llm.create_kv_cache"() {num_blocks = 32 : i64} : () -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  // GENERIC: %kv = "llm.create_kv_cache"() <{num_blocks = 32 : i64}> : () -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
   %kv = llm.create_kv_cache {num_blocks = 32 : i64} : !cache
 
   // CHECK-NEXT: %kv1, %idx = llm.append_kv %kv, %keys, %values, %seq_ids {layer = 1 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3x4x8xf16>, tensor<2x3x4x8xf16>, tensor<2xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3xi32>)
-  // GENERIC: %kv1, %idx = "llm.append_kv"(%kv, %keys, %values, %seq_ids) {layer = 1 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3x4x8xf16>, tensor<2x3x4x8xf16>, tensor<2xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3xi32>)
+  // GENERIC: %kv1, %idx = "llm.append_kv"(%kv, %keys, %values, %seq_ids) <{layer = 1 : i32}> : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3x4x8xf16>, tensor<2x3x4x8xf16>, tensor<2xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3xi32>)
   %kv1, %idx = llm.append_kv %kv, %keys, %values, %seq_ids {layer = 1 : i32}
       : (!cache, tensor<2x3x4x8xf16>, tensor<2x3x4x8xf16>, tensor<2xi32>) -> (!cache, tensor<2x3xi32>)
 
@@ -31,7 +31,7 @@ func.func @full_program(%keys : tensor<2x3x4x8xf16>, %values : tensor<2x3x4x8xf1
 
   // Lookup into f32 tensors and into the cache's own element type.
   // CHECK-NEXT: %k, %v = llm.lookup_kv %kv1, %table, %lens {layer = 1 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> (tensor<2x64x4x8xf32>, tensor<2x64x4x8xf32>)
-  // GENERIC: %k, %v = "llm.lookup_kv"(%kv1, %table, %lens) {layer = 1 : i32}
+  // GENERIC: %k, %v = "llm.lookup_kv"(%kv1, %table, %lens) <{layer = 1 : i32}>
   %k, %v = llm.lookup_kv %kv1, %table, %lens {layer = 1 : i32}
       : (!cache, tensor<2x4xi32>, tensor<2xi32>) -> (tensor<2x64x4x8xf32>, tensor<2x64x4x8xf32>)
   // CHECK-NEXT: %k16, %v16 = llm.lookup_kv %kv1, %table, %lens : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> (tensor<2x20x4x8xf16>, tensor<2x20x4x8xf16>)
@@ -40,14 +40,15 @@ func.func @full_program(%keys : tensor<2x3x4x8xf16>, %values : tensor<2x3x4x8xf1
 
   // GQA prefill (8 query heads over 4 kv heads), every attribute given.
   // CHECK-NEXT: %out = llm.paged_attention %query, %kv1, %table, %lens {num_heads = 8 : i32, head_dim = 8 : i32, scale = 5.000000e-01 : f32, layer = 1 : i32, causal = false} : (tensor<2x3x8x8xf32>, !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x3x8x8xf32>
-  // GENERIC: %out = "llm.paged_attention"(%query, %kv1, %table, %lens) {num_heads = 8 : i32, head_dim = 8 : i32, scale = 5.000000e-01 : f32, layer = 1 : i32, causal = false}
+  // GENERIC: %out = "llm.paged_attention"(%query, %kv1, %table, %lens) <{num_heads = 8 : i32, head_dim = 8 : i32, scale = 5.000000e-01 : f32, layer = 1 : i32, causal = false}>
   %out = llm.paged_attention %query, %kv1, %table, %lens
       {num_heads = 8 : i32, head_dim = 8 : i32, scale = 0.5 : f32, layer = 1 : i32, causal = false}
       : (tensor<2x3x8x8xf32>, !cache, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x3x8x8xf32>
 
   // Sliding window and logit soft-capping (Mistral/Gemma-style).
   // CHECK-NEXT: %windowed = llm.paged_attention %query, %kv1, %table, %lens {sliding_window = 4 : i32, logits_soft_cap = 3.000000e+01 : f32} : (tensor<2x3x8x8xf32>, !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x3x8x8xf32>
-  // GENERIC: %windowed = "llm.paged_attention"(%query, %kv1, %table, %lens) {sliding_window = 4 : i32, logits_soft_cap = 3.000000e+01 : f32}
+  // Defaults (layer 0, causal) are explicit in the generic form, elided in the custom one.
+  // GENERIC: %windowed = "llm.paged_attention"(%query, %kv1, %table, %lens) <{sliding_window = 4 : i32, logits_soft_cap = 3.000000e+01 : f32, layer = 0 : i32, causal = true}>
   %windowed = llm.paged_attention %query, %kv1, %table, %lens
       {sliding_window = 4 : i32, logits_soft_cap = 30.0 : f32}
       : (tensor<2x3x8x8xf32>, !cache, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x3x8x8xf32>

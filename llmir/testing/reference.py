@@ -2,7 +2,7 @@
 tests: slow, obvious, float64.
 
 * `build_paged_pool` scatters dense per-sequence keys and values into a
-  freshly made pool of the layout of `llmir.runtime.layout`, through a
+  freshly made pool of the layout of `llmir.runtime.geometry`, through a
   shuffled block assignment, and returns the pool with its block table.
   Slots no sequence owns are filled with NaN, so a kernel that reads past a
   sequence's end (or through a padding entry) poisons its output.
@@ -10,7 +10,7 @@ tests: slow, obvious, float64.
   out of a pool through its block table, decodes them to float64 and runs
   dense masked softmax attention.
 
-Both follow the semantics of `llmir.runtime.attention.paged_attention`: the
+Both follow the semantics of `llmir.runtime.attention`: the
 ``Tq`` queries of a sequence of length ``L`` sit at positions ``L - Tq`` ..
 ``L - 1``; query position ``pos`` attends key position ``t`` when
 ``0 <= t < L``, ``t <= pos`` if causal, and ``t > pos - sliding_window`` if a
@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from llmir.runtime.dtypes import StorageKind, decode, encode
-from llmir.runtime.layout import KEY, PAD_BLOCK, VALUE, pool_shape
+from llmir.runtime.dtypes import ElementType
+from llmir.runtime.geometry import KEY, PAD_BLOCK, VALUE, CacheGeometry
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,14 @@ class PagedPool:
     """int32 [batch, max_blocks], padded with -1."""
     seq_lens: npt.NDArray[np.int32]
     """int32 [batch]."""
-    kind: StorageKind
+    kind: ElementType
 
 
 def build_paged_pool(
     keys: Sequence[npt.ArrayLike],
     values: Sequence[npt.ArrayLike],
     block_size: int,
-    kind: StorageKind,
+    kind: ElementType,
     rng: np.random.Generator,
     *,
     num_layers: int = 1,
@@ -75,8 +75,11 @@ def build_paged_pool(
     num_blocks = used + spare_blocks
     width = max([0, *blocks_per_seq]) + spare_table_columns
 
-    shape = pool_shape(num_layers, num_blocks, num_heads, block_size, head_dim)
-    pool = encode(np.full(shape, np.nan, dtype=np.float32), kind)
+    geometry = CacheGeometry(
+        kind, num_layers, num_heads, head_dim, block_size, max([1, *lens])
+    )
+    shape = geometry.pool_shape(num_blocks)
+    pool = kind.encode(np.full(shape, np.nan, dtype=np.float32))
     table = np.full((len(keys), width), PAD_BLOCK, dtype=np.int32)
     physical = rng.permutation(num_blocks)[:used]
 
@@ -89,18 +92,18 @@ def build_paged_pool(
             lo = logical * block_size
             hi = min(lens[b], lo + block_size)
             # [tokens, H, D] -> [H, tokens, D], the slot order of a block.
-            pool[layer, block, :, KEY, : hi - lo] = encode(
-                k[lo:hi].transpose(1, 0, 2), kind
+            pool[layer, block, :, KEY, : hi - lo] = kind.encode(
+                k[lo:hi].transpose(1, 0, 2)
             )
-            pool[layer, block, :, VALUE, : hi - lo] = encode(
-                v[lo:hi].transpose(1, 0, 2), kind
+            pool[layer, block, :, VALUE, : hi - lo] = kind.encode(
+                v[lo:hi].transpose(1, 0, 2)
             )
     return PagedPool(pool, table, np.asarray(lens, dtype=np.int32), kind)
 
 
 def gather_sequence(
     layer_pool: npt.NDArray[Any],
-    kind: StorageKind,
+    kind: ElementType,
     table_row: npt.NDArray[np.integer[Any]],
     seq_len: int,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
@@ -112,15 +115,15 @@ def gather_sequence(
     k = layer_pool[blocks, :, KEY].transpose(0, 2, 1, 3)
     v = layer_pool[blocks, :, VALUE].transpose(0, 2, 1, 3)
     head_shape = layer_pool.shape[1], layer_pool.shape[4]
-    k = decode(k, kind).reshape(-1, *head_shape)[:seq_len]
-    v = decode(v, kind).reshape(-1, *head_shape)[:seq_len]
+    k = kind.decode(k).reshape(-1, *head_shape)[:seq_len]
+    v = kind.decode(v).reshape(-1, *head_shape)[:seq_len]
     return k.astype(np.float64), v.astype(np.float64)
 
 
 def reference_paged_attention(
     query: npt.ArrayLike,
     layer_pool: npt.NDArray[Any],
-    kind: StorageKind,
+    kind: ElementType,
     block_table: npt.NDArray[np.integer[Any]],
     seq_lens: npt.NDArray[np.integer[Any]],
     *,

@@ -1,9 +1,10 @@
 """Numba CPU kernels that move tokens between user tensors and the pool.
 
-`kind_code` selects the conversion on the way in or out (the codes of
-`llmir.runtime.dtypes`): ``RAW`` (-1) copies elements unchanged (the input is
-already in the storage representation), 0 is float32, 1 encodes/decodes IEEE
-half bits, 2 bfloat16 bits.  Each kernel exists as a serial and a ``prange``
+`code` selects the conversion on the way in or out: an element-type code of
+`llmir.runtime.dtypes` (``F16_CODE`` encodes/decodes IEEE half bits,
+``BF16_CODE`` bfloat16 bits, ``F32_CODE`` copies floats), or ``RAW_CODE``,
+which copies stored elements unchanged (the input is already in the storage
+form).  Each kernel exists as a serial and a ``prange``
 version: a decode step of a few tokens per layer is done before the thread
 pool would have woken up, so the caller picks by size (see
 `PARALLEL_MIN_ELEMENTS`).
@@ -15,14 +16,14 @@ from typing import Any
 
 from numba import njit, prange  # pyright: ignore[reportUnknownVariableType]
 
-from llmir.runtime.dtypes import (
+from llmir.runtime.cpu.codecs import (
     bf16_bits_to_f32,
     f16_bits_to_f32,
     f32_to_bf16_bits,
     f32_to_f16_bits,
 )
-
-RAW = -1
+from llmir.runtime.dtypes import BF16_CODE, F16_CODE
+from llmir.runtime.geometry import KEY, VALUE
 
 PARALLEL_MIN_ELEMENTS = 1 << 20
 """Below this many elements moved (K and V together) the serial kernel runs.
@@ -39,10 +40,10 @@ read at call time: the benchmark moves it to compare."""
 @njit(inline="always", cache=True)
 def _store_row(dst: Any, src: Any, code: int) -> None:
     n = src.shape[0]
-    if code == 1:
+    if code == F16_CODE:
         for d in range(n):
             dst[d] = f32_to_f16_bits(src[d])
-    elif code == 2:
+    elif code == BF16_CODE:
         for d in range(n):
             dst[d] = f32_to_bf16_bits(src[d])
     else:
@@ -53,10 +54,10 @@ def _store_row(dst: Any, src: Any, code: int) -> None:
 @njit(inline="always", cache=True)
 def _load_row(dst: Any, src: Any, code: int) -> None:
     n = src.shape[0]
-    if code == 1:
+    if code == F16_CODE:
         for d in range(n):
             dst[d] = f16_bits_to_f32(src[d])
-    elif code == 2:
+    elif code == BF16_CODE:
         for d in range(n):
             dst[d] = bf16_bits_to_f32(src[d])
     else:
@@ -76,8 +77,8 @@ def _scatter_one(
     blk = s // block_size
     off = s - blk * block_size
     for h in range(keys.shape[2]):
-        _store_row(pool[l, blk, h, 0, off], keys[l, n, h], code)
-        _store_row(pool[l, blk, h, 1, off], values[l, n, h], code)
+        _store_row(pool[l, blk, h, KEY, off], keys[l, n, h], code)
+        _store_row(pool[l, blk, h, VALUE, off], values[l, n, h], code)
 
 
 @njit(cache=True)
@@ -116,8 +117,8 @@ def _gather_one(
         blk = table[b, p // block_size]
         off = p % block_size
         for h in range(out_k.shape[2]):
-            _load_row(out_k[b, p, h], pool[blk, h, 0, off], code)
-            _load_row(out_v[b, p, h], pool[blk, h, 1, off], code)
+            _load_row(out_k[b, p, h], pool[blk, h, KEY, off], code)
+            _load_row(out_v[b, p, h], pool[blk, h, VALUE, off], code)
     else:
         # Outputs come from np.empty: zero the padding here rather than paying
         # a separate np.zeros pass over the whole output.

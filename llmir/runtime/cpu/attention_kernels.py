@@ -1,8 +1,8 @@
 """The Numba kernels of paged attention on the CPU, on raw arrays.
 
-Nothing here validates: `llmir.runtime.attention` checks every argument and
-then calls `run_paged_attention`.  The semantics (query positions, masks,
-empty sequences) are those of `llmir.runtime.reference`.
+Nothing here validates: `PagedKVCache` checks every argument once and the
+CPU backend calls `run_paged_attention`.  The semantics (query positions,
+masks, empty sequences) are those of `llmir.testing.reference`.
 
 Work split.  One work item is (sequence, kv head, query tile, context
 partition).  The item handles the whole GQA group of query heads of its kv
@@ -57,8 +57,9 @@ from numba import njit, prange, types  # pyright: ignore[reportUnknownVariableTy
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-from llmir.runtime.dtypes import bf16_bits_to_f32, f16_bits_to_f32
-from llmir.runtime.layout import KEY, VALUE
+from llmir.runtime.cpu.codecs import bf16_bits_to_f32, f16_bits_to_f32
+from llmir.runtime.dtypes import F16_CODE, F32_CODE
+from llmir.runtime.geometry import KEY, VALUE
 
 DEFAULT_PARTITION_SIZE = 512
 """Tokens per context partition when a long context is split (decode)."""
@@ -92,7 +93,7 @@ def _block_as_f32_impl(stored: Any, scratch: Any, kind_code: Any, lo: Any, hi: A
 
     def decode_halves(stored: Any, scratch: Any, kind_code: Any, lo: Any, hi: Any):
         head_dim = stored.shape[1]
-        if kind_code == 1:
+        if kind_code == F16_CODE:
             for t in range(lo, hi):
                 for d in range(head_dim):
                     scratch[t, d] = f16_bits_to_f32(stored[t, d])
@@ -124,7 +125,7 @@ def _element_f32_impl(stored: Any, t: Any, d: Any, kind_code: Any):
         return load
 
     def load_half(stored: Any, t: Any, d: Any, kind_code: Any):
-        if kind_code == 1:
+        if kind_code == F16_CODE:
             return f16_bits_to_f32(stored[t, d])
         return bf16_bits_to_f32(stored[t, d])
 
@@ -626,7 +627,7 @@ def _paged_attention_kernel(
                             scores, row_max, row_sum, acc, 0, soft_cap, kind_code,
                         )  # fmt: skip
                     continue
-                if kind_code != 0 and rows == 4:
+                if kind_code != F32_CODE and rows == 4:
                     # Four half-precision rows: one register tile reading the
                     # pool, if they share their bounds (a GQA group of four
                     # does; prefill rows of different queries may not).  Rows
@@ -653,10 +654,10 @@ def _paged_attention_kernel(
                     )
                     if row_lo >= row_hi:
                         continue
-                    if r == 0 and kind_code == 0:
+                    if r == 0 and kind_code == F32_CODE:
                         _attend_block_streaming(
                             q_rows, keys, values, row_lo, row_hi, scores,
-                            row_max, row_sum, acc, r, soft_cap, 0,
+                            row_max, row_sum, acc, r, soft_cap, F32_CODE,
                         )  # fmt: skip
                     else:
                         _attend_block_unrolled(
@@ -754,7 +755,7 @@ def run_paged_attention(
 ) -> None:
     """Write attention of `query` over `layer_pool` into `out` (both float32
     ``[batch, Tq, Hq, D]``, C-contiguous).  Arguments must be valid (see
-    `llmir.runtime.attention`).
+    `llmir.runtime.validation`).
 
     `partition_size` (a multiple of the block size) forces a context split;
     without it the split is planned by `plan_partition_size` unless

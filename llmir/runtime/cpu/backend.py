@@ -1,0 +1,125 @@
+"""`CPUBackend`: the KV pool in host memory and the Numba kernels over it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from llmir.runtime.cpu.attention_kernels import run_paged_attention
+from llmir.runtime.cpu.copy_kernels import gather as gather_tokens
+from llmir.runtime.cpu.copy_kernels import scatter as scatter_tokens
+from llmir.runtime.dtypes import RAW_CODE
+from llmir.runtime.geometry import CacheGeometry
+from llmir.runtime.validation import AttentionOptions, BlockTable
+
+Array = npt.NDArray[Any]
+
+
+class CPUBackend:
+    """The pool as one numpy array of `CacheGeometry.pool_shape`, allocated
+    once and zeroed (a lookup of a half-appended step reads zeros, not
+    garbage, until a block is recycled)."""
+
+    device = "cpu"
+
+    def __init__(self, geometry: CacheGeometry, num_blocks: int) -> None:
+        self._geometry = geometry
+        self._element = geometry.element_type
+        self._pool: Array = np.zeros(
+            geometry.pool_shape(num_blocks), dtype=self._element.storage_dtype
+        )
+
+    @property
+    def kv_pool(self) -> Array:
+        return self._pool
+
+    def as_array(self, value: Any) -> Array:
+        """Host memory the kernels can read: numpy arrays as they are, and
+        anything numpy can view (torch CPU tensors, buffers)."""
+        return value if isinstance(value, np.ndarray) else np.asarray(value)
+
+    def write(
+        self, layer: int | None, keys: Array, values: Array, slot_mapping: Any
+    ) -> None:
+        code = self._element.code if keys.dtype == np.float32 else RAW_CODE
+        if keys.dtype == np.float16:
+            keys, values = keys.view(np.uint16), values.view(np.uint16)
+        pool = self._pool if layer is None else self._pool[layer : layer + 1]
+        scatter_tokens(
+            pool,
+            np.ascontiguousarray(keys),
+            np.ascontiguousarray(values),
+            slot_mapping,
+            self._geometry.block_size,
+            code,
+        )
+
+    def gather(
+        self,
+        layer: int,
+        table: BlockTable,
+        as_float32: bool,
+        out: tuple[Array, Array] | None,
+    ) -> tuple[Array, Array]:
+        out_dtype = self._element.out_dtype(as_float32)
+        if out is None:
+            shape = (
+                table.batch,
+                table.max_len,
+                self._geometry.num_heads,
+                self._geometry.head_dim,
+            )
+            out = (np.empty(shape, dtype=out_dtype), np.empty(shape, dtype=out_dtype))
+        keys, values = out
+        # Stored elements are copied as they are unless float32 is asked of a
+        # half type; float16 outputs are filled through a uint16 view.
+        decode = out_dtype == np.float32 and self._element.storage_dtype != np.float32
+        code = self._element.code if decode else RAW_CODE
+        raw_k, raw_v = (
+            (keys.view(np.uint16), values.view(np.uint16))
+            if out_dtype == np.float16
+            else (keys, values)
+        )
+        gather_tokens(
+            self._pool[layer],
+            table.table,
+            table.lens,
+            raw_k,
+            raw_v,
+            self._geometry.block_size,
+            code,
+        )
+        return keys, values
+
+    def attention(
+        self,
+        layer: int,
+        query: Array,
+        table: BlockTable,
+        options: AttentionOptions,
+        out: Array | None,
+    ) -> Array:
+        result = np.empty(query.shape, dtype=query.dtype) if out is None else out
+        # The kernel works in float32 on C-contiguous arrays; write straight
+        # into `result` when it already is one.
+        work = (
+            result if result.dtype == np.float32 else np.empty(query.shape, np.float32)
+        )
+        if query.size:
+            run_paged_attention(
+                np.ascontiguousarray(query, dtype=np.float32),
+                self._pool[layer],
+                self._element.code,
+                table.table,
+                table.lens,
+                work,
+                scale=options.scale,
+                causal=options.causal,
+                sliding_window=options.sliding_window,
+                logits_soft_cap=options.logits_soft_cap,
+            )
+        if work is not result:
+            result[...] = work
+        return result

@@ -1,0 +1,347 @@
+"""`DenseReferenceCache`: a dense, obviously correct implementation of the
+`KVCache` protocol, used to check whole programs (``llmir-run --check``).
+
+It shares nothing with the paged runtime but the element type's rounding and
+the argument checks: every sequence's keys and values are kept per layer as
+one growing float64 array of the values the real cache would store (rounded
+through the element type), and attention is a plain float64 softmax over
+them.  Running a program on this cache and on `PagedKVCache` and comparing
+the float results checks the allocator, the slot mapping, the copy kernels
+and the attention kernels in one go, for any program.
+
+Block ids are virtual: they are handed out in order as sequences grow and
+mean nothing but "block j of sequence s".  Outputs that expose physical
+block ids (the append's block indices, the tables themselves) therefore
+differ from the paged cache's and are not compared.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from llmir.errors import (
+    DTypeError,
+    SequenceTooLongError,
+    ShapeError,
+    UnknownSequenceError,
+)
+from llmir.runtime.dtypes import element_type
+from llmir.runtime.geometry import PAD_BLOCK, CacheGeometry
+from llmir.runtime.protocol import CacheStats
+from llmir.runtime.validation import (
+    check_attention_options,
+    check_layer,
+    check_query,
+    check_seq_ids,
+    check_unique,
+    validate_block_table,
+)
+
+Array = npt.NDArray[Any]
+IntArray = npt.NDArray[np.int32]
+
+
+class DenseReferenceCache:
+    """The `KVCache` protocol over dense float64 arrays."""
+
+    device = "cpu"
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_heads: int,
+        head_dim: int,
+        block_size: int,
+        max_seq_len: int,
+        dtype: object = "f32",
+        *,
+        num_blocks: int | None = None,
+    ) -> None:
+        self._geometry = CacheGeometry(
+            element_type(dtype),
+            num_layers,
+            num_heads,
+            head_dim,
+            block_size,
+            max_seq_len,
+        )
+        self._num_blocks = (
+            self._geometry.max_blocks_per_seq if num_blocks is None else num_blocks
+        )
+        # seq id -> per layer: [tokens, H, D] float64 keys and values
+        self._keys: dict[int, list[Array]] = {}
+        self._values: dict[int, list[Array]] = {}
+        self._blocks: dict[int, list[int]] = {}
+        self._owner: dict[int, int] = {}  # virtual block -> sequence
+        self._next_block = 0
+
+    @classmethod
+    def from_geometry(
+        cls, geometry: CacheGeometry, num_blocks: int | None = None
+    ) -> DenseReferenceCache:
+        return cls(
+            geometry.num_layers,
+            geometry.num_heads,
+            geometry.head_dim,
+            geometry.block_size,
+            geometry.max_seq_len,
+            geometry.element_type,
+            num_blocks=num_blocks,
+        )
+
+    @property
+    def geometry(self) -> CacheGeometry:
+        return self._geometry
+
+    @property
+    def num_blocks(self) -> int:
+        return self._num_blocks
+
+    def __contains__(self, seq_id: object) -> bool:
+        return seq_id in self._keys
+
+    def seq_len(self, seq_id: int) -> int:
+        if seq_id not in self._keys:
+            raise UnknownSequenceError(f"unknown sequence id {seq_id!r}")
+        return max(k.shape[0] for k in self._keys[seq_id])
+
+    # -- append ----------------------------------------------------------------
+
+    def _stored(self, x: Array) -> Array:
+        """The float64 values the real cache would hold for input `x`."""
+        element = self._geometry.element_type
+        if x.dtype != np.float32:  # already in the stored form
+            raw = x.view(np.uint16) if x.dtype == np.float16 else x
+            return element.decode(raw).astype(np.float64)
+        return element.decode(element.encode(x)).astype(np.float64)
+
+    def _checked(self, keys: Any, values: Any, seq_ids: Any, rank: int) -> list[int]:
+        k, v = np.asarray(keys), np.asarray(values)
+        g = self._geometry
+        if (
+            k.ndim != rank
+            or k.shape != v.shape
+            or k.shape[-2:]
+            != (
+                g.num_heads,
+                g.head_dim,
+            )
+        ):
+            raise ShapeError(f"keys {k.shape} / values {v.shape} do not fit {g}")
+        accepted = (np.dtype(np.float32), *g.element_type.raw_input_dtypes)
+        if k.dtype not in accepted or v.dtype != k.dtype:
+            raise DTypeError(f"keys {k.dtype} / values {v.dtype} not accepted")
+        ids: list[int] = check_seq_ids(seq_ids).tolist()
+        check_unique(ids)
+        if len(ids) != k.shape[-4]:
+            raise ShapeError(f"{len(ids)} sequence ids for a batch of {k.shape[-4]}")
+        return ids
+
+    def _append_layer(self, k: Array, v: Array, ids: list[int], layer: int) -> None:
+        g = self._geometry
+        for seq_id in ids:
+            written = self._keys[seq_id][layer].shape[0] if seq_id in self._keys else 0
+            if written + k.shape[1] > g.max_seq_len:
+                raise SequenceTooLongError(
+                    f"sequence {seq_id} would grow to {written + k.shape[1]} "
+                    f"tokens, max_seq_len is {g.max_seq_len}"
+                )
+        for b, seq_id in enumerate(ids):
+            if seq_id not in self._keys:
+                empty = np.zeros((0, g.num_heads, g.head_dim))
+                self._keys[seq_id] = [empty] * g.num_layers
+                self._values[seq_id] = [empty] * g.num_layers
+                self._blocks[seq_id] = []
+            self._keys[seq_id][layer] = np.concatenate(
+                [self._keys[seq_id][layer], self._stored(k[b])]
+            )
+            self._values[seq_id][layer] = np.concatenate(
+                [self._values[seq_id][layer], self._stored(v[b])]
+            )
+            blocks = self._blocks[seq_id]
+            while len(blocks) * g.block_size < self.seq_len(seq_id):
+                self._owner[self._next_block] = seq_id
+                blocks.append(self._next_block)
+                self._next_block += 1
+
+    def _indices(self, ids: list[int], layer: int, tokens: int) -> IntArray:
+        """Virtual block of each token just appended to `layer`."""
+        out = np.zeros((len(ids), tokens), np.int32)
+        for b, seq_id in enumerate(ids):
+            start = self._keys[seq_id][layer].shape[0] - tokens
+            for t in range(tokens):
+                out[b, t] = self._blocks[seq_id][
+                    (start + t) // self._geometry.block_size
+                ]
+        return out
+
+    def append_kv(
+        self, keys: Any, values: Any, seq_ids: Any, layer: int = 0
+    ) -> IntArray:
+        layer = check_layer(layer, self._geometry.num_layers)
+        ids = self._checked(keys, values, seq_ids, 4)
+        k, v = np.asarray(keys), np.asarray(values)
+        if not ids or k.shape[1] == 0:
+            return np.zeros(k.shape[:2], np.int32)
+        self._append_layer(k, v, ids, layer)
+        return self._indices(ids, layer, k.shape[1])
+
+    def append_kv_all_layers(self, keys: Any, values: Any, seq_ids: Any) -> IntArray:
+        ids = self._checked(keys, values, seq_ids, 5)
+        k, v = np.asarray(keys), np.asarray(values)
+        if not ids or k.shape[2] == 0:
+            return np.zeros(k.shape[1:3], np.int32)
+        for layer in range(self._geometry.num_layers):
+            self._append_layer(k[layer], v[layer], ids, layer)
+        return self._indices(ids, 0, k.shape[2])
+
+    # -- tables and reads --------------------------------------------------------
+
+    def block_table(self, seq_ids: Any) -> tuple[IntArray, IntArray]:
+        ids: list[int] = check_seq_ids(seq_ids).tolist()
+        for seq_id in ids:
+            if seq_id not in self._keys:
+                raise UnknownSequenceError(f"unknown sequence id {seq_id!r}")
+        width = max([len(self._blocks[s]) for s in ids] + [0])
+        table = np.full((len(ids), width), PAD_BLOCK, np.int32)
+        for b, seq_id in enumerate(ids):
+            table[b, : len(self._blocks[seq_id])] = self._blocks[seq_id]
+        lens = np.array([self.seq_len(s) for s in ids], np.int32)
+        return table, lens
+
+    def _sequence(
+        self, table_row: Array, length: int, layer: int
+    ) -> tuple[Array, Array]:
+        if length == 0:
+            empty = np.zeros((0, self._geometry.num_heads, self._geometry.head_dim))
+            return empty, empty
+        seq_id = self._owner[int(table_row[0])]
+        return self._keys[seq_id][layer][:length], self._values[seq_id][layer][:length]
+
+    def _table(self, block_table: Any, seq_lens: Any) -> tuple[IntArray, IntArray]:
+        checked = validate_block_table(
+            block_table,
+            seq_lens,
+            block_size=self._geometry.block_size,
+            num_blocks=max(self._next_block, 1),
+            max_seq_len=self._geometry.max_seq_len,
+        )
+        return checked.table, checked.lens
+
+    def lookup_kv(
+        self,
+        block_table: Any,
+        seq_lens: Any,
+        layer: int = 0,
+        *,
+        as_float32: bool = False,
+        out: tuple[Any, Any] | None = None,
+    ) -> tuple[Array, Array]:
+        layer = check_layer(layer, self._geometry.num_layers)
+        table, lens = self._table(block_table, seq_lens)
+        g = self._geometry
+        width = out[0].shape[1] if out is not None else int(max(lens, default=0))
+        shape = (table.shape[0], width, g.num_heads, g.head_dim)
+        keys = np.zeros(shape, g.element_type.out_dtype(as_float32))
+        values = np.zeros_like(keys)
+        for b in range(table.shape[0]):
+            k, v = self._sequence(table[b], int(lens[b]), layer)
+            keys[b, : k.shape[0]] = k
+            values[b, : v.shape[0]] = v
+        if out is not None:
+            out[0][...] = keys
+            out[1][...] = values
+            return out
+        return keys, values
+
+    def paged_attention(
+        self,
+        query: Any,
+        block_table: Any,
+        seq_lens: Any,
+        layer: int = 0,
+        *,
+        scale: float | None = None,
+        causal: bool = True,
+        sliding_window: int | None = None,
+        logits_soft_cap: float | None = None,
+        out: Any = None,
+    ) -> Array:
+        """Float64 softmax attention over the dense sequences, with the
+        semantics of `llmir.runtime.attention`."""
+        g = self._geometry
+        layer = check_layer(layer, g.num_layers)
+        table, lens = self._table(block_table, seq_lens)
+        q_in = np.asarray(query)
+        check_query(q_in.shape, q_in.dtype, table.shape[0], g.num_heads, g.head_dim)
+        options = check_attention_options(
+            g.head_dim, scale, causal, sliding_window, logits_soft_cap
+        )
+        q = q_in.astype(np.float64)
+        batch, q_len, q_heads, _ = q.shape
+        group = q_heads // g.num_heads
+        result = np.zeros_like(q)
+        for b in range(batch):
+            length = int(lens[b])
+            k, v = self._sequence(table[b], length, layer)
+            for t in range(q_len):
+                position = length - q_len + t
+                end = min(position + 1, length) if options.causal else length
+                start = 0
+                if options.sliding_window:
+                    start = max(position + 1 - options.sliding_window, 0)
+                if end <= start:
+                    continue
+                for h in range(q_heads):
+                    logits = options.scale * (k[start:end, h // group] @ q[b, t, h])
+                    if options.logits_soft_cap:
+                        cap = options.logits_soft_cap
+                        logits = cap * np.tanh(logits / cap)
+                    weights = np.exp(logits - logits.max())
+                    result[b, t, h] = weights @ v[start:end, h // group] / weights.sum()
+        converted = result.astype(q_in.dtype)
+        if out is not None:
+            out[...] = converted
+            return out
+        return converted
+
+    # -- free ----------------------------------------------------------------------
+
+    def free_sequences(self, seq_ids: Any) -> None:
+        ids: list[int] = check_seq_ids(seq_ids).tolist()
+        check_unique(ids)
+        for seq_id in ids:
+            if seq_id not in self._keys:
+                raise UnknownSequenceError(f"unknown sequence id {seq_id!r}")
+        for seq_id in ids:
+            for block in self._blocks.pop(seq_id):
+                del self._owner[block]
+            del self._keys[seq_id], self._values[seq_id]
+
+    def free_sequence(self, seq_id: int) -> None:
+        self.free_sequences([seq_id])
+
+    def reset(self) -> None:
+        self._keys.clear()
+        self._values.clear()
+        self._blocks.clear()
+        self._owner.clear()
+
+    def stats(self) -> CacheStats:
+        g = self._geometry
+        used = sum(len(b) for b in self._blocks.values())
+        tokens = sum(self.seq_len(s) for s in self._keys)
+        return CacheStats(
+            blocks_total=self._num_blocks,
+            blocks_used=used,
+            blocks_free=self._num_blocks - used,
+            num_sequences=len(self._keys),
+            tokens_stored=tokens,
+            pool_bytes=g.pool_bytes(self._num_blocks),
+            bytes_used=used * g.bytes_per_block,
+            slots_allocated=used * g.block_size,
+            fragmentation_slots=used * g.block_size - tokens,
+        )
