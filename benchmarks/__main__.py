@@ -1,28 +1,69 @@
 """Every CPU benchmark in one command: ``python -m benchmarks``.
 
-Runs, one after the other and each in its own process (so Numba's thread pool
-and the page cache start equal), the runtime copies, paged attention and the
-interpreter overhead.  Each prints its own table, with the machine's memory
-bandwidth measured in the same run.  Pass ``--quick`` for a smoke run.
+Runs the runtime copies, paged attention and the interpreter overhead one
+after the other, each in its own process (so Numba's thread pool and the page
+cache start equal).  Each prints its tables once, with the machine's memory
+bandwidth measured in the same run, medians and spreads.
+
+    python -m benchmarks                       # everything (a few minutes)
+    python -m benchmarks --quick               # smoke run
+    python -m benchmarks --only bench_attention --json out.json --plot out.png
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 BENCHMARKS = ("bench_runtime", "bench_attention", "bench_interpreter")
 
 
 def main() -> int:
-    quick = "--quick" in sys.argv[1:]
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Run llmir's CPU benchmarks, each in its own process.",
+    )
+    parser.add_argument("--quick", action="store_true", help="small shapes (smoke run)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=BENCHMARKS,
+        metavar="NAME",
+        help=f"run only these ({', '.join(BENCHMARKS)}); repeatable",
+    )
+    parser.add_argument("--json", metavar="PATH", help="write every table as JSON")
+    parser.add_argument(
+        "--plot",
+        metavar="PATH",
+        help="draw %% of the bandwidth limit by row (needs matplotlib: "
+        "pip install -e '.[plot]')",
+    )
+    args = parser.parse_args()
     status = 0
-    for name in BENCHMARKS:
-        print(f"\n=== benchmarks.{name} ===", flush=True)
-        args = [sys.executable, "-m", f"benchmarks.{name}"]
-        if quick:
-            args.append("--steps=20" if name == "bench_interpreter" else "--quick")
-        status |= subprocess.call(args)
+    results: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for name in args.only or BENCHMARKS:
+            print(f"\n=== benchmarks.{name} ===", flush=True)
+            out = Path(folder) / f"{name}.json"
+            command = [sys.executable, "-m", f"benchmarks.{name}", "--json", str(out)]
+            if args.quick:
+                command.append("--quick")
+            code = subprocess.call(command)
+            status |= code
+            if code == 0 and out.exists():
+                results[name] = json.loads(out.read_text())
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        from benchmarks.plot import plot_limits
+
+        plot_limits(results, Path(args.plot))
+        print(f"wrote {args.plot}")
     return status
 
 

@@ -1,22 +1,22 @@
 """Paged attention on the CPU: decode and prefill against the memory limit,
 torch SDPA and numpy.
 
-    python -m benchmarks.bench_attention           # every row of issue 4
+    python -m benchmarks.bench_attention           # every row
     python -m benchmarks.bench_attention --quick   # batch 8, 2048 tokens only
 
-Prints, as medians: the read bandwidth measured in this run; then per decode
-shape the kernel's time, the GB/s of K+V it reads, that as % of the measured
-limit, and how many times faster it is than torch SDPA on contiguous
-(unpaged) K/V of the same dtype and than numpy (gather the blocks, then f32
-matmul + softmax); then prefill of 2048 tokens against torch SDPA with a
-causal mask.  The torch columns are left empty when torch (the ``bench``
-extra, ``torch==2.13.0``) is not installed.  Both libraries run with the same
-thread count as Numba.
+Prints the read bandwidth measured in this run (the best of several probes
+over 1 GiB); then per decode shape the kernel's median time and spread, the
+GB/s of K+V it reads, that as % of the limit, and how many times faster it is
+than torch SDPA on contiguous (unpaged) K/V of the same dtype and than numpy
+(gather the blocks, then f32 matmul + softmax); then prefill of 2048 tokens
+against torch SDPA with a causal mask.  The torch columns are empty, with a
+one-line hint, when torch (the ``bench`` extra) is not installed.  Both
+libraries run with the same thread count as Numba.  Rows whose K/V are not
+much larger than the last-level cache are marked cache-resident.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +26,16 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-from benchmarks.common import median_seconds, print_table, read_bandwidth_gbs
+from benchmarks.common import (
+    TORCH_HINT,
+    Table,
+    benchmark_main,
+    measure,
+    median_seconds,
+    progress,
+    read_limit,
+    torch_available,
+)
 from llmir import PagedKVCache, paged_attention
 from llmir.runtime.dtypes import ElementType, decode, element_type
 from llmir.runtime.geometry import KEY, VALUE
@@ -169,63 +178,70 @@ def ratio(peer_seconds: float | None, our_seconds: float) -> str:
     return "-" if peer_seconds is None else f"{peer_seconds / our_seconds:.2f}x"
 
 
-def decode_rows(shapes: list[Shape], limit_gbs: float, repeats: int) -> list[list[Any]]:
+def decode_rows(shapes: list[Shape], limit_gbs: float, repeats: int) -> Table:
     rng = np.random.default_rng(0)
-    rows: list[list[Any]] = []
-    for shape in shapes:
+    table = Table(
+        "decode (Tq = 1, D = 128)",
+        ["batch", "context", "Hq/H", "block", "dtype", "ms", "GB/s", "% limit",
+         "vs torch", "vs numpy"],
+    )  # fmt: skip
+    for index, shape in enumerate(shapes):
+        progress(f"  decode {index + 1}/{len(shapes)}")
         work = make_workload(shape, rng)
-        t = median_seconds(ours(work), repeats=repeats, warmup=2)
-        gbs = work.kv_bytes / t / 1e9
+        timing = measure(ours(work), repeats=repeats, warmup=2)
+        gbs = work.kv_bytes / timing.median / 1e9
         sdpa = torch_sdpa(work, causal=False)
         t_torch = median_seconds(sdpa, repeats=repeats, warmup=1) if sdpa else None
         t_numpy = median_seconds(lambda w=work: numpy_decode(w), repeats=3, warmup=0)
-        rows.append([
-            shape.batch, shape.context, shape.label, shape.block_size, shape.kind.name,
-            t * 1e3, gbs, 100 * gbs / limit_gbs, ratio(t_torch, t), ratio(t_numpy, t),
-        ])  # fmt: skip
-        print_progress(rows[-1])
+        table.add(
+            batch=shape.batch, context=shape.context, **{"Hq/H": shape.label},
+            block=shape.block_size, dtype=shape.kind.name, ms=timing,
+            **{"GB/s": gbs, "% limit": 100 * gbs / limit_gbs,
+               "vs torch": ratio(t_torch, timing.median),
+               "vs numpy": ratio(t_numpy, timing.median)},
+            working_set_bytes=work.kv_bytes,
+        )  # fmt: skip
         del work
-    return rows
+    return table
 
 
-def prefill_rows(shapes: list[Shape], repeats: int) -> list[list[Any]]:
+def prefill_rows(shapes: list[Shape], repeats: int) -> Table:
     rng = np.random.default_rng(1)
-    rows: list[list[Any]] = []
-    for shape in shapes:
+    table = Table(
+        f"prefill ({PREFILL_TOKENS} tokens, causal, D = 128)",
+        ["batch", "tokens", "Hq/H", "block", "dtype", "ms", "torch ms", "vs torch"],
+    )
+    for index, shape in enumerate(shapes):
+        progress(f"  prefill {index + 1}/{len(shapes)}")
         work = make_workload(shape, rng)
-        t = median_seconds(ours(work), repeats=repeats, warmup=1)
+        timing = measure(ours(work), repeats=repeats, warmup=1)
         sdpa = torch_sdpa(work, causal=True)
         t_torch = median_seconds(sdpa, repeats=repeats, warmup=1) if sdpa else None
-        rows.append([
-            shape.batch, shape.context, shape.label, shape.block_size, shape.kind.name,
-            t * 1e3, "-" if t_torch is None else t_torch * 1e3, ratio(t_torch, t),
-        ])  # fmt: skip
-        print_progress(rows[-1])
-    return rows
+        table.add(
+            batch=shape.batch, tokens=shape.context, **{"Hq/H": shape.label},
+            block=shape.block_size, dtype=shape.kind.name, ms=timing,
+            **{"torch ms": None if t_torch is None else t_torch * 1e3,
+               "vs torch": ratio(t_torch, timing.median)},
+        )  # fmt: skip
+    return table
 
 
-def print_progress(row: list[Any]) -> None:
-    print("  ..", " ".join(f"{c:.2f}" if isinstance(c, float) else str(c) for c in row),
-          flush=True)  # fmt: skip
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="batch 8, 2048 tokens only"
-    )
-    args = parser.parse_args()
+def run(args: Any) -> list[Table]:
     kinds = [element_type(k) for k in ("f32", "f16", "bf16")]
     heads = [(16, 16), (32, 8)]
     batches = (
         [(8, 2048)] if args.quick else [(8, 2048), (8, 8192), (1, 2048), (1, 8192)]
     )
-    repeats = 5 if args.quick else 7
+    repeats = 7 if args.quick else 9
 
     threads = numba.get_num_threads()
-    limit = read_bandwidth_gbs()
-    print(f"threads: {threads}   read bandwidth (parallel sum of 1 GiB): ", end="")
-    print(f"{limit:.1f} GB/s\n")
+    limit = read_limit()
+    print(f"threads: {threads}; read bandwidth: {limit.describe()}")
+    print(f"medians of {repeats} ±IQR/2; 'vs X' is X's time / ours: above 1.00x "
+          "we are faster")  # fmt: skip
+    if not torch_available():
+        print(TORCH_HINT)
+    print()
 
     decode_shapes = [
         Shape(b, n, hq, h, bs, kind)
@@ -234,28 +250,21 @@ def main() -> None:
         for bs in (16, 64)
         for kind in kinds
     ]
-    print("decode (Tq = 1, D = 128): medians")
-    rows = decode_rows(decode_shapes, limit, repeats)
-    print()
-    print_table(
-        ["batch", "context", "Hq/H", "block", "dtype", "ms", "GB/s", "% limit",
-         "vs torch", "vs numpy"],
-        rows,
-    )  # fmt: skip
+    decode = decode_rows(decode_shapes, limit.gbs, repeats)
+    decode.print()
 
     prefill_shapes = [
         Shape(1, PREFILL_TOKENS, hq, h, 16, kind, queries=PREFILL_TOKENS)
         for hq, h in heads
         for kind in (kinds[:1] if args.quick else kinds)
     ]
-    print(f"\nprefill ({PREFILL_TOKENS} tokens, causal, D = 128): medians")
-    rows = prefill_rows(prefill_shapes, repeats=3)
-    print()
-    print_table(
-        ["batch", "tokens", "Hq/H", "block", "dtype", "ms", "torch ms", "vs torch"],
-        rows,
-    )
-    print("\n'vs X' is X's time / ours: above 1.00x we are faster.")
+    prefill = prefill_rows(prefill_shapes, repeats=7)
+    prefill.print()
+    return [decode, prefill]
+
+
+def main() -> None:
+    benchmark_main((__doc__ or "").split("\n\n")[0], run)
 
 
 if __name__ == "__main__":

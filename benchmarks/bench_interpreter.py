@@ -12,12 +12,12 @@ scf.for, bridging ShapedArray <-> numpy, checks).  Median of several runs.
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
 import numpy as np
 from xdsl.dialects.builtin import f32
 
-from benchmarks.common import median_seconds, print_table
+from benchmarks.common import Table, Timing, benchmark_main, measure
 from llmir import PagedKVCache, paged_attention
 from llmir.interpreters.arrays import from_numpy
 from llmir.interpreters.runner import apply_passes, make_interpreter, parse_module
@@ -50,7 +50,7 @@ func.func @main(%x : !x) -> !x {{
 """
 
 
-def _interpreted(steps: int, lowered: bool) -> float:
+def _interpreted(steps: int, lowered: bool, repeats: int) -> Timing:
     module = parse_module(PROGRAM.replace("STEPS", str(steps)))
     if lowered:
         apply_passes(module, "convert-llm-to-func")
@@ -61,10 +61,10 @@ def _interpreted(steps: int, lowered: bool) -> float:
         interpreter, _ = make_interpreter(module)
         interpreter.call_op("main", (from_numpy(x, f32),))
 
-    return median_seconds(run, repeats=5)
+    return measure(run, repeats=repeats)
 
 
-def _direct(steps: int) -> float:
+def _direct(steps: int, repeats: int) -> Timing:
     x0 = np.random.default_rng(0).standard_normal((BATCH, 1, HEADS, DIM))
     x0 = x0.astype(np.float32)
     ids = np.arange(BATCH, dtype=np.int32)
@@ -77,27 +77,41 @@ def _direct(steps: int) -> float:
             table, lens = cache.block_table(ids)
             x = paged_attention(x, cache, table, lens)
 
-    return median_seconds(run, repeats=5)
+    return measure(run, repeats=repeats)
+
+
+def run(args: Any) -> list[Table]:
+    steps = 20 if args.quick else args.steps
+    repeats = 7 if args.quick else 9
+    ops = steps * OPS_PER_STEP
+    table = Table(
+        f"decode loop: {steps} steps x {OPS_PER_STEP} llm ops, batch {BATCH}, "
+        f"f16 {HEADS}x{DIM}, block {BLOCK}; medians of {repeats} ±IQR/2",
+        ["path", "total ms", "us/op", "overhead us/op"],
+    )
+    direct = _direct(steps, repeats)
+    table.add(path="python -> runtime", **{"total ms": direct,
+              "us/op": direct.median / ops * 1e6})  # fmt: skip
+    for name, lowered in (("llm ops interpreted", False), ("lowered calls", True)):
+        timing = _interpreted(steps, lowered, repeats)
+        table.add(
+            path=name,
+            **{
+                "total ms": timing,
+                "us/op": timing.median / ops * 1e6,
+                "overhead us/op": (timing.median - direct.median) / ops * 1e6,
+            },
+        )
+    table.print()
+    return [table]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
-    steps = parser.parse_args().steps
-    direct = _direct(steps)
-    rows = [
-        ["python -> runtime", direct * 1e3, direct / (steps * OPS_PER_STEP) * 1e6, "-"]
-    ]
-    for name, lowered in (("llm ops interpreted", False), ("lowered calls", True)):
-        t = _interpreted(steps, lowered)
-        per_op = t / (steps * OPS_PER_STEP)
-        overhead = (t - direct) / (steps * OPS_PER_STEP)
-        rows.append([name, t * 1e3, per_op * 1e6, overhead * 1e6])
-    print(
-        f"decode loop: {steps} steps x {OPS_PER_STEP} llm ops, batch {BATCH}, "
-        f"f16 {HEADS}x{DIM}, block {BLOCK}; median of 5"
+    benchmark_main(
+        (__doc__ or "").splitlines()[0],
+        run,
+        lambda parser: parser.add_argument("--steps", type=int, default=200),
     )
-    print_table(["path", "total ms", "us/op", "overhead us/op"], rows)
 
 
 if __name__ == "__main__":

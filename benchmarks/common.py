@@ -1,32 +1,91 @@
-"""Shared measurement helpers for the benchmarks: timing by median of several
-runs, the machine's memory bandwidth measured in the same process, and a
-plain-text table printer.
+"""Shared measurement helpers of the benchmarks.
 
-Bandwidth is measured, never assumed: every benchmark reports its figures as a
-fraction of what this machine sustained a moment earlier.
+* `measure` times a call: a median and a spread (quartiles, min and max)
+  over several repetitions after warm-up; a row whose interquartile range
+  exceeds `UNSTABLE_SPREAD` of its median is flagged as unstable.
+* `read_limit` and `copy_limit` measure the machine's memory bandwidth in the
+  same run, as the best of several probes (a Numba prange loop, numpy in
+  threads, torch when installed) over a working set far larger than the
+  last-level cache: the limit a kernel is compared against.
+* `Table` prints a table once, keeps its rows for JSON, and marks a row
+  whose working set is not much larger than the last-level cache as
+  cache-resident (its "% of limit" may then exceed 100).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 from numba import njit, prange  # pyright: ignore[reportUnknownVariableType]
 
-_BANDWIDTH_BYTES = 1 << 30  # 1 GiB: far beyond any cache
+UNSTABLE_SPREAD = 0.10
+"""A row whose interquartile range exceeds this fraction of its median is
+flagged: on a shared machine its digits are not to be trusted."""
+
+LIMIT_BYTES = 1 << 30
+"""Working set of the bandwidth probes: 1 GiB, 32x a 32 MiB L3."""
+
+TORCH_HINT = "torch is not installed: its columns are empty (pip install -e '.[bench]')"
 
 
-def median_seconds(
-    fn: Callable[[], Any], repeats: int = 7, warmup: int = 1, min_time: float = 0.0
-) -> float:
-    """Median wall time of `fn()` over `repeats` runs after `warmup` runs.
+# ---------------------------------------------------------------------------
+# Timing
 
-    With `min_time` > 0, each run loops `fn` until at least that long has
-    passed and reports the time per call (for microsecond-scale work).
-    """
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call over repetitions."""
+
+    samples: tuple[float, ...]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def quartiles(self) -> tuple[float, float]:
+        if len(self.samples) < 2:
+            return self.samples[0], self.samples[0]
+        q = statistics.quantiles(self.samples, n=4, method="inclusive")
+        return q[0], q[2]
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range as a fraction of the median."""
+        q1, q3 = self.quartiles
+        return (q3 - q1) / self.median if self.median else 0.0
+
+    @property
+    def unstable(self) -> bool:
+        return self.spread > UNSTABLE_SPREAD
+
+    def as_dict(self, scale: float = 1e3) -> dict[str, Any]:
+        q1, q3 = self.quartiles
+        return {
+            "median": self.median * scale,
+            "q1": q1 * scale,
+            "q3": q3 * scale,
+            "min": min(self.samples) * scale,
+            "max": max(self.samples) * scale,
+            "repeats": len(self.samples),
+        }
+
+
+def measure(
+    fn: Callable[[], Any], repeats: int = 9, warmup: int = 2, min_time: float = 0.0
+) -> Timing:
+    """Time `fn()` `repeats` times after `warmup` calls.  With `min_time`,
+    each sample loops `fn` until that long has passed and reports the time
+    per call (for microsecond-scale work)."""
     for _ in range(warmup):
         fn()
     samples: list[float] = []
@@ -40,14 +99,44 @@ def median_seconds(
             if elapsed >= min_time:
                 break
         samples.append(elapsed / calls)
-    return statistics.median(samples)
+    return Timing(tuple(samples))
 
 
-# fastmath lets LLVM reorder the reduction so it vectorizes; without it (or
-# with hand-made chunks, which LLVM did not vectorize here) the sum is bound by
-# the adder's latency and measures ~10 GB/s instead of the memory's ~37 GB/s.
+def median_seconds(
+    fn: Callable[[], Any], repeats: int = 7, warmup: int = 1, min_time: float = 0.0
+) -> float:
+    """The median of `measure`."""
+    return measure(fn, repeats, warmup, min_time).median
+
+
+# ---------------------------------------------------------------------------
+# The machine's limits
+
+
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache, from sysfs (32 MiB if it cannot be read)."""
+    sizes: list[int] = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = path.read_text().strip()
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * unit)
+    return max(sizes, default=32 << 20)
+
+
+def cache_resident(working_set_bytes: int) -> bool:
+    """Whether a working set may stay in the caches between repetitions
+    (then bandwidth figures can exceed the memory's).  A cyclic scan of data
+    much larger than an LRU-like cache misses on nearly every line, so the
+    bound is 1.5x the last-level cache, not a multiple of it."""
+    return working_set_bytes < 1.5 * last_level_cache_bytes()
+
+
+# fastmath lets LLVM reorder the reduction so it vectorizes; without it the
+# sum is bound by the adder's latency.
 @njit(parallel=True, fastmath=True, cache=True)
-def _parallel_sum(a: Any) -> Any:
+def _numba_sum(a: Any) -> Any:
     acc = np.float32(0.0)
     for i in prange(a.size):
         acc += a[i]
@@ -55,7 +144,7 @@ def _parallel_sum(a: Any) -> Any:
 
 
 @njit(parallel=True, cache=True)
-def _parallel_copy(dst: Any, src: Any) -> None:
+def _numba_copy(dst: Any, src: Any) -> None:
     chunks = 64
     n = src.size
     for c in prange(chunks):
@@ -64,25 +153,182 @@ def _parallel_copy(dst: Any, src: Any) -> None:
         dst[lo:hi] = src[lo:hi]
 
 
-def read_bandwidth_gbs(nbytes: int = _BANDWIDTH_BYTES, repeats: int = 5) -> float:
-    """Sustained read bandwidth (GB/s): a parallel Numba sum over `nbytes`."""
+def _in_threads(fn: Callable[[int, int], Any], n: int) -> None:
+    threads = numba.get_num_threads()
+    bounds = [n * i // threads for i in range(threads + 1)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(fn, bounds[:-1], bounds[1:]))
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A bandwidth limit: the best probe, with every probe's figure."""
+
+    gbs: float
+    probes: dict[str, float] = field(default_factory=dict[str, float])
+
+    @property
+    def best(self) -> str:
+        return max(self.probes, key=self.probes.__getitem__)
+
+    def describe(self) -> str:
+        each = ", ".join(f"{k} {v:.1f}" for k, v in self.probes.items())
+        return f"{self.gbs:.1f} GB/s (best of: {each})"
+
+
+def read_limit(nbytes: int = LIMIT_BYTES, repeats: int = 5) -> Limit:
+    """Sustained read bandwidth (GB/s): the best of a parallel Numba sum,
+    numpy sums in threads, and torch.sum, over `nbytes`."""
     a = np.ones(nbytes // 4, dtype=np.float32)
-    t = median_seconds(lambda: _parallel_sum(a), repeats=repeats)
-    return nbytes / t / 1e9
+    probes: dict[str, Callable[[], Any]] = {
+        "numba sum": lambda: _numba_sum(a),
+        "numpy sum in threads": lambda: _in_threads(
+            lambda lo, hi: a[lo:hi].sum(), a.size
+        ),
+    }
+    torch_sum = _torch_probe(a, "sum")
+    if torch_sum is not None:
+        probes["torch.sum"] = torch_sum
+    figures = {
+        name: nbytes / measure(fn, repeats, warmup=1).median / 1e9
+        for name, fn in probes.items()
+    }
+    return Limit(max(figures.values()), figures)
 
 
-def copy_bandwidth_gbs(nbytes: int = _BANDWIDTH_BYTES, repeats: int = 5) -> float:
-    """Sustained copy bandwidth (GB/s, bytes read + bytes written): a parallel
-    Numba copy of `nbytes`."""
+def copy_limit(nbytes: int = LIMIT_BYTES, repeats: int = 5) -> Limit:
+    """Sustained copy bandwidth (GB/s, bytes read + bytes written): the best
+    of a parallel Numba copy, numpy copies in threads and torch's copy."""
     src = np.ones(nbytes // 4, dtype=np.float32)
     dst = np.empty_like(src)
-    t = median_seconds(lambda: _parallel_copy(dst, src), repeats=repeats)
-    return 2 * nbytes / t / 1e9
+    probes: dict[str, Callable[[], Any]] = {
+        "numba copy": lambda: _numba_copy(dst, src),
+        "numpy copy in threads": lambda: _in_threads(
+            lambda lo, hi: np.copyto(dst[lo:hi], src[lo:hi]), src.size
+        ),
+    }
+    torch_copy = _torch_probe(src, "copy", dst)
+    if torch_copy is not None:
+        probes["torch copy_"] = torch_copy
+    figures = {
+        name: 2 * nbytes / measure(fn, repeats, warmup=1).median / 1e9
+        for name, fn in probes.items()
+    }
+    return Limit(max(figures.values()), figures)
+
+
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
+def _torch_probe(
+    a: np.ndarray[Any, Any], what: str, out: np.ndarray[Any, Any] | None = None
+) -> Callable[[], Any] | None:
+    if not torch_available():
+        return None
+    import torch
+
+    torch.set_num_threads(numba.get_num_threads())
+    ta = torch.from_numpy(a)
+    if what == "sum":
+        return lambda: ta.sum()
+    assert out is not None
+    tout = torch.from_numpy(out)
+    return lambda: tout.copy_(ta)
+
+
+# ---------------------------------------------------------------------------
+# Tables
+
+
+@dataclass
+class Table:
+    """Rows of one benchmark table, printed once and kept for JSON.
+
+    A row is a dict; `columns` names the keys to print, in order.  `Timing`
+    values print as their median (in ms unless the column says us) with the
+    spread; rows with an unstable timing or a cache-resident working set
+    get a note.
+    """
+
+    title: str
+    columns: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list[dict[str, Any]])
+    notes: list[str] = field(default_factory=list[str])
+
+    def add(self, **row: Any) -> dict[str, Any]:
+        self.rows.append(row)
+        return row
+
+    def print(self) -> None:
+        print(self.title)
+        cells = [
+            [_cell(column, row.get(column)) for column in self.columns]
+            for row in self.rows
+        ]
+        headers = [*self.columns, "note"]
+        for row, line in zip(self.rows, cells, strict=True):
+            line.append(_note(row))
+        widths = [
+            max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+            for i, h in enumerate(headers)
+        ]
+        print("  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True)))
+        print("  ".join("-" * w for w in widths))
+        for line in cells:
+            print("  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)))
+        for note in self.notes:
+            print(note)
+        print()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "title": self.title,
+            "columns": self.columns,
+            "rows": [
+                {**{k: _json(v) for k, v in row.items()}, "note": _note(row)}
+                for row in self.rows
+            ],
+            "notes": self.notes,
+        }
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, Timing):
+        scale = 1e6 if "us" in column.replace("/", " ").split() else 1e3
+        q1, q3 = value.quartiles
+        return f"{value.median * scale:.2f} ±{(q3 - q1) / 2 * scale:.2f}"
+    if isinstance(value, float):
+        if value == 0 or 0.01 <= abs(value) < 1e5:
+            return f"{value:.2f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _note(row: dict[str, Any]) -> str:
+    notes: list[str] = []
+    if any(isinstance(v, Timing) and v.unstable for v in row.values()):
+        notes.append("unstable")
+    working_set = row.get("working_set_bytes")
+    if isinstance(working_set, int) and cache_resident(working_set):
+        notes.append("cache-resident")
+    return ", ".join(notes)
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, Timing):
+        return value.as_dict()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """Print rows as an aligned plain-text table."""
-    cells = [[_fmt(c) for c in row] for row in rows]
+    """Print rows as an aligned plain-text table (for tables without
+    timings, e.g. the GPU benchmark's)."""
+    cells = [[_cell("", c) for c in row] for row in rows]
     widths = [
         max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
         for i, h in enumerate(headers)
@@ -93,9 +339,37 @@ def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        if value == 0 or 0.01 <= abs(value) < 1e5:
-            return f"{value:.2f}"
-        return f"{value:.3g}"
-    return str(value)
+# ---------------------------------------------------------------------------
+# The command line of every benchmark module
+
+
+def benchmark_main(
+    description: str,
+    run: Callable[[Any], list[Table]],
+    add_arguments: Callable[[Any], None] | None = None,
+) -> None:
+    """Parse ``--quick`` and ``--json PATH`` (and the module's own options),
+    run, print each table once, and write the tables as JSON."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--quick", action="store_true", help="small shapes (smoke test)"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the tables as JSON")
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args()
+    tables = run(args)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps([t.as_json() for t in tables], indent=1) + "\n"
+        )
+
+
+def progress(message: str) -> None:
+    """A progress line on stderr (tables go to stdout, once)."""
+    import sys
+
+    print(message, file=sys.stderr, flush=True)

@@ -65,5 +65,9 @@ class OutOfBlocksError(AllocatorError, MemoryError):
     """The pool has fewer free blocks than a request needs."""
 
 
+class PoolTooLargeError(ConfigError, MemoryError):
+    """A pool (or an argument) would not fit in its device's memory."""
+
+
 class DeviceError(LLMIRError, RuntimeError):
     """The requested device is unavailable (e.g. CUDA without a GPU)."""

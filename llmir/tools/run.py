@@ -1,59 +1,50 @@
 """`llmir-run`: run a function of an `.mlir` file on the llmir runtime.
 
-Stock `xdsl-run` registers xDSL's own interpreter functions only; this runner
-is an `xDSLRunMain` whose `register_implementations` adds llmir's (the `llm`
-ops, the lowered `llmir_*` runtime calls, dense tensor constants), and whose
-arguments let a user actually feed tensors in:
-
     llmir-run prog.mlir --random-args 0                 # seeded random inputs
     llmir-run prog.mlir --input q.npy --input kv.npz    # inputs from files
     llmir-run prog.mlir -p convert-llm-to-func          # run the lowered form
-    llmir-run prog.mlir --check                         # compare against the
-                                                        # dense numpy reference
-Bad input (a missing function, a wrong argument count, shape or dtype, an
-unreadable file, invalid IR, or a runtime error) exits with status 2 and one
-line on stderr, without a traceback.
+    llmir-run prog.mlir --check                         # against the dense
+                                                        # float64 reference
+
+A thin command line over `llmir.interpreters.runner`, the one driver path.
+Every bad input (an unreadable or non-UTF-8 file, invalid IR, a bad pass
+pipeline, wrong arguments, an output it cannot write, a program that uses a
+superseded cache version, a pool larger than memory, any runtime error)
+ends with exit status 2 and one line on stderr, ``llmir-run: error: ...``;
+a parse error's line gives ``file:line:col`` and is followed by the source
+line with a caret.  No input makes it print a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
 from xdsl.dialects import func
-from xdsl.dialects.builtin import (
-    DenseIntOrFPElementsAttr,
-    FloatAttr,
-    IntegerAttr,
-    IntegerType,
-    ModuleOp,
-    TensorType,
-)
-from xdsl.interpreter import Interpreter
+from xdsl.dialects.builtin import FloatAttr, IntegerAttr, ModuleOp
 from xdsl.interpreters.shaped_array import ShapedArray
-from xdsl.ir import Attribute, Operation
 from xdsl.parser import Parser
 from xdsl.passes import PassPipeline
-from xdsl.tools.xdsl_run import xDSLRunMain
 from xdsl.utils.exceptions import (
+    ArgSpecParseError,
     DiagnosticException,
     InterpretationError,
     ParseError,
     VerifyException,
 )
 
+import llmir
 from llmir import abi
 from llmir.dialects import llm
-from llmir.dialects.llm_type import PagedKVCacheType
 from llmir.errors import LLMIRError
-from llmir.interpreters.arrays import check_tensor, from_numpy, numpy_dtype_for
 from llmir.interpreters.runner import (
+    Execution,
     all_passes,
     entry_function,
     execute,
@@ -62,318 +53,271 @@ from llmir.interpreters.runner import (
     python_value,
     reference_caches,
 )
-from llmir.interpreters.xdsl_extras import dense_tensor
 from llmir.runtime.backend import DEVICES
-from llmir.runtime.dtypes import element_type_of_ir
+from llmir.tools.inputs import ArgumentError, function_arguments
+from llmir.tools.progress import CompileNotice, Progress
+from llmir.transforms.llm_verify_kv_cache import check_cache_versions
+from llmir.universe import LLMIR_UNIVERSE
 
-EXIT_USAGE = 2
+EXIT_ERROR = 2
+EXIT_CHECK_FAILED = 1
+EXIT_INTERNAL = 3
+
+EXAMPLES = """\
+examples:
+  llmir-run examples/decode.mlir --random-args 0 --stats --check
+  llmir-run prog.mlir -p convert-llm-to-func --random-args 1
+  llmir-run prog.mlir --input q.npy --input kv.npz --output out.npz
+  llmir-run prog.mlir --symbol step --args "dense<[0, 1]> : tensor<2xi32>"
+"""
 
 
 class RunError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
-class LLMIRRunMain(xDSLRunMain):
-    """xdsl-run with llmir's interpreter functions and tensor inputs."""
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as one line and exit status 2."""
 
-    def __init__(self, args: Sequence[str] | None = None) -> None:
-        super().__init__(description="Run llm IR on the llmir runtime", args=args)
+    def error(self, message: str) -> NoReturn:
+        print(f"llmir-run: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_ERROR)
 
-    def register_all_dialects(self) -> None:
-        # Ours too when llmir runs from a checkout, without its entry point.
-        self.ctx = llmir_context()
 
-    def register_all_arguments(self, arg_parser: argparse.ArgumentParser) -> None:
-        super().register_all_arguments(arg_parser)
-        arg_parser.add_argument(
-            "-p",
-            "--passes",
-            default="",
-            help="pass pipeline to apply before running, e.g. convert-llm-to-func",
-        )
-        arg_parser.add_argument(
-            "--input",
-            action="append",
-            default=[],
-            metavar="FILE",
-            help="tensor arguments from a .npy file (one argument) or a .npz "
-            "file (its arrays in order, or named arg0, arg1...); repeatable",
-        )
-        arg_parser.add_argument(
-            "--random-args",
-            type=int,
-            metavar="SEED",
-            help="fill the remaining tensor arguments with seeded random values "
-            "(standard normal floats; integers in [0, 8))",
-        )
-        arg_parser.add_argument(
-            "--device",
-            choices=DEVICES,
-            default="cpu",
-            help="where the KV cache and kernels live (default: cpu)",
-        )
-        arg_parser.add_argument(
-            "--output", metavar="FILE.npz", help="save the results as result0..."
-        )
-        arg_parser.add_argument(
-            "--stats", action="store_true", help="print KV cache statistics"
-        )
-        arg_parser.add_argument(
-            "--check",
-            action="store_true",
-            help="also run on the dense float64 reference cache and compare "
-            "float results (tolerance 1e-5 for f32 caches, 1e-3 for f16/bf16)",
-        )
-        arg_parser.add_argument(
-            "--print-ir",
-            action="store_true",
-            help="print the module after the pass pipeline",
-        )
-        arg_parser.add_argument(
-            "--progress",
-            action="store_true",
-            help="report progress on stderr (attention calls done, time)",
-        )
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"seed must be an integer, got {text!r}"
+        ) from None
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"seed must be >= 0, got {seed}")
+    return seed
 
-    # -- pieces -----------------------------------------------------------------
 
-    def _parse_module(self) -> ModuleOp:
-        try:
-            stream, extension = self.get_input_stream()
-        except OSError as e:
-            raise RunError(f"cannot read {self.args.input_file}: {e.strerror}") from e
-        try:
-            module = self.parse_chunk(stream, extension)
-        finally:
-            if stream is not sys.stdin.buffer:
-                stream.close()
-        if module is None:
-            raise RunError("the input holds no module")
-        module.verify()
-        if self.args.passes:
-            available = all_passes()
-            try:
-                pipeline = PassPipeline.parse_spec(available, self.args.passes)
-            except ValueError as e:
-                raise RunError(str(e)) from e
-            pipeline.apply(self.ctx, module)
-            module.verify()
-        return module
+def build_parser() -> argparse.ArgumentParser:
+    passes = "\n".join(f"  {name}" for name in sorted(LLMIR_UNIVERSE.all_passes))
+    parser = _Parser(
+        prog="llmir-run",
+        description="Run a function of llm IR on the llmir runtime "
+        "(paged KV cache, Numba CPU kernels, numba.cuda GPU kernels).",
+        epilog=f"llm passes (for -p, with any xDSL pass):\n{passes}\n\n{EXAMPLES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("input_file", nargs="?", help="the .mlir file (default: stdin)")
+    add("-p", "--passes", default="", help="pass pipeline to apply before running")
+    add("--symbol", default="main", help="the function to call (default: main)")
+    add(
+        "--args",
+        default="",
+        help="leading arguments as xDSL attributes, comma separated",
+    )
+    add(
+        "--input",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="tensor arguments from a .npy file (one argument) or a .npz file "
+        "(its arrays in order, or named arg0, arg1...); repeatable",
+    )
+    add(
+        "--random-args",
+        type=_seed,
+        metavar="SEED",
+        help="fill the remaining tensor arguments with seeded random values "
+        "(standard normal floats; integers in [0, 8))",
+    )
+    add(
+        "--device",
+        choices=DEVICES,
+        default="cpu",
+        help="where the KV cache and kernels live (default: cpu)",
+    )
+    add("--output", metavar="FILE", help="save the results as FILE.npz")
+    add("--stats", action="store_true", help="print KV cache statistics")
+    add(
+        "--check",
+        action="store_true",
+        help="also run on the dense float64 reference cache and compare float "
+        "results (tolerance 1e-5 for f32 caches, 1e-3 for f16/bf16)",
+    )
+    add(
+        "--no-verify",
+        action="store_true",
+        help="skip the check that no cache version is used after it was "
+        "superseded (llm-verify-kv-cache)",
+    )
+    add("--print-ir", action="store_true", help="print the module after the passes")
+    add(
+        "--progress",
+        action="store_true",
+        help="report progress on stderr about once a second",
+    )
+    add("--verbose", action="store_true", help="print the results in full")
+    add(
+        "--index-bitwidth",
+        type=int,
+        choices=(32, 64),
+        default=64,
+        help="bit width of the index type (default: 64)",
+    )
+    add("--version", action="version", version=f"llmir-run {llmir.__version__}")
+    return parser
 
-    def _entry(self, module: ModuleOp) -> func.FuncOp:
-        entry = entry_function(module, self.args.symbol)
-        if entry is None:
-            raise RunError(f"no function @{self.args.symbol} with a body in the module")
-        return entry
 
-    def _arguments(self, entry: func.FuncOp) -> tuple[Any, ...]:
-        """Arguments in order: those of `--args` (xDSL attribute syntax, as
-        xdsl-run takes them), then the `--input` arrays, then random ones."""
-        types = list(entry.function_type.inputs.data)
-        attributes = self._attribute_arguments()
-        arrays = _load_inputs(self.args.input)
-        given = len(attributes) + len(arrays)
-        if given > len(types):
-            raise RunError(
-                f"@{entry.sym_name.data} takes {len(types)} arguments, "
-                f"{given} were given"
-            )
-        rng = (
-            np.random.default_rng(self.args.random_args)
-            if self.args.random_args is not None
-            else None
-        )
-        values: list[Any] = []
-        for index, type_attr in enumerate(types):
-            what = f"argument {index} of @{entry.sym_name.data}"
-            if index < len(attributes):
-                values.append(_attribute_value(attributes[index], type_attr, what))
-            elif index < given:
-                array = arrays[index - len(attributes)]
-                values.append(_argument_value(array, type_attr, what))
-            elif rng is not None:
-                values.append(_random_value(rng, type_attr, what))
-            else:
-                raise RunError(
-                    f"@{entry.sym_name.data} takes {len(types)} arguments, "
-                    f"{given} were given (use --input or --random-args)"
-                )
-        return tuple(values)
+# -- stages ----------------------------------------------------------------------
 
-    def _attribute_arguments(self) -> list[Attribute]:
-        if not self.args.args:
-            return []
-        parser = Parser(self.ctx, self.args.args, "args")
-        parsed = parser.parse_optional_undelimited_comma_separated_list(
-            parser.parse_optional_attribute, parser.parse_attribute
-        )
-        return list(parsed or [])
 
-    def run(self) -> None:
-        module = self._parse_module()
-        if self.args.print_ir:
-            print(module)
-        entry = self._entry(module)
-        args = self._arguments(entry)
-        listeners = (_Progress(),) if self.args.progress else ()
-        run = execute(
+def read_source(path: str | None) -> tuple[str, str]:
+    """(text, name) of the input file, or of stdin."""
+    name = path or "<stdin>"
+    try:
+        data = sys.stdin.buffer.read() if path is None else Path(path).read_bytes()
+    except OSError as e:
+        raise RunError(f"cannot read {name}: {e.strerror or e}") from e
+    try:
+        return data.decode("utf-8"), name
+    except UnicodeDecodeError as e:
+        raise RunError(
+            f"{name} is not UTF-8 text: byte 0x{data[e.start]:02x} at offset {e.start}"
+        ) from e
+
+
+def parse_source(text: str, name: str, ctx: Any) -> ModuleOp:
+    module = Parser(ctx, text, name).parse_module()
+    module.verify()
+    return module
+
+
+def apply_pipeline(module: ModuleOp, pipeline: str, ctx: Any) -> None:
+    try:
+        passes = PassPipeline.parse_spec(all_passes(), pipeline)
+    except ArgSpecParseError as e:
+        # "...specification:\n<where>\n<text>\n<caret>\n<message>"
+        lines = [line.strip() for line in str(e.args[0]).splitlines() if line.strip()]
+        column = lines[1].rsplit(":", 1)[-1]
+        raise RunError(f"-p {pipeline!r}: {lines[-1]} (at column {column})") from e
+    except (ValueError, KeyError) as e:
+        raise RunError(f"-p {pipeline!r}: {_first_line(str(e))}") from e
+    passes.apply(ctx, module)
+    module.verify()
+
+
+def check_output_path(output: str) -> Path:
+    """The file `--output` will write (numpy adds .npz), checked now, before
+    the run, so that a bad path does not cost a whole run."""
+    path = Path(output if output.endswith(".npz") else output + ".npz")
+    if path.is_dir():
+        raise RunError(f"--output {output}: {path} is a directory")
+    folder = path.parent
+    if not folder.is_dir():
+        raise RunError(f"--output {output}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
+        raise RunError(f"--output {output}: {path} is not writable")
+    return path
+
+
+def run(options: argparse.Namespace) -> int:
+    ctx = llmir_context()
+    text, name = read_source(options.input_file)
+    module = parse_source(text, name, ctx)
+    if options.passes:
+        apply_pipeline(module, options.passes, ctx)
+    if not options.no_verify:
+        check_cache_versions(module)
+    if options.print_ir:
+        print(module)
+    output = check_output_path(options.output) if options.output else None
+    entry = entry_function(module, options.symbol)
+    if entry is None:
+        raise RunError(f"no function @{options.symbol} with a body in {name}")
+    args = function_arguments(
+        ctx, entry, options.args, options.input, options.random_args
+    )
+    listeners = (Progress(),) if options.progress else ()
+    with CompileNotice(_element_types(module)) as compiling:
+        execution = execute(
             module,
             entry,
             args,
-            paged_caches(self.args.device),
-            ctx=self.ctx,
+            paged_caches(options.device),
+            ctx=ctx,
             listeners=listeners,
-            index_bitwidth=self.args.index_bitwidth,
+            index_bitwidth=options.index_bitwidth,
         )
-        arrays = [_result_array(r) for r in run.results]
-        for index, array in enumerate(arrays):
-            print(f"result{index}: {_describe(array)}")
-            if self.args.verbose and array is not None:
-                print(np.array2string(array, precision=4, threshold=10_000))
-        print(f"time: {run.seconds * 1e3:.1f} ms")
-        if self.args.stats:
-            for index, cache in enumerate(run.caches):
-                print(f"cache{index}: {cache.stats()}")
-        if self.args.output:
-            named = {f"result{i}": a for i, a in enumerate(arrays) if a is not None}
-            np.savez(self.args.output, **cast(dict[str, Any], named))
-            print(f"saved {len(named)} results to {self.args.output}")
-        if self.args.check:
-            reference = execute(
-                module,
-                entry,
-                args,
-                reference_caches(),
-                ctx=self.ctx,
-                index_bitwidth=self.args.index_bitwidth,
-            )
-            self._check(arrays, [_result_array(r) for r in reference.results], run)
-
-    def _check(self, arrays: list[Any], reference: list[Any], run: Any) -> None:
-        half = any(c.geometry.element_type.is_half for c in run.caches)
-        tolerance = 1e-3 if half else 1e-5
-        worst = 0.0
-        for index, (got, want) in enumerate(zip(arrays, reference, strict=True)):
-            if got is None or want is None or got.dtype.kind != "f":
-                continue
-            got64, want64 = got.astype(np.float64), want.astype(np.float64)
-            error = float(np.max(np.abs(got64 - want64), initial=0.0))
-            scale = max(float(np.max(np.abs(want64), initial=0.0)), 1.0)
-            worst = max(worst, error / scale)
-            print(f"check result{index}: max |error| {error:.3g} (scale {scale:.3g})")
-        verdict = "PASS" if worst <= tolerance else "FAIL"
-        print(
-            f"check: {verdict} (worst relative error {worst:.3g}, "
-            f"tolerance {tolerance:g})"
-        )
-        if verdict == "FAIL":
-            raise SystemExit(1)
-
-
-class _Progress(Interpreter.Listener):
-    """Interpreter listener printing a progress line per 50 attention calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.start = time.perf_counter()
-
-    def will_interpret_op(self, op: Operation, args: tuple[Any, ...]) -> None:
-        function = (
-            abi.function_of_call(op.callee.string_value())
-            if isinstance(op, func.CallOp)
-            else abi.function_of(op)
-        )
-        if function is None or function.op is not llm.PagedAttentionOp:
-            return
-        self.calls += 1
-        if self.calls % 50 == 0:
-            elapsed = time.perf_counter() - self.start
-            print(
-                f"progress: {self.calls} attention calls, {elapsed:.1f} s",
-                file=sys.stderr,
-            )
-
-
-def _load_inputs(paths: list[str]) -> list[npt.NDArray[Any]]:
-    arrays: list[npt.NDArray[Any]] = []
-    for name in paths:
-        path = Path(name)
+    arrays = [_result_array(r) for r in execution.results]
+    for index, array in enumerate(arrays):
+        print(f"result{index}: {_describe(array)}")
+        if options.verbose and array is not None:
+            print(np.array2string(array, precision=4, threshold=10_000))
+    run_seconds = max(execution.seconds - compiling.seconds, 0.0)
+    compile_note = (
+        f" (+ {compiling.seconds:.1f} s compiling kernels)"
+        if compiling.compiles
+        else ""
+    )
+    print(f"time: {run_seconds * 1e3:.1f} ms{compile_note}")
+    if options.stats:
+        for index, cache in enumerate(execution.caches):
+            print(f"cache{index}: {cache.stats()}")
+    if output is not None:
+        named = {f"result{i}": a for i, a in enumerate(arrays) if a is not None}
         try:
-            loaded = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise RunError(f"cannot read input {name}: {e}") from e
-        if isinstance(loaded, np.ndarray):
-            arrays.append(loaded)
+            np.savez(output, **named)  # pyright: ignore[reportArgumentType]
+        except OSError as e:
+            raise RunError(f"cannot write {output}: {e.strerror or e}") from e
+        print(f"saved {len(named)} results to {output}")
+    if options.check:
+        reference = execute(
+            module,
+            entry,
+            args,
+            reference_caches(),
+            ctx=ctx,
+            index_bitwidth=options.index_bitwidth,
+        )
+        return _check(arrays, [_result_array(r) for r in reference.results], execution)
+    return 0
+
+
+def _check(arrays: list[Any], reference: list[Any], execution: Execution) -> int:
+    half = any(c.geometry.element_type.is_half for c in execution.caches)
+    tolerance = 1e-3 if half else 1e-5
+    worst = 0.0
+    for index, (got, want) in enumerate(zip(arrays, reference, strict=True)):
+        if got is None or want is None or got.dtype.kind != "f":
             continue
-        with loaded:
-            keys = list(loaded.keys())
-            numbered = sorted(
-                (k for k in keys if k.startswith("arg") and k[3:].isdigit()),
-                key=lambda k: int(k[3:]),
-            )
-            ordered = numbered if len(numbered) == len(keys) else keys
-            arrays.extend(loaded[k] for k in ordered)
-    return arrays
+        got64, want64 = got.astype(np.float64), want.astype(np.float64)
+        error = float(np.max(np.abs(got64 - want64), initial=0.0))
+        scale = max(float(np.max(np.abs(want64), initial=0.0)), 1.0)
+        worst = max(worst, error / scale)
+        print(f"check result{index}: max |error| {error:.3g} (scale {scale:.3g})")
+    verdict = "PASS" if worst <= tolerance else "FAIL"
+    print(
+        f"check: {verdict} (worst relative error {worst:.3g}, tolerance {tolerance:g})"
+    )
+    return 0 if verdict == "PASS" else EXIT_CHECK_FAILED
 
 
-def _attribute_value(attr: Attribute, type_attr: Attribute, what: str) -> Any:
-    """An `--args` attribute as the interpreter value of `type_attr`."""
-    if isinstance(type_attr, TensorType):
-        if not isinstance(attr, DenseIntOrFPElementsAttr):
-            raise RunError(f"{what} must be a dense<...> attribute, got {attr}")
-        return dense_tensor(attr, type_attr)
-    if isinstance(type_attr, IntegerType) and isinstance(attr, IntegerAttr):
-        return IntegerAttr(attr.value.data, type_attr)
-    raise RunError(f"{what} of type {type_attr} cannot be given as {attr}")
-
-
-def _argument_value(array: npt.NDArray[Any], type_attr: Attribute, what: str) -> Any:
-    if isinstance(type_attr, TensorType):
-        tensor_type = cast(TensorType[Any], type_attr)
-        element_type = tensor_type.element_type
-        cache_element = element_type_of_ir(element_type)
-        if cache_element is not None and array.dtype == np.float32:
-            array = cache_element.to_host(array)
-        if array.dtype != numpy_dtype_for(element_type) and array.dtype.kind == (
-            numpy_dtype_for(element_type).kind
-        ):
-            raise RunError(
-                f"{what} has dtype {array.dtype}, expected "
-                f"{numpy_dtype_for(element_type)} for {tensor_type}"
-            )
-        try:
-            check_tensor(array, tensor_type, what)
-        except LLMIRError as e:
-            raise RunError(str(e)) from e
-        return from_numpy(array, element_type)
-    if isinstance(type_attr, IntegerType) and array.ndim == 0:
-        return IntegerAttr(int(array), type_attr)
-    raise RunError(f"{what} of type {type_attr} cannot be given as an array")
-
-
-def _random_value(rng: np.random.Generator, type_attr: Attribute, what: str) -> Any:
-    if isinstance(type_attr, TensorType):
-        tensor_type = cast(TensorType[Any], type_attr)
-        shape = tensor_type.get_shape()
-        if any(d < 0 for d in shape):
-            raise RunError(
-                f"{what} has dynamic shape {tensor_type}: give it with --input"
-            )
-        element_type = tensor_type.element_type
-        dtype = numpy_dtype_for(element_type)
-        cache_element = element_type_of_ir(element_type)
-        if isinstance(element_type, IntegerType):
-            data: npt.NDArray[Any] = rng.integers(0, 8, size=shape).astype(dtype)
-        elif cache_element is not None:
-            data = cache_element.to_host(rng.standard_normal(shape, np.float32))
-        else:
-            data = rng.standard_normal(shape).astype(dtype)
-        return from_numpy(data, element_type)
-    if isinstance(type_attr, IntegerType):
-        return IntegerAttr(int(rng.integers(0, 8)), type_attr)
-    if isinstance(type_attr, PagedKVCacheType) or type_attr == abi.HANDLE:
-        raise RunError(f"{what} is a KV cache: create it inside the function")
-    raise RunError(f"{what} of type {type_attr} cannot be generated")
+def _element_types(module: ModuleOp) -> str:
+    """The element types of the caches a module creates, for the compile
+    notice (from the ops, or from the calls they were lowered to)."""
+    names: list[str] = []
+    for op in module.walk():
+        element = None
+        if isinstance(op, llm.CreateKVCacheOp):
+            element = op.get_cache_type().cache_element_type
+        elif isinstance(op, func.CallOp):
+            found = abi.CALLEES.get(op.callee.string_value())
+            if found is not None and found[0].op is llm.CreateKVCacheOp:
+                element = found[1]
+        if element is not None and element.name not in names:
+            names.append(element.name)
+    return ", ".join(names) or "the program"
 
 
 def _result_array(value: Any) -> npt.NDArray[Any] | None:
@@ -393,24 +337,68 @@ def _describe(array: npt.NDArray[Any] | None) -> str:
     return f"{array.dtype}{list(array.shape)} {head[:-1]}{more}]"
 
 
+# -- errors ----------------------------------------------------------------------
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else text.strip()
+
+
+def describe_error(error: BaseException) -> str:
+    """The message of an expected failure, for one (or, with a parse
+    error's source excerpt, three) line(s) on stderr."""
+    if isinstance(error, ParseError):
+        where = error.span.get_location()
+        excerpt = error.span.print_with_context().splitlines()[1:3]
+        return "\n".join([f"{where}: {error.msg}", *excerpt])
+    if isinstance(error, RecursionError):
+        return (
+            "the program nests too deeply or calls itself without end "
+            f"(Python's recursion limit is {sys.getrecursionlimit()})"
+        )
+    if isinstance(error, MemoryError) and not isinstance(error, LLMIRError):
+        return f"out of memory: {_first_line(str(error)) or 'an allocation failed'}"
+    if isinstance(error, InterpretationError):
+        return f"cannot run the program: {_first_line(str(error))}"
+    if isinstance(error, VerifyException | DiagnosticException):
+        return f"invalid IR: {_first_line(str(error))}"
+    return _first_line(str(error)) or type(error).__name__
+
+
+EXPECTED = (
+    RunError,
+    ArgumentError,
+    LLMIRError,
+    ParseError,
+    VerifyException,
+    DiagnosticException,
+    InterpretationError,
+    RecursionError,
+    MemoryError,
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    options = build_parser().parse_args(argv)
     try:
-        runner = LLMIRRunMain(argv)
-        runner.run()
-    except RunError as e:
-        print(f"llmir-run: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (
-        LLMIRError,
-        DiagnosticException,
-        InterpretationError,
-        ParseError,
-        VerifyException,
-    ) as e:
-        message = str(e).strip().splitlines()
-        print(f"llmir-run: error: {message[-1] if message else e}", file=sys.stderr)
-        return EXIT_USAGE
-    return 0
+        return run(options)
+    except EXPECTED as e:
+        print(f"llmir-run: error: {describe_error(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("llmir-run: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        # Not a bad input: a bug in llmir.  Still one line, unless asked.
+        if os.environ.get("LLMIR_TRACEBACK"):
+            raise
+        print(
+            f"llmir-run: internal error: {type(e).__name__}: {_first_line(str(e))} "
+            "(a bug in llmir; LLMIR_TRACEBACK=1 shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ Annotates every `func.func` that contains `llm` cache ops with a
   each kv head once per sequence).
 
 A statistic that depends on a dynamic dimension is left out and its name is
-listed in `dynamic`.
+listed in `dynamic`; one that does not fit in i64 (tensors of billions of
+elements) is left out and listed in `overflow`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from llmir.dialects.interfaces import AttentionInterface, KVCacheInterface
 
 STATS_ATTR_NAME = "llm.kv_stats"
 
+_I64_MAX = 2**63 - 1
+
 
 @dataclass
 class KVCacheStats:
@@ -57,18 +60,27 @@ class KVCacheStats:
 
     def as_attribute(self) -> DictionaryAttr:
         entries: dict[str, Attribute] = {}
+        overflow: list[str] = []
         for stat in (
             "tokens_appended",
             "kv_bytes_written",
             "attention_flops_max",
             "kv_bytes_read_max",
         ):
-            if stat not in self.dynamic:
-                entries[stat] = IntegerAttr(getattr(self, stat), i64)
+            if stat in self.dynamic:
+                continue
+            value = getattr(self, stat)
+            if value > _I64_MAX:
+                # A total of static but enormous tensors: left out, named.
+                overflow.append(stat)
+            else:
+                entries[stat] = IntegerAttr(value, i64)
         if self.dynamic:
             entries["dynamic"] = ArrayAttr(
                 [StringAttr(stat) for stat in sorted(self.dynamic)]
             )
+        if overflow:
+            entries["overflow"] = ArrayAttr([StringAttr(stat) for stat in overflow])
         return DictionaryAttr(entries)
 
 

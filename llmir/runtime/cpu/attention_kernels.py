@@ -47,6 +47,7 @@ max is legal because "no infinities" is not among the flags.
 from __future__ import annotations
 
 import math
+from functools import cache
 from typing import Any
 
 import numba
@@ -289,7 +290,7 @@ def _rescale_state(row_max: Any, row_sum: Any, acc: Any, r: Any, block_max: Any)
     return new_max
 
 
-@njit(inline="always", fastmath=_REORDER_SUMS, cache=True)
+@njit(fastmath=_REORDER_SUMS, error_model="numpy", cache=True)
 def _attend_block_streaming(
     q_rows: Any,
     keys: Any,
@@ -372,7 +373,7 @@ def _attend_block_unrolled(
     row_sum[r] += block_sum
 
 
-@njit(inline="always", fastmath=_REORDER_SUMS, cache=True)
+@njit(fastmath=_REORDER_SUMS, error_model="numpy", cache=True)
 def _attend_block_tile(
     q_rows: Any,
     keys: Any,
@@ -522,193 +523,208 @@ def _row_bounds(lo: Any, hi: Any, pos: Any, causal: Any, window: Any) -> Any:
     return row_lo, row_hi
 
 
-@njit(parallel=True, fastmath=_REORDER_SUMS, cache=True)
-def _paged_attention_kernel(
-    query: Any,  # f32 [batch, Tq, Hq, D]
-    layer_pool: Any,  # [num_blocks, H, 2, block_size, D], f32 or uint16
-    kind_code: Any,
-    block_table: Any,  # int32 [batch, max_blocks]
-    seq_lens: Any,  # int32 [batch]
-    scale: Any,
-    causal: Any,
-    window: Any,  # 0: no sliding window
-    soft_cap: Any,  # 0: no soft cap
-    q_tile: Any,
-    partition_size: Any,  # tokens, a multiple of block_size
-    num_partitions: Any,
-    out: Any,  # f32 [batch, Tq, Hq, D]
-    part_max: Any,  # f32 [batch, H, q_tiles, partitions, q_tile * group]
-    part_sum: Any,  # same
-    part_acc: Any,  # f32 [..., q_tile * group, D]
-) -> None:
-    batch, tq, hq, head_dim = query.shape
-    num_heads = layer_pool.shape[1]
-    block_size = layer_pool.shape[3]
-    group = hq // num_heads
-    q_tiles = (tq + q_tile - 1) // q_tile
-    max_rows = q_tile * group
-    run_length = 2 * block_size * head_dim  # elements of one (block, head)
-    line = _CACHE_LINE_BYTES // layer_pool.itemsize
-    items = batch * num_heads * q_tiles * num_partitions
+@cache
+def attention_kernel(kind_code: int) -> Any:
+    """The paged-attention kernel of one element type, compiled on first use.
 
-    for item in prange(items):
-        part = item % num_partitions
-        rest = item // num_partitions
-        tile = rest % q_tiles
-        rest //= q_tiles
-        h = rest % num_heads
-        b = rest // num_heads
+    The element-type code is a constant of each kernel (a closure value,
+    which Numba compiles and caches per value), so a kernel holds only its
+    own type's conversions: compiling the half-precision kernel took ~26 s
+    with the f16 and bf16 paths together and about half that apart.
+    """
 
-        seq_len = seq_lens[b]
-        q0 = tile * q_tile
-        nq = min(q_tile, tq - q0)
-        rows = nq * group
-        first_pos = seq_len - tq + q0  # position of the tile's first query
+    @njit(parallel=True, fastmath=_REORDER_SUMS, cache=True)
+    def kernel(
+        query: Any,  # f32 [batch, Tq, Hq, D]
+        layer_pool: Any,  # [num_blocks, H, 2, block_size, D], f32 or uint16
+        block_table: Any,  # int32 [batch, max_blocks]
+        seq_lens: Any,  # int32 [batch]
+        scale: Any,
+        causal: Any,
+        window: Any,  # 0: no sliding window
+        soft_cap: Any,  # 0: no soft cap
+        q_tile: Any,
+        partition_size: Any,  # tokens, a multiple of block_size
+        num_partitions: Any,
+        out: Any,  # f32 [batch, Tq, Hq, D]
+        part_max: Any,  # f32 [batch, H, q_tiles, partitions, q_tile * group]
+        part_sum: Any,  # same
+        part_acc: Any,  # f32 [..., q_tile * group, D]
+    ) -> None:
+        batch, tq, hq, head_dim = query.shape
+        num_heads = layer_pool.shape[1]
+        block_size = layer_pool.shape[3]
+        group = hq // num_heads
+        q_tiles = (tq + q_tile - 1) // q_tile
+        max_rows = q_tile * group
+        run_length = 2 * block_size * head_dim  # elements of one (block, head)
+        line = _CACHE_LINE_BYTES // layer_pool.itemsize
+        items = batch * num_heads * q_tiles * num_partitions
 
-        # The context slice this item can touch: its partition, cut to what
-        # the tile's queries may see.
-        t_begin = part * partition_size
-        t_end = min(seq_len, t_begin + partition_size)
-        if causal:
-            t_end = min(t_end, first_pos + nq)
-        if window > 0:
-            t_begin = max(t_begin, first_pos - window + 1)
+        for item in prange(items):
+            part = item % num_partitions
+            rest = item // num_partitions
+            tile = rest % q_tiles
+            rest //= q_tiles
+            h = rest % num_heads
+            b = rest // num_heads
 
-        q_rows = np.empty((max_rows, head_dim), dtype=np.float32)
-        for i in range(nq):
-            for g in range(group):
-                for d in range(head_dim):
-                    q_rows[i * group + g, d] = (
-                        query[b, q0 + i, h * group + g, d] * scale
-                    )
-        row_max = np.full(max_rows, -np.inf, dtype=np.float32)
-        row_sum = np.zeros(max_rows, dtype=np.float32)
-        acc = np.zeros((max_rows, head_dim), dtype=np.float32)
-        scores = np.empty(block_size, dtype=np.float32)
-        tile_scores = np.empty((4, block_size), dtype=np.float32)
-        key_scratch = np.empty((block_size, head_dim), dtype=np.float32)
-        value_scratch = np.empty((block_size, head_dim), dtype=np.float32)
+            seq_len = seq_lens[b]
+            q0 = tile * q_tile
+            nq = min(q_tile, tq - q0)
+            rows = nq * group
+            first_pos = seq_len - tq + q0  # position of the tile's first query
 
-        if t_begin < t_end:
-            first_block = t_begin // block_size
-            last_block = (t_end - 1) // block_size
-            for logical in range(first_block, last_block + 1):
-                block = block_table[b, logical]
-                # Blocks are scattered, so the hardware prefetcher loses the
-                # stream at every block boundary: request the first lines of
-                # the next block's K and V while this one is computed, and let
-                # the hardware follow from there.  (Prefetching whole blocks
-                # measured slower at block 64: it floods the miss queues; the
-                # half-precision tile spreads it over the block instead.)
-                next_run = -1  # first element of the next block's K/V run
-                if logical < last_block:
-                    next_run = (
-                        block_table[b, logical + 1] * num_heads + h
-                    ) * run_length
-                    half = run_length // 2
-                    lines = min(half, 16 * line)
-                    for offset in range(next_run, next_run + lines, line):
-                        _prefetch(layer_pool, offset)  # pyright: ignore[reportCallIssue]
-                        _prefetch(layer_pool, offset + half)
-                base = logical * block_size
-                lo = max(t_begin, base) - base
-                hi = min(t_end, base + block_size) - base
-                stored_keys = layer_pool[block, h, KEY]
-                stored_values = layer_pool[block, h, VALUE]
-                if rows == 1:
-                    # One query row (MHA decode): every element is used once,
-                    # so read the pool directly, decoding halves on the fly.
-                    row_lo, row_hi = _row_bounds(
-                        lo, hi, first_pos - base, causal, window
-                    )
-                    if row_lo < row_hi:
-                        _attend_block_streaming(
-                            q_rows, stored_keys, stored_values, row_lo, row_hi,
-                            scores, row_max, row_sum, acc, 0, soft_cap, kind_code,
-                        )  # fmt: skip
-                    continue
-                if kind_code != F32_CODE and rows == 4:
-                    # Four half-precision rows: one register tile reading the
-                    # pool, if they share their bounds (a GQA group of four
-                    # does; prefill rows of different queries may not).  Rows
-                    # are in query order, so the first and last suffice.
-                    row_lo, row_hi = _row_bounds(
-                        lo, hi, first_pos - base, causal, window
-                    )
-                    last_lo, last_hi = _row_bounds(
-                        lo, hi, first_pos + 3 // group - base, causal, window
-                    )
-                    if row_lo == last_lo and row_hi == last_hi:
+            # The context slice this item can touch: its partition, cut to what
+            # the tile's queries may see.
+            t_begin = part * partition_size
+            t_end = min(seq_len, t_begin + partition_size)
+            if causal:
+                t_end = min(t_end, first_pos + nq)
+            if window > 0:
+                t_begin = max(t_begin, first_pos - window + 1)
+
+            q_rows = np.empty((max_rows, head_dim), dtype=np.float32)
+            for i in range(nq):
+                for g in range(group):
+                    for d in range(head_dim):
+                        q_rows[i * group + g, d] = (
+                            query[b, q0 + i, h * group + g, d] * scale
+                        )
+            row_max = np.full(max_rows, -np.inf, dtype=np.float32)
+            row_sum = np.zeros(max_rows, dtype=np.float32)
+            acc = np.zeros((max_rows, head_dim), dtype=np.float32)
+            scores = np.empty(block_size, dtype=np.float32)
+            tile_scores = np.empty((4, block_size), dtype=np.float32)
+            key_scratch = np.empty((block_size, head_dim), dtype=np.float32)
+            value_scratch = np.empty((block_size, head_dim), dtype=np.float32)
+
+            if t_begin < t_end:
+                first_block = t_begin // block_size
+                last_block = (t_end - 1) // block_size
+                for logical in range(first_block, last_block + 1):
+                    block = block_table[b, logical]
+                    # Blocks are scattered, so the hardware prefetcher loses the
+                    # stream at every block boundary: request the first lines of
+                    # the next block's K and V while this one is computed, and let
+                    # the hardware follow from there.  (Prefetching whole blocks
+                    # measured slower at block 64: it floods the miss queues; the
+                    # half-precision tile spreads it over the block instead.)
+                    next_run = -1  # first element of the next block's K/V run
+                    if logical < last_block:
+                        next_run = (
+                            block_table[b, logical + 1] * num_heads + h
+                        ) * run_length
+                        half = run_length // 2
+                        lines = min(half, 16 * line)
+                        for offset in range(next_run, next_run + lines, line):
+                            _prefetch(layer_pool, offset)  # pyright: ignore[reportCallIssue]
+                            _prefetch(layer_pool, offset + half)
+                    base = logical * block_size
+                    lo = max(t_begin, base) - base
+                    hi = min(t_end, base + block_size) - base
+                    stored_keys = layer_pool[block, h, KEY]
+                    stored_values = layer_pool[block, h, VALUE]
+                    if rows == 1:
+                        # One query row (MHA decode): every element is used once,
+                        # so read the pool directly, decoding halves on the fly.
+                        row_lo, row_hi = _row_bounds(
+                            lo, hi, first_pos - base, causal, window
+                        )
                         if row_lo < row_hi:
-                            _attend_block_tile(
+                            _attend_block_streaming(
                                 q_rows, stored_keys, stored_values, row_lo, row_hi,
-                                tile_scores, row_max, row_sum, acc, 0, soft_cap,
-                                layer_pool, next_run, kind_code,
+                                scores, row_max, row_sum, acc, 0, soft_cap, kind_code,
                             )  # fmt: skip
                         continue
-                keys = block_as_f32(stored_keys, key_scratch, kind_code, lo, hi)
-                values = block_as_f32(stored_values, value_scratch, kind_code, lo, hi)
-                for r in range(rows):
-                    row_lo, row_hi = _row_bounds(
-                        lo, hi, first_pos + r // group - base, causal, window
-                    )
-                    if row_lo >= row_hi:
-                        continue
-                    if r == 0 and kind_code == F32_CODE:
-                        _attend_block_streaming(
-                            q_rows, keys, values, row_lo, row_hi, scores,
-                            row_max, row_sum, acc, r, soft_cap, F32_CODE,
-                        )  # fmt: skip
-                    else:
-                        _attend_block_unrolled(
-                            q_rows, keys, values, row_lo, row_hi, scores,
-                            row_max, row_sum, acc, r, soft_cap,
-                        )  # fmt: skip
-
-        if num_partitions == 1:
-            for r in range(rows):
-                hq_index = h * group + r % group
-                inv = (
-                    np.float32(1.0) / row_sum[r] if row_sum[r] > 0 else np.float32(0.0)
-                )
-                for d in range(head_dim):
-                    out[b, q0 + r // group, hq_index, d] = acc[r, d] * inv
-        else:
-            for r in range(rows):
-                part_max[b, h, tile, part, r] = row_max[r]
-                part_sum[b, h, tile, part, r] = row_sum[r]
-                for d in range(head_dim):
-                    part_acc[b, h, tile, part, r, d] = acc[r, d]
-
-    if num_partitions > 1:
-        merges = batch * num_heads * q_tiles
-        for item in prange(merges):
-            tile = item % q_tiles
-            h = (item // q_tiles) % num_heads
-            b = item // (q_tiles * num_heads)
-            q0 = tile * q_tile
-            rows = min(q_tile, tq - q0) * group
-            merged = np.empty(head_dim, dtype=np.float32)
-            for r in range(rows):
-                overall = -np.inf
-                for part in range(num_partitions):
-                    overall = max(overall, part_max[b, h, tile, part, r])
-                total = np.float32(0.0)
-                merged[:] = 0.0
-                # A partition that saw no key has sum 0 and max -inf; skip it
-                # rather than compute exp(-inf - -inf).
-                for part in range(num_partitions):
-                    if part_sum[b, h, tile, part, r] > 0:
-                        w = np.float32(
-                            math.exp(part_max[b, h, tile, part, r] - overall)
+                    if kind_code != F32_CODE and rows == 4:
+                        # Four half-precision rows: one register tile reading the
+                        # pool, if they share their bounds (a GQA group of four
+                        # does; prefill rows of different queries may not).  Rows
+                        # are in query order, so the first and last suffice.
+                        row_lo, row_hi = _row_bounds(
+                            lo, hi, first_pos - base, causal, window
                         )
-                        total += w * part_sum[b, h, tile, part, r]
-                        for d in range(head_dim):
-                            merged[d] += w * part_acc[b, h, tile, part, r, d]
-                inv = np.float32(1.0) / total if total > 0 else np.float32(0.0)
-                hq_index = h * group + r % group
-                for d in range(head_dim):
-                    out[b, q0 + r // group, hq_index, d] = merged[d] * inv
+                        last_lo, last_hi = _row_bounds(
+                            lo, hi, first_pos + 3 // group - base, causal, window
+                        )
+                        if row_lo == last_lo and row_hi == last_hi:
+                            if row_lo < row_hi:
+                                _attend_block_tile(
+                                    q_rows, stored_keys, stored_values, row_lo, row_hi,
+                                    tile_scores, row_max, row_sum, acc, 0, soft_cap,
+                                    layer_pool, next_run, kind_code,
+                                )  # fmt: skip
+                            continue
+                    keys = block_as_f32(stored_keys, key_scratch, kind_code, lo, hi)
+                    values = block_as_f32(
+                        stored_values, value_scratch, kind_code, lo, hi
+                    )
+                    for r in range(rows):
+                        row_lo, row_hi = _row_bounds(
+                            lo, hi, first_pos + r // group - base, causal, window
+                        )
+                        if row_lo >= row_hi:
+                            continue
+                        if r == 0 and kind_code == F32_CODE:
+                            _attend_block_streaming(
+                                q_rows, keys, values, row_lo, row_hi, scores,
+                                row_max, row_sum, acc, r, soft_cap, F32_CODE,
+                            )  # fmt: skip
+                        else:
+                            _attend_block_unrolled(
+                                q_rows, keys, values, row_lo, row_hi, scores,
+                                row_max, row_sum, acc, r, soft_cap,
+                            )  # fmt: skip
+
+            if num_partitions == 1:
+                for r in range(rows):
+                    hq_index = h * group + r % group
+                    inv = (
+                        np.float32(1.0) / row_sum[r]
+                        if row_sum[r] > 0
+                        else np.float32(0.0)
+                    )
+                    for d in range(head_dim):
+                        out[b, q0 + r // group, hq_index, d] = acc[r, d] * inv
+            else:
+                for r in range(rows):
+                    part_max[b, h, tile, part, r] = row_max[r]
+                    part_sum[b, h, tile, part, r] = row_sum[r]
+                    for d in range(head_dim):
+                        part_acc[b, h, tile, part, r, d] = acc[r, d]
+
+        if num_partitions > 1:
+            merges = batch * num_heads * q_tiles
+            for item in prange(merges):
+                tile = item % q_tiles
+                h = (item // q_tiles) % num_heads
+                b = item // (q_tiles * num_heads)
+                q0 = tile * q_tile
+                rows = min(q_tile, tq - q0) * group
+                merged = np.empty(head_dim, dtype=np.float32)
+                for r in range(rows):
+                    overall = -np.inf
+                    for part in range(num_partitions):
+                        overall = max(overall, part_max[b, h, tile, part, r])
+                    total = np.float32(0.0)
+                    merged[:] = 0.0
+                    # A partition that saw no key has sum 0 and max -inf; skip it
+                    # rather than compute exp(-inf - -inf).
+                    for part in range(num_partitions):
+                        if part_sum[b, h, tile, part, r] > 0:
+                            w = np.float32(
+                                math.exp(part_max[b, h, tile, part, r] - overall)
+                            )
+                            total += w * part_sum[b, h, tile, part, r]
+                            for d in range(head_dim):
+                                merged[d] += w * part_acc[b, h, tile, part, r, d]
+                    inv = np.float32(1.0) / total if total > 0 else np.float32(0.0)
+                    hq_index = h * group + r % group
+                    for d in range(head_dim):
+                        out[b, q0 + r // group, hq_index, d] = merged[d] * inv
+
+    return kernel
 
 
 # ---------------------------------------------------------------------------
@@ -786,10 +802,9 @@ def run_paged_attention(
         part_max = np.empty((0, 0, 0, 0, 0), dtype=np.float32)
         part_sum = part_max
         part_acc = np.empty((0, 0, 0, 0, 0, 0), dtype=np.float32)
-    _paged_attention_kernel(
+    attention_kernel(kind_code)(
         query,
         layer_pool,
-        kind_code,
         block_table,
         seq_lens,
         np.float32(scale),

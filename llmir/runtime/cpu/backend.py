@@ -12,6 +12,11 @@ from llmir.runtime.cpu.copy_kernels import gather as gather_tokens
 from llmir.runtime.cpu.copy_kernels import scatter as scatter_tokens
 from llmir.runtime.dtypes import RAW_CODE
 from llmir.runtime.geometry import CacheGeometry
+from llmir.runtime.memory import (
+    BOOKKEEPING_BYTES_PER_BLOCK,
+    check_fits,
+    host_memory_bytes,
+)
 from llmir.runtime.validation import AttentionOptions, BlockTable
 
 Array = npt.NDArray[Any]
@@ -25,6 +30,12 @@ class CPUBackend:
     device = "cpu"
 
     def __init__(self, geometry: CacheGeometry, num_blocks: int) -> None:
+        check_fits(
+            f"a pool of {num_blocks} blocks ({geometry.describe()})",
+            geometry.pool_bytes(num_blocks) + BOOKKEEPING_BYTES_PER_BLOCK * num_blocks,
+            host_memory_bytes(),
+            "this machine's memory",
+        )
         self._geometry = geometry
         self._element = geometry.element_type
         self._pool: Array = np.zeros(

@@ -18,6 +18,7 @@ This module imports numba.cuda at import time; import it only through
 from __future__ import annotations
 
 import importlib
+import math
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,11 @@ from llmir.errors import DTypeError
 from llmir.runtime.cuda import launch
 from llmir.runtime.cuda.loader import cuda_module
 from llmir.runtime.geometry import CacheGeometry
+from llmir.runtime.memory import (
+    BOOKKEEPING_BYTES_PER_BLOCK,
+    check_fits,
+    host_memory_bytes,
+)
 from llmir.runtime.validation import AttentionOptions, BlockTable
 
 cuda = cuda_module()
@@ -39,6 +45,18 @@ class CUDABackend:
     device = "cuda"
 
     def __init__(self, geometry: CacheGeometry, num_blocks: int) -> None:
+        check_fits(
+            f"a pool of {num_blocks} blocks ({geometry.describe()})",
+            geometry.pool_bytes(num_blocks),
+            _free_device_memory(),
+            "free GPU memory",
+        )
+        check_fits(
+            f"the bookkeeping of {num_blocks} blocks",
+            BOOKKEEPING_BYTES_PER_BLOCK * num_blocks,
+            host_memory_bytes(),
+            "this machine's memory",
+        )
         self._geometry = geometry
         self._element = geometry.element_type
         self._pool = cuda.device_array(
@@ -95,6 +113,16 @@ class CUDABackend:
         return launch.attention(
             self._pool, self._element, layer, query, table, options, out
         )
+
+
+def _free_device_memory() -> int:
+    """Free bytes on the current GPU (0, unknown, in the simulator)."""
+    try:
+        free, _ = cuda.current_context().get_memory_info()
+    except Exception:  # no memory to report
+        return 0
+    # The simulator reports infinitely much.
+    return int(free) if math.isfinite(free) else 0
 
 
 def _dlpack_on_gpu(value: Any) -> bool:

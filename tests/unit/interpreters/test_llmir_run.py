@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+from numba.core import event
 
+import llmir
+from llmir.dialects import llm
+from llmir.tools import progress
 from llmir.tools.run import main
 
 PROGRAM = """
@@ -166,8 +171,10 @@ def test_args_of_the_wrong_kind_is_one_line(
 
 
 def test_progress_is_reported_on_stderr(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Report at every op instead of once a second, to see the counts.
+    monkeypatch.setattr(progress, "REPORT_EVERY_SECONDS", 0.0)
     loop = """
 !cache = !llm.paged_kv_cache<f32, 1, 1, 2, 4, 128>
 func.func @main(%x : tensor<1x1x1x2xf32>) -> tensor<1x1x1x2xf32> {
@@ -192,5 +199,86 @@ func.func @main(%x : tensor<1x1x1x2xf32>) -> tensor<1x1x1x2xf32> {
     path.write_text(loop)
     assert main([str(path), "--random-args", "0", "--progress"]) == 0
     err = capsys.readouterr().err
-    assert "progress: 50 attention calls" in err
-    assert "progress: 100 attention calls" in err
+    # The create, then 3 llm ops per step of the 100-step loop.
+    assert "progress: step 50/100, 154 llm ops, " in err
+    assert "progress: step 99/100, 301 llm ops, " in err
+    assert err.splitlines()[-1].startswith("llmir-run: progress: 301 llm ops, ")
+
+
+def test_progress_reports_about_once_a_second() -> None:
+    """With a clock that advances 0.3 s per op: a report every 4th op."""
+    ticks = iter(i * 0.3 for i in range(100))
+    stream = io.StringIO()
+    listener = progress.Progress(stream, clock=lambda: next(ticks))
+    op = llm.FreeSequenceOp.__new__(llm.FreeSequenceOp)
+    for _ in range(10):
+        listener.will_interpret_op(op, ())
+    lines = stream.getvalue().splitlines()
+    assert [line.split(", ")[0] for line in lines] == [
+        "llmir-run: progress: 4 llm ops",
+        "llmir-run: progress: 8 llm ops",
+    ]
+
+
+def test_compile_time_is_announced_and_reported_apart() -> None:
+    stream = io.StringIO()
+    with progress.CompileNotice("f16", stream) as notice:
+        for _ in range(2):  # two kernels, the second with a nested helper
+            event.start_event("numba:compile")
+            event.start_event("numba:compile")
+            event.end_event("numba:compile")
+            event.end_event("numba:compile")
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("llmir-run: compiling kernels for f16 (first run only")
+    assert lines[1].startswith("llmir-run: compiled 2 kernel(s) in ")
+    assert notice.compiles == 2 and notice.seconds >= 0
+
+
+def test_cached_kernels_are_not_announced() -> None:
+    stream = io.StringIO()
+    with progress.CompileNotice("f16", stream):
+        pass
+    assert stream.getvalue() == ""
+
+
+def test_help_lists_the_llm_passes_and_examples(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("convert-llm-to-func", "llm-kv-cache-stats", "llm-verify-kv-cache"):
+        assert name in out
+    assert "llmir-run examples/decode.mlir --random-args 0 --stats --check" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"llmir-run {llmir.__version__}"
+
+
+def test_output_names_the_file_it_wrote(
+    program: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert (
+        main([str(program), "--random-args", "0", "--output", str(tmp_path / "r")]) == 0
+    )
+    assert f"saved 2 results to {tmp_path / 'r.npz'}" in capsys.readouterr().out
+    assert (tmp_path / "r.npz").exists()
+
+
+def test_superseded_versions_are_rejected_unless_no_verify(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "stale.mlir"
+    path.write_text(
+        PROGRAM.replace("ELEM", "f32").replace(
+            "llm.block_table %c1", "llm.block_table %c"
+        )
+    )
+    assert main([str(path), "--random-args", "0"]) == 2
+    assert "superseded it" in capsys.readouterr().err
+    # The runtime cache is one object: the stale version reads the same state.
+    assert main([str(path), "--random-args", "0", "--no-verify"]) == 0

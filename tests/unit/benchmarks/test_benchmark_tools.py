@@ -1,0 +1,87 @@
+"""The benchmarks' own tools: timing statistics, the unstable and
+cache-resident flags, tables printed once, the command line, the plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.common import (
+    Table,
+    Timing,
+    cache_resident,
+    last_level_cache_bytes,
+    measure,
+)
+
+ROOT = Path(__file__).parents[3]
+
+
+def test_timing_median_quartiles_and_spread() -> None:
+    t = Timing((1.0, 2.0, 3.0, 4.0, 100.0))
+    assert t.median == 3.0
+    assert t.quartiles == (2.0, 4.0)
+    assert t.spread == pytest.approx(2.0 / 3.0)
+    assert t.unstable
+    assert not Timing((1.0, 1.01, 1.0, 0.99, 1.0)).unstable
+    d = t.as_dict()
+    assert (d["median"], d["min"], d["max"], d["repeats"]) == (3000.0, 1000.0, 1e5, 5)
+
+
+def test_measure_repeats_after_warmup() -> None:
+    calls: list[int] = []
+    timing = measure(lambda: calls.append(1), repeats=7, warmup=2)
+    assert len(calls) == 9 and len(timing.samples) == 7
+
+
+def test_cache_resident_is_about_the_last_level_cache() -> None:
+    llc = last_level_cache_bytes()
+    assert llc >= 1 << 20
+    assert cache_resident(llc // 2) and not cache_resident(4 * llc)
+
+
+def test_table_prints_each_row_once_with_notes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    table = Table("t", ["name", "ms", "% limit"])
+    table.add(name="steady", ms=Timing((1e-3,) * 5), **{"% limit": 50.0},
+              working_set_bytes=1 << 34)  # fmt: skip
+    table.add(name="noisy", ms=Timing((1e-3, 2e-3, 3e-3, 9e-3)), **{"% limit": 120.0},
+              working_set_bytes=1024)  # fmt: skip
+    table.print()
+    out = capsys.readouterr().out
+    assert out.count("steady") == 1 and out.count("noisy") == 1
+    noisy = next(line for line in out.splitlines() if "noisy" in line)
+    assert noisy.rstrip().endswith("unstable, cache-resident")
+    steady = next(line for line in out.splitlines() if "steady" in line)
+    assert "1.00 ±0.00" in steady and not steady.rstrip().endswith("resident")
+    rows = table.as_json()["rows"]
+    assert rows[1]["note"] == "unstable, cache-resident"
+    assert rows[0]["ms"]["median"] == pytest.approx(1.0)
+
+
+def test_help_runs_nothing() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--help"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert "--only" in result.stdout and "--json" in result.stdout
+    assert "===" not in result.stdout  # no benchmark started
+
+
+def test_plot_draws_the_percent_rows(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from benchmarks.plot import plot_limits
+
+    table = Table("t", ["op", "ms", "% limit"])
+    table.add(op="a", ms=Timing((1.0,)), **{"% limit": 70.0})
+    table.add(op="b", ms=Timing((1.0,)), **{"% limit": 90.0}, working_set_bytes=10)
+    results = json.loads(json.dumps({"bench_x": [table.as_json()]}))
+    out = tmp_path / "p.png"
+    plot_limits(results, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
