@@ -53,8 +53,9 @@ class Timing:
 
     @property
     def quartiles(self) -> tuple[float, float]:
+        first = self.samples[0]
         if len(self.samples) < 2:
-            return self.samples[0], self.samples[0]
+            return first, first
         q = statistics.quantiles(self.samples, n=4, method="inclusive")
         return q[0], q[2]
 
@@ -301,7 +302,7 @@ def _cell(column: str, value: Any) -> str:
         q1, q3 = value.quartiles
         return f"{value.median * scale:.2f} ±{(q3 - q1) / 2 * scale:.2f}"
     if isinstance(value, float):
-        if value == 0 or 0.01 <= abs(value) < 1e5:
+        if value == 0.0 or 0.01 <= abs(value) < 1e5:
             return f"{value:.2f}"
         return f"{value:.3g}"
     return str(value)

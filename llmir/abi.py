@@ -22,8 +22,12 @@ The rules:
   dimension the runtime must honour travels as an i64 operand (-1 for a
   dynamic one): the width of a block table, the length of a lookup.
 * Absent optional attributes are encoded as 0 (``sliding_window``,
-  ``logits_soft_cap``: both are positive when present), the default scale
-  as its value 1/sqrt(head_dim) rounded to f32.
+  ``logits_soft_cap``: both are positive when present) or, where every
+  value is valid (``priority``), as -2^63; the default scale as its value
+  1/sqrt(head_dim) rounded to f32.
+* An absent optional tensor operand (``token_ids`` of ``append_kv``) is
+  passed as an empty tensor (``tensor<0x0xi32>``, cast to dynamic): the
+  runtime reads an empty tensor as "not given".
 * A callee whose tensors carry the data's element type is named per
   element type of the registry (`llmir.runtime.dtypes`):
   ``llmir_<op>_<element>``; the others are ``llmir_<op>``.
@@ -32,9 +36,11 @@ Per op (E: an element type of the registry; scalars i64 unless noted):
 
     create_kv_cache   llmir_create_kv_cache_E   (E of the cache)
         scalars: num_layers, num_heads, head_dim, block_size, max_seq_len,
-                 num_blocks
+                 num_blocks, prefix_caching : i1,
+                 eviction (index in llmir.runtime.eviction.POLICIES)
         returns: the handle
     append_kv         llmir_append_kv_E          (E of the keys)
+        operands: cache, keys, values, seq_ids, token_ids (empty: none)
         scalars: layer : i32
         returns: block indices tensor<?x?xi32>
     block_table       llmir_block_table
@@ -48,7 +54,14 @@ Per op (E: an element type of the registry; scalars i64 unless noted):
                  sliding_window : i32 (0: off), logits_soft_cap : f32 (0: off)
         returns: output tensor<?x?x?x?xE>
     free_sequence     llmir_free_sequence
+        scalars: priority (-2^63: each sequence's own)
         returns: nothing
+    fork_sequence     llmir_fork_sequence
+        operands: cache, parents, children
+        returns: nothing
+    match_prefix      llmir_match_prefix
+        operands: cache, seq_ids, token_ids
+        returns: cached lengths tensor<?xi32>
 """
 
 from __future__ import annotations
@@ -70,7 +83,7 @@ from xdsl.dialects.builtin import (
     i64,
 )
 from xdsl.dialects.llvm import LLVMPointerType
-from xdsl.ir import Attribute, Operation
+from xdsl.ir import Attribute, Operation, SSAValue
 
 from llmir.dialects import llm
 from llmir.dialects.interfaces import AttentionInterface, KVCacheInterface
@@ -81,8 +94,18 @@ from llmir.runtime.dtypes import (
     element_type_of_ir,
     supported_names,
 )
+from llmir.runtime.eviction import POLICIES
 
-ABI_VERSION = 1
+ABI_VERSION = 2
+"""2: sharing (fork_sequence, match_prefix, append_kv token_ids, the
+create_kv_cache prefix_caching/eviction and free_sequence priority
+scalars)."""
+
+NO_PRIORITY = -(2**63)
+"""The encoded absent ``priority`` of ``free_sequence``."""
+
+EVICTION_POLICIES = tuple(POLICIES)
+"""The eviction policies by their ABI code (index)."""
 
 PREFIX = "llmir_"
 """Every runtime function's name starts with this."""
@@ -130,6 +153,8 @@ class Tensor:
 
     rank: int
     element: Attribute | None = None
+    optional: str | None = None
+    """For an optional operand, its name on the op (absent: None there)."""
 
     def type(self, data: ElementType | None) -> TensorType[Attribute]:
         element = self.element
@@ -173,6 +198,19 @@ class RuntimeFunction:
         else:
             for element in ELEMENT_TYPES.values():
                 yield self.callee(element), element
+
+    def operand_values(self, op: Operation) -> list[SSAValue | None]:
+        """The op's operands aligned with `operands`: None where an optional
+        operand is absent."""
+        given = iter(op.operands)
+        values: list[SSAValue | None] = []
+        for slot in self.operands:
+            optional = slot.optional if isinstance(slot, Tensor) else None
+            if optional is not None and getattr(op, optional) is None:
+                values.append(None)
+                continue
+            values.append(next(given))
+        return values
 
     def element_of(self, op: Operation) -> ElementType | None:
         if self.data is None:
@@ -267,6 +305,8 @@ FUNCTIONS: tuple[RuntimeFunction, ...] = (
             Scalar("block_size", i64, _cache_dim("block_size")),
             Scalar("max_seq_len", i64, _cache_dim("max_seq_len")),
             Scalar("num_blocks", i64, lambda op: op.num_blocks),
+            Scalar("prefix_caching", i1, lambda op: op.prefix_caching),
+            Scalar("eviction", i64, lambda op: EVICTION_POLICIES.index(op.eviction)),
         ),
         (CACHE,),
         lambda op: op.cache.type.element_type,
@@ -274,7 +314,13 @@ FUNCTIONS: tuple[RuntimeFunction, ...] = (
     RuntimeFunction(
         llm.AppendKVOp,
         "append_kv",
-        (CACHE, Tensor(4), Tensor(4), Tensor(1, i32)),
+        (
+            CACHE,
+            Tensor(4),
+            Tensor(4),
+            Tensor(1, i32),
+            Tensor(2, i32, optional="token_ids"),
+        ),
         (LAYER,),
         (CACHE, Tensor(2, i32)),
         _element_of_operand(1),
@@ -322,8 +368,29 @@ FUNCTIONS: tuple[RuntimeFunction, ...] = (
         llm.FreeSequenceOp,
         "free_sequence",
         (CACHE, Tensor(1, i32)),
+        (
+            Scalar(
+                "priority",
+                i64,
+                lambda op: NO_PRIORITY if op.priority is None else op.priority,
+                absent=NO_PRIORITY,
+            ),
+        ),
+        (CACHE,),
+    ),
+    RuntimeFunction(
+        llm.ForkSequenceOp,
+        "fork_sequence",
+        (CACHE, Tensor(1, i32), Tensor(1, i32)),
         (),
         (CACHE,),
+    ),
+    RuntimeFunction(
+        llm.MatchPrefixOp,
+        "match_prefix",
+        (CACHE, Tensor(1, i32), Tensor(2, i32)),
+        (),
+        (CACHE, Tensor(1, i32)),
     ),
 )
 

@@ -25,6 +25,7 @@ from xdsl.dialects.builtin import (
     Float32Type,
     FloatAttr,
     IntegerAttr,
+    StringAttr,
     TensorType,
     f32,
     i32,
@@ -36,6 +37,7 @@ from xdsl.irdl import (
     ParsePropInAttrDict,
     irdl_op_definition,
     operand_def,
+    opt_operand_def,
     opt_prop_def,
     prop_def,
     result_def,
@@ -55,10 +57,12 @@ from llmir.dialects.llm_checks import (
     i32_attr_or_none,
     i32_tensor,
     ranked_tensor,
+    same_cache_type,
     static_dim,
 )
 from llmir.dialects.llm_type import PagedKVCacheType
 from llmir.errors import ConfigError
+from llmir.runtime.eviction import POLICIES
 from llmir.runtime.validation import check_scale, check_soft_cap, check_window
 
 __all__ = [
@@ -66,8 +70,10 @@ __all__ = [
     "AppendKVOp",
     "BlockTableOp",
     "CreateKVCacheOp",
+    "ForkSequenceOp",
     "FreeSequenceOp",
     "LookupKVOp",
+    "MatchPrefixOp",
     "PagedAttentionOp",
     "PagedKVCacheType",
 ]
@@ -79,6 +85,8 @@ _FUNCTIONAL_FORMAT = "operands attr-dict `:` functional-type(operands, results)"
 _OPTIONS = (ParsePropInAttrDict(),)
 _LAYER_DEFAULT = IntegerAttr(0, i32)
 _CAUSAL_DEFAULT = BoolAttr.from_bool(True)
+_PREFIX_CACHING_DEFAULT = BoolAttr.from_bool(False)
+_EVICTION_DEFAULT = StringAttr("lru")
 
 
 # --- ops -----------------------------------------------------------------------
@@ -89,8 +97,12 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
     """
     Creates an empty paged KV cache with a pool of `num_blocks` blocks per layer.
 
+    `prefix_caching` (default false) indexes full blocks by their tokens so
+    that `llm.match_prefix` can reuse them; `eviction` (default "lru", or
+    "priority") orders cached blocks for reuse when the pool runs out.
+
     ```mlir
-    %kv = llm.create_kv_cache {num_blocks = 512 : i64}
+    %kv = llm.create_kv_cache {num_blocks = 512 : i64, prefix_caching = true}
         : !llm.paged_kv_cache<f16, 12, 16, 64, 16, 4096>
     ```
     """
@@ -98,27 +110,53 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
     name = "llm.create_kv_cache"
 
     num_blocks_attr = prop_def(IntegerAttr[I64], prop_name="num_blocks")
+    prefix_caching_attr = prop_def(
+        BoolAttr, _PREFIX_CACHING_DEFAULT, prop_name="prefix_caching"
+    )
+    eviction_attr = prop_def(StringAttr, _EVICTION_DEFAULT, prop_name="eviction")
 
     cache = result_def(PagedKVCacheType)
 
     irdl_options = _OPTIONS
     assembly_format = "attr-dict `:` type($cache)"
 
-    def __init__(self, cache_type: PagedKVCacheType, num_blocks: int):
-        super().__init__(
-            result_types=[cache_type],
-            properties={"num_blocks": IntegerAttr(num_blocks, i64)},
-        )
+    def __init__(
+        self,
+        cache_type: PagedKVCacheType,
+        num_blocks: int,
+        *,
+        prefix_caching: bool = False,
+        eviction: str = "lru",
+    ):
+        properties: dict[str, Attribute | None] = {
+            "num_blocks": IntegerAttr(num_blocks, i64),
+            "prefix_caching": BoolAttr.from_bool(True) if prefix_caching else None,
+            "eviction": None if eviction == "lru" else StringAttr(eviction),
+        }
+        super().__init__(result_types=[cache_type], properties=_present(properties))
 
     @property
     def num_blocks(self) -> int:
         return self.num_blocks_attr.value.data
+
+    @property
+    def prefix_caching(self) -> bool:
+        return bool(self.prefix_caching_attr.value.data)
+
+    @property
+    def eviction(self) -> str:
+        return self.eviction_attr.data
 
     def verify_(self) -> None:
         if self.num_blocks <= 0:
             raise VerifyException(
                 f"llm.create_kv_cache: num_blocks must be positive, "
                 f"got {self.num_blocks}"
+            )
+        if self.eviction not in POLICIES:
+            raise VerifyException(
+                f"llm.create_kv_cache: unknown eviction policy "
+                f'"{self.eviction}", expected one of {", ".join(POLICIES)}'
             )
 
     # KVCacheInterface
@@ -138,6 +176,8 @@ class AppendKVOp(KVCacheInterface, IRDLOperation):
     are the new version of the cache and, for each appended token, the physical
     block it was written to (`[batch, T]` i32).  `layer` (default 0) selects the
     layer; `block_size`/`max_seq_len` are optional and must match the type.
+    An optional fifth operand, `token_ids` (`[batch, T]` i32), names the
+    tokens stored: a cache with `prefix_caching` indexes the blocks they fill.
 
     ```mlir
     !kv_cache_t = !llm.paged_kv_cache<f16, 12, 16, 64, 16, 4096>
@@ -155,6 +195,7 @@ class AppendKVOp(KVCacheInterface, IRDLOperation):
     keys = operand_def(TensorType)
     values = operand_def(TensorType)
     seq_ids = operand_def(TensorType)
+    token_ids = opt_operand_def(TensorType)
 
     layer_attr = prop_def(IntegerAttr[I32], _LAYER_DEFAULT, prop_name="layer")
     block_size_attr = opt_prop_def(IntegerAttr[I32], prop_name="block_size")
@@ -172,6 +213,7 @@ class AppendKVOp(KVCacheInterface, IRDLOperation):
         keys: SSAValue,
         values: SSAValue,
         seq_ids: SSAValue,
+        token_ids: SSAValue | None = None,
         *,
         layer: int | None = None,
         with_geometry: bool = False,
@@ -187,7 +229,7 @@ class AppendKVOp(KVCacheInterface, IRDLOperation):
             properties["block_size"] = i32_attr_or_none(cache_type.block_size)
             properties["max_seq_len"] = i32_attr_or_none(cache_type.max_seq_len)
         super().__init__(
-            operands=[cache, keys, values, seq_ids],
+            operands=[cache, keys, values, seq_ids, token_ids],
             result_types=[cache_type, TensorType(i32, [batch, tokens])],
             properties=_present(properties),
         )
@@ -198,12 +240,7 @@ class AppendKVOp(KVCacheInterface, IRDLOperation):
 
     def verify_(self) -> None:
         op = self.name
-        cache = cache_type_of(self.cache)
-        if self.new_cache.type != cache:
-            raise VerifyException(
-                f"{op}: result cache type {self.new_cache.type} does not match "
-                f"operand cache type {cache}"
-            )
+        cache = same_cache_type(op, self.cache, self.new_cache)
         keys = ranked_tensor(op, "keys", self.keys.type, 4)
         if self.values.type != keys:
             raise VerifyException(
@@ -215,6 +252,11 @@ class AppendKVOp(KVCacheInterface, IRDLOperation):
         at_most(op, "tokens per sequence", tokens, "max_seq_len", cache.max_seq_len)
         seq_ids = i32_tensor(op, "seq_ids", self.seq_ids.type, 1)
         dims_agree(op, "seq_ids batch", seq_ids.get_shape()[0], "keys batch", batch)
+        if self.token_ids is not None:
+            token_ids = i32_tensor(op, "token_ids", self.token_ids.type, 2)
+            token_batch, token_count = token_ids.get_shape()
+            dims_agree(op, "token_ids batch", token_batch, "keys batch", batch)
+            dims_agree(op, "token_ids tokens", token_count, "keys tokens", tokens)
         indices = i32_tensor(op, "block_indices", self.block_indices.type, 2)
         index_batch, index_tokens = indices.get_shape()
         dims_agree(op, "block_indices batch", index_batch, "keys batch", batch)
@@ -628,7 +670,9 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
 @irdl_op_definition
 class FreeSequenceOp(KVCacheInterface, IRDLOperation):
     """
-    Ends sequences: their blocks go back to the pool and their ids are forgotten.
+    Ends sequences: their ids are forgotten and each block goes back to the
+    pool once no sequence holds it (a block indexed by prefix caching stays
+    matchable until it is evicted, with retention `priority`, optional).
 
     Like `llm.append_kv` it returns the new version of the cache.
 
@@ -642,23 +686,141 @@ class FreeSequenceOp(KVCacheInterface, IRDLOperation):
     cache = operand_def(PagedKVCacheType)
     seq_ids = operand_def(TensorType)
 
+    priority_attr = opt_prop_def(IntegerAttr[I32], prop_name="priority")
+
     new_cache = result_def(PagedKVCacheType)
 
     irdl_options = _OPTIONS
     assembly_format = _FUNCTIONAL_FORMAT
 
-    def __init__(self, cache: SSAValue, seq_ids: SSAValue):
-        super().__init__(operands=[cache, seq_ids], result_types=[cache.type])
+    def __init__(
+        self, cache: SSAValue, seq_ids: SSAValue, *, priority: int | None = None
+    ):
+        super().__init__(
+            operands=[cache, seq_ids],
+            result_types=[cache.type],
+            properties=_present({"priority": i32_attr_or_none(priority)}),
+        )
+
+    @property
+    def priority(self) -> int | None:
+        """The retention priority the freed sequences' cached blocks keep
+        (None: each sequence's own, 0 unless the runtime set one)."""
+        attr = self.priority_attr
+        return None if attr is None else attr.value.data
 
     def verify_(self) -> None:
         op = self.name
-        cache = cache_type_of(self.cache)
-        if self.new_cache.type != cache:
-            raise VerifyException(
-                f"{op}: result cache type {self.new_cache.type} does not match "
-                f"operand cache type {cache}"
-            )
+        same_cache_type(op, self.cache, self.new_cache)
         i32_tensor(op, "seq_ids", self.seq_ids.type, 1)
+
+    # KVCacheInterface
+    def get_cache(self) -> SSAValue:
+        return self.cache
+
+    def get_updated_cache(self) -> SSAValue | None:
+        return self.new_cache
+
+
+@irdl_op_definition
+class ForkSequenceOp(KVCacheInterface, IRDLOperation):
+    """
+    Starts each new sequence `children[i]` as a copy of `parents[i]`: the same
+    tokens in the same blocks, shared (nothing is copied until one of them
+    appends into a shared, partly filled block).  Parallel sampling and beam
+    search fork one prompt into several continuations.
+
+    ```mlir
+    %kv2 = llm.fork_sequence %kv, %parents, %children
+        : (!kv_cache_t, tensor<4xi32>, tensor<4xi32>) -> !kv_cache_t
+    ```
+    """
+
+    name = "llm.fork_sequence"
+
+    cache = operand_def(PagedKVCacheType)
+    parents = operand_def(TensorType)
+    children = operand_def(TensorType)
+
+    new_cache = result_def(PagedKVCacheType)
+
+    irdl_options = _OPTIONS
+    assembly_format = _FUNCTIONAL_FORMAT
+
+    def __init__(self, cache: SSAValue, parents: SSAValue, children: SSAValue):
+        super().__init__(operands=[cache, parents, children], result_types=[cache.type])
+
+    def verify_(self) -> None:
+        op = self.name
+        same_cache_type(op, self.cache, self.new_cache)
+        parents = i32_tensor(op, "parents", self.parents.type, 1)
+        children = i32_tensor(op, "children", self.children.type, 1)
+        dims_agree(
+            op,
+            "children count",
+            children.get_shape()[0],
+            "parents count",
+            parents.get_shape()[0],
+        )
+
+    # KVCacheInterface
+    def get_cache(self) -> SSAValue:
+        return self.cache
+
+    def get_updated_cache(self) -> SSAValue | None:
+        return self.new_cache
+
+
+@irdl_op_definition
+class MatchPrefixOp(KVCacheInterface, IRDLOperation):
+    """
+    Starts each new sequence `seq_ids[b]` with the cached blocks of the
+    longest stored prefix of its prompt `token_ids[b]` (`[batch, T]` i32,
+    negative ids pad a shorter prompt's end) and returns, per sequence, how
+    many of its tokens are now in the cache (`[batch]` i32): the program
+    appends the rest.  At least the last prompt token is always left to
+    compute.  The cache must be created with `prefix_caching`.
+
+    ```mlir
+    %kv2, %cached = llm.match_prefix %kv, %seq_ids, %prompts
+        : (!kv_cache_t, tensor<2xi32>, tensor<2x512xi32>)
+        -> (!kv_cache_t, tensor<2xi32>)
+    ```
+    """
+
+    name = "llm.match_prefix"
+
+    cache = operand_def(PagedKVCacheType)
+    seq_ids = operand_def(TensorType)
+    token_ids = operand_def(TensorType)
+
+    new_cache = result_def(PagedKVCacheType)
+    cached_lens = result_def(TensorType)
+
+    irdl_options = _OPTIONS
+    assembly_format = _FUNCTIONAL_FORMAT
+
+    def __init__(self, cache: SSAValue, seq_ids: SSAValue, token_ids: SSAValue):
+        seq_ids_type = seq_ids.type
+        assert isinstance(seq_ids_type, TensorType)
+        super().__init__(
+            operands=[cache, seq_ids, token_ids],
+            result_types=[cache.type, TensorType(i32, seq_ids_type.get_shape())],
+        )
+
+    def verify_(self) -> None:
+        op = self.name
+        cache = same_cache_type(op, self.cache, self.new_cache)
+        seq_ids = i32_tensor(op, "seq_ids", self.seq_ids.type, 1)
+        (batch,) = seq_ids.get_shape()
+        prompts = i32_tensor(op, "token_ids", self.token_ids.type, 2)
+        prompt_batch, prompt_len = prompts.get_shape()
+        dims_agree(op, "token_ids batch", prompt_batch, "seq_ids batch", batch)
+        at_most(op, "prompt length", prompt_len, "max_seq_len", cache.max_seq_len)
+        cached = i32_tensor(op, "cached_lens", self.cached_lens.type, 1)
+        dims_agree(
+            op, "cached_lens batch", cached.get_shape()[0], "seq_ids batch", batch
+        )
 
     # KVCacheInterface
     def get_cache(self) -> SSAValue:
@@ -682,6 +844,8 @@ LLM = Dialect(
         LookupKVOp,
         PagedAttentionOp,
         FreeSequenceOp,
+        ForkSequenceOp,
+        MatchPrefixOp,
     ],
     [
         PagedKVCacheType,

@@ -102,6 +102,17 @@ def cache_type_of(value: SSAValue) -> PagedKVCacheType:
     return value.type
 
 
+def same_cache_type(op: str, cache: SSAValue, new_cache: SSAValue) -> PagedKVCacheType:
+    """The cache operand's type, which the op's new cache version must have."""
+    cache_type = cache_type_of(cache)
+    if new_cache.type != cache_type:
+        raise VerifyException(
+            f"{op}: result cache type {new_cache.type} does not match operand "
+            f"cache type {cache_type}"
+        )
+    return cache_type
+
+
 def i32_attr_or_none(value: int | None) -> IntegerAttr | None:
     return None if value is None else IntegerAttr(value, i32)
 

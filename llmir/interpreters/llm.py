@@ -52,6 +52,9 @@ class _Prepared:
     scalars: tuple[abi.Number | None, ...]
     result_types: tuple[Attribute | None, ...]
     """Element type of each tensor result; None for a cache result."""
+    operand_args: tuple[int | None, ...]
+    """Per ABI operand, the index of the op's operand (None: an optional
+    operand the op does not have)."""
 
 
 def _result_elements(types: Sequence[Attribute]) -> tuple[Attribute | None, ...]:
@@ -154,8 +157,11 @@ class _LLMFunctionsBase(InterpreterFunctions):
                 function.element_of(op),
                 function.decode(function.encode(op)),
                 _result_elements(op.result_types),
+                _operand_args(function.operand_values(op)),
             )
-        values = [_as_python(a) for a in args]
+        values = [
+            None if i is None else _as_python(args[i]) for i in prepared.operand_args
+        ]
         returned = iter(
             binding.runtime(self.context, prepared.element, *values, *prepared.scalars)
         )
@@ -183,6 +189,16 @@ class _LLMFunctionsBase(InterpreterFunctions):
             _to_interpreter(value, element_type)
             for value, element_type in zip(returned, result_types, strict=True)
         )
+
+
+def _operand_args(values: Sequence[object | None]) -> tuple[int | None, ...]:
+    """The op operand index of each present ABI operand, None where absent."""
+    args: list[int | None] = []
+    given = 0
+    for value in values:
+        args.append(None if value is None else given)
+        given += value is not None
+    return tuple(args)
 
 
 def _constant_scalars(

@@ -33,6 +33,7 @@ from llmir.interpreters.arrays import check_tensor, from_numpy, to_numpy
 from llmir.interpreters.llm import register_llmir_implementations
 from llmir.interpreters.runtime_calls import CacheFactory, CallContext
 from llmir.runtime.geometry import CacheGeometry
+from llmir.runtime.options import CacheOptions
 from llmir.runtime.protocol import KVCache
 from llmir.universe import LLMIR_UNIVERSE
 
@@ -75,8 +76,12 @@ def paged_caches(device: str = "cpu") -> CacheFactory:
     """Caches of a run: `PagedKVCache`s on `device`."""
     from llmir.runtime.kv_cache import PagedKVCache
 
-    def create(geometry: CacheGeometry, num_blocks: int) -> KVCache:
-        return PagedKVCache.from_geometry(geometry, num_blocks, device=device)
+    def create(
+        geometry: CacheGeometry, num_blocks: int, options: CacheOptions
+    ) -> KVCache:
+        return PagedKVCache.from_geometry(
+            geometry, num_blocks, device=device, options=options
+        )
 
     return create
 
@@ -85,8 +90,10 @@ def reference_caches() -> CacheFactory:
     """Caches of a run: the dense float64 `DenseReferenceCache`."""
     from llmir.testing.dense_cache import DenseReferenceCache
 
-    def create(geometry: CacheGeometry, num_blocks: int) -> KVCache:
-        return DenseReferenceCache.from_geometry(geometry, num_blocks)
+    def create(
+        geometry: CacheGeometry, num_blocks: int, options: CacheOptions
+    ) -> KVCache:
+        return DenseReferenceCache.from_geometry(geometry, num_blocks, options)
 
     return create
 

@@ -25,18 +25,21 @@ import numpy.typing as npt
 
 from llmir.errors import BlockTableError, ShapeError
 from llmir.runtime.dtypes import ElementType
+from llmir.runtime.eviction import POLICIES
 from llmir.runtime.geometry import PAD_BLOCK, CacheGeometry
+from llmir.runtime.options import CacheOptions
 from llmir.runtime.protocol import KVCache
 
 Array = npt.NDArray[Any]
-CacheFactory = Callable[[CacheGeometry, int], KVCache]
+CacheFactory = Callable[[CacheGeometry, int, CacheOptions], KVCache]
 
 
 @dataclass
 class CallContext:
     """What the runtime functions need beyond their operands: how to create
-    a cache (a `PagedKVCache` on some device, or the dense reference), and
-    the list of every cache created, in order (for statistics)."""
+    a cache of a geometry, a pool size and options (a `PagedKVCache` on some
+    device, or the dense reference), and the list of every cache created, in
+    order (for statistics)."""
 
     create_cache: CacheFactory
     caches: list[KVCache] = field(default_factory=list[KVCache])
@@ -51,11 +54,14 @@ def create_kv_cache(
     block_size: int,
     max_seq_len: int,
     num_blocks: int,
+    prefix_caching: bool,
+    eviction: int,
 ) -> tuple[KVCache]:
     geometry = CacheGeometry(
         element, num_layers, num_heads, head_dim, block_size, max_seq_len
     )
-    cache = context.create_cache(geometry, num_blocks)
+    options = CacheOptions(prefix_caching, tuple(POLICIES)[eviction])
+    cache = context.create_cache(geometry, num_blocks, options)
     context.caches.append(cache)
     return (cache,)
 
@@ -67,9 +73,13 @@ def append_kv(
     keys: Array,
     values: Array,
     seq_ids: Array,
+    token_ids: Array | None,
     layer: int,
 ) -> tuple[Array]:
-    return (cache.append_kv(keys, values, seq_ids, layer),)
+    # An empty tensor is the lowered form of "no token ids".
+    if token_ids is not None and token_ids.size == 0:
+        token_ids = None
+    return (cache.append_kv(keys, values, seq_ids, layer, token_ids=token_ids),)
 
 
 def block_table(
@@ -157,7 +167,28 @@ def paged_attention(
 
 
 def free_sequence(
-    context: CallContext, element: None, cache: KVCache, seq_ids: Array
+    context: CallContext,
+    element: None,
+    cache: KVCache,
+    seq_ids: Array,
+    priority: int | None,
 ) -> tuple[()]:
-    cache.free_sequences(seq_ids)
+    cache.free_sequences(seq_ids, priority=priority)
     return ()
+
+
+def fork_sequence(
+    context: CallContext, element: None, cache: KVCache, parents: Array, children: Array
+) -> tuple[()]:
+    cache.fork_sequences(parents, children)
+    return ()
+
+
+def match_prefix(
+    context: CallContext,
+    element: None,
+    cache: KVCache,
+    seq_ids: Array,
+    token_ids: Array,
+) -> tuple[Array]:
+    return (cache.match_prefixes(seq_ids, token_ids),)

@@ -1,10 +1,23 @@
 """`BlockAllocator`: the fixed pool of physical KV blocks.
 
-Invariants (checked by the tests after every operation):
-  * ``num_free + num_used == num_blocks``.
-  * A block is free iff its ref count is 0; the free stack holds exactly the
-    free blocks, each once.
-  * A free block has ``num_filled == 0`` and no content hash.
+A block is in one of three states:
+
+* *used*: held by at least one block table (ref count > 0);
+* *cached-free*: held by none, but its content hash is kept (prefix caching):
+  a later sequence with the same prefix may take it back as it is, until the
+  allocator needs it for something else and evicts it (`EvictionPolicy`
+  picks which first);
+* *free*: no ref count, no hash; on the free stack.
+
+Invariants (checked by `check_invariants`, which the tests call after every
+operation):
+  * ``free + cached + used == num_blocks``; `num_free` (what an allocation
+    may take) counts free and cached-free blocks.
+  * A block has ref count 0 iff it is free or cached-free; the free stack
+    holds exactly the free blocks, each once; the eviction policy exactly the
+    cached-free ones.
+  * A free block has ``num_filled == 0`` and no hash; a cached-free block
+    has a hash.
 
 The pool is created once; allocation pops ids from an int32 array used as a
 stack and freeing pushes them back, so both are O(1) per block with no
@@ -15,7 +28,7 @@ and leaves the allocator as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -28,23 +41,36 @@ from llmir.errors import (
     UnknownBlockError,
 )
 from llmir.runtime.block import KVBlock
+from llmir.runtime.eviction import EvictionPolicy, LRUEviction
 from llmir.runtime.geometry import positive_int
 
 IntArray = npt.NDArray[np.int32]
 
 
-class BlockAllocator:
-    """A fixed pool of `num_blocks` blocks with reference counting."""
+EvictionListener = Callable[[list[tuple[int, int]]], None]
+"""Told (block, hash) of every cached-free block evicted."""
 
-    def __init__(self, num_blocks: int) -> None:
+
+class BlockAllocator:
+    """A fixed pool of `num_blocks` blocks with reference counting and,
+    for blocks that keep a content hash after their last release, eviction
+    by `eviction` (LRU by default)."""
+
+    def __init__(self, num_blocks: int, eviction: EvictionPolicy | None = None) -> None:
         self._num_blocks = positive_int("num_blocks", num_blocks)
+        self._evictable: EvictionPolicy = (
+            LRUEviction() if eviction is None else eviction
+        )
+        self._on_evict: EvictionListener | None = None
+        self.evictions = 0
+        """Cached-free blocks given up so far (for statistics)."""
         # Free stack: ids in _free_stack[:_num_free] are free.  Initialised in
         # descending order so that the first allocations return 0, 1, 2, ...
         self._free_stack: IntArray = np.arange(num_blocks - 1, -1, -1, dtype=np.int32)
         self._num_free = self._num_blocks
         self._ref_counts: IntArray = np.zeros(num_blocks, dtype=np.int32)
         self._num_filled: IntArray = np.zeros(num_blocks, dtype=np.int32)
-        # Sparse: few blocks carry a hash, and only once prefix caching exists.
+        # Sparse: only full blocks of prefix-cached sequences carry a hash.
         self._hashes: dict[int, int] = {}
 
     # -- sizes ---------------------------------------------------------------
@@ -55,11 +81,25 @@ class BlockAllocator:
 
     @property
     def num_free(self) -> int:
-        return self._num_free
+        """Blocks an allocation may take: free and cached-free."""
+        return self._num_free + len(self._evictable)
+
+    @property
+    def num_cached(self) -> int:
+        """Cached-free blocks: free, but still matchable by their hash."""
+        return len(self._evictable)
 
     @property
     def num_used(self) -> int:
-        return self._num_blocks - self._num_free
+        return self._num_blocks - self.num_free
+
+    @property
+    def eviction(self) -> EvictionPolicy:
+        return self._evictable
+
+    def on_evict(self, listener: EvictionListener | None) -> None:
+        """Call `listener` with the (block, hash) pairs of each eviction."""
+        self._on_evict = listener
 
     # -- allocation ----------------------------------------------------------
 
@@ -70,17 +110,46 @@ class BlockAllocator:
         fewer than `count` blocks are free; nothing is allocated then.
         """
         count = _checked_count(count)
-        if count > self._num_free:
+        if count > self.num_free:
             raise OutOfBlocksError(
-                f"asked for {count} blocks, only {self._num_free} of "
+                f"asked for {count} blocks, only {self.num_free} of "
                 f"{self._num_blocks} are free"
             )
-        top = self._num_free - count
+        # Never-hashed blocks first; then cached-free ones, by policy.
+        take = min(count, self._num_free)
+        top = self._num_free - take
         # Reversed so ids come out in the order they were pushed last-in-first.
         ids = self._free_stack[top : self._num_free][::-1].copy()
         self._num_free = top
+        if take < count:
+            victims = self._evictable.pop(count - take)
+            evicted = [(b, self._hashes.pop(b)) for b in victims]
+            self._num_filled[victims] = 0
+            self.evictions += len(victims)
+            if self._on_evict is not None:
+                self._on_evict(evicted)
+            ids = np.concatenate([ids, np.asarray(victims, np.int32)])
         self._ref_counts[ids] = 1
         return ids
+
+    def revive(self, block_id: int) -> None:
+        """Take a cached-free block back as it is (a prefix match): ref
+        count 1, no longer evictable."""
+        b = self._checked_id(block_id)
+        if b not in self._evictable:
+            raise AllocatorError(f"block {b} is not cached-free")
+        self._evictable.remove(b)
+        self._ref_counts[b] = 1
+
+    def take_back(self, block_ids: IntArray) -> None:
+        """Attach trusted, distinct block ids to one more holder each (a
+        prefix match): cached-free ones are taken out of eviction with ref
+        count 1, used ones gain a reference.  No checks: bookkeeping use."""
+        refs = self._ref_counts[block_ids]
+        cached = block_ids[refs == 0]
+        for b in cached.tolist():
+            self._evictable.remove(b)
+        self._ref_counts[block_ids] = refs + 1
 
     def allocate_block(self) -> KVBlock:
         """Take one free block and return its handle."""
@@ -97,10 +166,14 @@ class BlockAllocator:
             raise AllocatorError(f"cannot share block {int(free[0])}: it is free")
         np.add.at(self._ref_counts, ids, 1)
 
-    def release(self, block_ids: Iterable[int] | npt.ArrayLike) -> None:
-        """Drop one reference from each listed block; blocks reaching zero
-        return to the free stack.  Releasing a block more often than it is
-        referenced raises DoubleFreeError and changes nothing."""
+    def release(
+        self, block_ids: Iterable[int] | npt.ArrayLike, priority: int = 0
+    ) -> None:
+        """Drop one reference from each listed block.  Blocks reaching zero
+        become cached-free if they carry a hash (handed to the eviction
+        policy in the order listed, with `priority`), else free.  Releasing
+        a block more often than it is referenced raises DoubleFreeError and
+        changes nothing."""
         ids = self._checked_ids(block_ids)
         if ids.size == 0:
             return
@@ -114,15 +187,27 @@ class BlockAllocator:
                 f"its ref count is {int(refs[i])}"
             )
         self._ref_counts[uniq] = refs - counts.astype(np.int32)
-        freed = uniq[self._ref_counts[uniq] == 0].astype(np.int32)
+        if not (self._ref_counts[uniq] == 0).any():
+            return
+        if self._hashes:
+            # Keep the caller's order: it is the eviction order.
+            order = ids[self._ref_counts[ids] == 0]
+            seen: set[int] = set()
+            cached: list[int] = []
+            plain: list[int] = []
+            for b in order.tolist():
+                if b not in seen:
+                    seen.add(b)
+                    (cached if b in self._hashes else plain).append(b)
+            self._evictable.push(cached, priority)
+            freed = np.asarray(plain, np.int32)
+        else:
+            freed = uniq[self._ref_counts[uniq] == 0].astype(np.int32)
         n = freed.size
         if n:
             self._free_stack[self._num_free : self._num_free + n] = freed
             self._num_free += n
             self._num_filled[freed] = 0
-            if self._hashes:
-                for b in freed.tolist():
-                    self._hashes.pop(b, None)
 
     free = release
     """Alias of `release`: freeing is dropping the last reference."""
@@ -134,6 +219,7 @@ class BlockAllocator:
         self._ref_counts.fill(0)
         self._num_filled.fill(0)
         self._hashes.clear()
+        self._evictable.clear()
 
     # -- per-block state -----------------------------------------------------
 
@@ -169,23 +255,55 @@ class BlockAllocator:
         """A copy of all ref counts (index = block id)."""
         return self._ref_counts.copy()
 
+    def ref_counts_of(self, block_ids: IntArray) -> IntArray:
+        """The ref counts of trusted block ids (no checks: bookkeeping use)."""
+        return self._ref_counts[block_ids]
+
+    def num_filled_of(self, block_ids: IntArray) -> IntArray:
+        """The filled slots of trusted block ids (no checks: bookkeeping use)."""
+        return self._num_filled[block_ids]
+
     def free_block_ids(self) -> IntArray:
         """A copy of the free stack, top last."""
         return self._free_stack[: self._num_free].copy()
 
     def filled_slots(self) -> int:
-        """Token slots holding data, summed over allocated blocks."""
-        return int(self._num_filled.sum(dtype=np.int64))
+        """Token slots holding data, summed over used blocks."""
+        used = self._ref_counts > 0
+        return int(self._num_filled[used].sum(dtype=np.int64))
 
-    def snapshot(self) -> tuple[bytes, bytes, bytes, int, tuple[tuple[int, int], ...]]:
+    def shared_blocks(self) -> tuple[int, int]:
+        """(blocks held by more than one table, references to used blocks)."""
+        refs = self._ref_counts
+        return int((refs > 1).sum()), int(refs.sum(dtype=np.int64))
+
+    def snapshot(self) -> tuple[Any, ...]:
         """The complete state, comparable with ``==`` (for tests)."""
+        cached = sorted(b for b in range(self._num_blocks) if b in self._evictable)
         return (
             self._free_stack[: self._num_free].tobytes(),
             self._ref_counts.tobytes(),
             self._num_filled.tobytes(),
             self._num_free,
             tuple(sorted(self._hashes.items())),
+            tuple(cached),
+            self.evictions,
         )
+
+    def check_invariants(self) -> None:
+        """Assert the invariants of the module docstring (for tests)."""
+        free = self._free_stack[: self._num_free]
+        assert np.unique(free).size == free.size, "a block is twice on the stack"
+        zero = np.flatnonzero(self._ref_counts == 0)
+        cached = [b for b in zero.tolist() if b in self._evictable]
+        assert len(cached) == len(self._evictable), "evictable blocks are in use"
+        assert sorted(free.tolist() + cached) == zero.tolist(), "free set mismatch"
+        assert (self._ref_counts >= 0).all()
+        assert not self._num_filled[free].any(), "a free block holds tokens"
+        assert all(b not in self._hashes for b in free.tolist()), "a free block hashed"
+        assert all(b in self._hashes for b in cached), "a cached block lost its hash"
+        used = int((self._ref_counts > 0).sum())
+        assert free.size + len(cached) + used == self._num_blocks
 
     # -- argument checks -----------------------------------------------------
 

@@ -3,7 +3,7 @@ place a device name picks a backend.
 
 `PagedKVCache` does all host-side work itself (allocator, block tables,
 lengths, slot mapping, every argument check) and hands a backend only what
-touches the pool: write, gather and attention.  A backend is chosen once,
+touches the pool: write, copy, gather and attention.  A backend is chosen once,
 when the cache is created, by `create_backend`; no other code branches on a
 device name.
 
@@ -15,6 +15,7 @@ What a backend receives is already valid (`llmir.runtime.validation`):
 * `write` gets keys/values ``[L, N, H, D]`` (``L = num_layers`` for a
   whole-step write, 1 for one layer) of float32 (to be encoded) or of one of
   the element type's `raw_input_dtypes` (copied bit for bit);
+* `copy_blocks` gets disjoint, in-range block ids;
 * `gather` and `attention` get a `BlockTable` and a layer in range;
   `attention` a query whose shape and dtype `check_query` accepted and
   `AttentionOptions`;
@@ -61,6 +62,13 @@ class Backend(Protocol):
     ) -> None:
         """Scatter tokens into the pool: to `layer`, or to every layer when
         `layer` is None."""
+        ...
+
+    def copy_blocks(self, src: Any, dst: Any, tokens: int | None) -> None:
+        """Copy block ``src[i]`` to block ``dst[i]`` in every layer, keys and
+        values as stored: the whole block, or only its first `tokens` slots.
+        int32 ids, ``src`` and ``dst`` disjoint (copy-on-write and
+        partial-prefix reuse copy into freshly allocated blocks)."""
         ...
 
     def gather(

@@ -42,16 +42,22 @@ from llmir.errors import ConfigError, DTypeError, ShapeError
 from llmir.runtime.allocator import BlockAllocator
 from llmir.runtime.backend import Backend, create_backend
 from llmir.runtime.dtypes import ElementType, element_type
-from llmir.runtime.geometry import CacheGeometry, as_int
+from llmir.runtime.eviction import EvictionPolicy
+from llmir.runtime.geometry import INT32_MAX, CacheGeometry, as_int
+from llmir.runtime.options import CacheOptions
+from llmir.runtime.prefix_cache import PrefixCache
 from llmir.runtime.protocol import CacheStats
 from llmir.runtime.sequences import SequenceTable
 from llmir.runtime.validation import (
+    INT32_MIN,
     BlockTable,
     check_attention_options,
     check_layer,
+    check_prompts,
     check_query,
     check_seq_id,
     check_seq_ids,
+    check_token_ids,
     validate_table_for,
 )
 
@@ -65,6 +71,15 @@ class PagedKVCache:
     Size the pool with `num_blocks` or with `memory_budget_bytes` (the most
     blocks that fit), not both; with neither, the pool holds one sequence of
     `max_seq_len` tokens.
+
+    Sharing: `fork` starts a sequence on its parent's blocks (copy on
+    write).  With ``enable_prefix_caching=True``, appends that carry
+    `token_ids` index every block they fill, a freed sequence's indexed
+    blocks stay matchable until the pool needs them (`eviction` decides
+    which go first: "lru", "priority" or an `EvictionPolicy`), and
+    `match_prefix` starts a new sequence on the cached blocks of its prompt.
+    Prefix reuse assumes, as every serving engine does, that a position's
+    keys and values are determined by the tokens up to it.
     """
 
     def __init__(
@@ -79,7 +94,10 @@ class PagedKVCache:
         num_blocks: int | None = None,
         memory_budget_bytes: int | None = None,
         device: str = "cpu",
+        enable_prefix_caching: bool = False,
+        eviction: str | EvictionPolicy = "lru",
     ) -> None:
+        options = CacheOptions(enable_prefix_caching, eviction)
         geometry = CacheGeometry(
             element_type(dtype),
             num_layers,
@@ -89,10 +107,18 @@ class PagedKVCache:
             max_seq_len,
         )
         self._geometry = geometry
+        self._options = options
         self._num_blocks = _pool_blocks(geometry, num_blocks, memory_budget_bytes)
-        self._allocator = BlockAllocator(self._num_blocks)
-        self._seqs = SequenceTable(self._allocator, geometry)
+        self._allocator = BlockAllocator(self._num_blocks, options.eviction_policy())
         self._backend: Backend = create_backend(device, geometry, self._num_blocks)
+        self._prefix = (
+            PrefixCache(self._allocator, geometry.block_size)
+            if options.prefix_caching
+            else None
+        )
+        self._seqs = SequenceTable(
+            self._allocator, geometry, self._prefix, self._backend.copy_blocks
+        )
         self._lock = threading.Lock()
 
     @classmethod
@@ -103,8 +129,11 @@ class PagedKVCache:
         *,
         memory_budget_bytes: int | None = None,
         device: str = "cpu",
+        options: CacheOptions | None = None,
     ) -> PagedKVCache:
-        """The cache of a `CacheGeometry` (e.g. an IR type's)."""
+        """The cache of a `CacheGeometry` (e.g. an IR type's) and
+        `CacheOptions` (e.g. an `llm.create_kv_cache`'s)."""
+        options = CacheOptions() if options is None else options
         return cls(
             geometry.num_layers,
             geometry.num_heads,
@@ -115,6 +144,8 @@ class PagedKVCache:
             num_blocks=num_blocks,
             memory_budget_bytes=memory_budget_bytes,
             device=device,
+            enable_prefix_caching=options.prefix_caching,
+            eviction=options.eviction,
         )
 
     # -- configuration (read-only) --------------------------------------------
@@ -154,6 +185,14 @@ class PagedKVCache:
     @property
     def device(self) -> str:
         return self._backend.device
+
+    @property
+    def options(self) -> CacheOptions:
+        return self._options
+
+    @property
+    def prefix_caching(self) -> bool:
+        return self._prefix is not None
 
     @property
     def kv_pool(self) -> Any:
@@ -210,16 +249,86 @@ class PagedKVCache:
         with self._lock:
             return self._seqs.block_table(ids)
 
-    def free_sequence(self, seq_id: int) -> None:
+    def free_sequence(self, seq_id: int, *, priority: int | None = None) -> None:
         """Release the blocks of `seq_id` and forget it."""
-        self.free_sequences([check_seq_id(seq_id)])
+        self.free_sequences([check_seq_id(seq_id)], priority=priority)
 
-    def free_sequences(self, seq_ids: Any) -> None:
+    def free_sequences(self, seq_ids: Any, *, priority: int | None = None) -> None:
         """Release every listed sequence, or (on an unknown or repeated id)
-        none of them."""
+        none of them.  A block returns to the pool when no sequence holds
+        it; with prefix caching, an indexed block stays matchable, with
+        retention `priority` (default: the sequence's, see `set_priority`)."""
         ids = check_seq_ids(seq_ids)
+        keep = None if priority is None else _check_priority(priority)
         with self._lock:
-            self._seqs.free_sequences(ids)
+            self._seqs.free_sequences(ids, keep)
+
+    # -- sharing ---------------------------------------------------------------
+
+    def fork(self, parent: int, child: int) -> None:
+        """Start sequence `child` as a copy of `parent`: same tokens, same
+        blocks (shared, ref counts up); the first append by either into the
+        shared, partly filled last block copies that one block first.  Costs
+        bookkeeping only, whatever the sequence's length."""
+        self.fork_sequences([check_seq_id(parent)], [check_seq_id(child)])
+
+    def fork_sequences(self, parents: Any, children: Any) -> None:
+        """`fork` each ``parents[i]`` into ``children[i]`` (a parent may be
+        listed more than once: n samples of one prompt); all or nothing."""
+        parent_ids = check_seq_ids(parents)
+        child_ids = check_seq_ids(children)
+        if parent_ids.shape != child_ids.shape:
+            raise ShapeError(
+                f"{parent_ids.size} parents for {child_ids.size} children: give "
+                "one parent per child"
+            )
+        with self._lock:
+            self._seqs.fork(parent_ids, child_ids)
+
+    def match_prefix(self, seq_id: int, token_ids: Any) -> int:
+        """Start the new sequence `seq_id` with the longest cached prefix of
+        its prompt `token_ids` (1-D); returns how many tokens it holds now,
+        the ones the caller may skip computing (always fewer than the
+        prompt's: its last token is left to compute).  Whole cached blocks
+        are shared; when the next cached block agrees only on its first k
+        tokens, those k are copied into a fresh block.  Needs
+        ``enable_prefix_caching=True``."""
+        ids = check_seq_ids([check_seq_id(seq_id)])
+        tokens = np.asarray(token_ids)
+        if tokens.ndim != 1:
+            raise ShapeError(f"token_ids must be 1-D, got shape {tokens.shape}")
+        return int(self.match_prefixes(ids, tokens[None, :])[0])
+
+    def match_prefixes(self, seq_ids: Any, token_ids: Any) -> IntArray:
+        """`match_prefix` for a batch of new sequences: ``token_ids [batch,
+        T]`` int, each row a prompt followed by negative padding.  Returns
+        int32 ``[batch]``."""
+        ids = check_seq_ids(seq_ids)
+        prompts, lens = check_prompts(token_ids, ids.size)
+        if self._prefix is None:
+            raise ConfigError(
+                "prefix matching needs a cache created with enable_prefix_caching=True"
+            )
+        with self._lock:
+            return self._seqs.match_prefixes(ids, prompts, lens)
+
+    def set_priority(self, seq_id: int, priority: int) -> None:
+        """The retention priority of `seq_id`'s blocks once it is freed: with
+        ``eviction="priority"`` the lowest goes first."""
+        seq = check_seq_id(seq_id)
+        value = _check_priority(priority)
+        with self._lock:
+            self._seqs.set_priority(seq, value)
+
+    def priority(self, seq_id: int) -> int:
+        with self._lock:
+            return self._seqs.priority(check_seq_id(seq_id))
+
+    def check_invariants(self) -> None:
+        """Assert the bookkeeping's invariants (allocator, tables, prefix
+        index); for tests, after every operation."""
+        with self._lock:
+            self._seqs.check_invariants()
 
     def reset(self) -> None:
         """Forget every sequence and free every block.  The pool's bytes are
@@ -230,18 +339,30 @@ class PagedKVCache:
     def stats(self) -> CacheStats:
         block_bytes = self._geometry.bytes_per_block
         with self._lock:
-            used = self._allocator.num_used
+            allocator = self._allocator
+            used = allocator.num_used
+            shared, references = allocator.shared_blocks()
+            prefix = self._prefix.stats if self._prefix is not None else None
             return CacheStats(
                 blocks_total=self._num_blocks,
                 blocks_used=used,
-                blocks_free=self._allocator.num_free,
+                blocks_free=allocator.num_free - allocator.num_cached,
                 num_sequences=len(self._seqs),
                 tokens_stored=self._seqs.tokens_stored(),
                 pool_bytes=self._geometry.pool_bytes(self._num_blocks),
                 bytes_used=used * block_bytes,
                 slots_allocated=used * self._geometry.block_size,
                 fragmentation_slots=used * self._geometry.block_size
-                - self._allocator.filled_slots(),
+                - allocator.filled_slots(),
+                blocks_cached=allocator.num_cached,
+                block_references=references,
+                blocks_shared=shared,
+                prefix_queries=prefix.queries if prefix else 0,
+                prefix_query_tokens=prefix.query_tokens if prefix else 0,
+                prefix_hit_tokens=prefix.hit_tokens if prefix else 0,
+                prefix_partial_hit_tokens=prefix.partial_hit_tokens if prefix else 0,
+                evictions=allocator.evictions,
+                cow_copies=self._seqs.cow_copies,
             )
 
     def snapshot(self) -> tuple[Any, ...]:
@@ -253,7 +374,13 @@ class PagedKVCache:
     # -- append ----------------------------------------------------------------
 
     def append_kv(
-        self, keys: Any, values: Any, seq_ids: Any, layer: int = 0
+        self,
+        keys: Any,
+        values: Any,
+        seq_ids: Any,
+        layer: int = 0,
+        *,
+        token_ids: Any = None,
     ) -> IntArray:
         """Append ``T`` tokens to each sequence of the batch, in one layer.
 
@@ -262,14 +389,20 @@ class PagedKVCache:
         every appended token, int32 ``[batch, T]``.  Tokens go to positions
         ``[written, written + T)`` of that layer (see `sequences` for the
         length semantics).  An empty batch or ``T == 0`` is a no-op.
+
+        `token_ids` ``[batch, T]`` (optional): the ids of the appended
+        tokens.  With prefix caching on, each block they complete in every
+        layer is indexed for later `match_prefix` calls; without them (or
+        with prefix caching off) nothing is indexed.
         """
         layer = check_layer(layer, self._geometry.num_layers)
         k, v, ids = self._checked_inputs(keys, values, seq_ids, rank=4)
         batch, tokens = k.shape[0], k.shape[1]
+        tids = None if token_ids is None else check_token_ids(token_ids, batch, tokens)
         if batch == 0 or tokens == 0:
             return np.zeros((batch, tokens), np.int32)
         with self._lock:
-            plan = self._seqs.plan_append(ids, tokens, layer)
+            plan = self._seqs.plan_append(ids, tokens, layer, tids)
             blocks, slots = self._seqs.commit_append(plan)
             self._backend.write(
                 layer,
@@ -279,19 +412,23 @@ class PagedKVCache:
             )
         return blocks
 
-    def append_kv_all_layers(self, keys: Any, values: Any, seq_ids: Any) -> IntArray:
+    def append_kv_all_layers(
+        self, keys: Any, values: Any, seq_ids: Any, *, token_ids: Any = None
+    ) -> IntArray:
         """Append one step to every layer in a single kernel call.
 
         keys/values ``[L, batch, T, H, D]``; every listed sequence must have
         all layers level (no step half-appended by `append_kv`).  Returns the
         physical block of every appended token, int32 ``[batch, T]``.
+        `token_ids` as for `append_kv`.
         """
         k, v, ids = self._checked_inputs(keys, values, seq_ids, rank=5)
         layers, batch, tokens = k.shape[0], k.shape[1], k.shape[2]
+        tids = None if token_ids is None else check_token_ids(token_ids, batch, tokens)
         if batch == 0 or tokens == 0:
             return np.zeros((batch, tokens), np.int32)
         with self._lock:
-            plan = self._seqs.plan_append(ids, tokens, None)
+            plan = self._seqs.plan_append(ids, tokens, None, tids)
             blocks, slots = self._seqs.commit_append(plan)
             self._backend.write(
                 None,
@@ -514,3 +651,17 @@ def _pool_blocks(
     if not 1 <= count <= limit:
         raise ConfigError(f"num_blocks must be in [1, {limit}], got {count}")
     return count
+
+
+def _check_priority(priority: object) -> int:
+    """A retention priority: an integer within int32."""
+    if (
+        isinstance(priority, bool | np.bool_)
+        or not isinstance(priority, int | np.integer)
+        or not INT32_MIN <= priority <= INT32_MAX
+    ):
+        raise ConfigError(
+            f"priority must be an integer in [{INT32_MIN}, {INT32_MAX}], got "
+            f"{priority!r}"
+        )
+    return int(priority)

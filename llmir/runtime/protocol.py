@@ -28,20 +28,50 @@ IntArray = npt.NDArray[np.int32]
 
 @dataclass(frozen=True)
 class CacheStats:
-    """Occupancy of a cache at one moment."""
+    """Occupancy and sharing of a cache at one moment.
+
+    Blocks are used (held by at least one sequence), cached-free (held by
+    none but still matchable by a later prompt) or free:
+    ``blocks_used + blocks_cached + blocks_free == blocks_total``.
+    Counters (queries, evictions, copies) run from the cache's creation.
+    """
 
     blocks_total: int
     blocks_used: int
     blocks_free: int
+    """Free blocks without a hash (cached-free ones are `blocks_cached`)."""
     num_sequences: int
     tokens_stored: int
+    """Tokens of all sequences (a shared block's tokens count per holder)."""
     pool_bytes: int
     bytes_used: int
     slots_allocated: int
-    """Token slots of the allocated blocks (``blocks_used * block_size``)."""
+    """Token slots of the used blocks (``blocks_used * block_size``)."""
     fragmentation_slots: int
-    """Allocated token slots that hold no token (internal fragmentation: at
-    most ``block_size - 1`` per sequence)."""
+    """Slots of used blocks that hold no token (internal fragmentation: the
+    unused end of partly filled blocks)."""
+    blocks_cached: int = 0
+    block_references: int = 0
+    """Block-table entries over all sequences: the blocks the same sequences
+    would use if nothing were shared."""
+    blocks_shared: int = 0
+    """Used blocks held by more than one sequence."""
+    prefix_queries: int = 0
+    prefix_query_tokens: int = 0
+    prefix_hit_tokens: int = 0
+    """Prompt tokens served from cached blocks (never more than a query's
+    length minus one: the last token is always computed)."""
+    prefix_partial_hit_tokens: int = 0
+    """Of the hit tokens, those copied from a partly matching block."""
+    evictions: int = 0
+    """Cached-free blocks given up to make room."""
+    cow_copies: int = 0
+    """Blocks copied because a sequence wrote into a block it shared."""
+
+    @property
+    def blocks_available(self) -> int:
+        """What an allocation may take: free and cached-free blocks."""
+        return self.blocks_free + self.blocks_cached
 
     @property
     def fragmentation(self) -> float:
@@ -49,6 +79,48 @@ class CacheStats:
         if not self.slots_allocated:
             return 0.0
         return self.fragmentation_slots / self.slots_allocated
+
+    @property
+    def hit_rate(self) -> float:
+        """Fraction of queried prompt tokens served from the cache."""
+        if not self.prefix_query_tokens:
+            return 0.0
+        return self.prefix_hit_tokens / self.prefix_query_tokens
+
+    @property
+    def blocks_saved(self) -> int:
+        """Blocks that sharing saves right now."""
+        return self.block_references - self.blocks_used
+
+    @property
+    def sharing_factor(self) -> float:
+        """Block-table entries per used block (1.0: nothing shared)."""
+        if not self.blocks_used:
+            return 1.0
+        return self.block_references / self.blocks_used
+
+    def report(self) -> str:
+        """The statistics as aligned lines of text (``llmir-run --stats``)."""
+        mib = 1 << 20
+        lines = [
+            f"blocks        {self.blocks_used} used, {self.blocks_cached} cached-free, "
+            f"{self.blocks_free} free of {self.blocks_total} "
+            f"({self.bytes_used / mib:.2f} of {self.pool_bytes / mib:.2f} MiB)",
+            f"sequences     {self.num_sequences} holding {self.tokens_stored} tokens",
+            f"fragmentation {self.fragmentation_slots} of {self.slots_allocated} "
+            f"slots unused ({100 * self.fragmentation:.1f}%)",
+            f"sharing       {self.blocks_shared} blocks shared, factor "
+            f"{self.sharing_factor:.2f}, {self.blocks_saved} blocks saved, "
+            f"{self.cow_copies} copy-on-write copies",
+        ]
+        if self.prefix_queries:
+            lines.append(
+                f"prefix cache  {self.prefix_queries} queries, "
+                f"{self.prefix_hit_tokens} of {self.prefix_query_tokens} tokens hit "
+                f"({100 * self.hit_rate:.1f}%, {self.prefix_partial_hit_tokens} "
+                f"from partial blocks), {self.evictions} evictions"
+            )
+        return "\n".join(lines)
 
 
 @runtime_checkable
@@ -71,14 +143,34 @@ class KVCache(Protocol):
         ...
 
     def append_kv(
-        self, keys: Any, values: Any, seq_ids: Any, layer: int = 0
+        self,
+        keys: Any,
+        values: Any,
+        seq_ids: Any,
+        layer: int = 0,
+        *,
+        token_ids: Any = None,
     ) -> IntArray:
         """Append ``T`` tokens to each sequence in one layer; returns the
-        physical block of every appended token, int32 ``[batch, T]``."""
+        physical block of every appended token, int32 ``[batch, T]``.
+        `token_ids` ``[batch, T]``, optional, name the tokens stored (for
+        prefix caching)."""
         ...
 
-    def append_kv_all_layers(self, keys: Any, values: Any, seq_ids: Any) -> IntArray:
+    def append_kv_all_layers(
+        self, keys: Any, values: Any, seq_ids: Any, *, token_ids: Any = None
+    ) -> IntArray:
         """Append one step to every layer at once (``[L, batch, T, H, D]``)."""
+        ...
+
+    def match_prefixes(self, seq_ids: Any, token_ids: Any) -> IntArray:
+        """Start each new sequence with the cached prefix of its prompt
+        (``token_ids [batch, T]``, negative ids pad a row's end); returns the
+        tokens each now holds, int32 ``[batch]``."""
+        ...
+
+    def fork_sequences(self, parents: Any, children: Any) -> None:
+        """Start each new child as a copy of its parent, sharing its blocks."""
         ...
 
     def block_table(self, seq_ids: Any) -> tuple[IntArray, IntArray]:
@@ -115,8 +207,9 @@ class KVCache(Protocol):
         """Attention of `query` over one layer (`llmir.runtime.attention`)."""
         ...
 
-    def free_sequences(self, seq_ids: Any) -> None:
-        """Release every listed sequence, or (on a bad id) none of them."""
+    def free_sequences(self, seq_ids: Any, *, priority: int | None = None) -> None:
+        """Release every listed sequence, or (on a bad id) none of them;
+        cached blocks keep `priority` for eviction (None: the sequence's)."""
         ...
 
     def reset(self) -> None:

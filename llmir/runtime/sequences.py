@@ -38,6 +38,15 @@ Block tables grow with use: the table array is as wide as the longest
 sequence needs (doubling when it must), not `max_seq_len / block_size` times
 the number of sequences up front.
 
+Sharing.  Blocks may be held by several sequences: `fork` gives a child its
+parent's blocks (ref counts up, nothing copied), and `match_prefix` attaches
+the cached blocks of an earlier sequence with the same prompt start
+(`llmir.runtime.prefix_cache`).  An append that starts inside a shared,
+partly filled block first copies that one block (copy-on-write), so a
+sequence only ever writes blocks it alone holds.  With prefix caching on,
+appends may carry token ids; each block that becomes full in every layer with
+known tokens is registered under its chained hash.
+
 Not thread-safe by itself: `PagedKVCache` holds its lock around every plan
 and commit.  Sequence ids reach this class already checked
 (`llmir.runtime.validation.check_seq_ids`).
@@ -45,6 +54,7 @@ and commit.  Sequence ids reach this class already checked
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,9 +69,14 @@ from llmir.errors import (
 )
 from llmir.runtime.allocator import BlockAllocator
 from llmir.runtime.geometry import PAD_BLOCK, CacheGeometry
+from llmir.runtime.prefix_cache import ROOT_HASH, PrefixCache
 from llmir.runtime.validation import check_unique
 
 IntArray = npt.NDArray[np.int32]
+
+BlockCopier = Callable[[IntArray, IntArray, int | None], None]
+"""Copies blocks src[i] -> dst[i] in every layer: whole, or their first
+`tokens` slots (the storage's `Backend.copy_blocks`)."""
 
 _INITIAL_ROWS = 16
 _INITIAL_COLUMNS = 8
@@ -78,14 +93,31 @@ class AppendPlan:
     start: npt.NDArray[np.int64]  # first position written, per sequence
     blocks_needed: int
     fill_in: bool = False  # reuses the previous commit's slots (plan_append)
+    copy_on_write: npt.NDArray[np.int64] | None = None
+    """Batch indices whose first written block is shared: copied first."""
+    token_ids: npt.NDArray[np.int32] | None = None
+    """[batch, T] token ids of the appended positions (prefix caching)."""
 
 
 class SequenceTable:
     """Per-sequence block lists, per-layer lengths and slot mapping."""
 
-    def __init__(self, allocator: BlockAllocator, geometry: CacheGeometry) -> None:
+    def __init__(
+        self,
+        allocator: BlockAllocator,
+        geometry: CacheGeometry,
+        prefix: PrefixCache | None = None,
+        copy_blocks: BlockCopier | None = None,
+    ) -> None:
         self.allocator = allocator
         self.geometry = geometry
+        self.prefix = prefix
+        """The prefix index, None when prefix caching is off."""
+        self.copy_blocks = copy_blocks
+        """How block contents are copied (copy-on-write, partial reuse)."""
+        self.cow_copies = 0
+        """Blocks copied because an append began in a shared block."""
+        self._may_share = False  # no fork or match yet: skip the COW check
         self.block_size = geometry.block_size
         self.num_layers = geometry.num_layers
         self.max_seq_len = geometry.max_seq_len
@@ -104,6 +136,14 @@ class SequenceTable:
         self._written: IntArray = np.empty((0, self.num_layers), np.int32)
         self._lens: IntArray = np.empty(0, np.int32)
         self._num_blocks: IntArray = np.empty(0, np.int32)
+        self._priority: IntArray = np.empty(0, np.int32)
+        # Prefix caching: token ids by position (-1 unknown), blocks hashed so
+        # far and the chain hash of the last, per row.
+        self._tokens: IntArray = np.empty(
+            (0, _INITIAL_COLUMNS * self.block_size if prefix else 0), np.int32
+        )
+        self._hashed: IntArray = np.empty(0, np.int32)
+        self._chain: dict[int, int] = {}
         self._grow_rows(_INITIAL_ROWS)
 
     # -- queries -------------------------------------------------------------
@@ -151,19 +191,38 @@ class SequenceTable:
                 self._tables[r, : self._num_blocks[r]].tobytes(),
                 self._written[r].tobytes(),
                 int(self._lens[r]),
+                int(self._priority[r]),
+                self._tokens[r, : self._lens[r]].tobytes(),
+                int(self._hashed[r]),
+                self._chain.get(r),
             )
             for s, r in sorted(self._rows.items())
         )
-        return (per_seq, self.allocator.snapshot())
+        index = len(self.prefix) if self.prefix else 0
+        return (per_seq, self.allocator.snapshot(), self.cow_copies, index)
+
+    def priority(self, seq_id: int) -> int:
+        return int(self._priority[self._row(seq_id)])
+
+    def set_priority(self, seq_id: int, priority: int) -> None:
+        """The retention priority its blocks get when it is freed (used by
+        `PriorityEviction`)."""
+        self._priority[self._row(seq_id)] = priority
 
     # -- append --------------------------------------------------------------
 
     def plan_append(
-        self, ids: npt.NDArray[np.int64], num_tokens: int, layer: int | None
+        self,
+        ids: npt.NDArray[np.int64],
+        num_tokens: int,
+        layer: int | None,
+        token_ids: npt.NDArray[np.int32] | None = None,
     ) -> AppendPlan:
         """Check an append of `num_tokens` tokens to each of `ids` (to
         `layer`, or to all layers when None) without changing anything."""
         rows = self._rows_of_batch(ids)
+        if self.prefix is None:
+            token_ids = None
         last = self._last_commit
         if (
             layer is not None
@@ -175,7 +234,9 @@ class SequenceTable:
             # positions layer 0 wrote a moment ago, into blocks that exist.
             start = self._written[rows, layer].astype(np.int64)
             if np.array_equal(start, last.start):
-                return AppendPlan(ids, rows, num_tokens, layer, start, 0, True)
+                return AppendPlan(
+                    ids, rows, num_tokens, layer, start, 0, True, token_ids=token_ids
+                )
         is_known = rows >= 0
         all_known = bool(is_known.all())
         krows = rows if all_known else rows[is_known]
@@ -208,13 +269,46 @@ class SequenceTable:
             )
         new_len = np.maximum(old_len, end)
         needed = int(((new_len + self.block_size - 1) // self.block_size - have).sum())
+        cow = self._copy_on_write(rows, start, is_known) if self._may_share else None
+        if cow is not None:
+            needed += int(cow.size)
         if needed > self.allocator.num_free:
             raise OutOfBlocksError(
                 f"appending {num_tokens} token(s) to {n} sequence(s) needs "
                 f"{needed} new blocks, only {self.allocator.num_free} of "
                 f"{self.allocator.num_blocks} are free"
             )
-        return AppendPlan(ids, rows, num_tokens, layer, start, needed)
+        return AppendPlan(
+            ids, rows, num_tokens, layer, start, needed, False, cow, token_ids
+        )
+
+    def _copy_on_write(
+        self,
+        rows: npt.NDArray[np.int64],
+        start: npt.NDArray[np.int64],
+        is_known: npt.NDArray[np.bool_],
+    ) -> npt.NDArray[np.int64] | None:
+        """Batch indices whose write begins inside a block another sequence
+        holds too.  When every holder of a block writes into it in this one
+        batch, the last of them keeps it: k holders, k - 1 copies."""
+        inside = is_known & (start % self.block_size != 0)
+        if not inside.any():
+            return None
+        index = np.flatnonzero(inside)
+        blocks = self._tables[rows[index], start[index] // self.block_size]
+        refs = self.allocator.ref_counts_of(blocks)
+        shared = refs > 1
+        if not shared.any():
+            return None
+        index, blocks, refs = index[shared], blocks[shared], refs[shared]
+        # The last batch entry writing each block, and how many write it.
+        reversed_first = np.unique(blocks[::-1], return_index=True)[1]
+        last = blocks.size - 1 - reversed_first
+        writers = np.bincount(np.searchsorted(np.unique(blocks), blocks))
+        keeps = last[writers == refs[last]]
+        copy = np.ones(index.size, bool)
+        copy[keeps] = False
+        return index[copy] if copy.any() else None
 
     def commit_append(self, plan: AppendPlan) -> tuple[IntArray, IntArray]:
         """Carry out a plan: allocate blocks, advance lengths.  Returns the
@@ -224,6 +318,9 @@ class SequenceTable:
         rows = plan.rows
         if plan.fill_in and self._last_commit is not None:
             self._written[rows, plan.layer] = plan.start + plan.num_tokens
+            if self.prefix is not None:
+                self._record_tokens(rows, plan.start, plan.token_ids)
+                self._register_full_blocks(rows)
             return self._last_blocks.copy(), self._last_slots
         if (rows < 0).any():
             rows = rows.copy()
@@ -241,14 +338,18 @@ class SequenceTable:
         if plan.blocks_needed:
             self._grow_columns(int(want.max()))
             new_ids = self.allocator.allocate(plan.blocks_needed)
+            if plan.copy_on_write is not None:
+                cow = plan.copy_on_write
+                new_ids = self._copy_shared(rows[cow], start[cow], new_ids)
             count = want - have
-            owner = np.repeat(rows, count)
-            # Column of each new block: the owner's old block count plus its
-            # rank among the owner's new blocks.
-            first = np.cumsum(count) - count
-            rank = np.arange(plan.blocks_needed) - np.repeat(first, count)
-            self._tables[owner, np.repeat(have, count) + rank] = new_ids
-            self._num_blocks[rows] = want
+            if new_ids.size:
+                owner = np.repeat(rows, count)
+                # Column of each new block: the owner's old block count plus
+                # its rank among the owner's new blocks.
+                first = np.cumsum(count) - count
+                rank = np.arange(new_ids.size) - np.repeat(first, count)
+                self._tables[owner, np.repeat(have, count) + rank] = new_ids
+                self._num_blocks[rows] = want
 
         if plan.layer is None:
             self._written[rows] = end[:, None]
@@ -268,23 +369,208 @@ class SequenceTable:
             filled = np.minimum(B, new_len[:, None] - logical * B)
             self.allocator.set_num_filled(blocks[grew], filled[grew])
         slot_mapping = slots.ravel()
+        if self.prefix is not None:
+            self._record_tokens(rows, start, plan.token_ids)
+            self._register_full_blocks(rows)
         if rows is self._batch_rows:
             self._last_commit = plan
             self._last_blocks, self._last_slots = blocks.copy(), slot_mapping
         return blocks, slot_mapping
 
+    def _copy_shared(
+        self,
+        rows: npt.NDArray[np.int64],
+        start: npt.NDArray[np.int64],
+        new_ids: IntArray,
+    ) -> IntArray:
+        """Give each row its own copy of the shared block its write begins
+        in; returns the new ids left for growth."""
+        n = rows.size
+        copies, rest = new_ids[:n], new_ids[n:]
+        column = start // self.block_size
+        shared = self._tables[rows, column].astype(np.int32)
+        assert self.copy_blocks is not None, "copy-on-write needs a block copier"
+        self.copy_blocks(shared, copies, None)
+        self.allocator.set_num_filled(copies, self.allocator.num_filled_of(shared))
+        self._tables[rows, column] = copies
+        self.allocator.release(shared)
+        self.cow_copies += n
+        return rest
+
+    # -- prefix caching --------------------------------------------------------
+
+    def _record_tokens(
+        self,
+        rows: npt.NDArray[np.int64],
+        start: npt.NDArray[np.int64],
+        token_ids: npt.NDArray[np.int32] | None,
+    ) -> None:
+        if token_ids is None:
+            return
+        positions = start[:, None] + np.arange(token_ids.shape[1])[None, :]
+        self._grow_token_columns(int(positions.max()) + 1)
+        self._tokens[rows[:, None], positions] = token_ids
+
+    def _register_full_blocks(self, rows: npt.NDArray[np.int64]) -> None:
+        """Hash the blocks that became full in every layer, in order, while
+        their tokens are known."""
+        assert self.prefix is not None
+        complete = self._written[rows].min(axis=1) // self.block_size
+        pending = np.flatnonzero(complete > self._hashed[rows])
+        b = self.block_size
+        for i in pending.tolist():
+            row = int(rows[i])
+            parent = self._chain.get(row, ROOT_HASH)
+            for j in range(int(self._hashed[row]), int(complete[i])):
+                tokens = self._tokens[row, j * b : (j + 1) * b]
+                if tokens.size < b or (tokens < 0).any():
+                    # Unknown tokens break the chain: nothing after them can
+                    # be matched either.
+                    self._hashed[row] = np.iinfo(np.int32).max
+                    break
+                parent = self.prefix.register(int(self._tables[row, j]), parent, tokens)
+                self._hashed[row] = j + 1
+                self._chain[row] = parent
+
+    def match_prefixes(
+        self, ids: npt.NDArray[np.int64], prompts: IntArray, lens: IntArray
+    ) -> IntArray:
+        """`match_prefix` for each new sequence ``ids[i]`` and its prompt
+        ``prompts[i, :lens[i]]``, in order; all ids are checked first."""
+        id_list: list[int] = ids.tolist()
+        check_unique(id_list)
+        for seq_id in id_list:
+            if seq_id in self._rows:
+                raise SequenceError(
+                    f"cannot match a prefix into sequence {seq_id}: it exists "
+                    "(matching starts a new sequence)"
+                )
+        return np.array(
+            [
+                self.match_prefix(seq_id, prompts[i, : int(lens[i])])
+                for i, seq_id in enumerate(id_list)
+            ],
+            dtype=np.int32,
+        )
+
+    def match_prefix(self, seq_id: int, tokens: npt.NDArray[np.int32]) -> int:
+        """Start sequence `seq_id` with the longest cached prefix of `tokens`
+        (whole blocks attached, then the first tokens of one more cached block
+        copied into a fresh block); returns how many tokens it now holds,
+        leaving at least the last token to compute."""
+        assert self.prefix is not None, "prefix caching is off"
+        if seq_id in self._rows:
+            raise SequenceError(
+                f"cannot match a prefix into sequence {seq_id}: it exists "
+                "(matching starts a new sequence)"
+            )
+        limit = min(int(tokens.size) - 1, self.max_seq_len)
+        found = self.prefix.match(tokens, limit)
+        stats = self.prefix.stats
+        stats.queries += 1
+        stats.query_tokens += int(tokens.size)
+        row = self._new_row(seq_id)
+        blocks = list(found.blocks)
+        self.allocator.take_back(np.array(blocks, np.int32))
+        partial = 0
+        if found.partial_block is not None and found.partial_tokens:
+            copied = self._copy_partial(found.partial_block, found.partial_tokens)
+            if copied is not None:
+                blocks.append(copied)
+                partial = found.partial_tokens
+        total = len(found.blocks) * self.block_size + partial
+        self._grow_columns(len(blocks))
+        self._tables[row, : len(blocks)] = blocks
+        self._num_blocks[row] = len(blocks)
+        self._written[row] = total
+        self._lens[row] = total
+        self._grow_token_columns(total)
+        self._tokens[row, :total] = tokens[:total]
+        self._hashed[row] = len(found.blocks)
+        if found.hashes:
+            self._chain[row] = found.hashes[-1]
+        stats.hit_tokens += total
+        stats.partial_hit_tokens += partial
+        self._may_share = True
+        return total
+
+    def _copy_partial(self, source: int, tokens: int) -> int | None:
+        """A fresh block holding the first `tokens` slots of `source`, or
+        None when no block can be had."""
+        if self.allocator.num_free - (self.allocator.ref_count(source) == 0) < 1:
+            return None
+        cached = self.allocator.ref_count(source) == 0
+        if cached:  # keep it from being evicted by the allocation below
+            self.allocator.revive(source)
+        (fresh,) = self.allocator.allocate(1).tolist()
+        assert self.copy_blocks is not None, "partial reuse needs a block copier"
+        src = np.array([source], np.int32)
+        dst = np.array([fresh], np.int32)
+        self.copy_blocks(src, dst, tokens)
+        self.allocator.set_num_filled(dst, np.array([tokens], np.int32))
+        if cached:
+            self.allocator.release(src)
+        return fresh
+
+    # -- fork ----------------------------------------------------------------
+
+    def fork(
+        self, parents: npt.NDArray[np.int64], children: npt.NDArray[np.int64]
+    ) -> None:
+        """Give each child its parent's blocks, lengths and tokens; nothing is
+        copied until one of them appends into a shared, partly filled block.
+        All checks first: every parent exists with its layers level, every
+        child is new, no id twice."""
+        parent_list: list[int] = parents.tolist()
+        child_list: list[int] = children.tolist()
+        check_unique(child_list)
+        for parent, child in zip(parent_list, child_list, strict=True):
+            row = self._row(parent)
+            if child in self._rows:
+                raise SequenceError(f"cannot fork into sequence {child}: it exists")
+            if child in parent_list:
+                raise SequenceError(f"sequence {child} is both a parent and a child")
+            written = self._written[row]
+            if (written != self._lens[row]).any():
+                raise SequenceError(
+                    f"sequence {parent} has a step half-appended (tokens per layer: "
+                    f"{written.tolist()}); finish it before forking"
+                )
+        for parent, child in zip(parent_list, child_list, strict=True):
+            source = self._rows[parent]
+            row = self._new_row(child)
+            n = int(self._num_blocks[source])
+            self._tables[row, :n] = self._tables[source, :n]
+            self._num_blocks[row] = n
+            self._written[row] = self._written[source]
+            self._lens[row] = self._lens[source]
+            self._priority[row] = self._priority[source]
+            self._tokens[row] = self._tokens[source]
+            self._hashed[row] = self._hashed[source]
+            if source in self._chain:
+                self._chain[row] = self._chain[source]
+            self.allocator.share(self._tables[row, :n])
+        self._may_share = True
+
     # -- free ----------------------------------------------------------------
 
-    def free_sequences(self, ids: npt.NDArray[np.int64]) -> None:
+    def free_sequences(
+        self, ids: npt.NDArray[np.int64], priority: int | None = None
+    ) -> None:
         """Release every listed sequence's blocks and forget it; all of them
-        or (on an unknown id) none."""
+        or (on an unknown id) none.  Cached blocks keep `priority` for
+        eviction (default: each sequence's own, see `set_priority`)."""
         id_list: list[int] = ids.tolist()
         check_unique(id_list)
         rows = [self._row(s) for s in id_list]
         if not rows:
             return
-        held = [self._tables[r, : self._num_blocks[r]] for r in rows]
-        self.allocator.release(np.concatenate(held))
+        for row in rows:
+            # Tail first: the end of a sequence is the least likely to be
+            # shared again, so it is evicted first.
+            held = self._tables[row, : self._num_blocks[row]][::-1]
+            keep = int(self._priority[row]) if priority is None else priority
+            self.allocator.release(held, priority=keep)
         for seq_id, row in zip(ids.tolist(), rows, strict=True):
             self._clear_row(row, int(self._num_blocks[row]))
             del self._rows[seq_id]
@@ -293,13 +579,47 @@ class SequenceTable:
 
     def reset(self) -> None:
         self.allocator.reset()
+        if self.prefix is not None:
+            self.prefix.clear()
         self._tables.fill(PAD_BLOCK)
         self._written.fill(0)
         self._lens.fill(0)
         self._num_blocks.fill(0)
+        self._priority.fill(0)
+        self._tokens.fill(-1)
+        self._hashed.fill(0)
+        self._chain.clear()
         self._rows.clear()
         self._forget_batch()
         self._free_rows = list(range(self._capacity - 1, -1, -1))
+
+    def check_invariants(self) -> None:
+        """Assert that the tables and the allocator agree (for tests): each
+        block's ref count is the number of tables holding it, every held
+        block is in use and records the tokens its sequences' lengths put
+        in it, and the prefix index matches the allocator's hashes."""
+        self.allocator.check_invariants()
+        held = np.zeros(self.allocator.num_blocks, np.int64)
+        filled = np.zeros(self.allocator.num_blocks, np.int64)
+        b = self.block_size
+        for row in self._rows.values():
+            n = int(self._num_blocks[row])
+            blocks = self._tables[row, :n]
+            np.add.at(held, blocks, 1)
+            length = int(self._lens[row])
+            assert n == (length + b - 1) // b, "block count disagrees with length"
+            assert (self._tables[row, n:] == PAD_BLOCK).all(), "stale table entry"
+            fill = np.minimum(b, length - np.arange(n) * b)
+            np.maximum.at(filled, blocks, fill)
+        refs = self.allocator.ref_counts()
+        assert (held == refs).all(), (
+            f"ref counts {refs.tolist()} differ from table holders {held.tolist()}"
+        )
+        used = refs > 0
+        have = np.array([self.allocator.num_filled(i) for i in range(refs.size)])
+        assert (have[used] == filled[used]).all(), "num_filled disagrees"
+        if self.prefix is not None:
+            self.prefix.check_invariants()
 
     # -- rows ----------------------------------------------------------------
 
@@ -346,6 +666,10 @@ class SequenceTable:
         self._written[row] = 0
         self._lens[row] = 0
         self._num_blocks[row] = 0
+        self._priority[row] = 0
+        self._tokens[row] = -1
+        self._hashed[row] = 0
+        self._chain.pop(row, None)
 
     def _grow_columns(self, width: int) -> None:
         """Make the tables at least `width` blocks wide (doubling, capped at
@@ -357,6 +681,16 @@ class SequenceTable:
         tables = np.full((self._capacity, wide), PAD_BLOCK, np.int32)
         tables[:, :have] = self._tables
         self._tables = tables
+
+    def _grow_token_columns(self, width: int) -> None:
+        have = self._tokens.shape[1]
+        if width <= have:
+            return
+        cap = self.geometry.max_blocks_per_seq * self.block_size
+        wide = min(max(width, 2 * have), cap)
+        tokens = np.full((self._capacity, wide), -1, np.int32)
+        tokens[:, :have] = self._tokens
+        self._tokens = tokens
 
     def _grow_rows(self, capacity: int) -> None:
         old = self._capacity
@@ -374,6 +708,15 @@ class SequenceTable:
             lens,
             nblocks,
         )
+        self._priority = np.concatenate(
+            [self._priority, np.zeros(capacity - old, np.int32)]
+        )
+        self._hashed = np.concatenate(
+            [self._hashed, np.zeros(capacity - old, np.int32)]
+        )
+        tokens = np.full((capacity, self._tokens.shape[1]), -1, np.int32)
+        tokens[:old] = self._tokens
+        self._tokens = tokens
         # Pop from the end: lowest new row first.
         self._free_rows.extend(range(capacity - 1, old - 1, -1))
         self._capacity = capacity

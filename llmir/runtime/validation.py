@@ -339,3 +339,66 @@ def check_query(
             f"query has {q_heads} heads, not a positive multiple of the cache's "
             f"{num_kv_heads} kv heads"
         )
+
+
+# ---------------------------------------------------------------------------
+# Token ids (prefix caching)
+
+
+def _integer_array(name: str, value: object) -> npt.NDArray[Any]:
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise DTypeError(f"{name} {value!r} are not integers") from exc
+    if array.size and (
+        array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer)
+    ):
+        raise DTypeError(f"{name} must be integers, got dtype {array.dtype}")
+    return array
+
+
+def _check_int32(name: str, array: npt.NDArray[Any], low: int) -> IntArray:
+    if array.size:
+        small, big = int(array.min()), int(array.max())
+        if small < low or big > INT32_MAX:
+            bad = small if small < low else big
+            raise ShapeError(
+                f"{name} holds {bad}, outside [{low}, {INT32_MAX}]"
+                + (" (negative ids pad a prompt's end only)" if low < 0 else "")
+            )
+    return np.ascontiguousarray(array, dtype=np.int32)
+
+
+def check_token_ids(token_ids: object, batch: int, tokens: int) -> IntArray:
+    """The token ids of an append: integers in ``[0, 2^31)``, int32
+    ``[batch, tokens]`` (one per appended position)."""
+    array = _integer_array("token_ids", token_ids)
+    if array.shape != (batch, tokens):
+        raise ShapeError(
+            f"token_ids has shape {array.shape}, expected ({batch}, {tokens}): one "
+            "id per appended token"
+        )
+    return _check_int32("token_ids", array, 0)
+
+
+def check_prompts(token_ids: object, batch: int) -> tuple[IntArray, IntArray]:
+    """Prompts for prefix matching: int32 ``[batch, T]``, each row a prompt
+    followed by negative padding (nothing but padding after the first
+    negative id).  Returns (ids, lengths)."""
+    array = _integer_array("token_ids", token_ids)
+    if array.ndim != 2 or array.shape[0] != batch:
+        raise ShapeError(
+            f"token_ids has shape {array.shape}, expected ({batch}, T): one prompt "
+            "per sequence"
+        )
+    ids = _check_int32("token_ids", array, INT32_MIN)
+    padding = ids < 0
+    lens = np.where(padding.any(axis=1), padding.argmax(axis=1), ids.shape[1])
+    after = np.arange(ids.shape[1])[None, :] >= lens[:, None]
+    if (after & ~padding).any():
+        row = int(np.argwhere(after & ~padding)[0][0])
+        raise ShapeError(
+            f"token_ids row {row} has a token after the padding at position "
+            f"{int(lens[row])}: pad prompts at their end only"
+        )
+    return ids, lens.astype(np.int32)

@@ -1,8 +1,9 @@
-"""A fixed trace of every `KVCache` operation, for checking that two
+"""Fixed traces of every `KVCache` operation, for checking that two
 implementations (the CPU and CUDA backends of `PagedKVCache`, or a paged
 cache and the dense reference) agree.
 
     results = protocol_trace(cache, np.random.default_rng(0))
+    results = sharing_trace(cache)      # a cache with prefix caching on
 
 The cache must be empty, with 2 layers, 2 kv heads, head_dim 8, block size
 4, max_seq_len >= 24 and at least 16 blocks.  The trace appends per layer
@@ -20,13 +21,14 @@ import numpy as np
 import numpy.typing as npt
 
 from llmir.runtime.protocol import KVCache
+from llmir.testing.prefix_data import prefix_kv
 
 Array = npt.NDArray[Any]
 
 LAYERS, HEADS, HEAD_DIM, BLOCK = 2, 2, 8, 4
 
 
-def protocol_trace(cache: KVCache, rng: np.random.Generator) -> dict[str, Any]:
+def _check_geometry(cache: KVCache, trace: str) -> None:
     g = cache.geometry
     if (g.num_layers, g.num_heads, g.head_dim, g.block_size) != (
         LAYERS,
@@ -34,7 +36,11 @@ def protocol_trace(cache: KVCache, rng: np.random.Generator) -> dict[str, Any]:
         HEAD_DIM,
         BLOCK,
     ):
-        raise ValueError(f"protocol_trace needs a 2x2x8 cache of block 4, got {g}")
+        raise ValueError(f"{trace} needs a 2x2x8 cache of block 4, got {g}")
+
+
+def protocol_trace(cache: KVCache, rng: np.random.Generator) -> dict[str, Any]:
+    _check_geometry(cache, "protocol_trace")
 
     def kv(*shape: int) -> Array:
         return rng.standard_normal((*shape, HEADS, HEAD_DIM), dtype=np.float32)
@@ -92,4 +98,68 @@ def protocol_trace(cache: KVCache, rng: np.random.Generator) -> dict[str, Any]:
     out["tokens"] = (stats_before.tokens_stored, cache.stats().tokens_stored)
     cache.reset()
     out["reset"] = cache.stats().num_sequences == 0 and 10 not in cache
+    return out
+
+
+def sharing_trace(cache: KVCache) -> dict[str, Any]:
+    """Forks with copy-on-write and prefix matches (whole blocks, a partial
+    block, blocks of a freed sequence), on the geometry of `protocol_trace`
+    with prefix caching on and at least 24 blocks of room.  Keys and values
+    are `prefix_kv` of the tokens; returns every float output and every
+    match length by name."""
+    _check_geometry(cache, "sharing_trace")
+    rng = np.random.default_rng(11)
+    tokens: dict[int, list[int]] = {}
+
+    def append(seq_ids: list[int], new: list[list[int]]) -> None:
+        t = len(new[0])
+        keys = np.empty((LAYERS, len(seq_ids), t, HEADS, HEAD_DIM), np.float32)
+        values = np.empty_like(keys)
+        for b, seq in enumerate(seq_ids):
+            history = tokens.setdefault(seq, []) + new[b]
+            keys[:, b], values[:, b] = prefix_kv(
+                history, LAYERS, HEADS, HEAD_DIM, len(history) - t
+            )
+            tokens[seq] = history
+        cache.append_kv_all_layers(keys, values, seq_ids, token_ids=new)
+
+    def attend(seq_ids: list[int], name: str) -> None:
+        table, lens = cache.block_table(seq_ids)
+        q = rng.standard_normal((len(seq_ids), 2, 2 * HEADS, HEAD_DIM), np.float32)
+        out[name] = np.asarray(cache.paged_attention(q, table, lens, 1))
+        out[name + ".lookup"] = np.asarray(cache.lookup_kv(table, lens, 0)[0])
+
+    out: dict[str, Any] = {}
+    prompt = [5, 1, 4, 1, 5, 9, 2, 6, 5, 3]  # 2.5 blocks
+    append([0], [prompt])
+    # Fork twice from the half-full last block, then decode all three: the
+    # first two writers copy the shared block, the last writes it in place.
+    cache.fork_sequences([0, 0], [1, 2])
+    for seq in (1, 2):
+        tokens[seq] = list(tokens[0])
+    append([0, 1, 2], [[7], [8], [9]])
+    attend([0, 1, 2], "forked")
+    append([0], [[4]])  # sequence 0's third block is full now: indexed
+    # A new prompt: two whole blocks of sequence 0, then 2 tokens of its
+    # third block (partial reuse); the rest is computed.
+    query = [5, 1, 4, 1, 5, 9, 2, 6, 5, 3, 8, 8, 8, 1]
+    matched = cache.match_prefixes([3], [query])
+    out["match.partial"] = matched.tolist()
+    tokens[3] = query[: int(matched[0])]
+    append([3], [query[int(matched[0]) :]])
+    attend([3, 0], "matched")
+    # Freed sequences stay matchable; padding ends the shorter prompt.
+    cache.free_sequences([0, 3])
+    batch = np.full((2, 16), -1, np.int64)
+    batch[0, :14] = query
+    batch[1, :6] = prompt[:6]
+    matched = cache.match_prefixes([4, 5], batch)
+    out["match.freed"] = matched.tolist()
+    tokens[4] = query[: int(matched[0])]
+    tokens[5] = prompt[: int(matched[1])]
+    append([4, 5], [query[int(matched[0]) :][:1], prompt[int(matched[1]) : 6][:1]])
+    attend([4, 5, 1], "revived")
+    stats = cache.stats()
+    out["prefix"] = (stats.prefix_queries, stats.prefix_query_tokens)
+    out["hits"] = stats.prefix_hit_tokens
     return out

@@ -13,6 +13,14 @@ Block ids are virtual: they are handed out in order as sequences grow and
 mean nothing but "block j of sequence s".  Outputs that expose physical
 block ids (the append's block indices, the tables themselves) therefore
 differ from the paged cache's and are not compared.
+
+Sharing is modelled without blocks: `fork_sequences` copies the parent's
+arrays, and prefix matching is that of an unbounded cache.  Every sequence,
+live or freed, offers the tokens of its blocks that are full in every layer
+with known ids (as `PagedKVCache` indexes them); a prompt matches its
+longest common start with any of them, at most its length minus one.  A
+paged cache matches as much while its pool has room (no evictions, a free
+block for a partial match); under pressure it matches less, never more.
 """
 
 from __future__ import annotations
@@ -23,19 +31,24 @@ import numpy as np
 import numpy.typing as npt
 
 from llmir.errors import (
+    ConfigError,
     DTypeError,
+    SequenceError,
     SequenceTooLongError,
     ShapeError,
     UnknownSequenceError,
 )
 from llmir.runtime.dtypes import element_type
 from llmir.runtime.geometry import PAD_BLOCK, CacheGeometry
+from llmir.runtime.options import CacheOptions
 from llmir.runtime.protocol import CacheStats
 from llmir.runtime.validation import (
     check_attention_options,
     check_layer,
+    check_prompts,
     check_query,
     check_seq_ids,
+    check_token_ids,
     check_unique,
     validate_block_table,
 )
@@ -59,7 +72,9 @@ class DenseReferenceCache:
         dtype: object = "f32",
         *,
         num_blocks: int | None = None,
+        enable_prefix_caching: bool = False,
     ) -> None:
+        self._prefix_caching = CacheOptions(enable_prefix_caching).prefix_caching
         self._geometry = CacheGeometry(
             element_type(dtype),
             num_layers,
@@ -77,11 +92,20 @@ class DenseReferenceCache:
         self._blocks: dict[int, list[int]] = {}
         self._owner: dict[int, int] = {}  # virtual block -> sequence
         self._next_block = 0
+        # Prefix caching: token id per position (-1 unknown) of live
+        # sequences, and the matchable part of freed ones.
+        self._tokens: dict[int, list[int]] = {}
+        self._freed: list[tuple[list[int], list[Array], list[Array]]] = []
+        self._queries = self._query_tokens = self._hit_tokens = 0
 
     @classmethod
     def from_geometry(
-        cls, geometry: CacheGeometry, num_blocks: int | None = None
+        cls,
+        geometry: CacheGeometry,
+        num_blocks: int | None = None,
+        options: CacheOptions | None = None,
     ) -> DenseReferenceCache:
+        prefix_caching = options is not None and options.prefix_caching
         return cls(
             geometry.num_layers,
             geometry.num_heads,
@@ -90,6 +114,7 @@ class DenseReferenceCache:
             geometry.max_seq_len,
             geometry.element_type,
             num_blocks=num_blocks,
+            enable_prefix_caching=prefix_caching,
         )
 
     @property
@@ -140,7 +165,14 @@ class DenseReferenceCache:
             raise ShapeError(f"{len(ids)} sequence ids for a batch of {k.shape[-4]}")
         return ids
 
-    def _append_layer(self, k: Array, v: Array, ids: list[int], layer: int) -> None:
+    def _append_layer(
+        self,
+        k: Array,
+        v: Array,
+        ids: list[int],
+        layer: int,
+        token_ids: Array | None = None,
+    ) -> None:
         g = self._geometry
         for seq_id in ids:
             written = self._keys[seq_id][layer].shape[0] if seq_id in self._keys else 0
@@ -155,6 +187,9 @@ class DenseReferenceCache:
                 self._keys[seq_id] = [empty] * g.num_layers
                 self._values[seq_id] = [empty] * g.num_layers
                 self._blocks[seq_id] = []
+                self._tokens[seq_id] = []
+            start = self._keys[seq_id][layer].shape[0]
+            self._record(seq_id, start, k.shape[1], token_ids, b)
             self._keys[seq_id][layer] = np.concatenate(
                 [self._keys[seq_id][layer], self._stored(k[b])]
             )
@@ -178,25 +213,129 @@ class DenseReferenceCache:
                 ]
         return out
 
+    def _record(
+        self, seq_id: int, start: int, count: int, token_ids: Array | None, row: int
+    ) -> None:
+        """Remember the ids of positions ``[start, start + count)``."""
+        tokens = self._tokens[seq_id]
+        if len(tokens) < start + count:
+            tokens.extend([-1] * (start + count - len(tokens)))
+        if token_ids is not None and self._prefix_caching:
+            tokens[start : start + count] = token_ids[row].tolist()
+
     def append_kv(
-        self, keys: Any, values: Any, seq_ids: Any, layer: int = 0
+        self,
+        keys: Any,
+        values: Any,
+        seq_ids: Any,
+        layer: int = 0,
+        *,
+        token_ids: Any = None,
     ) -> IntArray:
         layer = check_layer(layer, self._geometry.num_layers)
         ids = self._checked(keys, values, seq_ids, 4)
         k, v = np.asarray(keys), np.asarray(values)
+        tids = None if token_ids is None else check_token_ids(token_ids, *k.shape[:2])
         if not ids or k.shape[1] == 0:
             return np.zeros(k.shape[:2], np.int32)
-        self._append_layer(k, v, ids, layer)
+        self._append_layer(k, v, ids, layer, tids)
         return self._indices(ids, layer, k.shape[1])
 
-    def append_kv_all_layers(self, keys: Any, values: Any, seq_ids: Any) -> IntArray:
+    def append_kv_all_layers(
+        self, keys: Any, values: Any, seq_ids: Any, *, token_ids: Any = None
+    ) -> IntArray:
         ids = self._checked(keys, values, seq_ids, 5)
         k, v = np.asarray(keys), np.asarray(values)
+        tids = None if token_ids is None else check_token_ids(token_ids, *k.shape[1:3])
         if not ids or k.shape[2] == 0:
             return np.zeros(k.shape[1:3], np.int32)
+        for seq_id in ids:
+            if (
+                seq_id in self._keys
+                and len({a.shape[0] for a in self._keys[seq_id]}) > 1
+            ):
+                raise SequenceError(f"sequence {seq_id} has a step half-appended")
         for layer in range(self._geometry.num_layers):
-            self._append_layer(k[layer], v[layer], ids, layer)
+            self._append_layer(k[layer], v[layer], ids, layer, tids)
         return self._indices(ids, 0, k.shape[2])
+
+    # -- sharing -------------------------------------------------------------------
+
+    def _start(self, seq_id: int, keys: list[Array], values: list[Array]) -> None:
+        """A new sequence holding `keys`/`values` per layer."""
+        g = self._geometry
+        self._keys[seq_id] = [k.copy() for k in keys]
+        self._values[seq_id] = [v.copy() for v in values]
+        self._blocks[seq_id] = []
+        length = keys[0].shape[0]
+        while len(self._blocks[seq_id]) * g.block_size < length:
+            self._owner[self._next_block] = seq_id
+            self._blocks[seq_id].append(self._next_block)
+            self._next_block += 1
+
+    def fork_sequences(self, parents: Any, children: Any) -> None:
+        parent_ids: list[int] = check_seq_ids(parents).tolist()
+        child_ids: list[int] = check_seq_ids(children).tolist()
+        if len(parent_ids) != len(child_ids):
+            raise ShapeError(f"{len(parent_ids)} parents for {len(child_ids)} children")
+        check_unique(child_ids)
+        for parent, child in zip(parent_ids, child_ids, strict=True):
+            if parent not in self._keys:
+                raise UnknownSequenceError(f"unknown sequence id {parent!r}")
+            if child in self._keys or child in parent_ids:
+                raise SequenceError(f"cannot fork into sequence {child}")
+            if len({a.shape[0] for a in self._keys[parent]}) > 1:
+                raise SequenceError(f"sequence {parent} has a step half-appended")
+        for parent, child in zip(parent_ids, child_ids, strict=True):
+            self._start(child, self._keys[parent], self._values[parent])
+            self._tokens[child] = list(self._tokens[parent])
+
+    def _matchable(self, seq_id: int) -> list[int]:
+        """The ids of the blocks a paged cache would have indexed."""
+        g = self._geometry
+        full = min(k.shape[0] for k in self._keys[seq_id]) // g.block_size
+        tokens = self._tokens[seq_id][: full * g.block_size]
+        known = tokens.index(-1) if -1 in tokens else len(tokens)
+        return tokens[: known // g.block_size * g.block_size]
+
+    def match_prefixes(self, seq_ids: Any, token_ids: Any) -> IntArray:
+        ids: list[int] = check_seq_ids(seq_ids).tolist()
+        prompts, lens = check_prompts(token_ids, len(ids))
+        if not self._prefix_caching:
+            raise ConfigError("prefix matching needs enable_prefix_caching=True")
+        check_unique(ids)
+        for seq_id in ids:
+            if seq_id in self._keys:
+                raise SequenceError(f"sequence {seq_id} exists")
+        g = self._geometry
+        found = np.zeros(len(ids), np.int32)
+        for i, seq_id in enumerate(ids):
+            prompt = prompts[i, : int(lens[i])].tolist()
+            limit = min(len(prompt) - 1, g.max_seq_len)
+            sources = [
+                (self._matchable(s), self._keys[s], self._values[s]) for s in self._keys
+            ] + self._freed
+            best, best_keys, best_values = 0, None, None
+            for tokens, keys, values in sources:
+                n = _common_prefix(tokens, prompt, limit)
+                if n > best:
+                    best, best_keys, best_values = n, keys, values
+            empty = np.zeros((0, g.num_heads, g.head_dim))
+            keys = (
+                [k[:best] for k in best_keys] if best_keys else [empty] * g.num_layers
+            )
+            values = (
+                [v[:best] for v in best_values]
+                if best_values
+                else [empty] * g.num_layers
+            )
+            self._start(seq_id, keys, values)
+            self._tokens[seq_id] = prompt[:best]
+            self._queries += 1
+            self._query_tokens += len(prompt)
+            self._hit_tokens += best
+            found[i] = best
+        return found
 
     # -- tables and reads --------------------------------------------------------
 
@@ -310,16 +449,27 @@ class DenseReferenceCache:
 
     # -- free ----------------------------------------------------------------------
 
-    def free_sequences(self, seq_ids: Any) -> None:
+    def free_sequences(self, seq_ids: Any, *, priority: int | None = None) -> None:
         ids: list[int] = check_seq_ids(seq_ids).tolist()
         check_unique(ids)
         for seq_id in ids:
             if seq_id not in self._keys:
                 raise UnknownSequenceError(f"unknown sequence id {seq_id!r}")
         for seq_id in ids:
+            if self._prefix_caching:
+                tokens = self._matchable(seq_id)
+                if tokens:
+                    n = len(tokens)
+                    self._freed.append(
+                        (
+                            tokens,
+                            [k[:n] for k in self._keys[seq_id]],
+                            [v[:n] for v in self._values[seq_id]],
+                        )
+                    )
             for block in self._blocks.pop(seq_id):
                 del self._owner[block]
-            del self._keys[seq_id], self._values[seq_id]
+            del self._keys[seq_id], self._values[seq_id], self._tokens[seq_id]
 
     def free_sequence(self, seq_id: int) -> None:
         self.free_sequences([seq_id])
@@ -329,6 +479,8 @@ class DenseReferenceCache:
         self._values.clear()
         self._blocks.clear()
         self._owner.clear()
+        self._tokens.clear()
+        self._freed.clear()
 
     def stats(self) -> CacheStats:
         g = self._geometry
@@ -344,4 +496,17 @@ class DenseReferenceCache:
             bytes_used=used * g.bytes_per_block,
             slots_allocated=used * g.block_size,
             fragmentation_slots=used * g.block_size - tokens,
+            block_references=used,
+            prefix_queries=self._queries,
+            prefix_query_tokens=self._query_tokens,
+            prefix_hit_tokens=self._hit_tokens,
         )
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = 0
+    for x, y in zip(a[:limit], b[:limit], strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

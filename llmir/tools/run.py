@@ -263,7 +263,8 @@ def run(options: argparse.Namespace) -> int:
     print(f"time: {run_seconds * 1e3:.1f} ms{compile_note}")
     if options.stats:
         for index, cache in enumerate(execution.caches):
-            print(f"cache{index}: {cache.stats()}")
+            report = cache.stats().report().replace("\n", "\n  ")
+            print(f"cache{index}: {cache.geometry.describe()}\n  {report}")
     if output is not None:
         named = {f"result{i}": a for i, a in enumerate(arrays) if a is not None}
         try:

@@ -65,6 +65,7 @@ class _FunctionScope:
     constants: dict[tuple[str, Attribute], SSAValue] = field(
         default_factory=dict[tuple[str, Attribute], SSAValue]
     )
+    """Scalar constants by (name, value), empty tensors by ("empty", type)."""
     last_constant: Operation | None = None
 
 
@@ -96,9 +97,11 @@ class LowerToRuntimeCall(RewritePattern):
         scope = self._scope(op)
         arguments: list[SSAValue] = []
         for operand, slot, want in zip(
-            op.operands, function.operands, inputs, strict=False
+            function.operand_values(op), function.operands, inputs, strict=False
         ):
-            if slot == abi.CACHE or operand.type == want:
+            if operand is None:
+                arguments.append(self._empty(scope, want, rewriter))
+            elif slot == abi.CACHE or operand.type == want:
                 # Cache values become handles when the module's types are
                 # converted, after every op is lowered.
                 arguments.append(operand)
@@ -155,6 +158,29 @@ class LowerToRuntimeCall(RewritePattern):
             rewriter.insert(constant, where)
             scope.last_constant = constant
             scope.constants[key] = constant.result
+        return scope.constants[key]
+
+    def _empty(
+        self, scope: _FunctionScope, want: Attribute, rewriter: PatternRewriter
+    ) -> SSAValue:
+        """An absent optional tensor: an empty tensor of `want`'s rank and
+        element type (one per function), cast to `want`."""
+        assert isinstance(want, TensorType)
+        key = ("empty", want)
+        if key not in scope.constants:
+            empty = tensor.EmptyOp(
+                [], TensorType(want.element_type, [0] * want.get_num_dims())
+            )
+            empty.tensor.name_hint = "none"
+            where = (
+                InsertPoint.at_start(scope.entry)
+                if scope.last_constant is None
+                else InsertPoint.after(scope.last_constant)
+            )
+            rewriter.insert(empty, where)
+            scope.last_constant = empty
+            scope.constants[key] = self._cast(empty.tensor, want, rewriter)
+            scope.last_constant = scope.constants[key].owner  # pyright: ignore[reportAttributeAccessIssue]
         return scope.constants[key]
 
     def _cast(

@@ -67,6 +67,16 @@ class CPUBackend:
             code,
         )
 
+    def copy_blocks(
+        self, src: npt.NDArray[np.int32], dst: npt.NDArray[np.int32], tokens: int | None
+    ) -> None:
+        # numpy's fancy-index copy runs at memory bandwidth; a handful of
+        # blocks per call leaves nothing for a kernel to win.
+        if tokens is None:
+            self._pool[:, dst] = self._pool[:, src]
+        else:
+            self._pool[:, dst, :, :, :tokens] = self._pool[:, src, :, :, :tokens]
+
     def gather(
         self,
         layer: int,

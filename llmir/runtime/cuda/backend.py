@@ -85,6 +85,11 @@ class CUDABackend:
     ) -> None:
         launch.append(self._pool, self._element, layer, keys, values, slot_mapping)
 
+    def copy_blocks(
+        self, src: npt.NDArray[np.int32], dst: npt.NDArray[np.int32], tokens: int | None
+    ) -> None:
+        launch.copy_blocks(self._pool, src, dst, tokens)
+
     def gather(
         self,
         layer: int,

@@ -122,3 +122,31 @@ def cache_kernels(element: ElementType, raw: bool = False) -> CacheKernels:
                 out_values[b, p, h, d] = 0.0
 
     return CacheKernels(append_layer, append_all_layers, gather)
+
+
+@cache
+def copy_kernel() -> Any:
+    """The block copy kernel (numba specialises it per storage dtype)."""
+
+    @cuda.jit
+    def copy_blocks(kv_pool: Any, src: Any, dst: Any, tokens: int) -> None:
+        """Grid (pairs, num_layers).  kv_pool (L, num_blocks, H, 2, B, D):
+        the first `tokens` slots of block src[i] to block dst[i], K and V of
+        every head, as stored."""
+        i = cuda.blockIdx.x
+        layer = cuda.blockIdx.y
+        num_heads = kv_pool.shape[2]
+        head_dim = kv_pool.shape[5]
+        per_head = 2 * tokens * head_dim
+        s = src[i]
+        t = dst[i]
+        for j in range(cuda.threadIdx.x, num_heads * per_head, cuda.blockDim.x):
+            h = j // per_head
+            r = j - h * per_head
+            kv = r // (tokens * head_dim)
+            r -= kv * tokens * head_dim
+            offset = r // head_dim
+            d = r - offset * head_dim
+            kv_pool[layer, t, h, kv, offset, d] = kv_pool[layer, s, h, kv, offset, d]
+
+    return copy_blocks

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from llmir.errors import ConfigError
 from llmir.runtime.cuda.attention_kernels import attention_kernels, shared_floats
-from llmir.runtime.cuda.cache_kernels import cache_kernels
+from llmir.runtime.cuda.cache_kernels import cache_kernels, copy_kernel
 from llmir.runtime.cuda.codecs import codec
 from llmir.runtime.cuda.loader import cuda_module, simulator_enabled
 from llmir.runtime.dtypes import F16, ElementType
@@ -105,6 +105,29 @@ def append(
         kernels.append_all_layers[(num_tokens, view.shape[0]), nthreads](
             view, d_keys, d_values, d_slots
         )
+
+
+def copy_blocks(
+    pool: Any,
+    src: npt.NDArray[np.int32],
+    dst: npt.NDArray[np.int32],
+    tokens: int | None,
+    *,
+    threads: int | None = None,
+) -> None:
+    """Copy block src[i] to dst[i] in every layer, bit for bit: the whole
+    block or its first `tokens` slots."""
+    pairs = int(src.shape[0])
+    if pairs == 0:
+        return
+    block_size = int(pool.shape[4])
+    count = block_size if tokens is None else tokens
+    packed = np.concatenate([src, dst]).astype(np.int32)
+    d_ids = cuda.to_device(packed)
+    kernel = copy_kernel()
+    kernel[(pairs, pool.shape[0]), threads or default_threads()](
+        pool, d_ids[:pairs], d_ids[pairs:], count
+    )
 
 
 def metadata_to_device(table: BlockTable) -> tuple[Any, Any]:

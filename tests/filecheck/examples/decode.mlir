@@ -8,7 +8,9 @@
 // Prompts of 7, 3 and 12 tokens, then 16 decode steps:
 // CHECK: result2: int32[3] [23, 19, 28]
 // 23, 19 and 28 tokens in blocks of 16 take 2 + 2 + 2 blocks:
-// CHECK: cache0: CacheStats(blocks_total=64, blocks_used=6, blocks_free=58, num_sequences=3, tokens_stored=70
+// CHECK: cache0: f16, 2 layers, 4 kv heads, head_dim 32, block 16, max_seq_len 256
+// CHECK-NEXT: blocks 6 used, 0 cached-free, 58 free of 64
+// CHECK-NEXT: sequences 3 holding 70 tokens
 // CHECK: check: PASS
 
 // LOWERED: result2: int32[3] [23, 19, 28]

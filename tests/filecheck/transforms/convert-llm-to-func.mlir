@@ -22,6 +22,11 @@
 // CHECK-NEXT: %block_size = arith.constant 16 : i64
 // CHECK-NEXT: %max_seq_len = arith.constant 64 : i64
 // CHECK-NEXT: %num_blocks = arith.constant 32 : i64
+// CHECK-NEXT: %prefix_caching = arith.constant false
+// CHECK-NEXT: %eviction = arith.constant 0 : i64
+// An absent token_ids operand is an empty tensor.
+// CHECK-NEXT: %none = tensor.empty() : tensor<0x0xi32>
+// CHECK-NEXT: %none_1 = tensor.cast %none : tensor<0x0xi32> to tensor<?x?xi32>
 // CHECK-NEXT: %layer = arith.constant 1 : i32
 // CHECK-NEXT: %width = arith.constant 4 : i64
 // CHECK-NEXT: %max_len = arith.constant 64 : i64
@@ -30,15 +35,16 @@
 // CHECK-NEXT: %causal = arith.constant false
 // CHECK-NEXT: %sliding_window = arith.constant 8 : i32
 // CHECK-NEXT: %logits_soft_cap = arith.constant 5.000000e+01 : f32
-// CHECK-NEXT: %kv = func.call @llmir_create_kv_cache_f16(%num_layers, %num_heads, %head_dim, %block_size, %max_seq_len, %num_blocks) : (i64, i64, i64, i64, i64, i64) -> !llvm.ptr
-// CHECK-NEXT: %idx = func.call @llmir_append_kv_f16(%kv, %keys_1, %keys_1, %seq_ids_1, %layer) : (!llvm.ptr, tensor<?x?x?x?xf16>, tensor<?x?x?x?xf16>, tensor<?xi32>, i32) -> tensor<?x?xi32>
+// CHECK-NEXT: %priority = arith.constant -9223372036854775808 : i64
+// CHECK-NEXT: %kv = func.call @llmir_create_kv_cache_f16(%num_layers, %num_heads, %head_dim, %block_size, %max_seq_len, %num_blocks, %prefix_caching, %eviction) : (i64, i64, i64, i64, i64, i64, i1, i64) -> !llvm.ptr
+// CHECK-NEXT: %idx = func.call @llmir_append_kv_f16(%kv, %keys_1, %keys_1, %seq_ids_1, %none_1, %layer) : (!llvm.ptr, tensor<?x?x?x?xf16>, tensor<?x?x?x?xf16>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>
 // CHECK-NEXT: %idx_1 = tensor.cast %idx : tensor<?x?xi32> to tensor<2x3xi32>
 // CHECK-NEXT: %table, %lens = func.call @llmir_block_table(%kv, %seq_ids_1, %width) : (!llvm.ptr, tensor<?xi32>, i64) -> (tensor<?x?xi32>, tensor<?xi32>)
 // CHECK-NEXT: %k, %v = func.call @llmir_lookup_kv_f32(%kv, %table, %lens, %layer, %max_len) : (!llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, i64) -> (tensor<?x?x?x?xf32>, tensor<?x?x?x?xf32>)
 // CHECK-NEXT: %k_1 = tensor.cast %k : tensor<?x?x?x?xf32> to tensor<2x64x4x8xf32>
 // CHECK-NEXT: %out = func.call @llmir_paged_attention_f32(%query_1, %kv, %table, %lens, %layer, %scale, %causal, %sliding_window, %logits_soft_cap) : (tensor<?x?x?x?xf32>, !llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, f32, i1, i32, f32) -> tensor<?x?x?x?xf32>
 // CHECK-NEXT: %out_1 = tensor.cast %out : tensor<?x?x?x?xf32> to tensor<2x3x8x8xf32>
-// CHECK-NEXT: func.call @llmir_free_sequence(%kv, %seq_ids_1) : (!llvm.ptr, tensor<?xi32>) -> ()
+// CHECK-NEXT: func.call @llmir_free_sequence(%kv, %seq_ids_1, %priority) : (!llvm.ptr, tensor<?xi32>, i64) -> ()
 // CHECK-NEXT: func.return %out_1, %k_1, %idx_1 : tensor<2x3x8x8xf32>, tensor<2x64x4x8xf32>, tensor<2x3xi32>
 func.func @every_op(%keys : tensor<2x3x4x8xf16>, %seq_ids : tensor<2xi32>,
                     %query : tensor<2x3x8x8xf32>) -> (tensor<2x3x8x8xf32>, tensor<2x64x4x8xf32>, tensor<2x3xi32>) {
@@ -71,9 +77,9 @@ func.func @dead_read(%kv : !cache, %s : tensor<2xi32>) {
 // Absent window and soft cap lower to 0, "off".
 // CHECK-NEXT: %sliding_window = arith.constant 0 : i32
 // CHECK-NEXT: %logits_soft_cap = arith.constant 0.000000e+00 : f32
-// CHECK: func.call @llmir_append_kv_f32(%kv, %k1_1, %k1_1, %s_1, %layer)
-// CHECK-NEXT: func.call @llmir_append_kv_f32(%kv, %k1_1, %k1_1, %s_1, %layer_1)
-// CHECK-NEXT: func.call @llmir_append_kv_f32(%kv, %k5_1, %k5_1, %s_1, %layer)
+// CHECK: func.call @llmir_append_kv_f32(%kv, %k1_1, %k1_1, %s_1, %none_1, %layer)
+// CHECK-NEXT: func.call @llmir_append_kv_f32(%kv, %k1_1, %k1_1, %s_1, %none_1, %layer_1)
+// CHECK-NEXT: func.call @llmir_append_kv_f32(%kv, %k5_1, %k5_1, %s_1, %none_1, %layer)
 // CHECK-NEXT: %t, %l = func.call @llmir_block_table(%kv, %s_1, %width)
 // The table feeds attention in its dynamic form: no cast back and forth.
 // CHECK-NEXT: %o = func.call @llmir_paged_attention_f32(%k1_1, %kv, %t, %l,
@@ -88,6 +94,31 @@ func.func @several_shapes(%kv : !cache, %k1 : tensor<1x1x4x8xf32>, %k5 : tensor<
   func.return %c, %o : !cache, tensor<1x1x4x8xf32>
 }
 
+// Sharing: prefix caching and the eviction policy become scalars of the
+// create call; token ids travel as a tensor; fork and match are calls; a
+// free's priority is a constant.
+// CHECK-LABEL: func.func @sharing
+// CHECK: %prefix_caching = arith.constant true
+// CHECK-NEXT: %eviction = arith.constant 1 : i64
+// CHECK: %priority = arith.constant 2 : i64
+// CHECK: %n = func.call @llmir_match_prefix(%kv, %s_1, %prompt_1) : (!llvm.ptr, tensor<?xi32>, tensor<?x?xi32>) -> tensor<?xi32>
+// CHECK-NEXT: %n_1 = tensor.cast %n : tensor<?xi32> to tensor<1xi32>
+// CHECK-NEXT: %{{.*}} = func.call @llmir_append_kv_f32(%kv, %k_1, %k_1, %s_1, %tok_1, %layer)
+// CHECK-NEXT: func.call @llmir_fork_sequence(%kv, %s_1, %child_1) : (!llvm.ptr, tensor<?xi32>, tensor<?xi32>) -> ()
+// CHECK-NEXT: func.call @llmir_free_sequence(%kv, %s_1, %priority)
+// CHECK-NEXT: func.return %n_1
+!scache = !llm.paged_kv_cache<f32, 1, 4, 8, 16, 64>
+func.func @sharing(%k : tensor<1x2x4x8xf32>, %s : tensor<1xi32>, %tok : tensor<1x2xi32>,
+                   %prompt : tensor<1x8xi32>, %child : tensor<1xi32>) -> tensor<1xi32> {
+  %kv = llm.create_kv_cache {num_blocks = 8 : i64, prefix_caching = true, eviction = "priority"} : !scache
+  %kv1, %n = llm.match_prefix %kv, %s, %prompt : (!scache, tensor<1xi32>, tensor<1x8xi32>) -> (!scache, tensor<1xi32>)
+  %kv2, %i = llm.append_kv %kv1, %k, %k, %s, %tok
+      : (!scache, tensor<1x2x4x8xf32>, tensor<1x2x4x8xf32>, tensor<1xi32>, tensor<1x2xi32>) -> (!scache, tensor<1x2xi32>)
+  %kv3 = llm.fork_sequence %kv2, %s, %child : (!scache, tensor<1xi32>, tensor<1xi32>) -> !scache
+  %kv4 = llm.free_sequence %kv3, %s {priority = 2 : i32} : (!scache, tensor<1xi32>) -> !scache
+  func.return %n : tensor<1xi32>
+}
+
 // A decode loop: the cache carried by scf.for becomes a handle; the ids are
 // cast once, before the loop; the loop-carried tensor, cast on entry and
 // back on exit of every step, is carried in its dynamic form instead, so the
@@ -96,7 +127,7 @@ func.func @several_shapes(%kv : !cache, %k1 : tensor<1x1x4x8xf32>, %k5 : tensor<
 // CHECK: %ids_1 = tensor.cast %ids : tensor<2xi32> to tensor<?xi32>
 // CHECK: %x_1 = tensor.cast %x : tensor<2x1x4x8xbf16> to tensor<?x?x?x?xbf16>
 // CHECK-NEXT: %y, %cache = scf.for %i = %lb to %ub step %one iter_args(%xi = %x_1, %ci = %c) -> (tensor<?x?x?x?xbf16>, !llvm.ptr) {
-// CHECK-NEXT: %{{.*}} = func.call @llmir_append_kv_bf16(%ci, %xi, %xi, %ids_1, %layer)
+// CHECK-NEXT: %{{.*}} = func.call @llmir_append_kv_bf16(%ci, %xi, %xi, %ids_1, %none_1, %layer)
 // CHECK-NEXT: %t, %l = func.call @llmir_block_table(%ci, %ids_1, %width)
 // CHECK-NEXT: %o = func.call @llmir_paged_attention_bf16(%xi, %ci, %t, %l,
 // CHECK-NEXT: scf.yield %o, %ci : tensor<?x?x?x?xbf16>, !llvm.ptr
@@ -141,14 +172,16 @@ func.func @static_use_in_loop(%x : tensor<1x1x4x8xf32>) -> tensor<1x1x4x8xf32> {
 }
 
 // The declarations: private, one per callee, with the llmir.abi signatures.
-// CHECK-DAG: func.func private @llmir_create_kv_cache_f16(i64, i64, i64, i64, i64, i64) -> !llvm.ptr
-// CHECK-DAG: func.func private @llmir_create_kv_cache_bf16(i64, i64, i64, i64, i64, i64) -> !llvm.ptr
-// CHECK-DAG: func.func private @llmir_append_kv_f16(!llvm.ptr, tensor<?x?x?x?xf16>, tensor<?x?x?x?xf16>, tensor<?xi32>, i32) -> tensor<?x?xi32>
-// CHECK-DAG: func.func private @llmir_append_kv_f32(!llvm.ptr, tensor<?x?x?x?xf32>, tensor<?x?x?x?xf32>, tensor<?xi32>, i32) -> tensor<?x?xi32>
-// CHECK-DAG: func.func private @llmir_append_kv_bf16(!llvm.ptr, tensor<?x?x?x?xbf16>, tensor<?x?x?x?xbf16>, tensor<?xi32>, i32) -> tensor<?x?xi32>
+// CHECK-DAG: func.func private @llmir_create_kv_cache_f16(i64, i64, i64, i64, i64, i64, i1, i64) -> !llvm.ptr
+// CHECK-DAG: func.func private @llmir_create_kv_cache_bf16(i64, i64, i64, i64, i64, i64, i1, i64) -> !llvm.ptr
+// CHECK-DAG: func.func private @llmir_append_kv_f16(!llvm.ptr, tensor<?x?x?x?xf16>, tensor<?x?x?x?xf16>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>
+// CHECK-DAG: func.func private @llmir_append_kv_f32(!llvm.ptr, tensor<?x?x?x?xf32>, tensor<?x?x?x?xf32>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>
+// CHECK-DAG: func.func private @llmir_append_kv_bf16(!llvm.ptr, tensor<?x?x?x?xbf16>, tensor<?x?x?x?xbf16>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>
+// CHECK-DAG: func.func private @llmir_fork_sequence(!llvm.ptr, tensor<?xi32>, tensor<?xi32>) -> ()
+// CHECK-DAG: func.func private @llmir_match_prefix(!llvm.ptr, tensor<?xi32>, tensor<?x?xi32>) -> tensor<?xi32>
 // CHECK-DAG: func.func private @llmir_block_table(!llvm.ptr, tensor<?xi32>, i64) -> (tensor<?x?xi32>, tensor<?xi32>)
 // CHECK-DAG: func.func private @llmir_lookup_kv_f32(!llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, i64) -> (tensor<?x?x?x?xf32>, tensor<?x?x?x?xf32>)
 // CHECK-DAG: func.func private @llmir_paged_attention_f32(tensor<?x?x?x?xf32>, !llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, f32, i1, i32, f32) -> tensor<?x?x?x?xf32>
 // CHECK-DAG: func.func private @llmir_paged_attention_bf16(tensor<?x?x?x?xbf16>, !llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, f32, i1, i32, f32) -> tensor<?x?x?x?xbf16>
-// CHECK-DAG: func.func private @llmir_free_sequence(!llvm.ptr, tensor<?xi32>) -> ()
+// CHECK-DAG: func.func private @llmir_free_sequence(!llvm.ptr, tensor<?xi32>, i64) -> ()
 // CHECK-NOT: func.func private @llmir_append_kv_f32

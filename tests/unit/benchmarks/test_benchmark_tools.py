@@ -85,3 +85,17 @@ def test_plot_draws_the_percent_rows(tmp_path: Path) -> None:
     out = tmp_path / "p.png"
     plot_limits(results, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_sharing_benchmark_counts_meet_their_targets() -> None:
+    """The sharing workloads report exact block and hit counts (not times):
+    on the quick shapes every count row meets its target, and the limited
+    pool never runs out of blocks."""
+    import argparse
+
+    from benchmarks import bench_sharing
+
+    counts, timings = bench_sharing.run(argparse.Namespace(quick=True, json=None))
+    verdicts = [row["verdict"] for row in counts.rows if row["verdict"]]
+    assert verdicts and set(verdicts) == {"meets"}
+    assert len(timings.rows) == 5

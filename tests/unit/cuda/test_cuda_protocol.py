@@ -8,7 +8,14 @@ import pytest
 from cuda_helpers import KINDS, TOLERANCE
 
 from llmir import KVCache, PagedKVCache
-from llmir.testing.conformance import BLOCK, HEAD_DIM, HEADS, LAYERS, protocol_trace
+from llmir.testing.conformance import (
+    BLOCK,
+    HEAD_DIM,
+    HEADS,
+    LAYERS,
+    protocol_trace,
+    sharing_trace,
+)
 
 
 @pytest.mark.parametrize("kind_name", KINDS)
@@ -35,3 +42,48 @@ def test_cuda_cache_agrees_with_cpu_cache(kind_name: str) -> None:
             np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=name)
         else:
             assert got == want, name
+
+
+@pytest.mark.parametrize("kind_name", KINDS)
+def test_cuda_sharing_agrees_with_cpu(kind_name: str) -> None:
+    """Copy-on-write and partial-block copies run the CUDA copy kernel:
+    the stored values equal the CPU backend's bit for bit."""
+    results = []
+    for device in ("cpu", "cuda"):
+        cache = PagedKVCache(
+            LAYERS,
+            HEADS,
+            HEAD_DIM,
+            BLOCK,
+            32,
+            kind_name,
+            num_blocks=24,
+            device=device,
+            enable_prefix_caching=True,
+        )
+        results.append(sharing_trace(cache))
+        cache.check_invariants()
+    cpu, gpu = results
+    assert cpu.keys() == gpu.keys()
+    for name, want in cpu.items():
+        if name.endswith(".lookup"):
+            np.testing.assert_array_equal(gpu[name], want, err_msg=name)
+        elif isinstance(want, np.ndarray):
+            tol = TOLERANCE[kind_name]
+            np.testing.assert_allclose(gpu[name], want, rtol=tol, atol=tol)
+        else:
+            assert gpu[name] == want, name
+
+
+def test_cuda_copy_blocks_whole_and_partial() -> None:
+    """The copy kernel alone: whole blocks, and the first k slots only."""
+    cache = PagedKVCache(2, 2, 8, 4, 32, "f16", num_blocks=6, device="cuda")
+    pool = np.random.default_rng(0).integers(0, 1 << 15, (2, 6, 2, 2, 4, 8))
+    backend = cache.backend
+    cache.kv_pool.copy_to_device(pool.astype(np.uint16))
+    backend.copy_blocks(np.array([0, 3], np.int32), np.array([5, 1], np.int32), None)
+    want = pool.copy()
+    want[:, [5, 1]] = pool[:, [0, 3]]
+    backend.copy_blocks(np.array([2], np.int32), np.array([4], np.int32), 3)
+    want[:, 4, :, :, :3] = pool[:, 2, :, :, :3]
+    np.testing.assert_array_equal(cache.kv_pool.copy_to_host(), want)

@@ -14,7 +14,10 @@ from llmir.dialects.llm import (
     AppendKVOp,
     BlockTableOp,
     CreateKVCacheOp,
+    ForkSequenceOp,
+    FreeSequenceOp,
     LookupKVOp,
+    MatchPrefixOp,
     PagedAttentionOp,
     PagedKVCacheType,
 )
@@ -158,3 +161,44 @@ def test_dynamic_batch_is_accepted() -> None:
     op = AppendKVOp(cache, keys, keys, create_ssa_value(tensor(i32, DYNAMIC_INDEX)))
     op.verify()
     assert op.block_indices.type == tensor(i32, DYNAMIC_INDEX, 1)
+
+
+def test_sharing_builders() -> None:
+    create = CreateKVCacheOp(CACHE, 32, prefix_caching=True, eviction="priority")
+    create.verify()
+    assert create.prefix_caching and create.eviction == "priority"
+    plain = CreateKVCacheOp(CACHE, 32)
+    assert not plain.prefix_caching and plain.eviction == "lru"
+    cache = create.cache
+    ids = create_ssa_value(tensor(i32, 2))
+    keys = create_ssa_value(tensor(f16, 2, 3, 4, 8))
+    tokens = create_ssa_value(tensor(i32, 2, 3))
+    append = AppendKVOp(cache, keys, keys, ids, tokens)
+    append.verify()
+    assert append.token_ids is tokens
+    assert AppendKVOp(cache, keys, keys, ids).token_ids is None
+    prompts = create_ssa_value(tensor(i32, 2, 40))
+    match = MatchPrefixOp(cache, ids, prompts)
+    match.verify()
+    assert match.cached_lens.type == tensor(i32, 2)
+    fork = ForkSequenceOp(cache, ids, ids)
+    fork.verify()
+    free = FreeSequenceOp(cache, ids, priority=3)
+    free.verify()
+    assert free.priority == 3 and FreeSequenceOp(cache, ids).priority is None
+    # Every sharing op writes the cache (a new version) and allocates none.
+    for op in (match, fork, free):
+        assert op.writes_cache() and not op.allocates_cache()
+        assert op.get_updated_cache() is op.results[0]
+
+
+def test_sharing_builders_reject_bad_operands() -> None:
+    cache = CreateKVCacheOp(CACHE, 32).cache
+    ids = create_ssa_value(tensor(i32, 2))
+    keys = create_ssa_value(tensor(f16, 2, 3, 4, 8))
+    with pytest.raises(VerifyException, match="token_ids batch 3 does not match"):
+        AppendKVOp(cache, keys, keys, ids, create_ssa_value(tensor(i32, 3, 3))).verify()
+    with pytest.raises(VerifyException, match="unknown eviction policy"):
+        CreateKVCacheOp(CACHE, 8, eviction="fifo").verify()
+    with pytest.raises(VerifyException, match="children count 3"):
+        ForkSequenceOp(cache, ids, create_ssa_value(tensor(i32, 3))).verify()

@@ -79,7 +79,7 @@ def test_npy_inputs_lowered_and_checked(
     assert main([*args, "--check", "--stats"]) == 0
     printed = capsys.readouterr().out
     assert "check: PASS" in printed
-    assert "blocks_used=1" in printed
+    assert "blocks        1 used" in printed
 
 
 @pytest.mark.parametrize("element", ["f16", "bf16"])

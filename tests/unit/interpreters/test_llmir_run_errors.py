@@ -644,6 +644,54 @@ CASES: list[Case] = [
         },
     ),
     Case(
+        "match without prefix caching",
+        ["m.mlir", "--args", "dense<[1]> : tensor<1xi32>"],
+        "prefix matching needs a cache created with enable_prefix_caching=True",
+        files={
+            "m.mlir": body(
+                "  %c = llm.create_kv_cache {num_blocks = 4 : i64} : !cache\n"
+                "  %p = arith.constant dense<[[1, 2, 3]]> : tensor<1x3xi32>\n"
+                "  %c2, %n = llm.match_prefix %c, %ids, %p : (!cache, tensor<1xi32>,"
+                " tensor<1x3xi32>) -> (!cache, tensor<1xi32>)\n"
+                "  func.return %n : tensor<1xi32>",
+                "%ids : tensor<1xi32>",
+                "tensor<1xi32>",
+            )
+        },
+    ),
+    Case(
+        "fork a missing sequence",
+        ["f.mlir", "--args", "dense<[1]> : tensor<1xi32>, dense<[2]> : tensor<1xi32>"],
+        "unknown sequence id 1",
+        files={
+            "f.mlir": body(
+                "  %c = llm.create_kv_cache {num_blocks = 4 : i64} : !cache\n"
+                "  %c2 = llm.fork_sequence %c, %p, %q : (!cache, tensor<1xi32>,"
+                " tensor<1xi32>) -> !cache\n"
+                "  func.return",
+                "%p : tensor<1xi32>, %q : tensor<1xi32>",
+            )
+        },
+    ),
+    Case(
+        "token ids beyond int32 range",
+        ["t.mlir", *RANDOM],
+        "token_ids holds -5, outside [0, 2147483647]",
+        files={
+            "t.mlir": body(
+                "  %ids = arith.constant dense<[1]> : tensor<1xi32>\n"
+                "  %t = arith.constant dense<[[-5]]> : tensor<1x1xi32>\n"
+                "  %c = llm.create_kv_cache {num_blocks = 8 : i64, prefix_caching = true}"
+                " : !cache\n"
+                "  %a, %ia = llm.append_kv %c, %k, %k, %ids, %t : (!cache, tensor<1x1x2x4xf32>,"
+                " tensor<1x1x2x4xf32>, tensor<1xi32>, tensor<1x1xi32>)"
+                " -> (!cache, tensor<1x1xi32>)\n"
+                "  func.return",
+                "%k : tensor<1x1x2x4xf32>",
+            )
+        },
+    ),
+    Case(
         "too long",
         ["l.mlir", *RANDOM],
         "would grow to 18 tokens, max_seq_len is 16",

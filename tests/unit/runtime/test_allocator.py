@@ -13,6 +13,7 @@ from llmir.errors import (
     UnknownBlockError,
 )
 from llmir.runtime import BlockAllocator, KVBlock
+from llmir.runtime.eviction import PriorityEviction
 
 
 def _check_invariants(a: BlockAllocator) -> None:
@@ -110,12 +111,70 @@ def test_kvblock_is_a_live_view() -> None:
     a.share([block.block_id])
     assert (block.ref_count, block.num_filled, block.content_hash) == (2, 5, 1234)
     a.release([block.block_id, block.block_id])
-    # Freeing clears the per-block state.
-    assert (block.ref_count, block.num_filled, block.content_hash) == (0, 0, None)
-    assert block.is_free
+    # A hashed block stays matchable after its last release: cached-free.
+    assert (block.ref_count, block.num_filled, block.content_hash) == (0, 5, 1234)
+    assert block.is_free and a.num_cached == 1 and a.num_free == 4
     assert a.block(block.block_id) == block
     with pytest.raises(AllocatorError):
         block.content_hash = 1
+    # Evicted when the pool needs it: then the per-block state is cleared.
+    a.allocate(4)
+    assert (block.ref_count, block.num_filled, block.content_hash) == (1, 0, None)
+    assert a.evictions == 1
+    a.check_invariants()
+
+
+def _hashed(a: BlockAllocator, count: int) -> list[int]:
+    ids = a.allocate(count).tolist()
+    for b in ids:
+        a.set_content_hash(b, 1000 + b)
+    return ids
+
+
+def test_never_hashed_blocks_go_first_then_lru_victims() -> None:
+    a = BlockAllocator(6)
+    evicted: list[tuple[int, int]] = []
+    a.on_evict(evicted.extend)
+    first = _hashed(a, 3)  # 0 1 2
+    a.release(first[::-1])  # tail first: 2, 1, 0 in eviction order
+    assert (a.num_free, a.num_cached, a.num_used) == (6, 3, 0)
+    a.check_invariants()
+    assert a.allocate(3).tolist() == [3, 4, 5]  # the never-hashed ones
+    assert a.allocate(2).tolist() == [2, 1]  # then the cached, tail first
+    assert evicted == [(2, 1002), (1, 1001)] and a.evictions == 2
+    assert a.content_hash(0) == 1000 and a.num_cached == 1
+    a.check_invariants()
+
+
+def test_revive_takes_a_cached_block_back() -> None:
+    a = BlockAllocator(3)
+    (b,) = _hashed(a, 1)
+    a.release([b])
+    a.revive(b)
+    assert a.ref_count(b) == 1 and a.num_cached == 0 and a.content_hash(b) == 1000 + b
+    with pytest.raises(AllocatorError, match="is not cached-free"):
+        a.revive(b)
+    a.check_invariants()
+
+
+def test_priority_eviction_keeps_high_priority_blocks() -> None:
+    a = BlockAllocator(4, PriorityEviction())
+    low = _hashed(a, 2)
+    high = _hashed(a, 2)
+    a.release(high, priority=9)
+    a.release(low, priority=1)
+    assert sorted(a.allocate(2).tolist()) == sorted(low)
+    assert all(a.content_hash(b) is not None for b in high)
+    a.check_invariants()
+
+
+def test_allocation_succeeds_while_evictable_blocks_exist() -> None:
+    a = BlockAllocator(4)
+    a.release(_hashed(a, 4))
+    assert a.num_free == 4
+    assert len(a.allocate(4)) == 4 and a.evictions == 4
+    with pytest.raises(OutOfBlocksError, match="asked for 1 blocks, only 0"):
+        a.allocate(1)
 
 
 def test_config_errors() -> None:

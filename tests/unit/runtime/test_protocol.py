@@ -11,7 +11,14 @@ import pytest
 
 from llmir import KVCache, PagedKVCache
 from llmir.testing import DenseReferenceCache
-from llmir.testing.conformance import BLOCK, HEAD_DIM, HEADS, LAYERS, protocol_trace
+from llmir.testing.conformance import (
+    BLOCK,
+    HEAD_DIM,
+    HEADS,
+    LAYERS,
+    protocol_trace,
+    sharing_trace,
+)
 
 TOLERANCE = {"f32": 1e-5, "f16": 1e-3, "bf16": 1e-3}
 
@@ -55,3 +62,33 @@ def test_the_trace_can_fail() -> None:
     got["prefill"] = got["prefill"] * (1 + 1e-3)
     with pytest.raises(AssertionError):
         assert_same_results(got, want, TOLERANCE["f32"])
+
+
+@pytest.mark.parametrize("dtype", ["f32", "f16", "bf16"])
+def test_sharing_agrees_with_the_dense_reference(dtype: str) -> None:
+    """Forks, copy-on-write and prefix matches (whole, partial, of a freed
+    sequence) give what an unshared dense cache holds."""
+    cache = PagedKVCache(
+        LAYERS,
+        HEADS,
+        HEAD_DIM,
+        BLOCK,
+        32,
+        dtype,
+        num_blocks=24,
+        enable_prefix_caching=True,
+    )
+    dense = DenseReferenceCache.from_geometry(
+        cache.geometry, cache.num_blocks, cache.options
+    )
+    got = sharing_trace(cache)
+    want = sharing_trace(dense)
+    assert_same_results(got, want, TOLERANCE[dtype])
+    # Whole blocks, then 2 tokens of a partly matching block; after a free,
+    # 3 whole blocks, and 1 block plus 1 token of a padded shorter prompt.
+    assert got["match.partial"] == [10]
+    assert got["match.freed"] == [12, 5]
+    cache.check_invariants()
+    stats = cache.stats()
+    assert stats.cow_copies == 2  # three writers of one shared block
+    assert stats.prefix_partial_hit_tokens == 3

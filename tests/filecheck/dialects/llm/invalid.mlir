@@ -564,3 +564,81 @@ func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2xi64>
 }
 
 // CHECK: llm.free_sequence: seq_ids element type must be i32, got i64
+
+// -----
+
+%kv = llm.create_kv_cache {num_blocks = 8 : i64, eviction = "mru"} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+
+// CHECK: llm.create_kv_cache: unknown eviction policy "mru", expected one of lru, priority
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %k : tensor<2x3x4x8xf16>, %s : tensor<2xi32>, %t : tensor<2x4xi32>) {
+  %kv1, %i = llm.append_kv %kv, %k, %k, %s, %t : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3x4x8xf16>, tensor<2x3x4x8xf16>, tensor<2xi32>, tensor<2x4xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3xi32>)
+  func.return
+}
+
+// CHECK: llm.append_kv: token_ids tokens 4 does not match keys tokens 3
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %k : tensor<2x3x4x8xf16>, %s : tensor<2xi32>, %t : tensor<2x3xi64>) {
+  %kv1, %i = llm.append_kv %kv, %k, %k, %s, %t : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3x4x8xf16>, tensor<2x3x4x8xf16>, tensor<2xi32>, tensor<2x3xi64>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3xi32>)
+  func.return
+}
+
+// CHECK: llm.append_kv: token_ids element type must be i32, got i64
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %p : tensor<2xi32>, %c : tensor<3xi32>) {
+  %kv1 = llm.fork_sequence %kv, %p, %c : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>, tensor<3xi32>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  func.return
+}
+
+// CHECK: llm.fork_sequence: children count 3 does not match parents count 2
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %p : tensor<2x1xi32>, %c : tensor<2xi32>) {
+  %kv1 = llm.fork_sequence %kv, %p, %c : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x1xi32>, tensor<2xi32>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  func.return
+}
+
+// CHECK: llm.fork_sequence: parents must be a rank-1 tensor, got tensor<2x1xi32>
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2xi32>, %t : tensor<3x8xi32>) {
+  %kv1, %n = llm.match_prefix %kv, %s, %t : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>, tensor<3x8xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>)
+  func.return
+}
+
+// CHECK: llm.match_prefix: token_ids batch 3 does not match seq_ids batch 2
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2xi32>, %t : tensor<2x65xi32>) {
+  %kv1, %n = llm.match_prefix %kv, %s, %t : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>, tensor<2x65xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>)
+  func.return
+}
+
+// CHECK: llm.match_prefix: prompt length 65 exceeds max_seq_len 64
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2xi32>, %t : tensor<2x8xi32>) {
+  %kv1, %n = llm.match_prefix %kv, %s, %t : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>, tensor<2x8xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<3xi32>)
+  func.return
+}
+
+// CHECK: llm.match_prefix: cached_lens batch 3 does not match seq_ids batch 2
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2xi32>, %t : tensor<2x8xi32>) {
+  %kv1, %n = llm.match_prefix %kv, %s, %t : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>, tensor<2x8xi32>) -> (!llm.paged_kv_cache<f32, 2, 4, 8, 16, 64>, tensor<2xi32>)
+  func.return
+}
+
+// CHECK: llm.match_prefix: result cache type !llm.paged_kv_cache<f32, 2, 4, 8, 16, 64> does not match operand cache type !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>

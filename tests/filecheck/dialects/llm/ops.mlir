@@ -17,7 +17,7 @@ func.func @types(%a : !cache32, %b : !cachebf) {
 func.func @full_program(%keys : tensor<2x3x4x8xf16>, %values : tensor<2x3x4x8xf16>,
                         %seq_ids : tensor<2xi32>, %query : tensor<2x3x8x8xf32>) {
   // CHECK-NEXT: %kv = llm.create_kv_cache {num_blocks = 32 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
-  // GENERIC: %kv = "llm.create_kv_cache"() <{num_blocks = 32 : i64}> : () -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  // GENERIC: %kv = "llm.create_kv_cache"() <{num_blocks = 32 : i64, prefix_caching = false, eviction = "lru"}> : () -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
   %kv = llm.create_kv_cache {num_blocks = 32 : i64} : !cache
 
   // CHECK-NEXT: %kv1, %idx = llm.append_kv %kv, %keys, %values, %seq_ids {layer = 1 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3x4x8xf16>, tensor<2x3x4x8xf16>, tensor<2xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3xi32>)
@@ -56,6 +56,28 @@ func.func @full_program(%keys : tensor<2x3x4x8xf16>, %values : tensor<2x3x4x8xf1
   // CHECK-NEXT: %kv2 = llm.free_sequence %kv1, %seq_ids : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
   // GENERIC: %kv2 = "llm.free_sequence"(%kv1, %seq_ids) : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
   %kv2 = llm.free_sequence %kv1, %seq_ids : (!cache, tensor<2xi32>) -> !cache
+  func.return
+}
+
+// Sharing: a prefix-caching cache, appends naming their tokens, prefix
+// matching, forks, and frees that keep a retention priority.
+// CHECK-LABEL: func.func @sharing
+func.func @sharing(%keys : tensor<2x3x4x8xf16>, %seq_ids : tensor<2xi32>,
+                   %tokens : tensor<2x3xi32>, %prompts : tensor<2x16xi32>, %children : tensor<2xi32>) {
+  // CHECK-NEXT: %kv = llm.create_kv_cache {num_blocks = 32 : i64, prefix_caching = true, eviction = "priority"} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  // GENERIC: %kv = "llm.create_kv_cache"() <{num_blocks = 32 : i64, prefix_caching = true, eviction = "priority"}>
+  %kv = llm.create_kv_cache {num_blocks = 32 : i64, prefix_caching = true, eviction = "priority"} : !cache
+  // CHECK-NEXT: %kv1, %cached = llm.match_prefix %kv, %seq_ids, %prompts : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>, tensor<2x16xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>)
+  %kv1, %cached = llm.match_prefix %kv, %seq_ids, %prompts
+      : (!cache, tensor<2xi32>, tensor<2x16xi32>) -> (!cache, tensor<2xi32>)
+  // CHECK-NEXT: %kv2, %idx = llm.append_kv %kv1, %keys, %keys, %seq_ids, %tokens : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3x4x8xf16>, tensor<2x3x4x8xf16>, tensor<2xi32>, tensor<2x3xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3xi32>)
+  // GENERIC: %kv2, %idx = "llm.append_kv"(%kv1, %keys, %keys, %seq_ids, %tokens) <{layer = 0 : i32}>
+  %kv2, %idx = llm.append_kv %kv1, %keys, %keys, %seq_ids, %tokens
+      : (!cache, tensor<2x3x4x8xf16>, tensor<2x3x4x8xf16>, tensor<2xi32>, tensor<2x3xi32>) -> (!cache, tensor<2x3xi32>)
+  // CHECK-NEXT: %kv3 = llm.fork_sequence %kv2, %seq_ids, %children : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>, tensor<2xi32>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  %kv3 = llm.fork_sequence %kv2, %seq_ids, %children : (!cache, tensor<2xi32>, tensor<2xi32>) -> !cache
+  // CHECK-NEXT: %kv4 = llm.free_sequence %kv3, %seq_ids {priority = 7 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  %kv4 = llm.free_sequence %kv3, %seq_ids {priority = 7 : i32} : (!cache, tensor<2xi32>) -> !cache
   func.return
 }
 

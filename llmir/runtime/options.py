@@ -1,0 +1,57 @@
+"""`CacheOptions`: how a cache behaves beyond its geometry, as the IR's
+`llm.create_kv_cache` and the Python constructor both state it.
+
+The geometry (`CacheGeometry`) says what a block holds; these options say
+what the cache does with blocks: whether full blocks are indexed for prefix
+reuse, and which cached block goes first when the pool runs out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import cast
+
+from llmir.errors import ConfigError
+from llmir.runtime.eviction import POLICIES, EvictionPolicy
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """Behaviour switches of one cache, checked on construction."""
+
+    prefix_caching: bool = False
+    """Index full blocks by their chained token hash, so that sequences with
+    the same prompt start reuse them (`PagedKVCache.match_prefix`)."""
+    eviction: str | EvictionPolicy = "lru"
+    """The policy ordering cached-free blocks for reuse: a key of
+    `llmir.runtime.eviction.POLICIES`, or a policy object of one's own (an
+    empty `EvictionPolicy`, used by this one cache)."""
+
+    def __post_init__(self) -> None:
+        prefix_caching = cast(object, self.prefix_caching)
+        if not isinstance(prefix_caching, bool):
+            raise ConfigError(
+                f"prefix_caching must be a bool, got {self.prefix_caching!r}"
+            )
+        policy = cast(object, self.eviction)
+        if isinstance(policy, str):
+            if policy not in POLICIES:
+                raise ConfigError(
+                    f"unknown eviction policy {policy!r}, expected one of "
+                    f"{', '.join(POLICIES)} or an EvictionPolicy object"
+                )
+        elif not isinstance(policy, EvictionPolicy) or len(policy):
+            raise ConfigError(
+                f"eviction must be a policy name or an empty EvictionPolicy, got "
+                f"{policy!r}"
+            )
+
+    @property
+    def eviction_name(self) -> str:
+        policy = self.eviction
+        return policy if isinstance(policy, str) else policy.name
+
+    def eviction_policy(self) -> EvictionPolicy:
+        """The policy object: a fresh one for a name."""
+        policy = self.eviction
+        return POLICIES[policy]() if isinstance(policy, str) else policy
