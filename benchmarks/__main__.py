@@ -1,10 +1,10 @@
 """Every CPU benchmark in one command: ``python -m benchmarks``.
 
-Runs the runtime copies, paged attention, the interpreter overhead and the
-sharing workloads one after the other, each in its own process (so Numba's
-thread pool and the page cache start equal).  Each prints its tables once,
-with the machine's memory bandwidth measured in the same run, medians and
-spreads.
+Runs the runtime copies, paged attention, the interpreter overhead, the
+sharing workloads and the passes one after the other, each in its own
+process (so Numba's thread pool and the page cache start equal).  Each
+prints its tables once, with the machine's memory bandwidth measured in the
+same run, medians and spreads.
 
     python -m benchmarks                       # everything (a few minutes)
     python -m benchmarks --quick               # smoke run
@@ -20,7 +20,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-BENCHMARKS = ("bench_runtime", "bench_attention", "bench_interpreter", "bench_sharing")
+BENCHMARKS = (
+    "bench_runtime",
+    "bench_attention",
+    "bench_interpreter",
+    "bench_sharing",
+    "bench_passes",
+)
 
 
 def main() -> int:

@@ -62,6 +62,14 @@ Per op (E: an element type of the registry; scalars i64 unless noted):
     match_prefix      llmir_match_prefix
         operands: cache, seq_ids, token_ids
         returns: cached lengths tensor<?xi32>
+    reserve_slots     llmir_reserve_slots
+        scalars: num_tokens, width (-1: dynamic)
+        returns: slots tensor<?x?x?xi32>, table tensor<?x?xi32>,
+                 lengths tensor<?xi32>
+    write_kv          llmir_write_kv_E           (E of the keys)
+        operands: cache, keys, values, slots
+        scalars: layer : i32
+        returns: nothing
 """
 
 from __future__ import annotations
@@ -96,10 +104,10 @@ from llmir.runtime.dtypes import (
 )
 from llmir.runtime.eviction import POLICIES
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 """2: sharing (fork_sequence, match_prefix, append_kv token_ids, the
 create_kv_cache prefix_caching/eviction and free_sequence priority
-scalars)."""
+scalars).  3: reserve_slots and write_kv."""
 
 NO_PRIORITY = -(2**63)
 """The encoded absent ``priority`` of ``free_sequence``."""
@@ -384,6 +392,24 @@ FUNCTIONS: tuple[RuntimeFunction, ...] = (
         (CACHE, Tensor(1, i32), Tensor(1, i32)),
         (),
         (CACHE,),
+    ),
+    RuntimeFunction(
+        llm.ReserveSlotsOp,
+        "reserve_slots",
+        (CACHE, Tensor(1, i32)),
+        (
+            Scalar("num_tokens", i64, lambda op: op.num_tokens),
+            Scalar("width", i64, lambda op: _static_dim(op, 2, 1), absent=-1),
+        ),
+        (CACHE, Tensor(3, i32), Tensor(2, i32), Tensor(1, i32)),
+    ),
+    RuntimeFunction(
+        llm.WriteKVOp,
+        "write_kv",
+        (CACHE, Tensor(4), Tensor(4), Tensor(3, i32)),
+        (LAYER,),
+        (CACHE,),
+        _element_of_operand(1),
     ),
     RuntimeFunction(
         llm.MatchPrefixOp,

@@ -42,10 +42,24 @@ def _get_convert_llm_to_func() -> type[ModulePass]:
     return ConvertLLMToFuncPass
 
 
+def _get_llm_reserve_slots_per_step() -> type[ModulePass]:
+    from llmir.transforms.reserve_slots_per_step import ReserveSlotsPerStepPass
+
+    return ReserveSlotsPerStepPass
+
+
+def _get_llm_plan_kv_memory() -> type[ModulePass]:
+    from llmir.transforms.plan_kv_memory import PlanKVMemoryPass
+
+    return PlanKVMemoryPass
+
+
 def _all_passes() -> dict[str, Callable[[], type[ModulePass]]]:
     return {
         "convert-llm-to-func": _get_convert_llm_to_func,
         "llm-kv-cache-stats": _get_llm_kv_cache_stats,
+        "llm-plan-kv-memory": _get_llm_plan_kv_memory,
+        "llm-reserve-slots-per-step": _get_llm_reserve_slots_per_step,
         "llm-verify-kv-cache": _get_llm_verify_kv_cache,
     }
 

@@ -91,6 +91,10 @@ class KVCacheInterface(abc.ABC):
         """The layer this op addresses, None if it is layer-independent."""
         return None
 
+    def get_num_blocks(self) -> int | None:
+        """The pool size of the cache this op creates, None for other ops."""
+        return None
+
 
 class AttentionInterface(abc.ABC):
     """An op computing attention of new queries against cached keys/values."""

@@ -47,9 +47,10 @@ from xdsl.utils.exceptions import VerifyException
 from llmir.dialects.interfaces import AttentionInterface, KVCacheInterface
 from llmir.dialects.llm_checks import (
     at_most,
+    batch_times_tokens,
     cache_type_of,
     check_data_element_type,
-    check_heads_and_dim,
+    check_keys_and_values,
     check_layer,
     check_optional_geometry,
     check_table_and_lens,
@@ -76,6 +77,8 @@ __all__ = [
     "MatchPrefixOp",
     "PagedAttentionOp",
     "PagedKVCacheType",
+    "ReserveSlotsOp",
+    "WriteKVOp",
 ]
 
 _FUNCTIONAL_FORMAT = "operands attr-dict `:` functional-type(operands, results)"
@@ -166,6 +169,9 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
     def allocates_cache(self) -> bool:
         return True
 
+    def get_num_blocks(self) -> int | None:
+        return self.num_blocks
+
 
 @irdl_op_definition
 class AppendKVOp(KVCacheInterface, IRDLOperation):
@@ -241,13 +247,7 @@ class AppendKVOp(KVCacheInterface, IRDLOperation):
     def verify_(self) -> None:
         op = self.name
         cache = same_cache_type(op, self.cache, self.new_cache)
-        keys = ranked_tensor(op, "keys", self.keys.type, 4)
-        if self.values.type != keys:
-            raise VerifyException(
-                f"{op}: values type {self.values.type} does not match keys type {keys}"
-            )
-        check_data_element_type(op, "keys", keys, cache)
-        check_heads_and_dim(op, "keys", keys, cache)
+        keys = check_keys_and_values(op, self.keys, self.values, cache)
         batch, tokens = keys.get_shape()[:2]
         at_most(op, "tokens per sequence", tokens, "max_seq_len", cache.max_seq_len)
         seq_ids = i32_tensor(op, "seq_ids", self.seq_ids.type, 1)
@@ -277,12 +277,7 @@ class AppendKVOp(KVCacheInterface, IRDLOperation):
         return self.new_cache
 
     def get_appended_tokens(self) -> int | None:
-        keys_type = self.keys.type
-        assert isinstance(keys_type, TensorType)
-        batch, tokens = keys_type.get_shape()[:2]
-        if DYNAMIC_INDEX in (batch, tokens):
-            return None
-        return batch * tokens
+        return batch_times_tokens(self.keys)
 
     def get_layer(self) -> int | None:
         return self.layer
@@ -424,13 +419,7 @@ class LookupKVOp(KVCacheInterface, IRDLOperation):
         op = self.name
         cache = cache_type_of(self.cache)
         batch, _ = check_table_and_lens(op, self.block_table, self.seq_lens, cache)
-        keys = ranked_tensor(op, "keys", self.keys.type, 4)
-        if self.values.type != keys:
-            raise VerifyException(
-                f"{op}: values type {self.values.type} does not match keys type {keys}"
-            )
-        check_data_element_type(op, "keys", keys, cache)
-        check_heads_and_dim(op, "keys", keys, cache)
+        keys = check_keys_and_values(op, self.keys, self.values, cache)
         keys_batch, max_len = keys.get_shape()[:2]
         dims_agree(op, "keys batch", keys_batch, "block_table batch", batch)
         at_most(op, "keys length", max_len, "max_seq_len", cache.max_seq_len)
@@ -444,12 +433,7 @@ class LookupKVOp(KVCacheInterface, IRDLOperation):
         return self.layer
 
     def get_tokens_read(self) -> int | None:
-        keys_type = self.keys.type
-        assert isinstance(keys_type, TensorType)
-        batch, length = keys_type.get_shape()[:2]
-        if DYNAMIC_INDEX in (batch, length):
-            return None
-        return batch * length
+        return batch_times_tokens(self.keys)
 
 
 @irdl_op_definition
@@ -830,6 +814,170 @@ class MatchPrefixOp(KVCacheInterface, IRDLOperation):
         return self.new_cache
 
 
+@irdl_op_definition
+class ReserveSlotsOp(KVCacheInterface, IRDLOperation):
+    """
+    Reserves `num_tokens` positions in every layer of each sequence of the
+    batch, allocating the blocks they need: a decode step's bookkeeping, done
+    once for all layers (vLLM's slot mapping).  Results: the new cache, the
+    slot of every reserved position (`[L, batch, T]` i32; layer l of a
+    sequence gets positions `[written_l, written_l + T)`), and the block
+    table and lengths the step's attention reads.  `llm.write_kv` fills the
+    slots layer by layer; `llm-reserve-slots-per-step` rewrites a step's
+    `llm.append_kv` ops into this pair.
+
+    ```mlir
+    %kv1, %slots, %table, %lens = llm.reserve_slots %kv, %seq_ids {num_tokens = 1 : i32}
+        : (!kv_cache_t, tensor<2xi32>) -> (!kv_cache_t, tensor<12x2x1xi32>,
+           tensor<2x256xi32>, tensor<2xi32>)
+    ```
+    """
+
+    name = "llm.reserve_slots"
+
+    cache = operand_def(PagedKVCacheType)
+    seq_ids = operand_def(TensorType)
+
+    num_tokens_attr = prop_def(IntegerAttr[I32], prop_name="num_tokens")
+
+    new_cache = result_def(PagedKVCacheType)
+    slots = result_def(TensorType)
+    block_table = result_def(TensorType)
+    seq_lens = result_def(TensorType)
+
+    irdl_options = _OPTIONS
+    assembly_format = _FUNCTIONAL_FORMAT
+
+    def __init__(
+        self,
+        cache: SSAValue,
+        seq_ids: SSAValue,
+        num_tokens: int,
+        table_type: Attribute | None = None,
+    ):
+        """`table_type` defaults to a dynamic-width `[batch, ?]` table."""
+        cache_type = cache.type
+        seq_ids_type = seq_ids.type
+        assert isinstance(cache_type, PagedKVCacheType)
+        assert isinstance(seq_ids_type, TensorType)
+        (batch,) = seq_ids_type.get_shape()
+        layers = cache_type.num_layers
+        super().__init__(
+            operands=[cache, seq_ids],
+            result_types=[
+                cache_type,
+                TensorType(i32, [layers, batch, num_tokens]),
+                table_type or TensorType(i32, [batch, DYNAMIC_INDEX]),
+                TensorType(i32, [batch]),
+            ],
+            properties={"num_tokens": IntegerAttr(num_tokens, i32)},
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_tokens_attr.value.data
+
+    def verify_(self) -> None:
+        op = self.name
+        cache = same_cache_type(op, self.cache, self.new_cache)
+        if self.num_tokens < 1:
+            raise VerifyException(
+                f"{op}: num_tokens must be positive, got {self.num_tokens}"
+            )
+        at_most(op, "num_tokens", self.num_tokens, "max_seq_len", cache.max_seq_len)
+        seq_ids = i32_tensor(op, "seq_ids", self.seq_ids.type, 1)
+        (batch,) = seq_ids.get_shape()
+        slots = i32_tensor(op, "slots", self.slots.type, 3)
+        layers, slot_batch, slot_tokens = slots.get_shape()
+        dims_agree(op, "slots layers", layers, "cache num_layers", cache.num_layers)
+        dims_agree(op, "slots batch", slot_batch, "seq_ids batch", batch)
+        dims_agree(op, "slots tokens", slot_tokens, "num_tokens", self.num_tokens)
+        table_batch, _ = check_table_and_lens(
+            op, self.block_table, self.seq_lens, cache
+        )
+        dims_agree(op, "block_table batch", table_batch, "seq_ids batch", batch)
+
+    # KVCacheInterface
+    def get_cache(self) -> SSAValue:
+        return self.cache
+
+    def get_updated_cache(self) -> SSAValue | None:
+        return self.new_cache
+
+
+@irdl_op_definition
+class WriteKVOp(KVCacheInterface, IRDLOperation):
+    """
+    Writes one layer's keys and values (`[batch, T, H, D]`) into slots that
+    `llm.reserve_slots` reserved (its `[L, batch, T]` result; `layer`
+    selects the row).  Returns the new version of the cache.
+
+    ```mlir
+    %kv2 = llm.write_kv %kv1, %keys, %values, %slots {layer = 3 : i32}
+        : (!kv_cache_t, tensor<2x1x16x64xf16>, tensor<2x1x16x64xf16>,
+           tensor<12x2x1xi32>) -> !kv_cache_t
+    ```
+    """
+
+    name = "llm.write_kv"
+
+    cache = operand_def(PagedKVCacheType)
+    keys = operand_def(TensorType)
+    values = operand_def(TensorType)
+    slots = operand_def(TensorType)
+
+    layer_attr = prop_def(IntegerAttr[I32], _LAYER_DEFAULT, prop_name="layer")
+
+    new_cache = result_def(PagedKVCacheType)
+
+    irdl_options = _OPTIONS
+    assembly_format = _FUNCTIONAL_FORMAT
+
+    def __init__(
+        self,
+        cache: SSAValue,
+        keys: SSAValue,
+        values: SSAValue,
+        slots: SSAValue,
+        *,
+        layer: int | None = None,
+    ):
+        super().__init__(
+            operands=[cache, keys, values, slots],
+            result_types=[cache.type],
+            properties=_present({"layer": i32_attr_or_none(layer)}),
+        )
+
+    @property
+    def layer(self) -> int:
+        return self.layer_attr.value.data
+
+    def verify_(self) -> None:
+        op = self.name
+        cache = same_cache_type(op, self.cache, self.new_cache)
+        keys = check_keys_and_values(op, self.keys, self.values, cache)
+        batch, tokens = keys.get_shape()[:2]
+        slots = i32_tensor(op, "slots", self.slots.type, 3)
+        layers, slot_batch, slot_tokens = slots.get_shape()
+        dims_agree(op, "slots layers", layers, "cache num_layers", cache.num_layers)
+        dims_agree(op, "slots batch", slot_batch, "keys batch", batch)
+        dims_agree(op, "slots tokens", slot_tokens, "keys tokens", tokens)
+        check_layer(op, self.layer, cache)
+
+    # KVCacheInterface
+    def get_cache(self) -> SSAValue:
+        return self.cache
+
+    def get_updated_cache(self) -> SSAValue | None:
+        return self.new_cache
+
+    def get_appended_tokens(self) -> int | None:
+        return batch_times_tokens(self.keys)
+
+    def get_layer(self) -> int | None:
+        return self.layer
+
+
 def _present(properties: dict[str, Attribute | None]) -> dict[str, Attribute]:
     """The given properties, without the absent (None) ones."""
     return {k: v for k, v in properties.items() if v is not None}
@@ -846,6 +994,8 @@ LLM = Dialect(
         FreeSequenceOp,
         ForkSequenceOp,
         MatchPrefixOp,
+        ReserveSlotsOp,
+        WriteKVOp,
     ],
     [
         PagedKVCacheType,

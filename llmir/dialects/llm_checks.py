@@ -133,3 +133,28 @@ def check_table_and_lens(
     lens = i32_tensor(op, "seq_lens", lens_value.type, 1)
     dims_agree(op, "seq_lens batch", lens.get_shape()[0], "block_table batch", batch)
     return batch, width
+
+
+def check_keys_and_values(
+    op: str, keys_value: SSAValue, values_value: SSAValue, cache: PagedKVCacheType
+) -> TensorType:
+    """`[batch, T, H, D]` keys and values of one type, f32 or the cache's
+    element type, with the cache's heads and head_dim; returns the type."""
+    keys = ranked_tensor(op, "keys", keys_value.type, 4)
+    if values_value.type != keys:
+        raise VerifyException(
+            f"{op}: values type {values_value.type} does not match keys type {keys}"
+        )
+    check_data_element_type(op, "keys", keys, cache)
+    check_heads_and_dim(op, "keys", keys, cache)
+    return keys
+
+
+def batch_times_tokens(tensor_value: SSAValue) -> int | None:
+    """``batch * T`` of a `[batch, T, ...]` tensor, None if either is dynamic."""
+    tensor_type = tensor_value.type
+    assert isinstance(tensor_type, TensorType)
+    batch, tokens = tensor_type.get_shape()[:2]
+    if DYNAMIC_INDEX in (batch, tokens):
+        return None
+    return batch * tokens

@@ -8,8 +8,8 @@ describe the same bytes, so the bridge only reinterprets:
   array) as an ndarray without copying; writes through the view are seen by
   the interpreter.
 * `from_numpy` wraps a C-contiguous ndarray's bytes as a ShapedArray, again
-  without copying (a `RawPtr` only needs a writable buffer: it slices it with
-  `memoryview` and packs into it with `struct.pack_into`).
+  without copying (a `RawPtr` slices the buffer with `memoryview` and packs
+  into it with `struct.pack_into`; a read-only buffer serves every read).
 
 Element types: those of the cache element-type registry in their
 `ElementType.host_dtype` form (f32 <-> float32, f16 <-> float16, bf16 <->
@@ -85,9 +85,10 @@ def from_numpy(array: npt.ArrayLike, element_type: Attribute) -> ShapedArray[Any
     dtype; otherwise it is converted once.
     """
     dtype = numpy_dtype_for(element_type)
+    # Read-only arrays are wrapped as they are: interpreter tensors are
+    # values (every op makes new ones), and the runtime recognises its own
+    # read-only results (a step's reserved slots) when they come back.
     data = np.ascontiguousarray(array, dtype=dtype)
-    if not data.flags.writeable:
-        data = data.copy()
     raw = RawPtr(cast(bytearray, data.reshape(-1).view(np.uint8)))
     xtype = cast(PackableType[Any], element_type)
     shaped = ShapedArray(TypedPtr[Any](raw, xtype=xtype), list(data.shape))

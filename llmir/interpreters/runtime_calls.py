@@ -90,8 +90,14 @@ def block_table(
     width: int | None,
 ) -> tuple[Array, Array]:
     table, lens = cache.block_table(seq_ids)
+    return _fit_width(table, seq_ids, width), lens
+
+
+def _fit_width(table: Array, seq_ids: Array, width: int | None) -> Array:
+    """`table` padded with -1 to the static `width` of its result (None:
+    dynamic, as it is); a sequence with more blocks is an error."""
     if width is None:
-        return table, lens
+        return table
     if table.shape[1] > width:
         worst = int(np.argmax((table >= 0).sum(axis=1)))
         raise BlockTableError(
@@ -101,7 +107,7 @@ def block_table(
         )
     padded = np.full((table.shape[0], width), PAD_BLOCK, dtype=np.int32)
     padded[:, : table.shape[1]] = table
-    return padded, lens
+    return padded
 
 
 def lookup_kv(
@@ -192,3 +198,28 @@ def match_prefix(
     token_ids: Array,
 ) -> tuple[Array]:
     return (cache.match_prefixes(seq_ids, token_ids),)
+
+
+def reserve_slots(
+    context: CallContext,
+    element: None,
+    cache: KVCache,
+    seq_ids: Array,
+    num_tokens: int,
+    width: int | None,
+) -> tuple[Array, Array, Array]:
+    slots, table, lens = cache.reserve_slots(seq_ids, num_tokens)
+    return slots, _fit_width(table, seq_ids, width), lens
+
+
+def write_kv(
+    context: CallContext,
+    element: ElementType,
+    cache: KVCache,
+    keys: Array,
+    values: Array,
+    slots: Array,
+    layer: int,
+) -> tuple[()]:
+    cache.write_kv(keys, values, slots, layer)
+    return ()

@@ -44,6 +44,7 @@ from llmir.runtime.backend import Backend, create_backend
 from llmir.runtime.dtypes import ElementType, element_type
 from llmir.runtime.eviction import EvictionPolicy
 from llmir.runtime.geometry import INT32_MAX, CacheGeometry, as_int
+from llmir.runtime.memory import blocks_for_budget, planned_block_bytes
 from llmir.runtime.options import CacheOptions
 from llmir.runtime.prefix_cache import PrefixCache
 from llmir.runtime.protocol import CacheStats
@@ -57,6 +58,7 @@ from llmir.runtime.validation import (
     check_query,
     check_seq_id,
     check_seq_ids,
+    check_slots,
     check_token_ids,
     validate_table_for,
 )
@@ -69,8 +71,8 @@ class PagedKVCache:
     over a pool of `num_blocks` blocks allocated once on `device`.
 
     Size the pool with `num_blocks` or with `memory_budget_bytes` (the most
-    blocks that fit), not both; with neither, the pool holds one sequence of
-    `max_seq_len` tokens.
+    blocks whose K/V and bookkeeping fit, `llmir.runtime.memory`), not both;
+    with neither, the pool holds one sequence of `max_seq_len` tokens.
 
     Sharing: `fork` starts a sequence on its parent's blocks (copy on
     write).  With ``enable_prefix_caching=True``, appends that carry
@@ -120,6 +122,10 @@ class PagedKVCache:
             self._allocator, geometry, self._prefix, self._backend.copy_blocks
         )
         self._lock = threading.Lock()
+        # The last reservation's slots [L, batch, T] as handed out (a
+        # read-only view of a private array): a write given exactly this
+        # object skips the slot checks.
+        self._handed_out: IntArray | None = None
 
     @classmethod
     def from_geometry(
@@ -262,6 +268,7 @@ class PagedKVCache:
         keep = None if priority is None else _check_priority(priority)
         with self._lock:
             self._seqs.free_sequences(ids, keep)
+            self._handed_out = None  # its blocks may belong to others now
 
     # -- sharing ---------------------------------------------------------------
 
@@ -335,6 +342,7 @@ class PagedKVCache:
         left as they are (appends overwrite them)."""
         with self._lock:
             self._seqs.reset()
+            self._handed_out = None
 
     def stats(self) -> CacheStats:
         block_bytes = self._geometry.bytes_per_block
@@ -438,6 +446,74 @@ class PagedKVCache:
             )
         return blocks
 
+    # -- reserved steps: slots once per step, data per layer ----------------------
+
+    def reserve_slots(
+        self, seq_ids: Any, num_tokens: int
+    ) -> tuple[IntArray, IntArray, IntArray]:
+        """Reserve `num_tokens` positions in every layer of each sequence (an
+        unknown id starts one), allocating the blocks they need: the
+        bookkeeping of a whole decode step, done once.  Returns ``(slots,
+        table, lens)``: slots int32 ``[L, batch, T]`` (read-only; layer l of
+        a sequence gets positions ``[written[l], written[l] + T)``), and the
+        block table and lengths the step's attention reads.  Fill the slots
+        with `write_kv`, layer by layer; until then a layer reads the
+        block's previous contents there, as during a per-layer append.
+        Reserved positions carry no token ids (prefix caching does not index
+        them)."""
+        ids = check_seq_ids(seq_ids)
+        count = as_int("num_tokens", num_tokens)
+        if count < 0:
+            raise ShapeError(f"num_tokens must be >= 0, got {count}")
+        with self._lock:
+            if ids.size == 0 or count == 0:
+                slots = np.zeros((self.num_layers, ids.size, count), np.int32)
+            else:
+                plan = self._seqs.plan_reserve(ids, count)
+                slots = np.ascontiguousarray(self._seqs.commit_reserve(plan))
+            slots.flags.writeable = False
+            self._handed_out = slots.view()
+            table, lens = self._seqs.block_table(ids)
+        return self._handed_out, table, lens
+
+    def write_kv(self, keys: Any, values: Any, slots: Any, layer: int = 0) -> None:
+        """Write one layer's keys and values ``[batch, T, H, D]`` into
+        reserved slots: a `reserve_slots` result ``[L, batch, T]`` (layer
+        `layer` of it is used) or one layer's int32 ``[batch, T]``.  The
+        reservation exactly as it was returned is trusted (it is read-only
+        and dropped when blocks are freed); any other slots are checked to
+        lie in blocks some sequence holds."""
+        layer = check_layer(layer, self._geometry.num_layers)
+        k, v = self._checked_kv(keys, values, rank=4)
+        batch, tokens = k.shape[0], k.shape[1]
+        with self._lock:
+            if slots is self._handed_out and self._handed_out is not None:
+                mapping = slots[layer]
+                if mapping.shape != (batch, tokens):
+                    raise ShapeError(
+                        f"the reservation is for {mapping.shape[0]} sequence(s) x "
+                        f"{mapping.shape[1]} token(s), the keys are {batch} x {tokens}"
+                    )
+            else:
+                mapping = np.asarray(slots)
+                if mapping.ndim == 3:
+                    if mapping.shape[0] != self.num_layers:
+                        raise ShapeError(
+                            f"slots has shape {mapping.shape}, expected "
+                            f"({self.num_layers}, batch, T) or (batch, T)"
+                        )
+                    mapping = mapping[layer]
+                used = self._allocator.ref_counts() > 0
+                mapping = check_slots(mapping, batch, tokens, self.block_size, used)
+            if batch == 0 or tokens == 0:
+                return
+            self._backend.write(
+                layer,
+                k.reshape(1, batch * tokens, *k.shape[2:]),
+                v.reshape(1, batch * tokens, *v.shape[2:]),
+                mapping.reshape(-1),
+            )
+
     # -- reads -----------------------------------------------------------------
 
     def validate_block_table(self, block_table: Any, seq_lens: Any) -> BlockTable:
@@ -521,6 +597,18 @@ class PagedKVCache:
     def _checked_inputs(
         self, keys: Any, values: Any, seq_ids: Any, *, rank: int
     ) -> tuple[Any, Any, npt.NDArray[np.int64]]:
+        k, v = self._checked_kv(keys, values, rank=rank)
+        ids = check_seq_ids(seq_ids)
+        batch = tuple(k.shape)[-4]  # the simulator's shapes take no negative index
+        if ids.shape != (batch,):
+            raise ShapeError(
+                f"seq_ids has shape {ids.shape}, expected ({batch},) for the batch"
+            )
+        return k, v, ids
+
+    def _checked_kv(self, keys: Any, values: Any, *, rank: int) -> tuple[Any, Any]:
+        """Keys and values of `rank` (4: one layer, 5: all layers) that fit
+        the cache: shapes, heads, head_dim, an accepted dtype."""
         geometry = self._geometry
         k = self._backend.as_array(keys)
         v = self._backend.as_array(values)
@@ -554,13 +642,7 @@ class PagedKVCache:
                 f"a {element.name} cache accepts keys of "
                 f"{', '.join(str(d) for d in accepted)}, got {k.dtype}"
             )
-        ids = check_seq_ids(seq_ids)
-        batch = k_shape[-4]
-        if ids.shape != (batch,):
-            raise ShapeError(
-                f"seq_ids has shape {ids.shape}, expected ({batch},) for the batch"
-            )
-        return k, v, ids
+        return k, v
 
     def _check_lookup_out(self, out: Any, table: BlockTable, as_float32: bool) -> None:
         if not isinstance(out, tuple | list) or len(out) != 2:
@@ -637,13 +719,12 @@ def _pool_blocks(
     limit = geometry.max_num_blocks()
     if memory_budget_bytes is not None:
         budget = as_int("memory_budget_bytes", memory_budget_bytes)
-        count = budget // geometry.bytes_per_block
+        count = blocks_for_budget(geometry, budget)
         if count <= 0:
             raise ConfigError(
                 f"memory_budget_bytes {budget} is less than one block "
-                f"({geometry.bytes_per_block} bytes)"
+                f"({planned_block_bytes(geometry)} bytes with its bookkeeping)"
             )
-        count = min(count, limit)
     elif num_blocks is None:
         count = geometry.max_blocks_per_seq
     else:

@@ -163,6 +163,18 @@ class KVCache(Protocol):
         """Append one step to every layer at once (``[L, batch, T, H, D]``)."""
         ...
 
+    def reserve_slots(
+        self, seq_ids: Any, num_tokens: int
+    ) -> tuple[IntArray, IntArray, IntArray]:
+        """Reserve `num_tokens` positions in every layer of each sequence:
+        (slots ``[L, batch, T]``, block table, lengths)."""
+        ...
+
+    def write_kv(self, keys: Any, values: Any, slots: Any, layer: int = 0) -> None:
+        """Write one layer's keys/values into reserved slots (a
+        `reserve_slots` result, or one layer's ``[batch, T]`` of it)."""
+        ...
+
     def match_prefixes(self, seq_ids: Any, token_ids: Any) -> IntArray:
         """Start each new sequence with the cached prefix of its prompt
         (``token_ids [batch, T]``, negative ids pad a row's end); returns the

@@ -97,6 +97,12 @@ class AppendPlan:
     """Batch indices whose first written block is shared: copied first."""
     token_ids: npt.NDArray[np.int32] | None = None
     """[batch, T] token ids of the appended positions (prefix caching)."""
+    reserve: bool = False
+    """A reservation (`plan_reserve`): every layer advances by T from where
+    it is, level or not."""
+    first_written: npt.NDArray[np.int64] | None = None
+    """For a reservation: the lowest position each sequence writes (where a
+    copy-on-write is decided)."""
 
 
 class SequenceTable:
@@ -211,12 +217,44 @@ class SequenceTable:
 
     # -- append --------------------------------------------------------------
 
+    def plan_reserve(self, ids: npt.NDArray[np.int64], num_tokens: int) -> AppendPlan:
+        """Check a reservation of `num_tokens` slots in every layer of each of
+        `ids` (`commit_reserve`) without changing anything.  Layer l of a
+        sequence gets positions ``[written[l], written[l] + T)``, as `T`
+        tokens appended to each layer in turn would; its length grows by T."""
+        return self.plan_append(ids, num_tokens, None, reserve=True)
+
+    def commit_reserve(self, plan: AppendPlan) -> IntArray:
+        """Carry out a reservation: the slot of every layer's new tokens,
+        int32 ``[L, batch, T]`` (a read-only broadcast when the layers are
+        level, as they are in a decode step)."""
+        first = plan.first_written
+        if first is None or np.array_equal(first, plan.start):
+            # Level: every layer writes the positions of the length.
+            _, slots = self.commit_append(plan)
+            flat = slots.reshape(plan.seq_ids.size, plan.num_tokens)
+            return np.broadcast_to(flat, (self.num_layers, *flat.shape))
+        rows = plan.rows
+        known = rows >= 0
+        before = np.zeros((rows.size, self.num_layers), np.int64)
+        before[known] = self._written[rows[known]]
+        self.commit_append(plan)
+        rows = self._rows_of_batch(plan.seq_ids)
+        b = self.block_size
+        pos = before.T[:, :, None] + np.arange(plan.num_tokens)[None, None, :]
+        blocks = self._tables[rows[None, :, None], pos // b]
+        slots = (blocks * b + pos % b).astype(np.int32)
+        slots.flags.writeable = False
+        return slots
+
     def plan_append(
         self,
         ids: npt.NDArray[np.int64],
         num_tokens: int,
         layer: int | None,
         token_ids: npt.NDArray[np.int32] | None = None,
+        *,
+        reserve: bool = False,
     ) -> AppendPlan:
         """Check an append of `num_tokens` tokens to each of `ids` (to
         `layer`, or to all layers when None) without changing anything."""
@@ -248,7 +286,9 @@ class SequenceTable:
             lens = self._lens[krows]
             old_len[is_known] = lens
             have[is_known] = self._num_blocks[krows]
-            if layer is None:
+            if reserve:
+                start[is_known] = lens
+            elif layer is None:
                 uneven = np.flatnonzero((self._written[krows] != lens[:, None]).any(1))
                 if uneven.size:
                     i = int(np.flatnonzero(is_known)[uneven[0]])
@@ -269,7 +309,11 @@ class SequenceTable:
             )
         new_len = np.maximum(old_len, end)
         needed = int(((new_len + self.block_size - 1) // self.block_size - have).sum())
-        cow = self._copy_on_write(rows, start, is_known) if self._may_share else None
+        first = start
+        if reserve and krows.size:
+            first = start.copy()
+            first[is_known] = self._written[krows].min(axis=1)
+        cow = self._copy_on_write(rows, first, is_known) if self._may_share else None
         if cow is not None:
             needed += int(cow.size)
         if needed > self.allocator.num_free:
@@ -279,7 +323,17 @@ class SequenceTable:
                 f"{self.allocator.num_blocks} are free"
             )
         return AppendPlan(
-            ids, rows, num_tokens, layer, start, needed, False, cow, token_ids
+            ids,
+            rows,
+            num_tokens,
+            layer,
+            start,
+            needed,
+            False,
+            cow,
+            token_ids,
+            reserve,
+            first if reserve else None,
         )
 
     def _copy_on_write(
@@ -340,7 +394,8 @@ class SequenceTable:
             new_ids = self.allocator.allocate(plan.blocks_needed)
             if plan.copy_on_write is not None:
                 cow = plan.copy_on_write
-                new_ids = self._copy_shared(rows[cow], start[cow], new_ids)
+                first = start if plan.first_written is None else plan.first_written
+                new_ids = self._copy_shared(rows[cow], first[cow], new_ids)
             count = want - have
             if new_ids.size:
                 owner = np.repeat(rows, count)
@@ -351,7 +406,9 @@ class SequenceTable:
                 self._tables[owner, np.repeat(have, count) + rank] = new_ids
                 self._num_blocks[rows] = want
 
-        if plan.layer is None:
+        if plan.reserve:
+            self._written[rows] += np.int32(T)
+        elif plan.layer is None:
             self._written[rows] = end[:, None]
         else:
             self._written[rows, plan.layer] = end
@@ -372,7 +429,7 @@ class SequenceTable:
         if self.prefix is not None:
             self._record_tokens(rows, start, plan.token_ids)
             self._register_full_blocks(rows)
-        if rows is self._batch_rows:
+        if rows is self._batch_rows and not plan.reserve:
             self._last_commit = plan
             self._last_blocks, self._last_slots = blocks.copy(), slot_mapping
         return blocks, slot_mapping

@@ -402,3 +402,40 @@ def check_prompts(token_ids: object, batch: int) -> tuple[IntArray, IntArray]:
             f"{int(lens[row])}: pad prompts at their end only"
         )
     return ids, lens.astype(np.int32)
+
+
+# ---------------------------------------------------------------------------
+# Slot mappings (reserved steps)
+
+
+def check_slots(
+    slots: object, batch: int, tokens: int, block_size: int, used: npt.NDArray[Any]
+) -> IntArray:
+    """A slot mapping for `batch` x `tokens` tokens: int32 ``[batch, tokens]``
+    slots ``block * block_size + offset`` whose blocks are in use (`used`:
+    a bool per block of the pool), so that a write can never land outside
+    the pool or in a free block."""
+    array = np.asarray(slots)
+    if array.dtype != np.int32:
+        raise DTypeError(f"slots must be int32, got dtype {array.dtype}")
+    if array.shape != (batch, tokens):
+        raise ShapeError(
+            f"slots has shape {array.shape}, expected ({batch}, {tokens}) for the keys"
+        )
+    if array.size:
+        limit = used.size * block_size
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high >= limit:
+            bad = low if low < 0 else high
+            raise BlockTableError(
+                f"slot {bad} is outside the pool's {limit} slots "
+                f"({used.size} blocks of {block_size})"
+            )
+        free = ~used[array // block_size]
+        if free.any():
+            bad = int(array[free][0])
+            raise BlockTableError(
+                f"slot {bad} lies in block {bad // block_size}, which no sequence "
+                "holds: write only into slots reserved by reserve_slots"
+            )
+    return np.ascontiguousarray(array)

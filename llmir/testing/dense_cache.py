@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from llmir.errors import (
+    BlockTableError,
     ConfigError,
     DTypeError,
     SequenceError,
@@ -196,11 +197,7 @@ class DenseReferenceCache:
             self._values[seq_id][layer] = np.concatenate(
                 [self._values[seq_id][layer], self._stored(v[b])]
             )
-            blocks = self._blocks[seq_id]
-            while len(blocks) * g.block_size < self.seq_len(seq_id):
-                self._owner[self._next_block] = seq_id
-                blocks.append(self._next_block)
-                self._next_block += 1
+            self._grow_blocks(seq_id)
 
     def _indices(self, ids: list[int], layer: int, tokens: int) -> IntArray:
         """Virtual block of each token just appended to `layer`."""
@@ -259,19 +256,86 @@ class DenseReferenceCache:
             self._append_layer(k[layer], v[layer], ids, layer, tids)
         return self._indices(ids, 0, k.shape[2])
 
+    # -- reserved steps --------------------------------------------------------------
+
+    def reserve_slots(
+        self, seq_ids: Any, num_tokens: int
+    ) -> tuple[IntArray, IntArray, IntArray]:
+        """Each layer of each sequence grows by `num_tokens` zero rows (to be
+        written by `write_kv`); slots name (virtual block, offset)."""
+        g = self._geometry
+        ids: list[int] = check_seq_ids(seq_ids).tolist()
+        check_unique(ids)
+        for seq_id in ids:
+            have = self._keys[seq_id][0].shape[0] if seq_id in self._keys else 0
+            longest = self.seq_len(seq_id) if seq_id in self._keys else 0
+            if max(have, longest) + num_tokens > g.max_seq_len:
+                raise SequenceTooLongError(
+                    f"sequence {seq_id} would grow to {longest + num_tokens} tokens, "
+                    f"max_seq_len is {g.max_seq_len}"
+                )
+        slots = np.zeros((g.num_layers, len(ids), num_tokens), np.int32)
+        for b, seq_id in enumerate(ids):
+            if seq_id not in self._keys:
+                empty = [np.zeros((0, g.num_heads, g.head_dim))] * g.num_layers
+                self._start(seq_id, empty, empty)
+                self._tokens[seq_id] = []
+            starts = [k.shape[0] for k in self._keys[seq_id]]
+            pad = np.zeros((num_tokens, g.num_heads, g.head_dim))
+            for layer in range(g.num_layers):
+                self._keys[seq_id][layer] = np.concatenate(
+                    [self._keys[seq_id][layer], pad]
+                )
+                self._values[seq_id][layer] = np.concatenate(
+                    [self._values[seq_id][layer], pad]
+                )
+            self._grow_blocks(seq_id)
+            self._record(seq_id, 0, self.seq_len(seq_id), None, b)  # ids unknown
+            blocks = self._blocks[seq_id]
+            for layer, start in enumerate(starts):
+                for t in range(num_tokens):
+                    p = start + t
+                    slots[layer, b, t] = (
+                        blocks[p // g.block_size] * g.block_size + p % g.block_size
+                    )
+        table, lens = self.block_table(ids)
+        return slots, table, lens
+
+    def write_kv(self, keys: Any, values: Any, slots: Any, layer: int = 0) -> None:
+        g = self._geometry
+        layer = check_layer(layer, g.num_layers)
+        k, v = np.asarray(keys), np.asarray(values)
+        mapping = np.asarray(slots)
+        if mapping.ndim == 3:
+            mapping = mapping[layer]
+        if k.shape != v.shape or mapping.shape != k.shape[:2]:
+            raise ShapeError(f"keys {k.shape} / slots {mapping.shape} disagree")
+        stored_k, stored_v = self._stored(k), self._stored(v)
+        for b in range(k.shape[0]):
+            for t in range(k.shape[1]):
+                block, offset = divmod(int(mapping[b, t]), g.block_size)
+                if block not in self._owner:
+                    raise BlockTableError(f"slot {int(mapping[b, t])} is not reserved")
+                seq_id = self._owner[block]
+                p = self._blocks[seq_id].index(block) * g.block_size + offset
+                self._keys[seq_id][layer][p] = stored_k[b, t]
+                self._values[seq_id][layer][p] = stored_v[b, t]
+
+    def _grow_blocks(self, seq_id: int) -> None:
+        blocks = self._blocks[seq_id]
+        while len(blocks) * self._geometry.block_size < self.seq_len(seq_id):
+            self._owner[self._next_block] = seq_id
+            blocks.append(self._next_block)
+            self._next_block += 1
+
     # -- sharing -------------------------------------------------------------------
 
     def _start(self, seq_id: int, keys: list[Array], values: list[Array]) -> None:
         """A new sequence holding `keys`/`values` per layer."""
-        g = self._geometry
         self._keys[seq_id] = [k.copy() for k in keys]
         self._values[seq_id] = [v.copy() for v in values]
         self._blocks[seq_id] = []
-        length = keys[0].shape[0]
-        while len(self._blocks[seq_id]) * g.block_size < length:
-            self._owner[self._next_block] = seq_id
-            self._blocks[seq_id].append(self._next_block)
-            self._next_block += 1
+        self._grow_blocks(seq_id)
 
     def fork_sequences(self, parents: Any, children: Any) -> None:
         parent_ids: list[int] = check_seq_ids(parents).tolist()

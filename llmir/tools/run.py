@@ -36,6 +36,7 @@ from xdsl.utils.exceptions import (
     DiagnosticException,
     InterpretationError,
     ParseError,
+    PassFailedException,
     VerifyException,
 )
 
@@ -362,6 +363,8 @@ def describe_error(error: BaseException) -> str:
         return f"out of memory: {_first_line(str(error)) or 'an allocation failed'}"
     if isinstance(error, InterpretationError):
         return f"cannot run the program: {_first_line(str(error))}"
+    if isinstance(error, PassFailedException):
+        return f"pass failed: {_first_line(str(error))}"
     if isinstance(error, VerifyException | DiagnosticException):
         return f"invalid IR: {_first_line(str(error))}"
     return _first_line(str(error)) or type(error).__name__

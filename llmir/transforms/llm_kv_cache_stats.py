@@ -12,7 +12,11 @@ Annotates every `func.func` that contains `llm` cache ops with a
   when it is smaller: an upper bound;
 - `kv_bytes_read_max`: key+value bytes that attention and lookups may read
   (`KVCacheInterface.get_tokens_read` times the bytes of a token; GQA reads
-  each kv head once per sequence).
+  each kv head once per sequence);
+- for the caches the function creates (`KVCacheInterface.get_num_blocks`),
+  what their pools cost and hold, counted as `llm-plan-kv-memory` and the
+  runtime count it (`llmir.runtime.memory.plan_blocks`): `kv_pool_bytes`,
+  `kv_bookkeeping_bytes`, `kv_token_slots`, `kv_max_len_sequences`.
 
 A statistic that depends on a dynamic dimension is left out and its name is
 listed in `dynamic`; one that does not fit in i64 (tensors of billions of
@@ -36,6 +40,7 @@ from xdsl.ir import Attribute, Operation
 from xdsl.passes import ModulePass
 
 from llmir.dialects.interfaces import AttentionInterface, KVCacheInterface
+from llmir.runtime.memory import plan_blocks
 
 STATS_ATTR_NAME = "llm.kv_stats"
 
@@ -50,6 +55,11 @@ class KVCacheStats:
     kv_bytes_written: int = 0
     attention_flops_max: int = 0
     kv_bytes_read_max: int = 0
+    kv_pool_bytes: int = 0
+    kv_bookkeeping_bytes: int = 0
+    kv_token_slots: int = 0
+    kv_max_len_sequences: int = 0
+    creates: int = 0
     dynamic: set[str] = field(default_factory=set[str])
 
     def add(self, stat: str, amount: int | None) -> None:
@@ -61,12 +71,16 @@ class KVCacheStats:
     def as_attribute(self) -> DictionaryAttr:
         entries: dict[str, Attribute] = {}
         overflow: list[str] = []
-        for stat in (
-            "tokens_appended",
-            "kv_bytes_written",
-            "attention_flops_max",
-            "kv_bytes_read_max",
-        ):
+        stats = ["tokens_appended", "kv_bytes_written"]
+        stats += ["attention_flops_max", "kv_bytes_read_max"]
+        if self.creates:
+            stats += [
+                "kv_pool_bytes",
+                "kv_bookkeeping_bytes",
+                "kv_token_slots",
+                "kv_max_len_sequences",
+            ]
+        for stat in stats:
             if stat in self.dynamic:
                 continue
             value = getattr(self, stat)
@@ -101,6 +115,14 @@ def collect_stats(root: Operation) -> KVCacheStats | None:
         if isinstance(op, KVCacheInterface):
             seen_any = True
             cache = op.get_cache_type()
+            num_blocks = op.get_num_blocks()
+            if num_blocks is not None:
+                plan = plan_blocks(cache.geometry, num_blocks)
+                stats.creates += 1
+                stats.kv_pool_bytes += plan.pool_bytes
+                stats.kv_bookkeeping_bytes += plan.bookkeeping_bytes
+                stats.kv_token_slots += plan.tokens
+                stats.kv_max_len_sequences += plan.max_len_sequences
             if op.writes_cache():
                 tokens = op.get_appended_tokens()
                 stats.add("tokens_appended", tokens)

@@ -119,6 +119,19 @@ func.func @sharing(%k : tensor<1x2x4x8xf32>, %s : tensor<1xi32>, %tok : tensor<1
   func.return %n : tensor<1xi32>
 }
 
+// A reserved step lowers to one reservation call and a write call per layer.
+// CHECK-LABEL: func.func @reserved_step
+// CHECK: %num_tokens = arith.constant 1 : i64
+// CHECK-NEXT: %width = arith.constant -1 : i64
+// CHECK: %slots, %t, %l = func.call @llmir_reserve_slots(%kv, %s_1, %num_tokens, %width) : (!llvm.ptr, tensor<?xi32>, i64, i64) -> (tensor<?x?x?xi32>, tensor<?x?xi32>, tensor<?xi32>)
+// CHECK-NEXT: func.call @llmir_write_kv_f32(%kv, %k_1, %k_1, %slots, %layer) : (!llvm.ptr, tensor<?x?x?x?xf32>, tensor<?x?x?x?xf32>, tensor<?x?x?xi32>, i32) -> ()
+func.func @reserved_step(%kv : !scache, %k : tensor<1x1x4x8xf32>, %s : tensor<1xi32>) -> !scache {
+  %kv1, %slots, %t, %l = llm.reserve_slots %kv, %s {num_tokens = 1 : i32}
+      : (!scache, tensor<1xi32>) -> (!scache, tensor<1x1x1xi32>, tensor<1x?xi32>, tensor<1xi32>)
+  %kv2 = llm.write_kv %kv1, %k, %k, %slots : (!scache, tensor<1x1x4x8xf32>, tensor<1x1x4x8xf32>, tensor<1x1x1xi32>) -> !scache
+  func.return %kv2 : !scache
+}
+
 // A decode loop: the cache carried by scf.for becomes a handle; the ids are
 // cast once, before the loop; the loop-carried tensor, cast on entry and
 // back on exit of every step, is carried in its dynamic form instead, so the

@@ -99,3 +99,16 @@ def test_sharing_benchmark_counts_meet_their_targets() -> None:
     verdicts = [row["verdict"] for row in counts.rows if row["verdict"]]
     assert verdicts and set(verdicts) == {"meets"}
     assert len(timings.rows) == 5
+
+
+def test_passes_benchmark_keeps_outputs_and_plans_exact() -> None:
+    """The passes benchmark's program rows are bit-identical before and
+    after the pass, and its plans equal what the runtime allocates."""
+    import argparse
+
+    from benchmarks import bench_passes
+
+    step, program, plan = bench_passes.run(argparse.Namespace(quick=True, json=None))
+    assert len(step.rows) == 3
+    assert {row["outputs"] for row in program.rows} == {"bit-identical"}
+    assert all("runtime pool equal" in row["bytes"] for row in plan.rows)

@@ -87,3 +87,23 @@ def test_cuda_copy_blocks_whole_and_partial() -> None:
     backend.copy_blocks(np.array([2], np.int32), np.array([4], np.int32), 3)
     want[:, 4, :, :, :3] = pool[:, 2, :, :, :3]
     np.testing.assert_array_equal(cache.kv_pool.copy_to_host(), want)
+
+
+def test_cuda_reserved_step_stores_what_appends_store() -> None:
+    """reserve_slots + write_kv on the CUDA backend: the same bytes as
+    per-layer appends on the CPU."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((LAYERS, 2, 3, HEADS, HEAD_DIM), np.float32)
+    cpu = PagedKVCache(LAYERS, HEADS, HEAD_DIM, BLOCK, 32, "bf16", num_blocks=8)
+    gpu = PagedKVCache(
+        LAYERS, HEADS, HEAD_DIM, BLOCK, 32, "bf16", num_blocks=8, device="cuda"
+    )
+    slots, _, _ = gpu.reserve_slots([0, 1], 3)
+    for layer in range(LAYERS):
+        cpu.append_kv(x[layer], -x[layer], [0, 1], layer)
+        gpu.write_kv(x[layer], -x[layer], slots, layer)
+    for layer in range(LAYERS):
+        want = cpu.lookup_sequences([0, 1], layer)
+        got = gpu.lookup_sequences([0, 1], layer)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])

@@ -374,6 +374,19 @@ CASES: list[Case] = [
         "-p",
         files={"p.mlir": program()},
     ),
+    Case(
+        "budget below one sequence",
+        ["p.mlir", "-p", "llm-plan-kv-memory{budget=1KB}", *RANDOM],
+        "pass failed: llm-plan-kv-memory: a budget of 1000 B (1000 bytes) cannot "
+        "hold one sequence of 16 tokens",
+        files={"p.mlir": program()},
+    ),
+    Case(
+        "unreadable budget",
+        ["p.mlir", "-p", "llm-plan-kv-memory{budget=lots}", *RANDOM],
+        "cannot read 'lots' as a byte count",
+        files={"p.mlir": program()},
+    ),
     # -- the function and its arguments --------------------------------------------
     Case(
         "missing symbol",

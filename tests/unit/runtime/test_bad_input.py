@@ -381,7 +381,8 @@ def test_numpy_integer_parameters_do_not_overflow() -> None:
     dims = [np.int32(v) for v in (32, 8, 128, 16, 4096)]
     cache = PagedKVCache(*dims, "f16", memory_budget_bytes=2**30)  # pyright: ignore[reportArgumentType]
     assert cache.geometry.bytes_per_block == 32 * 8 * 2 * 16 * 128 * 2
-    assert cache.num_blocks == 2**30 // cache.geometry.bytes_per_block == 512
+    # 2 MiB of K/V and 12 bytes of bookkeeping per block: 511 fit in 1 GiB.
+    assert cache.num_blocks == 2**30 // (cache.geometry.bytes_per_block + 12) == 511
     assert all(type(v) is int for v in (cache.num_layers, cache.head_dim))
 
 

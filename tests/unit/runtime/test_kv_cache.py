@@ -238,7 +238,8 @@ def test_pool_layout_and_attributes() -> None:
 
 
 def test_sizing_by_memory_budget() -> None:
-    block_bytes = L * H * 2 * B * D * 4
+    # A block's K/V plus the allocator's 12 bytes of bookkeeping per block.
+    block_bytes = L * H * 2 * B * D * 4 + 12
     cache = PagedKVCache(L, H, D, B, 40, memory_budget_bytes=5 * block_bytes + 7)
     assert cache.num_blocks == 5
     assert PagedKVCache(L, H, D, B, 40).num_blocks == 10  # one max_seq_len sequence

@@ -43,11 +43,12 @@ class CacheMachine(RuleBasedStateMachine):
         return data.reshape(shape).astype(np.float32)
 
     def _expected_error(
-        self, ids: list[int], t: int, layer: int | None
+        self, ids: list[int], t: int, layer: int | None, reserve: bool = False
     ) -> type[Exception] | None:
         # The cache checks the whole batch for each rule in turn (uneven
-        # layers, then length, then blocks), so the model does too.
-        if layer is None:
+        # layers, then length, then blocks), so the model does too.  A
+        # reservation takes uneven layers as they are.
+        if layer is None and not reserve:
             for s in ids:
                 written = [len(x) for x in self.model.get(s, [[]])]
                 if len(set(written)) > 1:
@@ -101,6 +102,33 @@ class CacheMachine(RuleBasedStateMachine):
         repeated batch (layers > 0 reuse the slots of layer 0)."""
         for layer in range(L):
             self.append(ids, t, layer)
+
+    @rule(
+        ids=st.lists(SEQ_IDS, min_size=1, max_size=3, unique=True),
+        t=st.integers(1, 3),
+    )
+    def reserve_then_write(self, ids: list[int], t: int) -> None:
+        """One step as a reservation and per-layer writes: layer l of each
+        sequence continues from its own written count, level or not."""
+        expected = self._expected_error(ids, t, None, reserve=True)
+        keys = self._tokens((L, len(ids), t, H, D))
+        values = -keys
+        before = (self.cache.snapshot(), self.cache.kv_pool.tobytes())
+        try:
+            slots, table, lens = self.cache.reserve_slots(ids, t)
+        except (SequenceError, OutOfBlocksError) as exc:
+            assert expected is not None and isinstance(exc, expected), exc
+            assert (self.cache.snapshot(), self.cache.kv_pool.tobytes()) == before
+            return
+        assert expected is None
+        for layer in range(L):
+            self.cache.write_kv(keys[layer], values[layer], slots, layer)
+        for b, s in enumerate(ids):
+            seq = self.model.setdefault(s, [[] for _ in range(L)])
+            for lay in range(L):
+                seq[lay].extend((keys[lay, b, p], values[lay, b, p]) for p in range(t))
+            assert lens[b] == max(len(x) for x in seq)
+        assert (table >= 0).sum(axis=1).tolist() == [-(-int(n) // B) for n in lens]
 
     @rule(seq_id=SEQ_IDS)
     def free(self, seq_id: int) -> None:

@@ -642,3 +642,84 @@ func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2xi32>
 }
 
 // CHECK: llm.match_prefix: result cache type !llm.paged_kv_cache<f32, 2, 4, 8, 16, 64> does not match operand cache type !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2xi32>) {
+  %kv1, %sl, %t, %l = llm.reserve_slots %kv, %s {num_tokens = 0 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x2x0xi32>, tensor<2x4xi32>, tensor<2xi32>)
+  func.return
+}
+
+// CHECK: llm.reserve_slots: num_tokens must be positive, got 0
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2xi32>) {
+  %kv1, %sl, %t, %l = llm.reserve_slots %kv, %s {num_tokens = 65 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x2x65xi32>, tensor<2x4xi32>, tensor<2xi32>)
+  func.return
+}
+
+// CHECK: llm.reserve_slots: num_tokens 65 exceeds max_seq_len 64
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2xi32>) {
+  %kv1, %sl, %t, %l = llm.reserve_slots %kv, %s {num_tokens = 1 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<3x2x1xi32>, tensor<2x4xi32>, tensor<2xi32>)
+  func.return
+}
+
+// CHECK: llm.reserve_slots: slots layers 3 does not match cache num_layers 2
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2xi32>) {
+  %kv1, %sl, %t, %l = llm.reserve_slots %kv, %s {num_tokens = 1 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3x1xi32>, tensor<2x4xi32>, tensor<2xi32>)
+  func.return
+}
+
+// CHECK: llm.reserve_slots: slots batch 3 does not match seq_ids batch 2
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2xi32>) {
+  %kv1, %sl, %t, %l = llm.reserve_slots %kv, %s {num_tokens = 1 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x2x2xi32>, tensor<2x4xi32>, tensor<2xi32>)
+  func.return
+}
+
+// CHECK: llm.reserve_slots: slots tokens 2 does not match num_tokens 1
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2xi32>) {
+  %kv1, %sl, %t, %l = llm.reserve_slots %kv, %s {num_tokens = 1 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x2x1xi32>, tensor<3x4xi32>, tensor<3xi32>)
+  func.return
+}
+
+// CHECK: llm.reserve_slots: block_table batch 3 does not match seq_ids batch 2
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %k : tensor<2x1x4x8xf16>, %sl : tensor<2x2x2xi32>) {
+  %kv1 = llm.write_kv %kv, %k, %k, %sl : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x1x4x8xf16>, tensor<2x1x4x8xf16>, tensor<2x2x2xi32>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  func.return
+}
+
+// CHECK: llm.write_kv: slots tokens 2 does not match keys tokens 1
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %k : tensor<2x1x4x8xf16>, %sl : tensor<2x2x1xi32>) {
+  %kv1 = llm.write_kv %kv, %k, %k, %sl {layer = 2 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x1x4x8xf16>, tensor<2x1x4x8xf16>, tensor<2x2x1xi32>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  func.return
+}
+
+// CHECK: llm.write_kv: layer 2 out of range for a cache of 2 layers
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %k : tensor<2x1x4x8xf16>, %sl : tensor<2x2x1xi64>) {
+  %kv1 = llm.write_kv %kv, %k, %k, %sl : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x1x4x8xf16>, tensor<2x1x4x8xf16>, tensor<2x2x1xi64>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  func.return
+}
+
+// CHECK: llm.write_kv: slots element type must be i32, got i64

@@ -94,3 +94,17 @@ func.func @dynamic(%kv : !cache, %keys : tensor<?x?x4x8xf32>, %seq_ids : tensor<
       : (tensor<?x1x4x8xf16>, !cache, tensor<?x?xi32>, tensor<?xi32>) -> tensor<?x1x4x8xf16>
   func.return
 }
+
+// A reserved step: slots once for all layers, data per layer.
+// CHECK-LABEL: func.func @reserved_step
+func.func @reserved_step(%kv : !cache, %keys : tensor<2x1x4x8xf16>, %seq_ids : tensor<2xi32>) {
+  // CHECK-NEXT: %kv1, %slots, %table, %lens = llm.reserve_slots %kv, %seq_ids {num_tokens = 1 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x2x1xi32>, tensor<2x4xi32>, tensor<2xi32>)
+  // GENERIC: "llm.reserve_slots"(%kv, %seq_ids) <{num_tokens = 1 : i32}>
+  %kv1, %slots, %table, %lens = llm.reserve_slots %kv, %seq_ids {num_tokens = 1 : i32}
+      : (!cache, tensor<2xi32>) -> (!cache, tensor<2x2x1xi32>, tensor<2x4xi32>, tensor<2xi32>)
+  // CHECK-NEXT: %kv2 = llm.write_kv %kv1, %keys, %keys, %slots {layer = 1 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x1x4x8xf16>, tensor<2x1x4x8xf16>, tensor<2x2x1xi32>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  // GENERIC: "llm.write_kv"(%kv1, %keys, %keys, %slots) <{layer = 1 : i32}>
+  %kv2 = llm.write_kv %kv1, %keys, %keys, %slots {layer = 1 : i32}
+      : (!cache, tensor<2x1x4x8xf16>, tensor<2x1x4x8xf16>, tensor<2x2x1xi32>) -> !cache
+  func.return
+}
