@@ -26,6 +26,7 @@ BENCHMARKS = (
     "bench_interpreter",
     "bench_sharing",
     "bench_passes",
+    "bench_block_size",
 )
 
 
