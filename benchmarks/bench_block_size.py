@@ -68,6 +68,12 @@ def _cold_seconds(fn: Any, repeats: int = 9) -> float:
     return float(np.median(samples))
 
 
+def _one_layer(element: str, kv_heads: int, block: int, blocks: int) -> PagedKVCache:
+    return PagedKVCache(
+        1, kv_heads, HEAD_DIM, block, MAX_SEQ_LEN, element, num_blocks=blocks
+    )
+
+
 def _filled_cache(
     element: str, kv_heads: int, block: int, lengths: list[int], spare: int
 ) -> tuple[PagedKVCache, np.ndarray, np.ndarray]:
@@ -76,15 +82,7 @@ def _filled_cache(
     serving pool's are (each sequence grows a block at a time, in turn),
     with `spare` free blocks; its block table and lengths."""
     need = [-(-n // block) for n in lengths]
-    cache = PagedKVCache(
-        1,
-        kv_heads,
-        HEAD_DIM,
-        block,
-        MAX_SEQ_LEN,
-        element,
-        num_blocks=sum(need) + spare,
-    )
+    cache = _one_layer(element, kv_heads, block, sum(need) + spare)
     chunk = np.zeros((1, 1, block, kv_heads, HEAD_DIM), np.float32)
     for j in range(max(need)):
         for seq, n in enumerate(lengths):
@@ -124,15 +122,7 @@ def _append_costs(element: str, kv_heads: int, block: int) -> tuple[float, float
     """ns per appended token, and per new block, for a batch of 64."""
     ids = np.arange(APPEND_BATCH)
     x = np.zeros((1, APPEND_BATCH, 1, kv_heads, HEAD_DIM), np.float32)
-    cache = PagedKVCache(
-        1,
-        kv_heads,
-        HEAD_DIM,
-        block,
-        MAX_SEQ_LEN,
-        element,
-        num_blocks=APPEND_BATCH * 4,
-    )
+    cache = _one_layer(element, kv_heads, block, APPEND_BATCH * 4)
     first = np.zeros((1, APPEND_BATCH, block, kv_heads, HEAD_DIM), np.float32)
 
     def setup() -> None:
