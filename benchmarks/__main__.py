@@ -27,6 +27,7 @@ BENCHMARKS = (
     "bench_sharing",
     "bench_passes",
     "bench_block_size",
+    "bench_distributed",
 )
 
 

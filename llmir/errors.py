@@ -71,3 +71,8 @@ class PoolTooLargeError(ConfigError, MemoryError):
 
 class DeviceError(LLMIRError, RuntimeError):
     """The requested device is unavailable (e.g. CUDA without a GPU)."""
+
+
+class ShardError(LLMIRError, RuntimeError):
+    """A shard of a distributed cache failed (died, hung past its timeout,
+    or raised); the cache must be closed and rebuilt."""

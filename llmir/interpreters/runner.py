@@ -86,6 +86,30 @@ def paged_caches(device: str = "cpu") -> CacheFactory:
     return create
 
 
+def sharded_caches(
+    shards: int, shard_by: str = "heads", device: str = "cpu"
+) -> CacheFactory:
+    """Caches of a run: `llmir.distributed.ShardedKVCache`s of `shards`
+    shards in Ray actors (the IR is unchanged: the type stays the whole
+    cache's)."""
+    from llmir.distributed.cache import ShardedKVCache
+
+    def create(
+        geometry: CacheGeometry, num_blocks: int, options: CacheOptions
+    ) -> KVCache:
+        return ShardedKVCache.for_geometry(
+            geometry,
+            num_blocks,
+            shards=shards,
+            shard_by=shard_by,
+            device=device,
+            enable_prefix_caching=options.prefix_caching,
+            eviction=options.eviction_name,
+        )
+
+    return create
+
+
 def reference_caches() -> CacheFactory:
     """Caches of a run: the dense float64 `DenseReferenceCache`."""
     from llmir.testing.dense_cache import DenseReferenceCache

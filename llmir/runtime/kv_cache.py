@@ -33,6 +33,7 @@ without the lock.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,7 @@ from llmir.runtime.validation import (
 )
 
 IntArray = npt.NDArray[np.int32]
+BackendFactory = Callable[[CacheGeometry, int], Backend]
 
 
 class PagedKVCache:
@@ -98,7 +100,10 @@ class PagedKVCache:
         device: str = "cpu",
         enable_prefix_caching: bool = False,
         eviction: str | EvictionPolicy = "lru",
+        backend_factory: BackendFactory | None = None,
     ) -> None:
+        """`backend_factory` (geometry, num_blocks) -> `Backend` replaces the
+        backend of `device` (`llmir.distributed` passes its sharded one)."""
         options = CacheOptions(enable_prefix_caching, eviction)
         geometry = CacheGeometry(
             element_type(dtype),
@@ -112,7 +117,11 @@ class PagedKVCache:
         self._options = options
         self._num_blocks = _pool_blocks(geometry, num_blocks, memory_budget_bytes)
         self._allocator = BlockAllocator(self._num_blocks, options.eviction_policy())
-        self._backend: Backend = create_backend(device, geometry, self._num_blocks)
+        self._backend: Backend = (
+            create_backend(device, geometry, self._num_blocks)
+            if backend_factory is None
+            else backend_factory(geometry, self._num_blocks)
+        )
         self._prefix = (
             PrefixCache(self._allocator, geometry.block_size)
             if options.prefix_caching
@@ -136,6 +145,7 @@ class PagedKVCache:
         memory_budget_bytes: int | None = None,
         device: str = "cpu",
         options: CacheOptions | None = None,
+        backend_factory: BackendFactory | None = None,
     ) -> PagedKVCache:
         """The cache of a `CacheGeometry` (e.g. an IR type's) and
         `CacheOptions` (e.g. an `llm.create_kv_cache`'s)."""
@@ -152,6 +162,7 @@ class PagedKVCache:
             device=device,
             enable_prefix_caching=options.prefix_caching,
             eviction=options.eviction,
+            backend_factory=backend_factory,
         )
 
     # -- configuration (read-only) --------------------------------------------

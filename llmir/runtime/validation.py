@@ -236,6 +236,11 @@ class AttentionOptions:
     causal: bool
     sliding_window: int
     logits_soft_cap: float
+    context_partition: int | None = None
+    """How a kernel splits long contexts: None to plan it itself, 0 to keep
+    contexts whole, or a partition size in tokens.  A backend that runs a
+    slice of the heads sets the plan of the whole cache, so that its
+    results are bit-identical to the unsliced cache's."""
 
 
 def check_scale(scale: object, head_dim: int) -> float:

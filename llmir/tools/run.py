@@ -53,6 +53,7 @@ from llmir.interpreters.runner import (
     paged_caches,
     python_value,
     reference_caches,
+    sharded_caches,
 )
 from llmir.runtime.backend import DEVICES
 from llmir.tools.inputs import ArgumentError, function_arguments
@@ -135,6 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
         choices=DEVICES,
         default="cpu",
         help="where the KV cache and kernels live (default: cpu)",
+    )
+    add(
+        "--shards",
+        type=int,
+        default=1,
+        metavar="N",
+        help="cut each cache into N shards in Ray actors (llmir[distributed]); "
+        "default 1: no sharding",
+    )
+    add(
+        "--shard-by",
+        choices=("heads", "layers"),
+        default="heads",
+        help="cut by kv heads (tensor parallel) or layers (pipeline parallel)",
     )
     add("--output", metavar="FILE", help="save the results as FILE.npz")
     add("--stats", action="store_true", help="print KV cache statistics")
@@ -240,12 +255,19 @@ def run(options: argparse.Namespace) -> int:
         ctx, entry, options.args, options.input, options.random_args
     )
     listeners = (Progress(),) if options.progress else ()
+    if options.shards < 1:
+        raise RunError(f"--shards must be at least 1, got {options.shards}")
+    caches = (
+        sharded_caches(options.shards, options.shard_by, options.device)
+        if options.shards > 1
+        else paged_caches(options.device)
+    )
     with CompileNotice(_element_types(module)) as compiling:
         execution = execute(
             module,
             entry,
             args,
-            paged_caches(options.device),
+            caches,
             ctx=ctx,
             listeners=listeners,
             index_bitwidth=options.index_bitwidth,

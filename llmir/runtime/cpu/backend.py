@@ -140,6 +140,8 @@ class CPUBackend:
                 causal=options.causal,
                 sliding_window=options.sliding_window,
                 logits_soft_cap=options.logits_soft_cap,
+                partition_size=options.context_partition or None,
+                auto_partition=options.context_partition is None,
             )
         if work is not result:
             result[...] = work

@@ -705,6 +705,18 @@ CASES: list[Case] = [
         },
     ),
     Case(
+        "shards not dividing the heads",
+        ["p.mlir", "--shards", "3", *RANDOM],
+        "3 shards do not divide the cache's 2 kv heads: give a divisor of 2",
+        files={"p.mlir": program()},
+    ),
+    Case(
+        "no shards",
+        ["p.mlir", "--shards", "0", *RANDOM],
+        "--shards must be at least 1, got 0",
+        files={"p.mlir": program()},
+    ),
+    Case(
         "too long",
         ["l.mlir", *RANDOM],
         "would grow to 18 tokens, max_seq_len is 16",

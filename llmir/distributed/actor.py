@@ -1,0 +1,99 @@
+"""The Ray actor that holds one shard's pool: a plain llmir `Backend` (CPU
+or CUDA) in its own process, running the writes, copies, gathers and
+attention the driver sends it on the slots and tables the driver computed.
+
+It keeps no bookkeeping: block ids, lengths and slot mappings arrive with
+every call.  Arrays arrive through Ray's object store (read-only, zero-copy
+on one node) and results go back the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from llmir.runtime.backend import Backend, create_backend
+from llmir.runtime.dtypes import element_type
+from llmir.runtime.geometry import CacheGeometry
+from llmir.runtime.validation import AttentionOptions, BlockTable
+
+Array = npt.NDArray[Any]
+GeometryArgs = tuple[str, int, int, int, int, int]
+
+
+class ShardActor:
+    """One shard's pool and kernels (wrapped by `ray.remote` in
+    `llmir.distributed.backend`)."""
+
+    def __init__(self, geometry: GeometryArgs, num_blocks: int, device: str) -> None:
+        name, layers, heads, head_dim, block, max_len = geometry
+        self._geometry = CacheGeometry(
+            element_type(name), layers, heads, head_dim, block, max_len
+        )
+        self._backend: Backend = create_backend(device, self._geometry, num_blocks)
+        _warm_up(self._geometry, device)
+
+    def ready(self) -> bool:
+        return True
+
+    def write(
+        self, layer: int | None, keys: Array, values: Array, slots: Array
+    ) -> None:
+        self._backend.write(layer, keys, values, slots)
+
+    def copy_blocks(self, src: Array, dst: Array, tokens: int | None) -> None:
+        self._backend.copy_blocks(src, dst, tokens)
+
+    def gather(
+        self, layer: int, table: BlockTable, as_float32: bool
+    ) -> tuple[Array, Array]:
+        keys, values = self._backend.gather(layer, table, as_float32, None)
+        return _host(keys), _host(values)
+
+    def attention(
+        self, layer: int, query: Array, table: BlockTable, options: AttentionOptions
+    ) -> Array:
+        return _host(self._backend.attention(layer, query, table, options, None))
+
+    def pool(self) -> Array:
+        return _host(self._backend.kv_pool)
+
+    def sleep(self, seconds: float) -> None:
+        """Hold the actor busy (tests: a hung shard)."""
+        time.sleep(seconds)
+
+
+def _host(array: Any) -> Array:
+    """A device array's host copy; host arrays as they are."""
+    return array.copy_to_host() if hasattr(array, "copy_to_host") else array
+
+
+def _warm_up(geometry: CacheGeometry, device: str) -> None:
+    """Run every kernel variant once on a scratch cache, so that compiling
+    (or loading them from Numba's cache) happens while the actor starts,
+    not inside the first call the driver times out."""
+    from llmir.runtime.attention import paged_attention
+    from llmir.runtime.kv_cache import PagedKVCache
+
+    scratch = PagedKVCache(
+        1,
+        geometry.num_heads,
+        geometry.head_dim,
+        geometry.block_size,
+        geometry.max_seq_len,
+        geometry.element_type,
+        num_blocks=2,
+        device=device,
+    )
+    rows = np.zeros((1, 2, geometry.num_heads, geometry.head_dim), np.float32)
+    scratch.append_kv(rows, rows, [0])
+    scratch.append_kv_all_layers(rows[None, :, :1], rows[None, :, :1], [0])
+    table, lens = scratch.block_table([0])
+    for as_float32 in (False, True):
+        scratch.lookup_kv(table, lens, 0, as_float32=as_float32)
+    for queries in (1, 2):  # decode and prefill
+        query = np.zeros((1, queries, geometry.num_heads, geometry.head_dim))
+        paged_attention(query.astype(np.float32), scratch, table, lens)
