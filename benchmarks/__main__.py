@@ -28,6 +28,7 @@ BENCHMARKS = (
     "bench_passes",
     "bench_block_size",
     "bench_distributed",
+    "bench_memory",
 )
 
 

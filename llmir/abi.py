@@ -37,7 +37,8 @@ Per op (E: an element type of the registry; scalars i64 unless noted):
     create_kv_cache   llmir_create_kv_cache_E   (E of the cache)
         scalars: num_layers, num_heads, head_dim, block_size, max_seq_len,
                  num_blocks, prefix_caching : i1,
-                 eviction (index in llmir.runtime.eviction.POLICIES)
+                 eviction (index in llmir.runtime.eviction.POLICIES),
+                 swap_blocks
         returns: the handle
     append_kv         llmir_append_kv_E          (E of the keys)
         operands: cache, keys, values, seq_ids, token_ids (empty: none)
@@ -66,6 +67,8 @@ Per op (E: an element type of the registry; scalars i64 unless noted):
         scalars: num_tokens, width (-1: dynamic)
         returns: slots tensor<?x?x?xi32>, table tensor<?x?xi32>,
                  lengths tensor<?xi32>
+    swap_out          llmir_swap_out             (cache, seq_ids)
+    swap_in           llmir_swap_in              (cache, seq_ids)
     write_kv          llmir_write_kv_E           (E of the keys)
         operands: cache, keys, values, slots
         scalars: layer : i32
@@ -104,10 +107,11 @@ from llmir.runtime.dtypes import (
 )
 from llmir.runtime.eviction import POLICIES
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 """2: sharing (fork_sequence, match_prefix, append_kv token_ids, the
 create_kv_cache prefix_caching/eviction and free_sequence priority
-scalars).  3: reserve_slots and write_kv."""
+scalars).  3: reserve_slots and write_kv.  4: swap_out, swap_in and the
+create_kv_cache swap_blocks scalar."""
 
 NO_PRIORITY = -(2**63)
 """The encoded absent ``priority`` of ``free_sequence``."""
@@ -315,6 +319,7 @@ FUNCTIONS: tuple[RuntimeFunction, ...] = (
             Scalar("num_blocks", i64, lambda op: op.num_blocks),
             Scalar("prefix_caching", i1, lambda op: op.prefix_caching),
             Scalar("eviction", i64, lambda op: EVICTION_POLICIES.index(op.eviction)),
+            Scalar("swap_blocks", i64, lambda op: op.swap_blocks),
         ),
         (CACHE,),
         lambda op: op.cache.type.element_type,
@@ -411,6 +416,8 @@ FUNCTIONS: tuple[RuntimeFunction, ...] = (
         (CACHE,),
         _element_of_operand(1),
     ),
+    RuntimeFunction(llm.SwapOutOp, "swap_out", (CACHE, Tensor(1, i32)), (), (CACHE,)),
+    RuntimeFunction(llm.SwapInOp, "swap_in", (CACHE, Tensor(1, i32)), (), (CACHE,)),
     RuntimeFunction(
         llm.MatchPrefixOp,
         "match_prefix",

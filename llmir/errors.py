@@ -76,3 +76,11 @@ class DeviceError(LLMIRError, RuntimeError):
 class ShardError(LLMIRError, RuntimeError):
     """A shard of a distributed cache failed (died, hung past its timeout,
     or raised); the cache must be closed and rebuilt."""
+
+
+class SwapSpaceFullError(LLMIRError, MemoryError):
+    """The swap space has fewer free slots than a swap-out needs."""
+
+
+class SequenceSwappedError(SequenceError):
+    """A swapped-out sequence was used before it was swapped back in."""

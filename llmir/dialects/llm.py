@@ -78,6 +78,8 @@ __all__ = [
     "PagedAttentionOp",
     "PagedKVCacheType",
     "ReserveSlotsOp",
+    "SwapInOp",
+    "SwapOutOp",
     "WriteKVOp",
 ]
 
@@ -90,6 +92,7 @@ _LAYER_DEFAULT = IntegerAttr(0, i32)
 _CAUSAL_DEFAULT = BoolAttr.from_bool(True)
 _PREFIX_CACHING_DEFAULT = BoolAttr.from_bool(False)
 _EVICTION_DEFAULT = StringAttr("lru")
+_SWAP_BLOCKS_DEFAULT = IntegerAttr(0, i64)
 
 
 # --- ops -----------------------------------------------------------------------
@@ -102,7 +105,9 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
 
     `prefix_caching` (default false) indexes full blocks by their tokens so
     that `llm.match_prefix` can reuse them; `eviction` (default "lru", or
-    "priority") orders cached blocks for reuse when the pool runs out.
+    "priority") orders cached blocks for reuse when the pool runs out;
+    `swap_blocks` (default 0) gives the cache a swap tier of that many block
+    slots for `llm.swap_out` / `llm.swap_in`.
 
     ```mlir
     %kv = llm.create_kv_cache {num_blocks = 512 : i64, prefix_caching = true}
@@ -117,6 +122,9 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
         BoolAttr, _PREFIX_CACHING_DEFAULT, prop_name="prefix_caching"
     )
     eviction_attr = prop_def(StringAttr, _EVICTION_DEFAULT, prop_name="eviction")
+    swap_blocks_attr = prop_def(
+        IntegerAttr[I64], _SWAP_BLOCKS_DEFAULT, prop_name="swap_blocks"
+    )
 
     cache = result_def(PagedKVCacheType)
 
@@ -130,11 +138,13 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
         *,
         prefix_caching: bool = False,
         eviction: str = "lru",
+        swap_blocks: int = 0,
     ):
         properties: dict[str, Attribute | None] = {
             "num_blocks": IntegerAttr(num_blocks, i64),
             "prefix_caching": BoolAttr.from_bool(True) if prefix_caching else None,
             "eviction": None if eviction == "lru" else StringAttr(eviction),
+            "swap_blocks": IntegerAttr(swap_blocks, i64) if swap_blocks else None,
         }
         super().__init__(result_types=[cache_type], properties=_present(properties))
 
@@ -150,11 +160,19 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
     def eviction(self) -> str:
         return self.eviction_attr.data
 
+    @property
+    def swap_blocks(self) -> int:
+        return self.swap_blocks_attr.value.data
+
     def verify_(self) -> None:
         if self.num_blocks <= 0:
             raise VerifyException(
                 f"llm.create_kv_cache: num_blocks must be positive, "
                 f"got {self.num_blocks}"
+            )
+        if self.swap_blocks < 0:
+            raise VerifyException(
+                f"llm.create_kv_cache: swap_blocks must be >= 0, got {self.swap_blocks}"
             )
         if self.eviction not in POLICIES:
             raise VerifyException(
@@ -978,6 +996,61 @@ class WriteKVOp(KVCacheInterface, IRDLOperation):
         return self.layer
 
 
+class _SwapOp(KVCacheInterface, IRDLOperation):
+    """Shared definition of `llm.swap_out` and `llm.swap_in`."""
+
+    cache = operand_def(PagedKVCacheType)
+    seq_ids = operand_def(TensorType)
+
+    new_cache = result_def(PagedKVCacheType)
+
+    irdl_options = _OPTIONS
+    assembly_format = _FUNCTIONAL_FORMAT
+
+    def __init__(self, cache: SSAValue, seq_ids: SSAValue):
+        super().__init__(operands=[cache, seq_ids], result_types=[cache.type])
+
+    def verify_(self) -> None:
+        same_cache_type(self.name, self.cache, self.new_cache)
+        i32_tensor(self.name, "seq_ids", self.seq_ids.type, 1)
+
+    # KVCacheInterface
+    def get_cache(self) -> SSAValue:
+        return self.cache
+
+    def get_updated_cache(self) -> SSAValue | None:
+        return self.new_cache
+
+
+@irdl_op_definition
+class SwapOutOp(_SwapOp):
+    """
+    Moves sequences to the cache's swap tier (`swap_blocks` slots): their
+    blocks' keys and values are copied out and the pool blocks given back.
+    Until `llm.swap_in`, the sequences reject appends and table reads.
+
+    ```mlir
+    %kv2 = llm.swap_out %kv, %seq_ids : (!kv_cache_t, tensor<2xi32>) -> !kv_cache_t
+    ```
+    """
+
+    name = "llm.swap_out"
+
+
+@irdl_op_definition
+class SwapInOp(_SwapOp):
+    """
+    Brings swapped-out sequences back into free pool blocks, bit for bit
+    (block ids may differ: read tables after it).
+
+    ```mlir
+    %kv3 = llm.swap_in %kv2, %seq_ids : (!kv_cache_t, tensor<2xi32>) -> !kv_cache_t
+    ```
+    """
+
+    name = "llm.swap_in"
+
+
 def _present(properties: dict[str, Attribute | None]) -> dict[str, Attribute]:
     """The given properties, without the absent (None) ones."""
     return {k: v for k, v in properties.items() if v is not None}
@@ -996,6 +1069,8 @@ LLM = Dialect(
         MatchPrefixOp,
         ReserveSlotsOp,
         WriteKVOp,
+        SwapOutOp,
+        SwapInOp,
     ],
     [
         PagedKVCacheType,

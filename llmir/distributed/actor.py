@@ -47,6 +47,21 @@ class ShardActor:
     def copy_blocks(self, src: Array, dst: Array, tokens: int | None) -> None:
         self._backend.copy_blocks(src, dst, tokens)
 
+    def read_blocks(self, ids: Array) -> Array:
+        """This shard's part of blocks `ids`, block-major ``[n, L, H, 2, B,
+        D]`` (a swap-out)."""
+        g = self._geometry
+        out = np.empty(
+            (ids.shape[0], g.num_layers, g.num_heads, 2, g.block_size, g.head_dim),
+            g.element_type.storage_dtype,
+        )
+        self._backend.swap_out(ids, out, np.arange(ids.shape[0], dtype=np.int32))
+        return out
+
+    def write_blocks(self, ids: Array, data: Array) -> None:
+        """Blocks `ids` from block-major `data` (a swap-in)."""
+        self._backend.swap_in(data, np.arange(ids.shape[0], dtype=np.int32), ids)
+
     def gather(
         self, layer: int, table: BlockTable, as_float32: bool
     ) -> tuple[Array, Array]:

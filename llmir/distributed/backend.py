@@ -141,6 +141,27 @@ class ShardedBackend:
             [a.copy_blocks.remote(src, dst, tokens) for a in self.actors], "copy"
         )
 
+    def swap_out(self, block_ids: Any, tier: Array, slots: Any) -> None:
+        parts = self._gather_all(
+            [a.read_blocks.remote(block_ids) for a in self.actors], "swap out"
+        )
+        # Block-major [n, L, H, 2, B, D]: heads are axis 2, layers axis 1.
+        tier[slots] = np.concatenate(parts, axis=2 if self.plan.by == "heads" else 1)
+
+    def swap_in(self, tier: Array, slots: Any, block_ids: Any) -> None:
+        data = tier[slots]
+        axis = 2 if self.plan.by == "heads" else 1
+        refs = [
+            actor.write_blocks.remote(
+                block_ids,
+                np.ascontiguousarray(
+                    data[(slice(None),) * axis + (self.plan.span(i),)]
+                ),
+            )
+            for i, actor in enumerate(self.actors)
+        ]
+        self._gather_all(refs, "swap in")
+
     def gather(
         self,
         layer: int,

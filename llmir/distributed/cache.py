@@ -48,6 +48,8 @@ class ShardedKVCache(PagedKVCache):
         timeout_s: float = DEFAULT_TIMEOUT_S,
         enable_prefix_caching: bool = False,
         eviction: str | EvictionPolicy = "lru",
+        swap_blocks: int = 0,
+        swap_dir: str | None = None,
     ) -> None:
         def factory(geometry: CacheGeometry, blocks: int) -> ShardedBackend:
             # The plan is checked before any actor starts.
@@ -66,6 +68,8 @@ class ShardedKVCache(PagedKVCache):
             device=device,
             enable_prefix_caching=enable_prefix_caching,
             eviction=eviction,
+            swap_blocks=swap_blocks,
+            swap_dir=swap_dir,
             backend_factory=factory,
         )
         backend = self.backend
@@ -84,6 +88,8 @@ class ShardedKVCache(PagedKVCache):
         timeout_s: float = DEFAULT_TIMEOUT_S,
         enable_prefix_caching: bool = False,
         eviction: str = "lru",
+        swap_blocks: int = 0,
+        swap_dir: str | None = None,
     ) -> ShardedKVCache:
         return cls(
             geometry.num_layers,
@@ -99,6 +105,8 @@ class ShardedKVCache(PagedKVCache):
             timeout_s=timeout_s,
             enable_prefix_caching=enable_prefix_caching,
             eviction=eviction,
+            swap_blocks=swap_blocks,
+            swap_dir=swap_dir,
         )
 
     @property
@@ -111,7 +119,9 @@ class ShardedKVCache(PagedKVCache):
         return self._sharded.actors
 
     def close(self) -> None:
-        """Stop the shards; any later call raises `ShardError`."""
+        """Stop the shards (and delete the swap file); any later call
+        raises `ShardError`."""
+        super().close()
         self._sharded.close()
 
     def __enter__(self) -> ShardedKVCache:
@@ -150,6 +160,14 @@ class ShardedKVCache(PagedKVCache):
     def free_sequences(self, *args: Any, **kwargs: Any) -> None:
         self._sharded.check_usable()
         super().free_sequences(*args, **kwargs)
+
+    def swap_out(self, seq_ids: Any) -> int:
+        self._sharded.check_usable()
+        return super().swap_out(seq_ids)
+
+    def swap_in(self, seq_ids: Any) -> int:
+        self._sharded.check_usable()
+        return super().swap_in(seq_ids)
 
     def reset(self) -> None:
         self._sharded.check_usable()

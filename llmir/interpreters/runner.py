@@ -72,15 +72,16 @@ def apply_passes(module: ModuleOp, pipeline: str, ctx: Context | None = None) ->
     module.verify()
 
 
-def paged_caches(device: str = "cpu") -> CacheFactory:
-    """Caches of a run: `PagedKVCache`s on `device`."""
+def paged_caches(device: str = "cpu", swap_dir: str | None = None) -> CacheFactory:
+    """Caches of a run: `PagedKVCache`s on `device` (swap tiers, where the
+    program asks for them, in `swap_dir`)."""
     from llmir.runtime.kv_cache import PagedKVCache
 
     def create(
         geometry: CacheGeometry, num_blocks: int, options: CacheOptions
     ) -> KVCache:
         return PagedKVCache.from_geometry(
-            geometry, num_blocks, device=device, options=options
+            geometry, num_blocks, device=device, options=options, swap_dir=swap_dir
         )
 
     return create
@@ -105,6 +106,7 @@ def sharded_caches(
             device=device,
             enable_prefix_caching=options.prefix_caching,
             eviction=options.eviction_name,
+            swap_blocks=options.swap_blocks,
         )
 
     return create

@@ -56,11 +56,12 @@ def create_kv_cache(
     num_blocks: int,
     prefix_caching: bool,
     eviction: int,
+    swap_blocks: int,
 ) -> tuple[KVCache]:
     geometry = CacheGeometry(
         element, num_layers, num_heads, head_dim, block_size, max_seq_len
     )
-    options = CacheOptions(prefix_caching, tuple(POLICIES)[eviction])
+    options = CacheOptions(prefix_caching, tuple(POLICIES)[eviction], swap_blocks)
     cache = context.create_cache(geometry, num_blocks, options)
     context.caches.append(cache)
     return (cache,)
@@ -222,4 +223,18 @@ def write_kv(
     layer: int,
 ) -> tuple[()]:
     cache.write_kv(keys, values, slots, layer)
+    return ()
+
+
+def swap_out(
+    context: CallContext, element: None, cache: KVCache, seq_ids: Array
+) -> tuple[()]:
+    cache.swap_out(seq_ids)
+    return ()
+
+
+def swap_in(
+    context: CallContext, element: None, cache: KVCache, seq_ids: Array
+) -> tuple[()]:
+    cache.swap_in(seq_ids)
     return ()

@@ -15,7 +15,8 @@ What a backend receives is already valid (`llmir.runtime.validation`):
 * `write` gets keys/values ``[L, N, H, D]`` (``L = num_layers`` for a
   whole-step write, 1 for one layer) of float32 (to be encoded) or of one of
   the element type's `raw_input_dtypes` (copied bit for bit);
-* `copy_blocks` gets disjoint, in-range block ids;
+* `copy_blocks` gets disjoint, in-range block ids; `swap_out`/`swap_in`
+  in-range block ids and free (or held) tier slots;
 * `gather` and `attention` get a `BlockTable` and a layer in range;
   `attention` a query whose shape and dtype `check_query` accepted and
   `AttentionOptions`;
@@ -69,6 +70,15 @@ class Backend(Protocol):
         values as stored: the whole block, or only its first `tokens` slots.
         int32 ids, ``src`` and ``dst`` disjoint (copy-on-write and
         partial-prefix reuse copy into freshly allocated blocks)."""
+        ...
+
+    def swap_out(self, block_ids: Any, tier: Any, slots: Any) -> None:
+        """Copy pool blocks ``block_ids[i]`` (every layer) to the host tier
+        ``tier[slots[i]]`` (`llmir.runtime.swap.SwapSpace.blocks`)."""
+        ...
+
+    def swap_in(self, tier: Any, slots: Any, block_ids: Any) -> None:
+        """Copy ``tier[slots[i]]`` back into pool blocks ``block_ids[i]``."""
         ...
 
     def gather(

@@ -32,6 +32,7 @@ without the lock.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +51,7 @@ from llmir.runtime.options import CacheOptions
 from llmir.runtime.prefix_cache import PrefixCache
 from llmir.runtime.protocol import CacheStats
 from llmir.runtime.sequences import SequenceTable
+from llmir.runtime.swap import SwapSpace, SwapTier
 from llmir.runtime.validation import (
     INT32_MIN,
     BlockTable,
@@ -100,11 +102,16 @@ class PagedKVCache:
         device: str = "cpu",
         enable_prefix_caching: bool = False,
         eviction: str | EvictionPolicy = "lru",
+        swap_blocks: int = 0,
+        swap_dir: str | None = None,
         backend_factory: BackendFactory | None = None,
     ) -> None:
-        """`backend_factory` (geometry, num_blocks) -> `Backend` replaces the
+        """`swap_blocks` > 0 gives the cache a swap tier of that many block
+        slots: a file in `swap_dir` (default: the temporary directory) for
+        a CPU cache, host memory for a CUDA one (`llmir.runtime.swap`).
+        `backend_factory` (geometry, num_blocks) -> `Backend` replaces the
         backend of `device` (`llmir.distributed` passes its sharded one)."""
-        options = CacheOptions(enable_prefix_caching, eviction)
+        options = CacheOptions(enable_prefix_caching, eviction, swap_blocks)
         geometry = CacheGeometry(
             element_type(dtype),
             num_layers,
@@ -127,8 +134,18 @@ class PagedKVCache:
             if options.prefix_caching
             else None
         )
+        swap = None
+        if options.swap_blocks:
+            directory = swap_dir
+            if directory is None and self._backend.device == "cpu":
+                directory = tempfile.gettempdir()
+            swap = SwapTier(
+                SwapSpace(geometry, options.swap_blocks, directory),
+                self._backend.swap_out,
+                self._backend.swap_in,
+            )
         self._seqs = SequenceTable(
-            self._allocator, geometry, self._prefix, self._backend.copy_blocks
+            self._allocator, geometry, self._prefix, self._backend.copy_blocks, swap
         )
         self._lock = threading.Lock()
         # The last reservation's slots [L, batch, T] as handed out (a
@@ -145,6 +162,7 @@ class PagedKVCache:
         memory_budget_bytes: int | None = None,
         device: str = "cpu",
         options: CacheOptions | None = None,
+        swap_dir: str | None = None,
         backend_factory: BackendFactory | None = None,
     ) -> PagedKVCache:
         """The cache of a `CacheGeometry` (e.g. an IR type's) and
@@ -162,6 +180,8 @@ class PagedKVCache:
             device=device,
             enable_prefix_caching=options.prefix_caching,
             eviction=options.eviction,
+            swap_blocks=options.swap_blocks,
+            swap_dir=swap_dir,
             backend_factory=backend_factory,
         )
 
@@ -342,6 +362,39 @@ class PagedKVCache:
         with self._lock:
             return self._seqs.priority(check_seq_id(seq_id))
 
+    # -- swapping ----------------------------------------------------------------
+
+    def swap_out(self, seq_ids: Any) -> int:
+        """Move the listed sequences' blocks (every layer) to the swap tier
+        and give their pool blocks back; returns the blocks moved.  A swapped
+        sequence rejects appends, tables and forks (`SequenceSwappedError`)
+        until `swap_in`; freeing it frees its tier slots.  A block another
+        sequence holds stays in the pool for that one.  All or nothing
+        (`SwapSpaceFullError` when the tier lacks room)."""
+        ids = check_seq_ids(seq_ids)
+        with self._lock:
+            moved = self._seqs.swap_out(ids)
+            self._handed_out = None  # the reservation's blocks were released
+            return moved
+
+    def swap_in(self, seq_ids: Any) -> int:
+        """Bring swapped-out sequences back into free pool blocks, bit for
+        bit (block ids may differ: take fresh block tables); returns the
+        blocks moved.  All or nothing (`OutOfBlocksError`)."""
+        ids = check_seq_ids(seq_ids)
+        with self._lock:
+            return self._seqs.swap_in(ids)
+
+    def is_swapped(self, seq_id: int) -> bool:
+        with self._lock:
+            return self._seqs.is_swapped(check_seq_id(seq_id))
+
+    def close(self) -> None:
+        """Release what outlives the object's memory: the swap file."""
+        with self._lock:
+            if self._seqs.swap is not None:
+                self._seqs.swap.space.close()
+
     def check_invariants(self) -> None:
         """Assert the bookkeeping's invariants (allocator, tables, prefix
         index); for tests, after every operation."""
@@ -382,6 +435,7 @@ class PagedKVCache:
                 prefix_partial_hit_tokens=prefix.partial_hit_tokens if prefix else 0,
                 evictions=allocator.evictions,
                 cow_copies=self._seqs.cow_copies,
+                **_swap_stats(self._seqs),
             )
 
     def snapshot(self) -> tuple[Any, ...]:
@@ -757,3 +811,17 @@ def _check_priority(priority: object) -> int:
             f"{priority!r}"
         )
     return int(priority)
+
+
+def _swap_stats(seqs: SequenceTable) -> dict[str, int]:
+    swap = seqs.swap
+    if swap is None:
+        return {}
+    return {
+        "swap_blocks_total": swap.space.num_slots,
+        "swap_blocks_used": swap.space.num_used,
+        "swapped_sequences": seqs.num_swapped,
+        "swaps_out": swap.swaps_out,
+        "swaps_in": swap.swaps_in,
+        "swap_bytes_moved": swap.bytes_moved,
+    }

@@ -26,12 +26,19 @@ class CacheOptions:
     """The policy ordering cached-free blocks for reuse: a key of
     `llmir.runtime.eviction.POLICIES`, or a policy object of one's own (an
     empty `EvictionPolicy`, used by this one cache)."""
+    swap_blocks: int = 0
+    """Block slots of the swap tier (`llmir.runtime.swap`); 0: none."""
 
     def __post_init__(self) -> None:
         prefix_caching = cast(object, self.prefix_caching)
         if not isinstance(prefix_caching, bool):
             raise ConfigError(
                 f"prefix_caching must be a bool, got {self.prefix_caching!r}"
+            )
+        swap = cast(object, self.swap_blocks)
+        if isinstance(swap, bool) or not isinstance(swap, int) or swap < 0:
+            raise ConfigError(
+                f"swap_blocks must be a non-negative integer, got {swap!r}"
             )
         policy = cast(object, self.eviction)
         if isinstance(policy, str):

@@ -67,6 +67,14 @@ class CacheStats:
     """Cached-free blocks given up to make room."""
     cow_copies: int = 0
     """Blocks copied because a sequence wrote into a block it shared."""
+    swap_blocks_total: int = 0
+    """Block slots of the swap tier (0: the cache has none)."""
+    swap_blocks_used: int = 0
+    swapped_sequences: int = 0
+    swaps_out: int = 0
+    swaps_in: int = 0
+    swap_bytes_moved: int = 0
+    """Bytes copied between the pool and the tier, both ways."""
 
     @property
     def blocks_available(self) -> int:
@@ -113,6 +121,13 @@ class CacheStats:
             f"{self.sharing_factor:.2f}, {self.blocks_saved} blocks saved, "
             f"{self.cow_copies} copy-on-write copies",
         ]
+        if self.swap_blocks_total:
+            lines.append(
+                f"swap tier     {self.swap_blocks_used} of {self.swap_blocks_total} "
+                f"slots used by {self.swapped_sequences} sequence(s); "
+                f"{self.swaps_out} swapped out, {self.swaps_in} in, "
+                f"{self.swap_bytes_moved / mib:.2f} MiB moved"
+            )
         if self.prefix_queries:
             lines.append(
                 f"prefix cache  {self.prefix_queries} queries, "
@@ -217,6 +232,15 @@ class KVCache(Protocol):
         out: Any = None,
     ) -> Any:
         """Attention of `query` over one layer (`llmir.runtime.attention`)."""
+        ...
+
+    def swap_out(self, seq_ids: Any) -> int:
+        """Move the listed sequences to the swap tier (their pool blocks
+        freed); returns the blocks moved."""
+        ...
+
+    def swap_in(self, seq_ids: Any) -> int:
+        """Bring swapped-out sequences back into pool blocks."""
         ...
 
     def free_sequences(self, seq_ids: Any, *, priority: int | None = None) -> None:

@@ -64,12 +64,14 @@ import numpy.typing as npt
 from llmir.errors import (
     OutOfBlocksError,
     SequenceError,
+    SequenceSwappedError,
     SequenceTooLongError,
     UnknownSequenceError,
 )
 from llmir.runtime.allocator import BlockAllocator
 from llmir.runtime.geometry import PAD_BLOCK, CacheGeometry
 from llmir.runtime.prefix_cache import ROOT_HASH, PrefixCache
+from llmir.runtime.swap import SwapTier
 from llmir.runtime.validation import check_unique
 
 IntArray = npt.NDArray[np.int32]
@@ -114,8 +116,13 @@ class SequenceTable:
         geometry: CacheGeometry,
         prefix: PrefixCache | None = None,
         copy_blocks: BlockCopier | None = None,
+        swap: SwapTier | None = None,
     ) -> None:
         self.allocator = allocator
+        self.swap = swap
+        """The tier swapped-out sequences wait in, None without one."""
+        # Row of a swapped-out sequence -> its tier slots, in block order.
+        self._swapped: dict[int, IntArray] = {}
         self.geometry = geometry
         self.prefix = prefix
         """The prefix index, None when prefix caching is off."""
@@ -186,6 +193,8 @@ class SequenceTable:
             rows = self._batch_rows
         else:
             rows = np.array([self._row(s) for s in seq_ids.tolist()], dtype=np.int64)
+        if self._swapped:
+            self._check_resident(seq_ids, rows)
         width = int(self._num_blocks[rows].max()) if rows.size else 0
         return self._tables[rows, :width].copy(), self._lens[rows].copy()
 
@@ -205,7 +214,20 @@ class SequenceTable:
             for s, r in sorted(self._rows.items())
         )
         index = len(self.prefix) if self.prefix else 0
-        return (per_seq, self.allocator.snapshot(), self.cow_copies, index)
+        swapped = tuple(
+            (s, self._swapped[r].tobytes())
+            for s, r in sorted(self._rows.items())
+            if r in self._swapped
+        )
+        tier = self.swap.space.num_free if self.swap is not None else None
+        return (
+            per_seq,
+            self.allocator.snapshot(),
+            self.cow_copies,
+            index,
+            swapped,
+            tier,
+        )
 
     def priority(self, seq_id: int) -> int:
         return int(self._priority[self._row(seq_id)])
@@ -259,6 +281,8 @@ class SequenceTable:
         """Check an append of `num_tokens` tokens to each of `ids` (to
         `layer`, or to all layers when None) without changing anything."""
         rows = self._rows_of_batch(ids)
+        if self._swapped:
+            self._check_resident(ids, rows)
         if self.prefix is None:
             token_ids = None
         last = self._last_commit
@@ -583,6 +607,10 @@ class SequenceTable:
         check_unique(child_list)
         for parent, child in zip(parent_list, child_list, strict=True):
             row = self._row(parent)
+            if row in self._swapped:
+                raise SequenceSwappedError(
+                    f"sequence {parent} is swapped out: swap it in before forking"
+                )
             if child in self._rows:
                 raise SequenceError(f"cannot fork into sequence {child}: it exists")
             if child in parent_list:
@@ -623,6 +651,11 @@ class SequenceTable:
         if not rows:
             return
         for row in rows:
+            slots = self._swapped.pop(row, None)
+            if slots is not None:
+                assert self.swap is not None
+                self.swap.space.release(slots)
+                continue
             # Tail first: the end of a sequence is the least likely to be
             # shared again, so it is evicted first.
             held = self._tables[row, : self._num_blocks[row]][::-1]
@@ -636,6 +669,9 @@ class SequenceTable:
 
     def reset(self) -> None:
         self.allocator.reset()
+        self._swapped.clear()
+        if self.swap is not None:
+            self.swap.space.reset()
         if self.prefix is not None:
             self.prefix.clear()
         self._tables.fill(PAD_BLOCK)
@@ -659,11 +695,18 @@ class SequenceTable:
         held = np.zeros(self.allocator.num_blocks, np.int64)
         filled = np.zeros(self.allocator.num_blocks, np.int64)
         b = self.block_size
+        swapped_slots = 0
         for row in self._rows.values():
             n = int(self._num_blocks[row])
             blocks = self._tables[row, :n]
             np.add.at(held, blocks, 1)
             length = int(self._lens[row])
+            if row in self._swapped:
+                assert n == 0, "a swapped-out sequence holds pool blocks"
+                slots = self._swapped[row]
+                assert slots.size == (length + b - 1) // b, "swap slots disagree"
+                swapped_slots += slots.size
+                continue
             assert n == (length + b - 1) // b, "block count disagrees with length"
             assert (self._tables[row, n:] == PAD_BLOCK).all(), "stale table entry"
             fill = np.minimum(b, length - np.arange(n) * b)
@@ -677,6 +720,109 @@ class SequenceTable:
         assert (have[used] == filled[used]).all(), "num_filled disagrees"
         if self.prefix is not None:
             self.prefix.check_invariants()
+        if self.swap is not None:
+            assert self.swap.space.num_used == swapped_slots, "tier slots leaked"
+
+    # -- swapping ----------------------------------------------------------------
+
+    def is_swapped(self, seq_id: int) -> bool:
+        return self._row(seq_id) in self._swapped
+
+    @property
+    def num_swapped(self) -> int:
+        return len(self._swapped)
+
+    def _check_resident(
+        self, ids: npt.NDArray[np.int64], rows: npt.NDArray[np.int64]
+    ) -> None:
+        for seq_id, row in zip(ids.tolist(), rows.tolist(), strict=True):
+            if row in self._swapped:
+                raise SequenceSwappedError(
+                    f"sequence {seq_id} is swapped out: swap_in it before using it"
+                )
+
+    def _swap_rows(
+        self, ids: npt.NDArray[np.int64], *, swapped: bool
+    ) -> tuple[SwapTier, list[int]]:
+        """The tier and the rows of `ids`, each checked to be (`swapped`) or
+        not be swapped out already."""
+        if self.swap is None:
+            raise SequenceError(
+                "this cache has no swap space: create it with swap_blocks > 0"
+            )
+        id_list: list[int] = ids.tolist()
+        check_unique(id_list)
+        rows = [self._row(s) for s in id_list]
+        for seq_id, row in zip(id_list, rows, strict=True):
+            if swapped and row not in self._swapped:
+                raise SequenceError(f"sequence {seq_id} is not swapped out")
+            if not swapped and row in self._swapped:
+                raise SequenceSwappedError(f"sequence {seq_id} is already swapped out")
+        return self.swap, rows
+
+    def swap_out(self, ids: npt.NDArray[np.int64]) -> int:
+        """Move every block of the listed sequences (all layers) to the swap
+        tier and give the pool blocks back (a block another sequence still
+        holds stays in the pool for it: this sequence's copy goes to the
+        tier).  All or nothing; returns the blocks moved."""
+        swap, rows = self._swap_rows(ids, swapped=False)
+        counts = [int(self._num_blocks[r]) for r in rows]
+        slots = swap.space.allocate(sum(counts))  # all or nothing
+        blocks = (
+            np.concatenate(
+                [self._tables[r, :n] for r, n in zip(rows, counts, strict=True)]
+            )
+            if rows
+            else np.empty(0, np.int32)
+        )
+        if blocks.size:
+            swap.write_out(blocks, swap.space.blocks, slots)
+        start = 0
+        for row, n in zip(rows, counts, strict=True):
+            held = self._tables[row, :n]
+            self.allocator.release(held[::-1], priority=int(self._priority[row]))
+            self._tables[row, :n] = PAD_BLOCK
+            self._num_blocks[row] = 0
+            self._swapped[row] = slots[start : start + n].copy()
+            start += n
+        self._forget_batch()
+        swap.swaps_out += len(rows)
+        swap.bytes_moved += int(blocks.size) * swap.space.slot_bytes
+        return int(blocks.size)
+
+    def swap_in(self, ids: npt.NDArray[np.int64]) -> int:
+        """Bring the listed swapped-out sequences back into free pool blocks
+        (any ids; tables rewritten), bit for bit.  All or nothing: without
+        enough free blocks nothing moves.  Returns the blocks moved."""
+        swap, rows = self._swap_rows(ids, swapped=True)
+        slots_per_row = [self._swapped[r] for r in rows]
+        need = sum(int(s.size) for s in slots_per_row)
+        if need > self.allocator.num_free:
+            raise OutOfBlocksError(
+                f"swapping in {len(rows)} sequence(s) needs {need} blocks, only "
+                f"{self.allocator.num_free} of {self.allocator.num_blocks} are free"
+            )
+        blocks = self.allocator.allocate(need)
+        if need:
+            slots = np.concatenate(slots_per_row)
+            swap.read_in(swap.space.blocks, slots, blocks)
+            swap.space.release(slots)
+        start = 0
+        b = self.block_size
+        for row, row_slots in zip(rows, slots_per_row, strict=True):
+            n = int(row_slots.size)
+            self._grow_columns(n)
+            mine = blocks[start : start + n]
+            self._tables[row, :n] = mine
+            self._num_blocks[row] = n
+            fill = np.minimum(b, int(self._lens[row]) - np.arange(n) * b)
+            self.allocator.set_num_filled(mine, fill.astype(np.int32))
+            del self._swapped[row]
+            start += n
+        self._forget_batch()
+        swap.swaps_in += len(rows)
+        swap.bytes_moved += need * swap.space.slot_bytes
+        return need
 
     # -- rows ----------------------------------------------------------------
 

@@ -35,8 +35,10 @@ from llmir.errors import (
     ConfigError,
     DTypeError,
     SequenceError,
+    SequenceSwappedError,
     SequenceTooLongError,
     ShapeError,
+    SwapSpaceFullError,
     UnknownSequenceError,
 )
 from llmir.runtime.dtypes import element_type
@@ -74,8 +76,12 @@ class DenseReferenceCache:
         *,
         num_blocks: int | None = None,
         enable_prefix_caching: bool = False,
+        swap_blocks: int = 0,
     ) -> None:
-        self._prefix_caching = CacheOptions(enable_prefix_caching).prefix_caching
+        options = CacheOptions(enable_prefix_caching, swap_blocks=swap_blocks)
+        self._prefix_caching = options.prefix_caching
+        self._swap_blocks = options.swap_blocks
+        self._swapped: set[int] = set()  # data stays where it is
         self._geometry = CacheGeometry(
             element_type(dtype),
             num_layers,
@@ -107,6 +113,7 @@ class DenseReferenceCache:
         options: CacheOptions | None = None,
     ) -> DenseReferenceCache:
         prefix_caching = options is not None and options.prefix_caching
+        swap_blocks = options.swap_blocks if options is not None else 0
         return cls(
             geometry.num_layers,
             geometry.num_heads,
@@ -116,6 +123,7 @@ class DenseReferenceCache:
             geometry.element_type,
             num_blocks=num_blocks,
             enable_prefix_caching=prefix_caching,
+            swap_blocks=swap_blocks,
         )
 
     @property
@@ -175,6 +183,7 @@ class DenseReferenceCache:
         token_ids: Array | None = None,
     ) -> None:
         g = self._geometry
+        self._check_resident(ids)
         for seq_id in ids:
             written = self._keys[seq_id][layer].shape[0] if seq_id in self._keys else 0
             if written + k.shape[1] > g.max_seq_len:
@@ -266,6 +275,7 @@ class DenseReferenceCache:
         g = self._geometry
         ids: list[int] = check_seq_ids(seq_ids).tolist()
         check_unique(ids)
+        self._check_resident(ids)
         for seq_id in ids:
             have = self._keys[seq_id][0].shape[0] if seq_id in self._keys else 0
             longest = self.seq_len(seq_id) if seq_id in self._keys else 0
@@ -343,6 +353,7 @@ class DenseReferenceCache:
         if len(parent_ids) != len(child_ids):
             raise ShapeError(f"{len(parent_ids)} parents for {len(child_ids)} children")
         check_unique(child_ids)
+        self._check_resident(parent_ids)
         for parent, child in zip(parent_ids, child_ids, strict=True):
             if parent not in self._keys:
                 raise UnknownSequenceError(f"unknown sequence id {parent!r}")
@@ -408,6 +419,7 @@ class DenseReferenceCache:
         for seq_id in ids:
             if seq_id not in self._keys:
                 raise UnknownSequenceError(f"unknown sequence id {seq_id!r}")
+        self._check_resident(ids)
         width = max([len(self._blocks[s]) for s in ids] + [0])
         table = np.full((len(ids), width), PAD_BLOCK, np.int32)
         for b, seq_id in enumerate(ids):
@@ -531,6 +543,7 @@ class DenseReferenceCache:
                             [v[:n] for v in self._values[seq_id]],
                         )
                     )
+            self._swapped.discard(seq_id)
             for block in self._blocks.pop(seq_id):
                 del self._owner[block]
             del self._keys[seq_id], self._values[seq_id], self._tokens[seq_id]
@@ -538,7 +551,43 @@ class DenseReferenceCache:
     def free_sequence(self, seq_id: int) -> None:
         self.free_sequences([seq_id])
 
+    # -- swapping (the data stays; only the rules are modelled) --------------------
+
+    def _check_resident(self, ids: list[int]) -> None:
+        for seq_id in ids:
+            if seq_id in self._swapped:
+                raise SequenceSwappedError(f"sequence {seq_id} is swapped out")
+
+    def swap_out(self, seq_ids: Any) -> int:
+        ids: list[int] = check_seq_ids(seq_ids).tolist()
+        check_unique(ids)
+        if not self._swap_blocks:
+            raise SequenceError("this cache has no swap space")
+        for seq_id in ids:
+            if seq_id not in self._keys:
+                raise UnknownSequenceError(f"unknown sequence id {seq_id!r}")
+            if seq_id in self._swapped:
+                raise SequenceSwappedError(f"sequence {seq_id} is already swapped out")
+        used = sum(len(self._blocks[s]) for s in self._swapped)
+        moving = sum(len(self._blocks[s]) for s in ids)
+        if used + moving > self._swap_blocks:
+            raise SwapSpaceFullError(
+                f"swapping out needs {moving} slots, {self._swap_blocks - used} free"
+            )
+        self._swapped.update(ids)
+        return moving
+
+    def swap_in(self, seq_ids: Any) -> int:
+        ids: list[int] = check_seq_ids(seq_ids).tolist()
+        check_unique(ids)
+        for seq_id in ids:
+            if seq_id not in self._swapped:
+                raise SequenceError(f"sequence {seq_id} is not swapped out")
+        self._swapped.difference_update(ids)
+        return sum(len(self._blocks[s]) for s in ids)
+
     def reset(self) -> None:
+        self._swapped.clear()
         self._keys.clear()
         self._values.clear()
         self._blocks.clear()

@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="heads",
         help="cut by kv heads (tensor parallel) or layers (pipeline parallel)",
     )
+    add(
+        "--swap-dir",
+        metavar="DIR",
+        help="where CPU caches keep their swap tier files (llm.create_kv_cache "
+        "{swap_blocks}); default: the temporary directory",
+    )
     add("--output", metavar="FILE", help="save the results as FILE.npz")
     add("--stats", action="store_true", help="print KV cache statistics")
     add(
@@ -260,7 +266,7 @@ def run(options: argparse.Namespace) -> int:
     caches = (
         sharded_caches(options.shards, options.shard_by, options.device)
         if options.shards > 1
-        else paged_caches(options.device)
+        else paged_caches(options.device, options.swap_dir)
     )
     with CompileNotice(_element_types(module)) as compiling:
         execution = execute(

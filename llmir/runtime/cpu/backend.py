@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from llmir.runtime.cpu.attention_kernels import run_paged_attention
+from llmir.runtime.cpu.copy_kernels import blocks_to_tier, tier_to_blocks
 from llmir.runtime.cpu.copy_kernels import gather as gather_tokens
 from llmir.runtime.cpu.copy_kernels import scatter as scatter_tokens
 from llmir.runtime.dtypes import RAW_CODE
@@ -76,6 +77,12 @@ class CPUBackend:
             self._pool[:, dst] = self._pool[:, src]
         else:
             self._pool[:, dst, :, :, :tokens] = self._pool[:, src, :, :, :tokens]
+
+    def swap_out(self, block_ids: Any, tier: Array, slots: Any) -> None:
+        blocks_to_tier(self._pool, block_ids, tier, slots)
+
+    def swap_in(self, tier: Array, slots: Any, block_ids: Any) -> None:
+        tier_to_blocks(tier, slots, self._pool, block_ids)
 
     def gather(
         self,

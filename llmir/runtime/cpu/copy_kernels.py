@@ -162,3 +162,50 @@ def gather(
         gather_parallel if 2 * out_k.size >= PARALLEL_MIN_ELEMENTS else gather_serial
     )
     kernel(pool, table, lens, out_k, out_v, block_size, code)
+
+
+# ---------------------------------------------------------------------------
+# Swapping whole blocks to and from a block-major tier [slots, L, H, 2, B, D]
+
+
+@njit(parallel=True, cache=True)
+def _blocks_to_tier(pool: Any, ids: Any, tier: Any, slots: Any) -> None:
+    """pool [L, N, run], tier [S, L, run]: one contiguous run per block and
+    layer, copied element by element (a loop LLVM vectorises)."""
+    run = pool.shape[2]
+    for i in prange(ids.shape[0]):
+        block = ids[i]
+        slot = slots[i]
+        for layer in range(pool.shape[0]):
+            for j in range(run):
+                tier[slot, layer, j] = pool[layer, block, j]
+
+
+@njit(parallel=True, cache=True)
+def _tier_to_blocks(tier: Any, slots: Any, pool: Any, ids: Any) -> None:
+    run = pool.shape[2]
+    for i in prange(ids.shape[0]):
+        block = ids[i]
+        slot = slots[i]
+        for layer in range(pool.shape[0]):
+            for j in range(run):
+                pool[layer, block, j] = tier[slot, layer, j]
+
+
+def _runs(pool: Any, tier: Any) -> tuple[Any, Any]:
+    """The pool as [L, N, run] and the tier as [S, L, run] (views)."""
+    layers, blocks = pool.shape[:2]
+    return pool.reshape(layers, blocks, -1), tier.reshape(tier.shape[0], layers, -1)
+
+
+def blocks_to_tier(pool: Any, ids: Any, tier: Any, slots: Any) -> None:
+    """tier[slots[i]] = pool[:, ids[i]], every layer (a block is one
+    contiguous run per layer in both)."""
+    flat_pool, flat_tier = _runs(pool, tier)
+    _blocks_to_tier(flat_pool, ids, flat_tier, slots)
+
+
+def tier_to_blocks(tier: Any, slots: Any, pool: Any, ids: Any) -> None:
+    """pool[:, ids[i]] = tier[slots[i]], every layer."""
+    flat_pool, flat_tier = _runs(pool, tier)
+    _tier_to_blocks(flat_tier, slots, flat_pool, ids)

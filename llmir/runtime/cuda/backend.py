@@ -90,6 +90,12 @@ class CUDABackend:
     ) -> None:
         launch.copy_blocks(self._pool, src, dst, tokens)
 
+    def swap_out(self, block_ids: Any, tier: npt.NDArray[Any], slots: Any) -> None:
+        launch.swap_out(self._pool, block_ids, tier, slots)
+
+    def swap_in(self, tier: npt.NDArray[Any], slots: Any, block_ids: Any) -> None:
+        launch.swap_in(self._pool, tier, slots, block_ids)
+
     def gather(
         self,
         layer: int,

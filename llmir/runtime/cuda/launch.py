@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from llmir.errors import ConfigError
 from llmir.runtime.cuda.attention_kernels import attention_kernels, shared_floats
-from llmir.runtime.cuda.cache_kernels import cache_kernels, copy_kernel
+from llmir.runtime.cuda.cache_kernels import cache_kernels, copy_kernel, swap_kernels
 from llmir.runtime.cuda.codecs import codec
 from llmir.runtime.cuda.loader import cuda_module, simulator_enabled
 from llmir.runtime.dtypes import F16, ElementType
@@ -127,6 +127,32 @@ def copy_blocks(
     kernel = copy_kernel()
     kernel[(pairs, pool.shape[0]), threads or default_threads()](
         pool, d_ids[:pairs], d_ids[pairs:], count
+    )
+
+
+def swap_out(pool: Any, block_ids: Any, tier: npt.NDArray[Any], slots: Any) -> None:
+    """Pool blocks to host tier slots: gathered into a block-major device
+    buffer by one kernel, copied to the host once, placed in their slots."""
+    count = int(block_ids.shape[0])
+    if count == 0:
+        return
+    staging = cuda.device_array((count, *tier.shape[1:]), dtype=pool.dtype)
+    kernel = swap_kernels()
+    kernel.gather[(count, pool.shape[0]), default_threads()](
+        pool, cuda.to_device(np.ascontiguousarray(block_ids, np.int32)), staging
+    )
+    tier[slots] = staging.copy_to_host()
+
+
+def swap_in(pool: Any, tier: npt.NDArray[Any], slots: Any, block_ids: Any) -> None:
+    """Host tier slots back into pool blocks (one copy, one kernel)."""
+    count = int(block_ids.shape[0])
+    if count == 0:
+        return
+    staging = cuda.to_device(np.ascontiguousarray(tier[slots]))
+    kernel = swap_kernels()
+    kernel.scatter[(count, pool.shape[0]), default_threads()](
+        staging, pool, cuda.to_device(np.ascontiguousarray(block_ids, np.int32))
     )
 
 

@@ -24,6 +24,7 @@
 // CHECK-NEXT: %num_blocks = arith.constant 32 : i64
 // CHECK-NEXT: %prefix_caching = arith.constant false
 // CHECK-NEXT: %eviction = arith.constant 0 : i64
+// CHECK-NEXT: %swap_blocks = arith.constant 0 : i64
 // An absent token_ids operand is an empty tensor.
 // CHECK-NEXT: %none = tensor.empty() : tensor<0x0xi32>
 // CHECK-NEXT: %none_1 = tensor.cast %none : tensor<0x0xi32> to tensor<?x?xi32>
@@ -36,7 +37,7 @@
 // CHECK-NEXT: %sliding_window = arith.constant 8 : i32
 // CHECK-NEXT: %logits_soft_cap = arith.constant 5.000000e+01 : f32
 // CHECK-NEXT: %priority = arith.constant -9223372036854775808 : i64
-// CHECK-NEXT: %kv = func.call @llmir_create_kv_cache_f16(%num_layers, %num_heads, %head_dim, %block_size, %max_seq_len, %num_blocks, %prefix_caching, %eviction) : (i64, i64, i64, i64, i64, i64, i1, i64) -> !llvm.ptr
+// CHECK-NEXT: %kv = func.call @llmir_create_kv_cache_f16(%num_layers, %num_heads, %head_dim, %block_size, %max_seq_len, %num_blocks, %prefix_caching, %eviction, %swap_blocks) : (i64, i64, i64, i64, i64, i64, i1, i64, i64) -> !llvm.ptr
 // CHECK-NEXT: %idx = func.call @llmir_append_kv_f16(%kv, %keys_1, %keys_1, %seq_ids_1, %none_1, %layer) : (!llvm.ptr, tensor<?x?x?x?xf16>, tensor<?x?x?x?xf16>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>
 // CHECK-NEXT: %idx_1 = tensor.cast %idx : tensor<?x?xi32> to tensor<2x3xi32>
 // CHECK-NEXT: %table, %lens = func.call @llmir_block_table(%kv, %seq_ids_1, %width) : (!llvm.ptr, tensor<?xi32>, i64) -> (tensor<?x?xi32>, tensor<?xi32>)
@@ -119,6 +120,18 @@ func.func @sharing(%k : tensor<1x2x4x8xf32>, %s : tensor<1xi32>, %tok : tensor<1
   func.return %n : tensor<1xi32>
 }
 
+// Swapping lowers to two calls; the tier's size rides on the create call.
+// CHECK-LABEL: func.func @swapping
+// CHECK: %swap_blocks = arith.constant 16 : i64
+// CHECK: func.call @llmir_swap_out(%kv, %s_1) : (!llvm.ptr, tensor<?xi32>) -> ()
+// CHECK-NEXT: func.call @llmir_swap_in(%kv, %s_1) : (!llvm.ptr, tensor<?xi32>) -> ()
+func.func @swapping(%s : tensor<1xi32>) {
+  %kv = llm.create_kv_cache {num_blocks = 8 : i64, swap_blocks = 16 : i64} : !scache
+  %kv1 = llm.swap_out %kv, %s : (!scache, tensor<1xi32>) -> !scache
+  %kv2 = llm.swap_in %kv1, %s : (!scache, tensor<1xi32>) -> !scache
+  func.return
+}
+
 // A reserved step lowers to one reservation call and a write call per layer.
 // CHECK-LABEL: func.func @reserved_step
 // CHECK: %num_tokens = arith.constant 1 : i64
@@ -185,8 +198,8 @@ func.func @static_use_in_loop(%x : tensor<1x1x4x8xf32>) -> tensor<1x1x4x8xf32> {
 }
 
 // The declarations: private, one per callee, with the llmir.abi signatures.
-// CHECK-DAG: func.func private @llmir_create_kv_cache_f16(i64, i64, i64, i64, i64, i64, i1, i64) -> !llvm.ptr
-// CHECK-DAG: func.func private @llmir_create_kv_cache_bf16(i64, i64, i64, i64, i64, i64, i1, i64) -> !llvm.ptr
+// CHECK-DAG: func.func private @llmir_create_kv_cache_f16(i64, i64, i64, i64, i64, i64, i1, i64, i64) -> !llvm.ptr
+// CHECK-DAG: func.func private @llmir_create_kv_cache_bf16(i64, i64, i64, i64, i64, i64, i1, i64, i64) -> !llvm.ptr
 // CHECK-DAG: func.func private @llmir_append_kv_f16(!llvm.ptr, tensor<?x?x?x?xf16>, tensor<?x?x?x?xf16>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>
 // CHECK-DAG: func.func private @llmir_append_kv_f32(!llvm.ptr, tensor<?x?x?x?xf32>, tensor<?x?x?x?xf32>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>
 // CHECK-DAG: func.func private @llmir_append_kv_bf16(!llvm.ptr, tensor<?x?x?x?xbf16>, tensor<?x?x?x?xbf16>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>

@@ -107,3 +107,31 @@ def test_cuda_reserved_step_stores_what_appends_store() -> None:
         got = gpu.lookup_sequences([0, 1], layer)
         np.testing.assert_array_equal(got[0], want[0])
         np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_cuda_swap_round_trip() -> None:
+    """Swapping out to host memory and back through the CUDA gather/scatter
+    kernels keeps every stored element."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((LAYERS, 2, 6, HEADS, HEAD_DIM), np.float32)
+    gpu = PagedKVCache(
+        LAYERS,
+        HEADS,
+        HEAD_DIM,
+        BLOCK,
+        32,
+        "f16",
+        num_blocks=8,
+        device="cuda",
+        swap_blocks=4,
+    )
+    gpu.append_kv_all_layers(x, -x, [0, 1])
+    before = [gpu.lookup_sequences([0], layer) for layer in range(LAYERS)]
+    gpu.swap_out([0])
+    gpu.append_kv_all_layers(x[:, :1], x[:, :1], [5])  # reuse the freed blocks
+    gpu.swap_in([0])
+    for layer in range(LAYERS):
+        got = gpu.lookup_sequences([0], layer)
+        np.testing.assert_array_equal(got[0], before[layer][0])
+        np.testing.assert_array_equal(got[1], before[layer][1])
+    gpu.check_invariants()

@@ -166,3 +166,22 @@ def test_a_hung_shard_times_out(ray_session: Any) -> None:
         cache.append_kv(x, x, [0], layer=0)
     assert time.perf_counter() - start < 5
     cache.close()
+
+
+@pytest.mark.parametrize("by", BY)
+def test_swapping_a_sharded_cache(ray_session: Any, by: str, tmp_path: Path) -> None:
+    """Each shard's part of a block goes to the driver's tier and back."""
+    with sharded(by, "bf16", swap_blocks=8, swap_dir=str(tmp_path)) as cache:
+        x = np.random.default_rng(1).standard_normal(
+            (LAYERS, 2, 9, HEADS, HEAD_DIM), np.float32
+        )
+        cache.append_kv_all_layers(x, -x, [0, 1])
+        before = [cache.lookup_sequences([0], layer) for layer in range(LAYERS)]
+        cache.swap_out([0])
+        cache.append_kv_all_layers(x[:, :1], x[:, :1], [4])
+        cache.swap_in([0])
+        for layer in range(LAYERS):
+            got = cache.lookup_sequences([0], layer)
+            np.testing.assert_array_equal(got[0], before[layer][0])
+            np.testing.assert_array_equal(got[1], before[layer][1])
+        cache.check_invariants()

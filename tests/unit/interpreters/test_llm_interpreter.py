@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llmir.errors import BlockTableError, OutOfBlocksError
+from llmir.errors import BlockTableError, OutOfBlocksError, SequenceSwappedError
 from llmir.interpreters.runner import reference_caches, run_function
 from llmir.runtime.dtypes import decode, element_type, encode
 from llmir.testing.reference import reference_paged_attention
@@ -182,6 +182,46 @@ def test_shared_prefix_example_lowered_and_against_the_reference() -> None:
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, want, rtol=1e-5, atol=1e-6)
     assert direct[2].tolist() == [32, 32, 32]
+
+
+SWAP_PROGRAM = """
+!cache = !llm.paged_kv_cache<f16, 2, 2, 8, 4, 32>
+func.func @main(%k : tensor<2x6x2x8xf32>, %q : tensor<2x1x4x8xf32>) -> tensor<2x1x4x8xf32> {
+  %ids = arith.constant dense<[0, 1]> : tensor<2xi32>
+  %first = arith.constant dense<[0]> : tensor<1xi32>
+  %other = arith.constant dense<[5]> : tensor<1xi32>
+  %c = llm.create_kv_cache {num_blocks = 6 : i64, swap_blocks = 4 : i64} : !cache
+  %c1, %i1 = llm.append_kv %c, %k, %k, %ids
+      : (!cache, tensor<2x6x2x8xf32>, tensor<2x6x2x8xf32>, tensor<2xi32>) -> (!cache, tensor<2x6xi32>)
+  %c2 = llm.swap_out %c1, %first : (!cache, tensor<1xi32>) -> !cache
+  %c3, %i3 = llm.append_kv %c2, %k, %k, %ids {layer = 1 : i32}
+      : (!cache, tensor<2x6x2x8xf32>, tensor<2x6x2x8xf32>, tensor<2xi32>) -> (!cache, tensor<2x6xi32>)
+  %c4 = llm.swap_in %c3, %first : (!cache, tensor<1xi32>) -> !cache
+  %t, %l = llm.block_table %c4, %ids : (!cache, tensor<2xi32>) -> (tensor<2x8xi32>, tensor<2xi32>)
+  %o = llm.paged_attention %q, %c4, %t, %l : (tensor<2x1x4x8xf32>, !cache, tensor<2x8xi32>, tensor<2xi32>) -> tensor<2x1x4x8xf32>
+  func.return %o : tensor<2x1x4x8xf32>
+}
+"""
+
+
+@pytest.mark.parametrize("passes", ["", "convert-llm-to-func"])
+def test_swapping_in_ir(passes: str) -> None:
+    """A swapped-out sequence rejects an append (the program's second one
+    names it), and after swapping in attends as if it never left."""
+    rng = np.random.default_rng(0)
+    k = rng.standard_normal((2, 6, 2, 8)).astype(np.float32)
+    q = rng.standard_normal((2, 1, 4, 8)).astype(np.float32)
+    with pytest.raises(SequenceSwappedError, match="sequence 0 is swapped out"):
+        run_function(SWAP_PROGRAM, k, q, passes=passes)
+    program = SWAP_PROGRAM.replace(
+        "%k, %k, %ids {layer = 1 : i32}", "%k, %k, %ids2 {layer = 1 : i32}"
+    ).replace(
+        "%c3, %i3 = llm.append_kv %c2",
+        "%ids2 = arith.constant dense<[1, 5]> : tensor<2xi32>\n  %c3, %i3 = llm.append_kv %c2",
+    )
+    got = run_function(program, k, q, passes=passes)
+    dense = run_function(program, k, q, create_cache=reference_caches())
+    np.testing.assert_allclose(got[0], dense[0], rtol=1e-3, atol=1e-3)
 
 
 FREE_PROGRAM = """

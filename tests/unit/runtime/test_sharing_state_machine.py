@@ -6,7 +6,9 @@ enough that cached blocks are evicted) and `plain` (no sharing, room for
 everything).  Keys and values are a function of the token prefix
 (`llmir.testing.prefix_kv`), so whatever `shared` reuses, copies or
 recomputes, every attention output must be bit-identical to `plain`'s, and
-every stored token must be the one a fresh computation gives.  After each
+every stored token must be the one a fresh computation gives.  Sequences
+are swapped out to the file tier and back in at random: a swapped sequence
+keeps its data bit for bit.  After each
 step the bookkeeping invariants hold: free + cached + used == total, a
 block's ref count is the number of tables holding it, every indexed block
 holds the keys and values of the prefix its hash stands for.
@@ -28,12 +30,12 @@ from hypothesis.stateful import (
     rule,
 )
 
-from llmir.errors import OutOfBlocksError
+from llmir.errors import OutOfBlocksError, SwapSpaceFullError
 from llmir.runtime import PagedKVCache
 from llmir.testing import prefix_kv
 
 L, H, D, B, MAX = 2, 2, 8, 4, 48
-SHARED_BLOCKS, PLAIN_BLOCKS = 12, 96
+SHARED_BLOCKS, PLAIN_BLOCKS, SWAP_BLOCKS = 12, 96, 10
 VOCAB = 3  # few distinct tokens: prompts share prefixes often
 SEQ_IDS = st.integers(0, 7)
 PROMPTS = st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=18)
@@ -43,6 +45,7 @@ class SharingMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.tokens: dict[int, list[int]] = {}
+        self.swapped: set[int] = set()
         self.rng = np.random.default_rng(0)
         self.shared = PagedKVCache(L, H, D, B, MAX, num_blocks=SHARED_BLOCKS)
         self.plain = PagedKVCache(L, H, D, B, MAX, num_blocks=PLAIN_BLOCKS)
@@ -58,7 +61,11 @@ class SharingMachine(RuleBasedStateMachine):
             num_blocks=SHARED_BLOCKS,
             enable_prefix_caching=True,
             eviction=policy,
+            swap_blocks=SWAP_BLOCKS,
         )
+
+    def resident(self) -> list[int]:
+        return sorted(s for s in self.tokens if s not in self.swapped)
 
     def _state(self) -> tuple[Any, bytes]:
         return self.shared.snapshot(), self.shared.kv_pool.tobytes()
@@ -116,10 +123,10 @@ class SharingMachine(RuleBasedStateMachine):
                 self.plain.free_sequence(seq)
             del self.tokens[seq]
 
-    @precondition(lambda self: self.tokens)
+    @precondition(lambda self: self.resident())
     @rule(data=st.data(), t=st.integers(1, 3), per_layer=st.booleans())
     def decode(self, data: st.DataObject, t: int, per_layer: bool) -> None:
-        live = sorted(self.tokens)
+        live = self.resident()
         ids = data.draw(st.lists(st.sampled_from(live), min_size=1, unique=True))
         ids = [s for s in ids if len(self.tokens[s]) + t <= MAX]
         if not ids:
@@ -127,12 +134,12 @@ class SharingMachine(RuleBasedStateMachine):
         new = [self.rng.integers(0, VOCAB, t).tolist() for _ in ids]
         self._append(ids, new, per_layer)
 
-    @precondition(lambda self: self.tokens)
+    @precondition(lambda self: self.resident())
     @rule(data=st.data(), child=SEQ_IDS)
     def fork(self, data: st.DataObject, child: int) -> None:
         if child in self.tokens:
             return
-        parent = data.draw(st.sampled_from(sorted(self.tokens)))
+        parent = data.draw(st.sampled_from(self.resident()))
         used = self.shared.stats().blocks_used
         self.shared.fork(parent, child)
         assert self.shared.stats().blocks_used == used, "fork copied a block"
@@ -150,12 +157,41 @@ class SharingMachine(RuleBasedStateMachine):
         self.plain.free_sequences(ids)
         for seq in ids:
             del self.tokens[seq]
+            self.swapped.discard(seq)
 
-    @precondition(lambda self: self.tokens)
+    @precondition(lambda self: self.resident())
+    @rule(data=st.data())
+    def swap_out(self, data: st.DataObject) -> None:
+        ids = data.draw(
+            st.lists(st.sampled_from(self.resident()), min_size=1, unique=True)
+        )
+        before = self._state()
+        try:
+            self.shared.swap_out(ids)
+        except SwapSpaceFullError:
+            assert self._state() == before
+            return
+        self.swapped.update(ids)
+
+    @precondition(lambda self: self.swapped)
+    @rule(data=st.data())
+    def swap_in(self, data: st.DataObject) -> None:
+        ids = data.draw(
+            st.lists(st.sampled_from(sorted(self.swapped)), min_size=1, unique=True)
+        )
+        before = self._state()
+        try:
+            self.shared.swap_in(ids)
+        except OutOfBlocksError:
+            assert self._state() == before
+            return
+        self.swapped.difference_update(ids)
+
+    @precondition(lambda self: self.resident())
     @rule(data=st.data(), q_len=st.integers(1, 3), layer=st.integers(0, L - 1))
     def attention_matches(self, data: st.DataObject, q_len: int, layer: int) -> None:
         ids = data.draw(
-            st.lists(st.sampled_from(sorted(self.tokens)), min_size=1, unique=True)
+            st.lists(st.sampled_from(self.resident()), min_size=1, unique=True)
         )
         query = self.rng.standard_normal((len(ids), q_len, 2 * H, D), np.float32)
         outputs = []
@@ -172,13 +208,14 @@ class SharingMachine(RuleBasedStateMachine):
             stats.blocks_used + stats.blocks_cached + stats.blocks_free == SHARED_BLOCKS
         )
         assert stats.num_sequences == len(self.tokens)
+        assert stats.swapped_sequences == len(self.swapped)
 
     @invariant()
     def stored_tokens_are_fresh(self) -> None:
-        """Every live sequence reads back the K/V of its own tokens."""
-        if not self.tokens:
+        """Every resident sequence reads back the K/V of its own tokens."""
+        ids = self.resident()
+        if not ids:
             return
-        ids = sorted(self.tokens)
         table, lens = self.shared.block_table(ids)
         assert lens.tolist() == [len(self.tokens[s]) for s in ids]
         for layer in range(L):
@@ -208,6 +245,8 @@ class SharingMachine(RuleBasedStateMachine):
             self.shared.free_sequences(sorted(self.tokens))
         stats = self.shared.stats()
         assert stats.blocks_used == 0, "freeing everything leaked blocks"
+        assert stats.swap_blocks_used == 0, "freeing everything leaked tier slots"
+        self.shared.close()
         assert stats.blocks_cached + stats.blocks_free == SHARED_BLOCKS
 
 

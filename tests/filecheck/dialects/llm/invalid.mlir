@@ -723,3 +723,27 @@ func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %k : tensor<2x1x4x
 }
 
 // CHECK: llm.write_kv: slots element type must be i32, got i64
+
+// -----
+
+%kv = llm.create_kv_cache {num_blocks = 8 : i64, swap_blocks = -1 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+
+// CHECK: llm.create_kv_cache: swap_blocks must be >= 0, got -1
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2x2xi32>) {
+  %kv1 = llm.swap_out %kv, %s : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x2xi32>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  func.return
+}
+
+// CHECK: llm.swap_out: seq_ids must be a rank-1 tensor, got tensor<2x2xi32>
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2xi32>) {
+  %kv1 = llm.swap_in %kv, %s : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> !llm.paged_kv_cache<f32, 2, 4, 8, 16, 64>
+  func.return
+}
+
+// CHECK: llm.swap_in: result cache type !llm.paged_kv_cache<f32, 2, 4, 8, 16, 64> does not match operand cache type !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>

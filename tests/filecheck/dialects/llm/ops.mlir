@@ -17,7 +17,7 @@ func.func @types(%a : !cache32, %b : !cachebf) {
 func.func @full_program(%keys : tensor<2x3x4x8xf16>, %values : tensor<2x3x4x8xf16>,
                         %seq_ids : tensor<2xi32>, %query : tensor<2x3x8x8xf32>) {
   // CHECK-NEXT: %kv = llm.create_kv_cache {num_blocks = 32 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
-  // GENERIC: %kv = "llm.create_kv_cache"() <{num_blocks = 32 : i64, prefix_caching = false, eviction = "lru"}> : () -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  // GENERIC: %kv = "llm.create_kv_cache"() <{num_blocks = 32 : i64, prefix_caching = false, eviction = "lru", swap_blocks = 0 : i64}> : () -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
   %kv = llm.create_kv_cache {num_blocks = 32 : i64} : !cache
 
   // CHECK-NEXT: %kv1, %idx = llm.append_kv %kv, %keys, %values, %seq_ids {layer = 1 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3x4x8xf16>, tensor<2x3x4x8xf16>, tensor<2xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3xi32>)
@@ -65,7 +65,7 @@ func.func @full_program(%keys : tensor<2x3x4x8xf16>, %values : tensor<2x3x4x8xf1
 func.func @sharing(%keys : tensor<2x3x4x8xf16>, %seq_ids : tensor<2xi32>,
                    %tokens : tensor<2x3xi32>, %prompts : tensor<2x16xi32>, %children : tensor<2xi32>) {
   // CHECK-NEXT: %kv = llm.create_kv_cache {num_blocks = 32 : i64, prefix_caching = true, eviction = "priority"} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
-  // GENERIC: %kv = "llm.create_kv_cache"() <{num_blocks = 32 : i64, prefix_caching = true, eviction = "priority"}>
+  // GENERIC: %kv = "llm.create_kv_cache"() <{num_blocks = 32 : i64, prefix_caching = true, eviction = "priority", swap_blocks = 0 : i64}>
   %kv = llm.create_kv_cache {num_blocks = 32 : i64, prefix_caching = true, eviction = "priority"} : !cache
   // CHECK-NEXT: %kv1, %cached = llm.match_prefix %kv, %seq_ids, %prompts : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>, tensor<2x16xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>)
   %kv1, %cached = llm.match_prefix %kv, %seq_ids, %prompts
@@ -106,5 +106,17 @@ func.func @reserved_step(%kv : !cache, %keys : tensor<2x1x4x8xf16>, %seq_ids : t
   // GENERIC: "llm.write_kv"(%kv1, %keys, %keys, %slots) <{layer = 1 : i32}>
   %kv2 = llm.write_kv %kv1, %keys, %keys, %slots {layer = 1 : i32}
       : (!cache, tensor<2x1x4x8xf16>, tensor<2x1x4x8xf16>, tensor<2x2x1xi32>) -> !cache
+  func.return
+}
+
+// Swapping: a cache with a swap tier, sequences out and back in.
+// CHECK-LABEL: func.func @swapping
+func.func @swapping(%seq_ids : tensor<2xi32>) {
+  // CHECK-NEXT: %kv = llm.create_kv_cache {num_blocks = 32 : i64, swap_blocks = 64 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  %kv = llm.create_kv_cache {num_blocks = 32 : i64, swap_blocks = 64 : i64} : !cache
+  // CHECK-NEXT: %kv1 = llm.swap_out %kv, %seq_ids : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  %kv1 = llm.swap_out %kv, %seq_ids : (!cache, tensor<2xi32>) -> !cache
+  // CHECK-NEXT: %kv2 = llm.swap_in %kv1, %seq_ids : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>) -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  %kv2 = llm.swap_in %kv1, %seq_ids : (!cache, tensor<2xi32>) -> !cache
   func.return
 }
