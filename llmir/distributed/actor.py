@@ -42,10 +42,10 @@ class ShardActor:
     def write(
         self, layer: int | None, keys: Array, values: Array, slots: Array
     ) -> None:
-        self._backend.write(layer, keys, values, slots)
+        self._backend.write(layer, _writable(keys), _writable(values), _writable(slots))
 
     def copy_blocks(self, src: Array, dst: Array, tokens: int | None) -> None:
-        self._backend.copy_blocks(src, dst, tokens)
+        self._backend.copy_blocks(_writable(src), _writable(dst), tokens)
 
     def read_blocks(self, ids: Array) -> Array:
         """This shard's part of blocks `ids`, block-major ``[n, L, H, 2, B,
@@ -55,23 +55,30 @@ class ShardActor:
             (ids.shape[0], g.num_layers, g.num_heads, 2, g.block_size, g.head_dim),
             g.element_type.storage_dtype,
         )
-        self._backend.swap_out(ids, out, np.arange(ids.shape[0], dtype=np.int32))
+        self._backend.swap_out(
+            _writable(ids), out, np.arange(ids.shape[0], dtype=np.int32)
+        )
         return out
 
     def write_blocks(self, ids: Array, data: Array) -> None:
         """Blocks `ids` from block-major `data` (a swap-in)."""
-        self._backend.swap_in(data, np.arange(ids.shape[0], dtype=np.int32), ids)
+        self._backend.swap_in(
+            _writable(data), np.arange(ids.shape[0], dtype=np.int32), _writable(ids)
+        )
 
     def gather(
         self, layer: int, table: BlockTable, as_float32: bool
     ) -> tuple[Array, Array]:
-        keys, values = self._backend.gather(layer, table, as_float32, None)
+        keys, values = self._backend.gather(layer, _table(table), as_float32, None)
         return _host(keys), _host(values)
 
     def attention(
         self, layer: int, query: Array, table: BlockTable, options: AttentionOptions
     ) -> Array:
-        return _host(self._backend.attention(layer, query, table, options, None))
+        result = self._backend.attention(
+            layer, _writable(query), _table(table), options, None
+        )
+        return _host(result)
 
     def pool(self) -> Array:
         return _host(self._backend.kv_pool)
@@ -79,6 +86,20 @@ class ShardActor:
     def sleep(self, seconds: float) -> None:
         """Hold the actor busy (tests: a hung shard)."""
         time.sleep(seconds)
+
+
+def _writable(array: Any) -> Any:
+    """Arrays from Ray's object store arrive read-only, which Numba types
+    (and compiles) apart from writeable ones: a copy keeps the kernels the
+    driver's and the warm-up's (a cold compile could outlast a call's
+    timeout)."""
+    if isinstance(array, np.ndarray) and not array.flags.writeable:
+        return array.copy()
+    return array
+
+
+def _table(table: BlockTable) -> BlockTable:
+    return BlockTable(_writable(table.table), _writable(table.lens), table.max_len)
 
 
 def _host(array: Any) -> Array:
