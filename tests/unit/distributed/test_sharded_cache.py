@@ -5,6 +5,7 @@ bad input changes nothing."""
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
 from typing import Any
@@ -141,11 +142,26 @@ def test_a_closed_cache_rejects_calls_and_changes_nothing(ray_session: Any) -> N
     assert cache.snapshot() == before
 
 
+def _wait_until_dead(ray: Any, actor: Any) -> None:
+    """ray.kill only sends the kill: a call made at once may still be served
+    (seen under CI load), so wait until the actor really answers as dead."""
+    exceptions = importlib.import_module("ray.exceptions")
+    deadline = time.perf_counter() + 30
+    while time.perf_counter() < deadline:
+        try:
+            ray.get(actor.ready.remote(), timeout=5)
+        except exceptions.RayActorError:
+            return
+        time.sleep(0.05)
+    pytest.fail("the killed actor still answers after 30 s")
+
+
 def test_a_dead_shard_is_named(ray_session: Any) -> None:
     cache = sharded("heads")
     x = np.zeros((1, 2, HEADS, HEAD_DIM), np.float32)
     cache.append_kv(x, x, [0])
     ray_session.kill(cache.actors[1])
+    _wait_until_dead(ray_session, cache.actors[1])
     start = time.perf_counter()
     with pytest.raises(ShardError, match=r"shard 1 died \(write\)"):
         cache.append_kv(x, x, [0])
