@@ -29,6 +29,7 @@ BENCHMARKS = (
     "bench_block_size",
     "bench_distributed",
     "bench_memory",
+    "bench_streaming",
 )
 
 

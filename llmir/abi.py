@@ -38,7 +38,8 @@ Per op (E: an element type of the registry; scalars i64 unless noted):
         scalars: num_layers, num_heads, head_dim, block_size, max_seq_len,
                  num_blocks, prefix_caching : i1,
                  eviction (index in llmir.runtime.eviction.POLICIES),
-                 swap_blocks
+                 swap_blocks, window_tokens (0: no pruning),
+                 sink_tokens (0: none)
         returns: the handle
     append_kv         llmir_append_kv_E          (E of the keys)
         operands: cache, keys, values, seq_ids, token_ids (empty: none)
@@ -52,7 +53,8 @@ Per op (E: an element type of the registry; scalars i64 unless noted):
         returns: keys, values tensor<?x?x?x?xE>
     paged_attention   llmir_paged_attention_E    (E of the query)
         scalars: layer : i32, scale : f32, causal : i1,
-                 sliding_window : i32 (0: off), logits_soft_cap : f32 (0: off)
+                 sliding_window : i32 (0: off), logits_soft_cap : f32 (0: off),
+                 sink_tokens : i32 (0: none)
         returns: output tensor<?x?x?x?xE>
     free_sequence     llmir_free_sequence
         scalars: priority (-2^63: each sequence's own)
@@ -107,11 +109,12 @@ from llmir.runtime.dtypes import (
 )
 from llmir.runtime.eviction import POLICIES
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 """2: sharing (fork_sequence, match_prefix, append_kv token_ids, the
 create_kv_cache prefix_caching/eviction and free_sequence priority
 scalars).  3: reserve_slots and write_kv.  4: swap_out, swap_in and the
-create_kv_cache swap_blocks scalar."""
+create_kv_cache swap_blocks scalar.  5: pruning, the create_kv_cache
+window_tokens/sink_tokens and paged_attention sink_tokens scalars."""
 
 NO_PRIORITY = -(2**63)
 """The encoded absent ``priority`` of ``free_sequence``."""
@@ -320,6 +323,8 @@ FUNCTIONS: tuple[RuntimeFunction, ...] = (
             Scalar("prefix_caching", i1, lambda op: op.prefix_caching),
             Scalar("eviction", i64, lambda op: EVICTION_POLICIES.index(op.eviction)),
             Scalar("swap_blocks", i64, lambda op: op.swap_blocks),
+            Scalar("window_tokens", i64, lambda op: op.window_tokens or 0, absent=0),
+            Scalar("sink_tokens", i64, lambda op: op.sink_tokens or 0, absent=0),
         ),
         (CACHE,),
         lambda op: op.cache.type.element_type,
@@ -372,6 +377,12 @@ FUNCTIONS: tuple[RuntimeFunction, ...] = (
                 f32,
                 lambda op: _attention(op).get_logits_soft_cap() or 0.0,
                 absent=0.0,
+            ),
+            Scalar(
+                "sink_tokens",
+                i32,
+                lambda op: _attention(op).get_sink_tokens() or 0,
+                absent=0,
             ),
         ),
         (Tensor(4),),

@@ -131,6 +131,11 @@ class AttentionInterface(abc.ABC):
         """Keys each query may see (itself included), None for all."""
         raise NotImplementedError()
 
+    def get_sink_tokens(self) -> int | None:
+        """Attention sinks beside the window (keys below this position are
+        seen too), None for none."""
+        return None
+
     @abc.abstractmethod
     def get_logits_soft_cap(self) -> float | None:
         """The soft cap of the logits, None for none."""

@@ -64,7 +64,12 @@ from llmir.dialects.llm_checks import (
 from llmir.dialects.llm_type import PagedKVCacheType
 from llmir.errors import ConfigError
 from llmir.runtime.eviction import POLICIES
-from llmir.runtime.validation import check_scale, check_soft_cap, check_window
+from llmir.runtime.validation import (
+    check_scale,
+    check_sinks,
+    check_soft_cap,
+    check_window,
+)
 
 __all__ = [
     "LLM",
@@ -107,7 +112,12 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
     that `llm.match_prefix` can reuse them; `eviction` (default "lru", or
     "priority") orders cached blocks for reuse when the pool runs out;
     `swap_blocks` (default 0) gives the cache a swap tier of that many block
-    slots for `llm.swap_out` / `llm.swap_in`.
+    slots for `llm.swap_out` / `llm.swap_in`.  `window_tokens` (optional)
+    prunes every sequence to its last `window_tokens` tokens and its first
+    `sink_tokens` (optional, StreamingLLM's attention sinks), giving the
+    blocks wholly between back to the pool as the sequence grows; attention
+    over it then needs `sliding_window <= window_tokens` and `sink_tokens`
+    at most the cache's.
 
     ```mlir
     %kv = llm.create_kv_cache {num_blocks = 512 : i64, prefix_caching = true}
@@ -125,6 +135,8 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
     swap_blocks_attr = prop_def(
         IntegerAttr[I64], _SWAP_BLOCKS_DEFAULT, prop_name="swap_blocks"
     )
+    window_tokens_attr = opt_prop_def(IntegerAttr[I64], prop_name="window_tokens")
+    sink_tokens_attr = opt_prop_def(IntegerAttr[I64], prop_name="sink_tokens")
 
     cache = result_def(PagedKVCacheType)
 
@@ -139,12 +151,20 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
         prefix_caching: bool = False,
         eviction: str = "lru",
         swap_blocks: int = 0,
+        window_tokens: int | None = None,
+        sink_tokens: int | None = None,
     ):
         properties: dict[str, Attribute | None] = {
             "num_blocks": IntegerAttr(num_blocks, i64),
             "prefix_caching": BoolAttr.from_bool(True) if prefix_caching else None,
             "eviction": None if eviction == "lru" else StringAttr(eviction),
             "swap_blocks": IntegerAttr(swap_blocks, i64) if swap_blocks else None,
+            "window_tokens": None
+            if window_tokens is None
+            else IntegerAttr(window_tokens, i64),
+            "sink_tokens": None
+            if sink_tokens is None
+            else IntegerAttr(sink_tokens, i64),
         }
         super().__init__(result_types=[cache_type], properties=_present(properties))
 
@@ -164,6 +184,16 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
     def swap_blocks(self) -> int:
         return self.swap_blocks_attr.value.data
 
+    @property
+    def window_tokens(self) -> int | None:
+        attr = self.window_tokens_attr
+        return None if attr is None else attr.value.data
+
+    @property
+    def sink_tokens(self) -> int | None:
+        attr = self.sink_tokens_attr
+        return None if attr is None else attr.value.data
+
     def verify_(self) -> None:
         if self.num_blocks <= 0:
             raise VerifyException(
@@ -178,6 +208,21 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
             raise VerifyException(
                 f"llm.create_kv_cache: unknown eviction policy "
                 f'"{self.eviction}", expected one of {", ".join(POLICIES)}'
+            )
+        max_seq_len = cache_type_of(self.cache).max_seq_len
+        for name, count in (
+            ("window_tokens", self.window_tokens),
+            ("sink_tokens", self.sink_tokens),
+        ):
+            if count is not None and not 1 <= count <= max_seq_len:
+                raise VerifyException(
+                    f"llm.create_kv_cache: {name} must be in [1, max_seq_len "
+                    f"{max_seq_len}], got {count}"
+                )
+        if self.sink_tokens is not None and self.window_tokens is None:
+            raise VerifyException(
+                "llm.create_kv_cache: sink_tokens needs window_tokens (without a "
+                "window nothing is pruned)"
             )
 
     # KVCacheInterface
@@ -468,6 +513,9 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
     As in vLLM and FlashInfer, `sliding_window = W` limits each query to the
     last `W` positions up to and including itself, and `logits_soft_cap = c`
     maps each logit `x` to `c * tanh(x / c)`; both are off when absent.
+    `sink_tokens = S` (only beside a window) also shows every query the first
+    `S` positions: StreamingLLM's attention sinks, what a cache created with
+    `window_tokens`/`sink_tokens` keeps.
 
     ```mlir
     %out = llm.paged_attention %q, %kv, %table, %lens {
@@ -490,6 +538,7 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
     layer_attr = prop_def(IntegerAttr[I32], _LAYER_DEFAULT, prop_name="layer")
     causal_attr = prop_def(BoolAttr, _CAUSAL_DEFAULT, prop_name="causal")
     sliding_window_attr = opt_prop_def(IntegerAttr[I32], prop_name="sliding_window")
+    sink_tokens_attr = opt_prop_def(IntegerAttr[I32], prop_name="sink_tokens")
     logits_soft_cap_attr = opt_prop_def(
         FloatAttr[Float32Type], prop_name="logits_soft_cap"
     )
@@ -511,6 +560,7 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
         causal: bool | None = None,
         sliding_window: int | None = None,
         logits_soft_cap: float | None = None,
+        sink_tokens: int | None = None,
         with_geometry: bool = False,
     ):
         """`with_geometry` also records num_heads/head_dim, as the seed does."""
@@ -521,6 +571,7 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
             "layer": i32_attr_or_none(layer),
             "causal": None if causal is None else BoolAttr.from_bool(causal),
             "sliding_window": i32_attr_or_none(sliding_window),
+            "sink_tokens": i32_attr_or_none(sink_tokens),
             "logits_soft_cap": None
             if logits_soft_cap is None
             else FloatAttr(logits_soft_cap, f32),
@@ -551,6 +602,11 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
     @property
     def logits_soft_cap(self) -> float | None:
         attr = self.logits_soft_cap_attr
+        return None if attr is None else attr.value.data
+
+    @property
+    def sink_tokens(self) -> int | None:
+        attr = self.sink_tokens_attr
         return None if attr is None else attr.value.data
 
     @property
@@ -609,7 +665,8 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
         try:
             if self.scale_attr is not None:
                 check_scale(self.scale_attr.value.data, head_dim)
-            check_window(self.sliding_window)
+            window = check_window(self.sliding_window)
+            check_sinks(self.sink_tokens, window)
             check_soft_cap(self.logits_soft_cap)
         except ConfigError as e:
             raise VerifyException(f"{op}: {e}") from e
@@ -628,8 +685,9 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
         window = self.sliding_window
         q_len = self.get_query_len()
         if window is not None and q_len is not None:
-            # The tile of Tq queries sees at most W + Tq - 1 distinct keys.
-            kv_len = min(kv_len, window + q_len - 1)
+            # The tile of Tq queries sees at most W + Tq - 1 distinct keys,
+            # and the sinks.
+            kv_len = min(kv_len, window + q_len - 1 + (self.sink_tokens or 0))
         return None if batch is None else batch * kv_len
 
     # AttentionInterface
@@ -655,6 +713,9 @@ class PagedAttentionOp(KVCacheInterface, AttentionInterface, IRDLOperation):
 
     def get_sliding_window(self) -> int | None:
         return self.sliding_window
+
+    def get_sink_tokens(self) -> int | None:
+        return self.sink_tokens
 
     def get_logits_soft_cap(self) -> float | None:
         return self.logits_soft_cap

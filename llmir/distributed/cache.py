@@ -50,6 +50,8 @@ class ShardedKVCache(PagedKVCache):
         eviction: str | EvictionPolicy = "lru",
         swap_blocks: int = 0,
         swap_dir: str | None = None,
+        window_tokens: int | None = None,
+        sink_tokens: int | None = None,
     ) -> None:
         def factory(geometry: CacheGeometry, blocks: int) -> ShardedBackend:
             # The plan is checked before any actor starts.
@@ -70,6 +72,8 @@ class ShardedKVCache(PagedKVCache):
             eviction=eviction,
             swap_blocks=swap_blocks,
             swap_dir=swap_dir,
+            window_tokens=window_tokens,
+            sink_tokens=sink_tokens,
             backend_factory=factory,
         )
         backend = self.backend
@@ -90,6 +94,8 @@ class ShardedKVCache(PagedKVCache):
         eviction: str = "lru",
         swap_blocks: int = 0,
         swap_dir: str | None = None,
+        window_tokens: int | None = None,
+        sink_tokens: int | None = None,
     ) -> ShardedKVCache:
         return cls(
             geometry.num_layers,
@@ -107,6 +113,8 @@ class ShardedKVCache(PagedKVCache):
             eviction=eviction,
             swap_blocks=swap_blocks,
             swap_dir=swap_dir,
+            window_tokens=window_tokens,
+            sink_tokens=sink_tokens,
         )
 
     @property

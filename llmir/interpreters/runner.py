@@ -107,6 +107,8 @@ def sharded_caches(
             enable_prefix_caching=options.prefix_caching,
             eviction=options.eviction_name,
             swap_blocks=options.swap_blocks,
+            window_tokens=options.window_tokens,
+            sink_tokens=options.sink_tokens,
         )
 
     return create

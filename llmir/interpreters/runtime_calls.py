@@ -57,11 +57,19 @@ def create_kv_cache(
     prefix_caching: bool,
     eviction: int,
     swap_blocks: int,
+    window_tokens: int | None,
+    sink_tokens: int | None,
 ) -> tuple[KVCache]:
     geometry = CacheGeometry(
         element, num_layers, num_heads, head_dim, block_size, max_seq_len
     )
-    options = CacheOptions(prefix_caching, tuple(POLICIES)[eviction], swap_blocks)
+    options = CacheOptions(
+        prefix_caching,
+        tuple(POLICIES)[eviction],
+        swap_blocks,
+        window_tokens,
+        sink_tokens,
+    )
     cache = context.create_cache(geometry, num_blocks, options)
     context.caches.append(cache)
     return (cache,)
@@ -157,6 +165,7 @@ def paged_attention(
     causal: bool,
     sliding_window: int | None,
     logits_soft_cap: float | None,
+    sink_tokens: int | None,
 ) -> tuple[Array]:
     # bf16 tensors travel as uint16 bits; the kernels take float values.
     query = element.from_host(query)
@@ -169,6 +178,7 @@ def paged_attention(
         causal=causal,
         sliding_window=sliding_window,
         logits_soft_cap=logits_soft_cap,
+        sink_tokens=sink_tokens,
     )
     return (element.to_host(output),)
 

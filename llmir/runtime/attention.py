@@ -15,7 +15,12 @@ Semantics, for sequence ``b`` of length ``L = seq_lens[b]`` and
   whose keys and values were appended to the cache before the call);
 * query position ``pos`` attends key position ``t`` when ``0 <= t < L``,
   ``t <= pos`` if `causal`, and ``t > pos - sliding_window`` if a window is
-  given (the last `sliding_window` tokens up to and including itself);
+  given (the last `sliding_window` tokens up to and including itself) or
+  ``t < sink_tokens`` (StreamingLLM's attention sinks, only beside a
+  window);
+* positions are the model's original ones even after a cache pruned the
+  tokens between the sinks and the window (`CacheOptions.window_tokens`):
+  rotary embeddings are the caller's, applied before appending;
 * logits are ``scale * q.k`` (default ``scale = 1/sqrt(D)``), then
   ``cap * tanh(logit / cap)`` when `logits_soft_cap` is given;
 * query head ``j`` reads kv head ``j // (Hq // H)`` (GQA; MQA when H = 1);
@@ -50,6 +55,7 @@ def paged_attention(
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
     out: Any = None,
+    sink_tokens: int | None = None,
 ) -> Any:
     """Attention of ``query [batch, Tq, Hq, D]`` over layer `layer` of
     `cache`, for the sequences described by `block_table`/`seq_lens`.
@@ -66,5 +72,6 @@ def paged_attention(
         causal=causal,
         sliding_window=sliding_window,
         logits_soft_cap=logits_soft_cap,
+        sink_tokens=sink_tokens,
         out=out,
     )

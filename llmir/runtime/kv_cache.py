@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from llmir.errors import ConfigError, DTypeError, ShapeError
+from llmir.errors import ConfigError, DTypeError, SequenceError, ShapeError
 from llmir.runtime.allocator import BlockAllocator
 from llmir.runtime.backend import Backend, create_backend
 from llmir.runtime.dtypes import ElementType, element_type
@@ -54,6 +54,7 @@ from llmir.runtime.sequences import SequenceTable
 from llmir.runtime.swap import SwapSpace, SwapTier
 from llmir.runtime.validation import (
     INT32_MIN,
+    AttentionReads,
     BlockTable,
     check_attention_options,
     check_layer,
@@ -104,14 +105,24 @@ class PagedKVCache:
         eviction: str | EvictionPolicy = "lru",
         swap_blocks: int = 0,
         swap_dir: str | None = None,
+        window_tokens: int | None = None,
+        sink_tokens: int | None = None,
         backend_factory: BackendFactory | None = None,
     ) -> None:
         """`swap_blocks` > 0 gives the cache a swap tier of that many block
         slots: a file in `swap_dir` (default: the temporary directory) for
         a CPU cache, host memory for a CUDA one (`llmir.runtime.swap`).
+        `window_tokens` (and `sink_tokens`) prune every sequence to its
+        last (and first) tokens, giving blocks back (`CacheOptions`).
         `backend_factory` (geometry, num_blocks) -> `Backend` replaces the
         backend of `device` (`llmir.distributed` passes its sharded one)."""
-        options = CacheOptions(enable_prefix_caching, eviction, swap_blocks)
+        options = CacheOptions(
+            enable_prefix_caching,
+            eviction,
+            swap_blocks,
+            window_tokens,
+            sink_tokens,
+        )
         geometry = CacheGeometry(
             element_type(dtype),
             num_layers,
@@ -120,6 +131,12 @@ class PagedKVCache:
             block_size,
             max_seq_len,
         )
+        for name, count in (
+            ("window_tokens", window_tokens),
+            ("sink_tokens", sink_tokens),
+        ):
+            if count is not None and count > max_seq_len:
+                raise ConfigError(f"{name}={count} exceeds max_seq_len {max_seq_len}")
         self._geometry = geometry
         self._options = options
         self._num_blocks = _pool_blocks(geometry, num_blocks, memory_budget_bytes)
@@ -145,7 +162,13 @@ class PagedKVCache:
                 self._backend.swap_in,
             )
         self._seqs = SequenceTable(
-            self._allocator, geometry, self._prefix, self._backend.copy_blocks, swap
+            self._allocator,
+            geometry,
+            self._prefix,
+            self._backend.copy_blocks,
+            swap,
+            options.window_tokens,
+            options.sink_tokens,
         )
         self._lock = threading.Lock()
         # The last reservation's slots [L, batch, T] as handed out (a
@@ -182,6 +205,8 @@ class PagedKVCache:
             eviction=options.eviction,
             swap_blocks=options.swap_blocks,
             swap_dir=swap_dir,
+            window_tokens=options.window_tokens,
+            sink_tokens=options.sink_tokens,
             backend_factory=backend_factory,
         )
 
@@ -435,6 +460,8 @@ class PagedKVCache:
                 prefix_partial_hit_tokens=prefix.partial_hit_tokens if prefix else 0,
                 evictions=allocator.evictions,
                 cow_copies=self._seqs.cow_copies,
+                blocks_pruned=self._seqs.blocks_pruned,
+                tokens_pruned=self._seqs.tokens_pruned(),
                 **_swap_stats(self._seqs),
             )
 
@@ -619,6 +646,14 @@ class PagedKVCache:
     ) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
         """`lookup_kv` of the block table of `seq_ids`."""
         table, lens = self.block_table(seq_ids)
+        if self._seqs.window_tokens:
+            for seq_id in check_seq_ids(seq_ids).tolist():
+                begin, end = self._seqs.pruned_range(seq_id)
+                if begin < end:
+                    raise SequenceError(
+                        f"sequence {seq_id} was pruned: tokens [{begin}, {end}) "
+                        "were given back, so it cannot be looked up whole"
+                    )
         return self.lookup_kv(table, lens, layer, as_float32=as_float32)
 
     def paged_attention(
@@ -632,6 +667,7 @@ class PagedKVCache:
         causal: bool = True,
         sliding_window: int | None = None,
         logits_soft_cap: float | None = None,
+        sink_tokens: int | None = None,
         out: Any = None,
     ) -> Any:
         """Attention of ``query [batch, Tq, Hq, D]`` over layer `layer`, for
@@ -645,13 +681,28 @@ class PagedKVCache:
         """
         geometry = self._geometry
         layer = check_layer(layer, geometry.num_layers)
-        table = self.validate_block_table(block_table, seq_lens)
+        options = check_attention_options(
+            geometry.head_dim,
+            scale,
+            causal,
+            sliding_window,
+            logits_soft_cap,
+            sink_tokens,
+        )
         q = self._backend.as_array(query)
+        # The blocks the mask hides may be holes (a pruned sequence's): the
+        # kernels skip them unread.
+        reads = AttentionReads(
+            geometry.block_size,
+            int(q.shape[1]) if len(q.shape) == 4 else 0,
+            options.sliding_window,
+            options.sink_tokens,
+        )
+        table = validate_table_for(
+            geometry, self._num_blocks, block_table, seq_lens, reads
+        )
         check_query(
             q.shape, q.dtype, table.batch, geometry.num_heads, geometry.head_dim
-        )
-        options = check_attention_options(
-            geometry.head_dim, scale, causal, sliding_window, logits_soft_cap
         )
         if out is not None:
             out = self._checked_attention_out(out, q)

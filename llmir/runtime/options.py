@@ -3,7 +3,8 @@
 
 The geometry (`CacheGeometry`) says what a block holds; these options say
 what the cache does with blocks: whether full blocks are indexed for prefix
-reuse, and which cached block goes first when the pool runs out.
+reuse, which cached block goes first when the pool runs out, how many blocks
+a swap tier holds, and which tokens a sequence keeps (sinks + window).
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ class CacheOptions:
     empty `EvictionPolicy`, used by this one cache)."""
     swap_blocks: int = 0
     """Block slots of the swap tier (`llmir.runtime.swap`); 0: none."""
+    window_tokens: int | None = None
+    """Token pruning (StreamingLLM): keep each sequence's last
+    `window_tokens` tokens (and its first `sink_tokens`), giving back every
+    block that lies wholly outside both.  Attention over a pruned sequence
+    must use a mask that never reads there: ``sliding_window <=
+    window_tokens`` and ``sink_tokens <=`` the cache's.  None: no pruning."""
+    sink_tokens: int | None = None
+    """The attention sinks kept beside the window (needs `window_tokens`)."""
 
     def __post_init__(self) -> None:
         prefix_caching = cast(object, self.prefix_caching)
@@ -39,6 +48,19 @@ class CacheOptions:
         if isinstance(swap, bool) or not isinstance(swap, int) or swap < 0:
             raise ConfigError(
                 f"swap_blocks must be a non-negative integer, got {swap!r}"
+            )
+        for name in ("window_tokens", "sink_tokens"):
+            count = cast(object, getattr(self, name))
+            if count is not None and (
+                isinstance(count, bool) or not isinstance(count, int) or count < 1
+            ):
+                raise ConfigError(
+                    f"{name} must be a positive integer or None, got {count!r}"
+                )
+        if self.sink_tokens is not None and self.window_tokens is None:
+            raise ConfigError(
+                f"sink_tokens={self.sink_tokens} needs window_tokens: without a "
+                "window nothing is pruned"
             )
         policy = cast(object, self.eviction)
         if isinstance(policy, str):

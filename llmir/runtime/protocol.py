@@ -75,6 +75,11 @@ class CacheStats:
     swaps_in: int = 0
     swap_bytes_moved: int = 0
     """Bytes copied between the pool and the tier, both ways."""
+    blocks_pruned: int = 0
+    """Blocks given back by sink + window pruning since creation."""
+    tokens_pruned: int = 0
+    """Tokens of the live sequences that pruning gave back (their lengths
+    still count them: positions are kept)."""
 
     @property
     def blocks_available(self) -> int:
@@ -127,6 +132,11 @@ class CacheStats:
                 f"slots used by {self.swapped_sequences} sequence(s); "
                 f"{self.swaps_out} swapped out, {self.swaps_in} in, "
                 f"{self.swap_bytes_moved / mib:.2f} MiB moved"
+            )
+        if self.blocks_pruned:
+            lines.append(
+                f"pruning       {self.blocks_pruned} blocks given back, "
+                f"{self.tokens_pruned} tokens of live sequences pruned"
             )
         if self.prefix_queries:
             lines.append(
@@ -229,6 +239,7 @@ class KVCache(Protocol):
         causal: bool = True,
         sliding_window: int | None = None,
         logits_soft_cap: float | None = None,
+        sink_tokens: int | None = None,
         out: Any = None,
     ) -> Any:
         """Attention of `query` over one layer (`llmir.runtime.attention`)."""

@@ -47,6 +47,17 @@ sequence only ever writes blocks it alone holds.  With prefix caching on,
 appends may carry token ids; each block that becomes full in every layer with
 known tokens is registered under its chained hash.
 
+Pruning (StreamingLLM).  With a window of W tokens (and S sinks), every
+block that lies wholly outside the first S tokens and the last W is given
+back as the sequence grows: its table entry becomes a hole (-1) and the
+holes of a row are always the logical blocks ``[sink_blocks, hole_end)``.
+The cut follows the shortest layer before the append (``m``): the queries
+of this step and later sit at positions ``>= m`` and see nothing below
+``m - W + 1``, so the step's own attention is never short of a key.  A
+sequence then holds at most ``ceil(S/B) + ceil(W/B) + 1`` blocks.  Pruning
+happens at the start of an append's commit, so the blocks it frees serve
+that very append.
+
 Not thread-safe by itself: `PagedKVCache` holds its lock around every plan
 and commit.  Sequence ids reach this class already checked
 (`llmir.runtime.validation.check_seq_ids`).
@@ -105,6 +116,9 @@ class AppendPlan:
     first_written: npt.NDArray[np.int64] | None = None
     """For a reservation: the lowest position each sequence writes (where a
     copy-on-write is decided)."""
+    prune_rows: npt.NDArray[np.int64] | None = None
+    """Rows whose blocks below `prune_to` (beyond the sinks) go back first."""
+    prune_to: npt.NDArray[np.int64] | None = None
 
 
 class SequenceTable:
@@ -117,8 +131,16 @@ class SequenceTable:
         prefix: PrefixCache | None = None,
         copy_blocks: BlockCopier | None = None,
         swap: SwapTier | None = None,
+        window_tokens: int | None = None,
+        sink_tokens: int | None = None,
     ) -> None:
         self.allocator = allocator
+        self.window_tokens = window_tokens or 0
+        """Pruning: the recent tokens each sequence keeps (0: no pruning)."""
+        self.sink_blocks = -(-(sink_tokens or 0) // geometry.block_size)
+        """Pruning: the leading blocks kept for the attention sinks."""
+        self.blocks_pruned = 0
+        """Blocks given back by pruning since creation."""
         self.swap = swap
         """The tier swapped-out sequences wait in, None without one."""
         # Row of a swapped-out sequence -> its tier slots, in block order.
@@ -150,6 +172,9 @@ class SequenceTable:
         self._lens: IntArray = np.empty(0, np.int32)
         self._num_blocks: IntArray = np.empty(0, np.int32)
         self._priority: IntArray = np.empty(0, np.int32)
+        # Pruning: the holes of a row are the logical blocks
+        # [sink_blocks, hole_end) (none while hole_end <= sink_blocks).
+        self._hole_end: IntArray = np.empty(0, np.int32)
         # Prefix caching: token ids by position (-1 unknown), blocks hashed so
         # far and the chain hash of the last, per row.
         self._tokens: IntArray = np.empty(
@@ -179,12 +204,32 @@ class SequenceTable:
         return self._written[self._row(seq_id)].copy()
 
     def blocks_of(self, seq_id: int) -> IntArray:
-        """The block ids of `seq_id` in logical order (a copy)."""
+        """The block ids of `seq_id` in logical order (a copy; -1 where
+        pruning gave a block back)."""
         row = self._row(seq_id)
         return self._tables[row, : self._num_blocks[row]].copy()
 
     def tokens_stored(self) -> int:
         return int(self._lens.sum(dtype=np.int64))
+
+    def pruned_range(self, seq_id: int) -> tuple[int, int]:
+        """The token positions ``[begin, end)`` pruning gave back (empty
+        when ``begin >= end``)."""
+        row = self._row(seq_id)
+        b = self.block_size
+        return self.sink_blocks * b, int(self._hole_end[row]) * b
+
+    def tokens_pruned(self) -> int:
+        """Tokens of the live sequences that pruning gave back."""
+        holes = self._hole_end[list(self._rows.values())].astype(np.int64)
+        return int(np.maximum(holes - self.sink_blocks, 0).sum()) * self.block_size
+
+    def _held(self, row: int) -> IntArray:
+        """The blocks `row` holds, in logical order, holes left out."""
+        blocks = self._tables[row, : self._num_blocks[row]]
+        if self._hole_end[row] > self.sink_blocks:
+            return blocks[blocks != PAD_BLOCK]
+        return blocks
 
     def block_table(self, seq_ids: npt.NDArray[np.int64]) -> tuple[IntArray, IntArray]:
         """(table int32 [batch, max_blocks] padded with -1, lens int32 [batch])
@@ -210,6 +255,7 @@ class SequenceTable:
                 self._tokens[r, : self._lens[r]].tobytes(),
                 int(self._hashed[r]),
                 self._chain.get(r),
+                int(self._hole_end[r]),
             )
             for s, r in sorted(self._rows.items())
         )
@@ -227,6 +273,7 @@ class SequenceTable:
             index,
             swapped,
             tier,
+            self.blocks_pruned,
         )
 
     def priority(self, seq_id: int) -> int:
@@ -333,6 +380,10 @@ class SequenceTable:
             )
         new_len = np.maximum(old_len, end)
         needed = int(((new_len + self.block_size - 1) // self.block_size - have).sum())
+        prune_rows = prune_to = None
+        freed = 0
+        if self.window_tokens and krows.size:
+            prune_rows, prune_to, freed = self._plan_prune(krows)
         first = start
         if reserve and krows.size:
             first = start.copy()
@@ -340,11 +391,12 @@ class SequenceTable:
         cow = self._copy_on_write(rows, first, is_known) if self._may_share else None
         if cow is not None:
             needed += int(cow.size)
-        if needed > self.allocator.num_free:
+        if needed > self.allocator.num_free + freed:
+            pruning = f" (and {freed} that pruning gives back)" if freed else ""
             raise OutOfBlocksError(
                 f"appending {num_tokens} token(s) to {n} sequence(s) needs "
                 f"{needed} new blocks, only {self.allocator.num_free} of "
-                f"{self.allocator.num_blocks} are free"
+                f"{self.allocator.num_blocks} are free{pruning}"
             )
         return AppendPlan(
             ids,
@@ -358,7 +410,40 @@ class SequenceTable:
             token_ids,
             reserve,
             first if reserve else None,
+            prune_rows,
+            prune_to,
         )
+
+    def _plan_prune(
+        self, rows: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64] | None, npt.NDArray[np.int64] | None, int]:
+        """The rows pruning shortens before an append, their new hole ends,
+        and how many blocks that frees for sure (those no one else holds)."""
+        shortest = self._written[rows].min(axis=1).astype(np.int64)
+        target = np.maximum(
+            self.sink_blocks, (shortest - self.window_tokens + 1) // self.block_size
+        )
+        begin = np.maximum(self._hole_end[rows], self.sink_blocks)
+        grows = np.flatnonzero(target > begin)
+        if not grows.size:
+            return None, None, 0
+        freed = 0
+        for i in grows.tolist():
+            blocks = self._tables[rows[i], int(begin[i]) : int(target[i])]
+            freed += int((self.allocator.ref_counts_of(blocks) == 1).sum())
+        return rows[grows], target[grows], freed
+
+    def _prune(self, rows: npt.NDArray[np.int64], to: npt.NDArray[np.int64]) -> None:
+        """Give back the blocks of `rows` below `to` (beyond the sinks)."""
+        for row, end in zip(rows.tolist(), to.tolist(), strict=True):
+            begin = max(int(self._hole_end[row]), self.sink_blocks)
+            blocks = self._tables[row, begin:end]
+            # Oldest first: the front of the window is the least likely to
+            # be matched again.
+            self.allocator.release(blocks, priority=int(self._priority[row]))
+            self.blocks_pruned += int(blocks.size)
+            self._tables[row, begin:end] = PAD_BLOCK
+            self._hole_end[row] = end
 
     def _copy_on_write(
         self,
@@ -400,6 +485,8 @@ class SequenceTable:
                 self._record_tokens(rows, plan.start, plan.token_ids)
                 self._register_full_blocks(rows)
             return self._last_blocks.copy(), self._last_slots
+        if plan.prune_rows is not None and plan.prune_to is not None:
+            self._prune(plan.prune_rows, plan.prune_to)
         if (rows < 0).any():
             rows = rows.copy()
             for i in np.flatnonzero(rows < 0).tolist():
@@ -504,12 +591,13 @@ class SequenceTable:
             parent = self._chain.get(row, ROOT_HASH)
             for j in range(int(self._hashed[row]), int(complete[i])):
                 tokens = self._tokens[row, j * b : (j + 1) * b]
-                if tokens.size < b or (tokens < 0).any():
+                block = int(self._tables[row, j])
+                if tokens.size < b or (tokens < 0).any() or block == PAD_BLOCK:
                     # Unknown tokens break the chain: nothing after them can
                     # be matched either.
                     self._hashed[row] = np.iinfo(np.int32).max
                     break
-                parent = self.prefix.register(int(self._tables[row, j]), parent, tokens)
+                parent = self.prefix.register(block, parent, tokens)
                 self._hashed[row] = j + 1
                 self._chain[row] = parent
 
@@ -630,11 +718,12 @@ class SequenceTable:
             self._written[row] = self._written[source]
             self._lens[row] = self._lens[source]
             self._priority[row] = self._priority[source]
+            self._hole_end[row] = self._hole_end[source]
             self._tokens[row] = self._tokens[source]
             self._hashed[row] = self._hashed[source]
             if source in self._chain:
                 self._chain[row] = self._chain[source]
-            self.allocator.share(self._tables[row, :n])
+            self.allocator.share(self._held(row))
         self._may_share = True
 
     # -- free ----------------------------------------------------------------
@@ -658,7 +747,7 @@ class SequenceTable:
                 continue
             # Tail first: the end of a sequence is the least likely to be
             # shared again, so it is evicted first.
-            held = self._tables[row, : self._num_blocks[row]][::-1]
+            held = self._held(row)[::-1]
             keep = int(self._priority[row]) if priority is None else priority
             self.allocator.release(held, priority=keep)
         for seq_id, row in zip(ids.tolist(), rows, strict=True):
@@ -679,6 +768,7 @@ class SequenceTable:
         self._lens.fill(0)
         self._num_blocks.fill(0)
         self._priority.fill(0)
+        self._hole_end.fill(0)
         self._tokens.fill(-1)
         self._hashed.fill(0)
         self._chain.clear()
@@ -698,19 +788,31 @@ class SequenceTable:
         swapped_slots = 0
         for row in self._rows.values():
             n = int(self._num_blocks[row])
-            blocks = self._tables[row, :n]
-            np.add.at(held, blocks, 1)
             length = int(self._lens[row])
+            logical = (length + b - 1) // b
+            hole = np.zeros(logical, bool)
+            hole[self.sink_blocks : int(self._hole_end[row])] = True
+            if self.window_tokens:
+                shortest = int(self._written[row].min())
+                assert int(self._hole_end[row]) <= max(
+                    self.sink_blocks, (shortest - self.window_tokens + 1) // b
+                ), "pruned into the window"
+            else:
+                assert not hole.any(), "holes without pruning"
             if row in self._swapped:
                 assert n == 0, "a swapped-out sequence holds pool blocks"
                 slots = self._swapped[row]
-                assert slots.size == (length + b - 1) // b, "swap slots disagree"
+                assert slots.size == logical - int(hole.sum()), "swap slots disagree"
                 swapped_slots += slots.size
                 continue
-            assert n == (length + b - 1) // b, "block count disagrees with length"
+            assert n == logical, "block count disagrees with length"
             assert (self._tables[row, n:] == PAD_BLOCK).all(), "stale table entry"
+            blocks = self._tables[row, :n]
+            assert (blocks[hole] == PAD_BLOCK).all(), "a hole holds a block"
+            assert (blocks[~hole] != PAD_BLOCK).all(), "a kept block is missing"
+            np.add.at(held, blocks[~hole], 1)
             fill = np.minimum(b, length - np.arange(n) * b)
-            np.maximum.at(filled, blocks, fill)
+            np.maximum.at(filled, blocks[~hole], fill[~hole])
         refs = self.allocator.ref_counts()
         assert (held == refs).all(), (
             f"ref counts {refs.tolist()} differ from table holders {held.tolist()}"
@@ -766,22 +868,16 @@ class SequenceTable:
         holds stays in the pool for it: this sequence's copy goes to the
         tier).  All or nothing; returns the blocks moved."""
         swap, rows = self._swap_rows(ids, swapped=False)
-        counts = [int(self._num_blocks[r]) for r in rows]
-        slots = swap.space.allocate(sum(counts))  # all or nothing
-        blocks = (
-            np.concatenate(
-                [self._tables[r, :n] for r, n in zip(rows, counts, strict=True)]
-            )
-            if rows
-            else np.empty(0, np.int32)
-        )
+        held = [self._held(r) for r in rows]
+        slots = swap.space.allocate(sum(h.size for h in held))  # all or nothing
+        blocks = np.concatenate(held) if rows else np.empty(0, np.int32)
         if blocks.size:
             swap.write_out(blocks, swap.space.blocks, slots)
         start = 0
-        for row, n in zip(rows, counts, strict=True):
-            held = self._tables[row, :n]
-            self.allocator.release(held[::-1], priority=int(self._priority[row]))
-            self._tables[row, :n] = PAD_BLOCK
+        for row, mine in zip(rows, held, strict=True):
+            n = int(mine.size)
+            self.allocator.release(mine[::-1], priority=int(self._priority[row]))
+            self._tables[row, : self._num_blocks[row]] = PAD_BLOCK
             self._num_blocks[row] = 0
             self._swapped[row] = slots[start : start + n].copy()
             start += n
@@ -811,11 +907,16 @@ class SequenceTable:
         b = self.block_size
         for row, row_slots in zip(rows, slots_per_row, strict=True):
             n = int(row_slots.size)
-            self._grow_columns(n)
+            logical = -(-int(self._lens[row]) // b)
+            self._grow_columns(logical)
             mine = blocks[start : start + n]
-            self._tables[row, :n] = mine
-            self._num_blocks[row] = n
-            fill = np.minimum(b, int(self._lens[row]) - np.arange(n) * b)
+            # The kept blocks go back where they were; holes stay holes.
+            kept = np.ones(logical, bool)
+            kept[self.sink_blocks : int(self._hole_end[row])] = False
+            columns = np.flatnonzero(kept)
+            self._tables[row, columns] = mine
+            self._num_blocks[row] = logical
+            fill = np.minimum(b, int(self._lens[row]) - columns * b)
             self.allocator.set_num_filled(mine, fill.astype(np.int32))
             del self._swapped[row]
             start += n
@@ -870,6 +971,7 @@ class SequenceTable:
         self._lens[row] = 0
         self._num_blocks[row] = 0
         self._priority[row] = 0
+        self._hole_end[row] = 0
         self._tokens[row] = -1
         self._hashed[row] = 0
         self._chain.pop(row, None)
@@ -916,6 +1018,9 @@ class SequenceTable:
         )
         self._hashed = np.concatenate(
             [self._hashed, np.zeros(capacity - old, np.int32)]
+        )
+        self._hole_end = np.concatenate(
+            [self._hole_end, np.zeros(capacity - old, np.int32)]
         )
         tokens = np.full((capacity, self._tokens.shape[1]), -1, np.int32)
         tokens[:old] = self._tokens

@@ -120,6 +120,7 @@ def validate_block_table(
     block_size: int,
     num_blocks: int,
     max_seq_len: int,
+    reads: AttentionReads | None = None,
 ) -> BlockTable:
     """Check a block table against a pool.
 
@@ -131,6 +132,10 @@ def validate_block_table(
         ``[0, num_blocks)``;
       * entries past those are ``-1`` (padding) or block ids in range (a
         table cut from a longer sequence is fine: kernels never read them).
+
+    With `reads` (an attention call's mask), a block of a sequence that no
+    query of the call can see may be ``-1`` too: the hole left where a
+    pruned sequence gave a block back (`CacheOptions.window_tokens`).
 
     Raises DTypeError for non-integer arrays, ShapeError for wrong ranks or
     mismatched batch sizes, BlockTableError for everything else, naming the
@@ -181,8 +186,10 @@ def validate_block_table(
     in_range = (table >= 0) & (table < num_blocks)
     if not in_range.all():
         blocks_needed = (lens.astype(np.int64) + block_size - 1) // block_size
-        live = np.arange(table.shape[1])[None, :] < blocks_needed[:, None]
-        bad_live = np.argwhere(live & ~in_range)
+        columns = np.arange(table.shape[1])[None, :]
+        live = columns < blocks_needed[:, None]
+        read = live if reads is None else live & reads.blocks_read(lens, columns)
+        bad_live = np.argwhere(read & ~in_range)
         if bad_live.size:
             b, j = (int(v) for v in bad_live[0])
             value = int(table[b, j])
@@ -191,11 +198,17 @@ def validate_block_table(
                 if value == PAD_BLOCK
                 else f"out of range, the pool has {num_blocks} blocks"
             )
+            needs = (
+                f"needs {int(blocks_needed[b])} blocks"
+                if reads is None
+                else f"and the attention reads it ({reads}; a pruned "
+                "sequence needs a mask that stays clear of its holes)"
+            )
             raise BlockTableError(
                 f"block_table[{b}, {j}] = {value} is {what}, but seq_lens[{b}] = "
-                f"{int(lens[b])} needs {int(blocks_needed[b])} blocks"
+                f"{int(lens[b])} {needs}"
             )
-        bad_pad = np.argwhere(~live & ~in_range & (table != PAD_BLOCK))
+        bad_pad = np.argwhere(~read & ~in_range & (table != PAD_BLOCK))
         if bad_pad.size:
             b, j = (int(v) for v in bad_pad[0])
             raise BlockTableError(
@@ -209,8 +222,46 @@ def validate_block_table(
     )
 
 
+@dataclass(frozen=True)
+class AttentionReads:
+    """Which tokens an attention call reads of each sequence: with a window,
+    only the first `sink_tokens` and those from ``L - num_queries -
+    window + 1`` on (the first query's window), so blocks wholly between
+    may be holes."""
+
+    block_size: int
+    num_queries: int
+    window: int  # 0: every token is read
+    sink_tokens: int
+
+    def blocks_read(
+        self, lens: npt.NDArray[Any], columns: npt.NDArray[Any]
+    ) -> npt.NDArray[np.bool_]:
+        """[batch, width]: whether the call reads logical block `column`."""
+        if self.window == 0:
+            return np.ones((lens.shape[0], columns.shape[1]), bool)
+        b = self.block_size
+        first_read = np.maximum(
+            lens.astype(np.int64) - self.num_queries - self.window + 1, 0
+        )
+        sinks = np.minimum(self.sink_tokens, lens.astype(np.int64))
+        return (columns * b < sinks[:, None]) | (
+            (columns + 1) * b > first_read[:, None]
+        )
+
+    def __str__(self) -> str:
+        queries = f"{self.num_queries} quer{'y' if self.num_queries == 1 else 'ies'}"
+        window = f"sliding_window={self.window}" if self.window else "no sliding_window"
+        sinks = f"sink_tokens={self.sink_tokens}" if self.sink_tokens else "no sinks"
+        return f"{queries}, {window}, {sinks}"
+
+
 def validate_table_for(
-    geometry: CacheGeometry, num_blocks: int, block_table: Any, seq_lens: Any
+    geometry: CacheGeometry,
+    num_blocks: int,
+    block_table: Any,
+    seq_lens: Any,
+    reads: AttentionReads | None = None,
 ) -> BlockTable:
     """`validate_block_table` against a cache of `geometry` and `num_blocks`."""
     return validate_block_table(
@@ -219,6 +270,7 @@ def validate_table_for(
         block_size=geometry.block_size,
         num_blocks=num_blocks,
         max_seq_len=geometry.max_seq_len,
+        reads=reads,
     )
 
 
@@ -236,6 +288,9 @@ class AttentionOptions:
     causal: bool
     sliding_window: int
     logits_soft_cap: float
+    sink_tokens: int = 0
+    """Attention sinks: with a sliding window, keys at positions below this
+    are attended too (StreamingLLM's mask); 0: none."""
     context_partition: int | None = None
     """How a kernel splits long contexts: None to plan it itself, 0 to keep
     contexts whole, or a partition size in tokens.  A backend that runs a
@@ -286,6 +341,27 @@ def check_window(window: object) -> int:
     return int(window)
 
 
+def check_sinks(sinks: object, window: int) -> int:
+    """Attention sinks: None for none, else a positive integer within int32,
+    and only next to a sliding window (without one every key is seen)."""
+    if sinks is None:
+        return 0
+    if (
+        isinstance(sinks, bool | np.bool_)
+        or not isinstance(sinks, int | np.integer)
+        or not 1 <= sinks <= INT32_MAX
+    ):
+        raise ConfigError(
+            f"sink_tokens must be an integer in [1, {INT32_MAX}], got {sinks!r}"
+        )
+    if window == 0:
+        raise ConfigError(
+            f"sink_tokens={sinks} needs a sliding_window: without one every key "
+            "is attended already"
+        )
+    return int(sinks)
+
+
 def _finite_positive(name: str, value: object) -> float:
     if isinstance(value, bool | np.bool_) or not isinstance(
         value, int | float | np.integer | np.floating
@@ -303,14 +379,17 @@ def check_attention_options(
     causal: object = True,
     sliding_window: object = None,
     logits_soft_cap: object = None,
+    sink_tokens: object = None,
 ) -> AttentionOptions:
     if not isinstance(causal, bool | np.bool_):
         raise ConfigError(f"causal must be a bool, got {causal!r}")
+    window = check_window(sliding_window)
     return AttentionOptions(
         check_scale(scale, head_dim),
         bool(causal),
-        check_window(sliding_window),
+        window,
         check_soft_cap(logits_soft_cap),
+        check_sinks(sink_tokens, window),
     )
 
 

@@ -483,6 +483,7 @@ class DenseReferenceCache:
         causal: bool = True,
         sliding_window: int | None = None,
         logits_soft_cap: float | None = None,
+        sink_tokens: int | None = None,
         out: Any = None,
     ) -> Array:
         """Float64 softmax attention over the dense sequences, with the
@@ -493,7 +494,7 @@ class DenseReferenceCache:
         q_in = np.asarray(query)
         check_query(q_in.shape, q_in.dtype, table.shape[0], g.num_heads, g.head_dim)
         options = check_attention_options(
-            g.head_dim, scale, causal, sliding_window, logits_soft_cap
+            g.head_dim, scale, causal, sliding_window, logits_soft_cap, sink_tokens
         )
         q = q_in.astype(np.float64)
         batch, q_len, q_heads, _ = q.shape
@@ -508,15 +509,17 @@ class DenseReferenceCache:
                 start = 0
                 if options.sliding_window:
                     start = max(position + 1 - options.sliding_window, 0)
-                if end <= start:
+                # The sinks below the window, then the window.
+                seen = np.r_[0 : min(options.sink_tokens, start, end), start:end]
+                if seen.size == 0:
                     continue
                 for h in range(q_heads):
-                    logits = options.scale * (k[start:end, h // group] @ q[b, t, h])
+                    logits = options.scale * (k[seen, h // group] @ q[b, t, h])
                     if options.logits_soft_cap:
                         cap = options.logits_soft_cap
                         logits = cap * np.tanh(logits / cap)
                     weights = np.exp(logits - logits.max())
-                    result[b, t, h] = weights @ v[start:end, h // group] / weights.sum()
+                    result[b, t, h] = weights @ v[seen, h // group] / weights.sum()
         converted = result.astype(q_in.dtype)
         if out is not None:
             out[...] = converted

@@ -13,8 +13,9 @@ tests: slow, obvious, float64.
 Both follow the semantics of `llmir.runtime.attention`: the
 ``Tq`` queries of a sequence of length ``L`` sit at positions ``L - Tq`` ..
 ``L - 1``; query position ``pos`` attends key position ``t`` when
-``0 <= t < L``, ``t <= pos`` if causal, and ``t > pos - sliding_window`` if a
-window is given; a query that attends no key yields zeros.
+``0 <= t < L``, ``t <= pos`` if causal, and ``t > pos - sliding_window`` or
+``t < sink_tokens`` if a window is given; a query that attends no key yields
+zeros.
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def reference_paged_attention(
     causal: bool = True,
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
+    sink_tokens: int = 0,
 ) -> npt.NDArray[np.float64]:
     """Attention of ``query [batch, Tq, Hq, D]`` over one layer's pool
     ``[num_blocks, H, 2, block_size, D]``, in float64, by gathering and
@@ -155,7 +157,7 @@ def reference_paged_attention(
         if causal:
             allowed &= keys_at <= positions
         if sliding_window is not None:
-            allowed &= keys_at > positions - sliding_window
+            allowed &= (keys_at > positions - sliding_window) | (keys_at < sink_tokens)
         logits = np.where(allowed[None], logits, -np.inf)
         row_max = logits.max(axis=-1, keepdims=True, initial=-np.inf)
         weights = np.exp(logits - np.where(np.isfinite(row_max), row_max, 0.0))

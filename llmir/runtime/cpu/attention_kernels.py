@@ -511,16 +511,21 @@ def _attend_block_tile(
 
 
 @njit(inline="always", cache=True)
-def _row_bounds(lo: Any, hi: Any, pos: Any, causal: Any, window: Any) -> Any:
+def _row_bounds(
+    lo: Any, hi: Any, pos: Any, causal: Any, window: Any, sinks: Any
+) -> Any:
     """The slots of ``lo:hi`` that a query at block-relative position `pos`
-    attends (empty when ``row_lo >= row_hi``)."""
+    attends, as two ranges in slot order: ``sink_lo:sink_hi``, the attention
+    sinks below the window (`sinks` is block-relative too), then
+    ``row_lo:row_hi`` (each empty when lo >= hi)."""
     row_lo = lo
     row_hi = hi
     if causal:
         row_hi = min(row_hi, pos + 1)
     if window > 0:
         row_lo = max(row_lo, pos - window + 1)
-    return row_lo, row_hi
+    sink_hi = min(hi, sinks, row_lo, pos + 1)
+    return lo, sink_hi, row_lo, row_hi
 
 
 @cache
@@ -542,6 +547,7 @@ def attention_kernel(kind_code: int) -> Any:
         scale: Any,
         causal: Any,
         window: Any,  # 0: no sliding window
+        sinks: Any,  # attention sinks beside the window; 0: none
         soft_cap: Any,  # 0: no soft cap
         q_tile: Any,
         partition_size: Any,  # tokens, a multiple of block_size
@@ -581,8 +587,15 @@ def attention_kernel(kind_code: int) -> Any:
             t_end = min(seq_len, t_begin + partition_size)
             if causal:
                 t_end = min(t_end, first_pos + nq)
+            # Tokens from `window_begin` on may be in some row's window; below
+            # it only the sinks are read.  Blocks wholly between the two are
+            # never touched: a pruned sequence has holes there.
+            window_begin = 0
             if window > 0:
-                t_begin = max(t_begin, first_pos - window + 1)
+                window_begin = first_pos - window + 1
+            sink_end = min(sinks, window_begin)
+            if sink_end <= t_begin:
+                t_begin = max(t_begin, window_begin)
 
             q_rows = np.empty((max_rows, head_dim), dtype=np.float32)
             for i in range(nq):
@@ -602,7 +615,15 @@ def attention_kernel(kind_code: int) -> Any:
             if t_begin < t_end:
                 first_block = t_begin // block_size
                 last_block = (t_end - 1) // block_size
-                for logical in range(first_block, last_block + 1):
+                # The first block of the window part: after the sink blocks
+                # the walk jumps there.
+                window_block = max(first_block, max(window_begin, 0) // block_size)
+                logical = first_block - 1
+                while logical < last_block:
+                    logical += 1  # first: the loop body continues early
+                    if logical * block_size >= sink_end and logical < window_block:
+                        logical = window_block - 1
+                        continue
                     block = block_table[b, logical]
                     # Blocks are scattered, so the hardware prefetcher loses the
                     # stream at every block boundary: request the first lines of
@@ -611,9 +632,12 @@ def attention_kernel(kind_code: int) -> Any:
                     # measured slower at block 64: it floods the miss queues; the
                     # half-precision tile spreads it over the block instead.)
                     next_run = -1  # first element of the next block's K/V run
-                    if logical < last_block:
+                    next_logical = logical + 1
+                    if next_logical * block_size >= sink_end:
+                        next_logical = max(next_logical, window_block)
+                    if next_logical <= last_block:
                         next_run = (
-                            block_table[b, logical + 1] * num_heads + h
+                            block_table[b, next_logical] * num_heads + h
                         ) * run_length
                         half = run_length // 2
                         lines = min(half, 16 * line)
@@ -628,9 +652,14 @@ def attention_kernel(kind_code: int) -> Any:
                     if rows == 1:
                         # One query row (MHA decode): every element is used once,
                         # so read the pool directly, decoding halves on the fly.
-                        row_lo, row_hi = _row_bounds(
-                            lo, hi, first_pos - base, causal, window
+                        sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
+                            lo, hi, first_pos - base, causal, window, sinks - base
                         )
+                        if sink_lo < sink_hi:
+                            _attend_block_streaming(
+                                q_rows, stored_keys, stored_values, sink_lo, sink_hi,
+                                scores, row_max, row_sum, acc, 0, soft_cap, kind_code,
+                            )  # fmt: skip
                         if row_lo < row_hi:
                             _attend_block_streaming(
                                 q_rows, stored_keys, stored_values, row_lo, row_hi,
@@ -642,13 +671,24 @@ def attention_kernel(kind_code: int) -> Any:
                         # pool, if they share their bounds (a GQA group of four
                         # does; prefill rows of different queries may not).  Rows
                         # are in query order, so the first and last suffice.
-                        row_lo, row_hi = _row_bounds(
-                            lo, hi, first_pos - base, causal, window
+                        sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
+                            lo, hi, first_pos - base, causal, window, sinks - base
                         )
-                        last_lo, last_hi = _row_bounds(
-                            lo, hi, first_pos + 3 // group - base, causal, window
-                        )
-                        if row_lo == last_lo and row_hi == last_hi:
+                        _, last_sink_hi, last_lo, last_hi = _row_bounds(
+                            lo, hi, first_pos + 3 // group - base, causal, window,
+                            sinks - base,
+                        )  # fmt: skip
+                        if (
+                            row_lo == last_lo
+                            and row_hi == last_hi
+                            and sink_hi == last_sink_hi
+                        ):
+                            if sink_lo < sink_hi:
+                                _attend_block_tile(
+                                    q_rows, stored_keys, stored_values, sink_lo,
+                                    sink_hi, tile_scores, row_max, row_sum, acc, 0,
+                                    soft_cap, layer_pool, next_run, kind_code,
+                                )  # fmt: skip
                             if row_lo < row_hi:
                                 _attend_block_tile(
                                     q_rows, stored_keys, stored_values, row_lo, row_hi,
@@ -661,21 +701,25 @@ def attention_kernel(kind_code: int) -> Any:
                         stored_values, value_scratch, kind_code, lo, hi
                     )
                     for r in range(rows):
-                        row_lo, row_hi = _row_bounds(
-                            lo, hi, first_pos + r // group - base, causal, window
-                        )
-                        if row_lo >= row_hi:
-                            continue
-                        if r == 0 and kind_code == F32_CODE:
-                            _attend_block_streaming(
-                                q_rows, keys, values, row_lo, row_hi, scores,
-                                row_max, row_sum, acc, r, soft_cap, F32_CODE,
-                            )  # fmt: skip
-                        else:
-                            _attend_block_unrolled(
-                                q_rows, keys, values, row_lo, row_hi, scores,
-                                row_max, row_sum, acc, r, soft_cap,
-                            )  # fmt: skip
+                        sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
+                            lo, hi, first_pos + r // group - base, causal, window,
+                            sinks - base,
+                        )  # fmt: skip
+                        # The sinks (if any), then the window: two ranges of
+                        # one online softmax.
+                        for part_lo, part_hi in ((sink_lo, sink_hi), (row_lo, row_hi)):
+                            if part_lo >= part_hi:
+                                continue
+                            if r == 0 and kind_code == F32_CODE:
+                                _attend_block_streaming(
+                                    q_rows, keys, values, part_lo, part_hi, scores,
+                                    row_max, row_sum, acc, r, soft_cap, F32_CODE,
+                                )  # fmt: skip
+                            else:
+                                _attend_block_unrolled(
+                                    q_rows, keys, values, part_lo, part_hi, scores,
+                                    row_max, row_sum, acc, r, soft_cap,
+                                )  # fmt: skip
 
             if num_partitions == 1:
                 for r in range(rows):
@@ -765,6 +809,7 @@ def run_paged_attention(
     causal: bool = True,
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
+    sink_tokens: int = 0,
     partition_size: int | None = None,
     q_tile: int | None = None,
     auto_partition: bool = True,
@@ -810,6 +855,7 @@ def run_paged_attention(
         np.float32(scale),
         causal,
         sliding_window or 0,
+        sink_tokens,
         np.float32(logits_soft_cap or 0.0),
         tile,
         size,

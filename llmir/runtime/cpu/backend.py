@@ -147,6 +147,7 @@ class CPUBackend:
                 causal=options.causal,
                 sliding_window=options.sliding_window,
                 logits_soft_cap=options.logits_soft_cap,
+                sink_tokens=options.sink_tokens,
                 partition_size=options.context_partition or None,
                 auto_partition=options.context_partition is None,
             )

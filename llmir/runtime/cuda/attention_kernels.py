@@ -23,7 +23,8 @@ Per KV block of the sequence (a tile of ``block_size`` tokens):
 Semantics are those of `llmir.runtime.attention`: query token ``t`` of a
 sequence of length ``L`` (its last ``Tq`` tokens are the new ones) sits at
 position ``pos = L - Tq + t`` and sees key position ``k < L`` when ``k <= pos``
-(if causal) and ``k > pos - window`` (if window > 0); logits are
+(if causal) and ``k > pos - window`` or ``k < sinks`` (if window > 0);
+logits are
 ``scale * q.k``, soft-capped as ``cap * tanh(logit / cap)`` when cap > 0.  A
 row that sees no key (an empty sequence, or a padding query at a negative
 position) yields zeros.
@@ -91,6 +92,7 @@ def attention_kernels(element: ElementType) -> AttentionKernels:
         blocks_per_split: Any,
         causal: Any,
         window: Any,
+        sinks: Any,
         soft_cap: Any,
         out: Any,
         part_out: Any,
@@ -160,14 +162,24 @@ def attention_kernels(element: ElementType) -> AttentionKernels:
         lowest = 0
         if window > 0:
             lowest = max(0, seq_len - num_new + first_t - window + 1)
+        # Below `lowest` only the sinks are read; blocks wholly between the
+        # sinks and `lowest` are skipped unread (a pruned sequence has holes
+        # there).
+        sink_end = min(sinks, lowest)
         first_block = split * blocks_per_split
         end_block = min(
             first_block + blocks_per_split, (visible + block_size - 1) // block_size
         )
-        first_block = max(first_block, lowest // block_size)
+        if sink_end <= first_block * block_size:
+            first_block = max(first_block, lowest // block_size)
         cuda.syncthreads()
 
         for logical in range(first_block, end_block):
+            if (
+                logical * block_size >= sink_end
+                and (logical + 1) * block_size <= lowest
+            ):
+                continue  # the same for every thread: no barrier is skipped
             physical = block_tables[b, logical]
             for i in range(tid, block_size * head_dim, nthreads):
                 j = i // head_dim
@@ -195,7 +207,7 @@ def attention_kernels(element: ElementType) -> AttentionKernels:
                 seen = t < num_new and position < seq_len and query_pos >= 0
                 if causal and position > query_pos:
                     seen = False
-                if window > 0 and position <= query_pos - window:
+                if window > 0 and sinks <= position <= query_pos - window:
                     seen = False
                 score = NEG_INF
                 if seen:

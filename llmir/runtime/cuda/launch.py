@@ -331,6 +331,7 @@ def plan_attention(
         np.int32(blocks_per_split),
         np.int32(options.causal),
         np.int32(options.sliding_window),
+        np.int32(options.sink_tokens),
         np.float32(options.logits_soft_cap),
     )
     return AttentionPlan(

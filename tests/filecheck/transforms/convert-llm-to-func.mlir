@@ -25,6 +25,8 @@
 // CHECK-NEXT: %prefix_caching = arith.constant false
 // CHECK-NEXT: %eviction = arith.constant 0 : i64
 // CHECK-NEXT: %swap_blocks = arith.constant 0 : i64
+// CHECK-NEXT: %window_tokens = arith.constant 0 : i64
+// CHECK-NEXT: %sink_tokens = arith.constant 0 : i64
 // An absent token_ids operand is an empty tensor.
 // CHECK-NEXT: %none = tensor.empty() : tensor<0x0xi32>
 // CHECK-NEXT: %none_1 = tensor.cast %none : tensor<0x0xi32> to tensor<?x?xi32>
@@ -36,14 +38,15 @@
 // CHECK-NEXT: %causal = arith.constant false
 // CHECK-NEXT: %sliding_window = arith.constant 8 : i32
 // CHECK-NEXT: %logits_soft_cap = arith.constant 5.000000e+01 : f32
+// CHECK-NEXT: %sink_tokens_1 = arith.constant 0 : i32
 // CHECK-NEXT: %priority = arith.constant -9223372036854775808 : i64
-// CHECK-NEXT: %kv = func.call @llmir_create_kv_cache_f16(%num_layers, %num_heads, %head_dim, %block_size, %max_seq_len, %num_blocks, %prefix_caching, %eviction, %swap_blocks) : (i64, i64, i64, i64, i64, i64, i1, i64, i64) -> !llvm.ptr
+// CHECK-NEXT: %kv = func.call @llmir_create_kv_cache_f16(%num_layers, %num_heads, %head_dim, %block_size, %max_seq_len, %num_blocks, %prefix_caching, %eviction, %swap_blocks, %window_tokens, %sink_tokens) : (i64, i64, i64, i64, i64, i64, i1, i64, i64, i64, i64) -> !llvm.ptr
 // CHECK-NEXT: %idx = func.call @llmir_append_kv_f16(%kv, %keys_1, %keys_1, %seq_ids_1, %none_1, %layer) : (!llvm.ptr, tensor<?x?x?x?xf16>, tensor<?x?x?x?xf16>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>
 // CHECK-NEXT: %idx_1 = tensor.cast %idx : tensor<?x?xi32> to tensor<2x3xi32>
 // CHECK-NEXT: %table, %lens = func.call @llmir_block_table(%kv, %seq_ids_1, %width) : (!llvm.ptr, tensor<?xi32>, i64) -> (tensor<?x?xi32>, tensor<?xi32>)
 // CHECK-NEXT: %k, %v = func.call @llmir_lookup_kv_f32(%kv, %table, %lens, %layer, %max_len) : (!llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, i64) -> (tensor<?x?x?x?xf32>, tensor<?x?x?x?xf32>)
 // CHECK-NEXT: %k_1 = tensor.cast %k : tensor<?x?x?x?xf32> to tensor<2x64x4x8xf32>
-// CHECK-NEXT: %out = func.call @llmir_paged_attention_f32(%query_1, %kv, %table, %lens, %layer, %scale, %causal, %sliding_window, %logits_soft_cap) : (tensor<?x?x?x?xf32>, !llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, f32, i1, i32, f32) -> tensor<?x?x?x?xf32>
+// CHECK-NEXT: %out = func.call @llmir_paged_attention_f32(%query_1, %kv, %table, %lens, %layer, %scale, %causal, %sliding_window, %logits_soft_cap, %sink_tokens_1) : (tensor<?x?x?x?xf32>, !llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, f32, i1, i32, f32, i32) -> tensor<?x?x?x?xf32>
 // CHECK-NEXT: %out_1 = tensor.cast %out : tensor<?x?x?x?xf32> to tensor<2x3x8x8xf32>
 // CHECK-NEXT: func.call @llmir_free_sequence(%kv, %seq_ids_1, %priority) : (!llvm.ptr, tensor<?xi32>, i64) -> ()
 // CHECK-NEXT: func.return %out_1, %k_1, %idx_1 : tensor<2x3x8x8xf32>, tensor<2x64x4x8xf32>, tensor<2x3xi32>
@@ -198,8 +201,8 @@ func.func @static_use_in_loop(%x : tensor<1x1x4x8xf32>) -> tensor<1x1x4x8xf32> {
 }
 
 // The declarations: private, one per callee, with the llmir.abi signatures.
-// CHECK-DAG: func.func private @llmir_create_kv_cache_f16(i64, i64, i64, i64, i64, i64, i1, i64, i64) -> !llvm.ptr
-// CHECK-DAG: func.func private @llmir_create_kv_cache_bf16(i64, i64, i64, i64, i64, i64, i1, i64, i64) -> !llvm.ptr
+// CHECK-DAG: func.func private @llmir_create_kv_cache_f16(i64, i64, i64, i64, i64, i64, i1, i64, i64, i64, i64) -> !llvm.ptr
+// CHECK-DAG: func.func private @llmir_create_kv_cache_bf16(i64, i64, i64, i64, i64, i64, i1, i64, i64, i64, i64) -> !llvm.ptr
 // CHECK-DAG: func.func private @llmir_append_kv_f16(!llvm.ptr, tensor<?x?x?x?xf16>, tensor<?x?x?x?xf16>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>
 // CHECK-DAG: func.func private @llmir_append_kv_f32(!llvm.ptr, tensor<?x?x?x?xf32>, tensor<?x?x?x?xf32>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>
 // CHECK-DAG: func.func private @llmir_append_kv_bf16(!llvm.ptr, tensor<?x?x?x?xbf16>, tensor<?x?x?x?xbf16>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>
@@ -207,7 +210,7 @@ func.func @static_use_in_loop(%x : tensor<1x1x4x8xf32>) -> tensor<1x1x4x8xf32> {
 // CHECK-DAG: func.func private @llmir_match_prefix(!llvm.ptr, tensor<?xi32>, tensor<?x?xi32>) -> tensor<?xi32>
 // CHECK-DAG: func.func private @llmir_block_table(!llvm.ptr, tensor<?xi32>, i64) -> (tensor<?x?xi32>, tensor<?xi32>)
 // CHECK-DAG: func.func private @llmir_lookup_kv_f32(!llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, i64) -> (tensor<?x?x?x?xf32>, tensor<?x?x?x?xf32>)
-// CHECK-DAG: func.func private @llmir_paged_attention_f32(tensor<?x?x?x?xf32>, !llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, f32, i1, i32, f32) -> tensor<?x?x?x?xf32>
-// CHECK-DAG: func.func private @llmir_paged_attention_bf16(tensor<?x?x?x?xbf16>, !llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, f32, i1, i32, f32) -> tensor<?x?x?x?xbf16>
+// CHECK-DAG: func.func private @llmir_paged_attention_f32(tensor<?x?x?x?xf32>, !llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, f32, i1, i32, f32, i32) -> tensor<?x?x?x?xf32>
+// CHECK-DAG: func.func private @llmir_paged_attention_bf16(tensor<?x?x?x?xbf16>, !llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, f32, i1, i32, f32, i32) -> tensor<?x?x?x?xbf16>
 // CHECK-DAG: func.func private @llmir_free_sequence(!llvm.ptr, tensor<?xi32>, i64) -> ()
 // CHECK-NOT: func.func private @llmir_append_kv_f32

@@ -185,3 +185,32 @@ def test_split_heuristic_fills_the_device_only_when_needed() -> None:
     assert kvcuda.launch.choose_splits(1, 1, 32) == 2
     # Enough thread blocks already: no split.
     assert kvcuda.launch.choose_splits(2 * sms, 1, 10_000) == 1
+
+
+@pytest.mark.parametrize(
+    ("num_splits", "tq", "q_heads"),
+    [(1, 1, 2), (3, 1, 2), (1, 3, 4)],  # split launches are decode only
+)
+def test_sinks_match_reference_and_holes_are_never_read(
+    num_splits: int, tq: int, q_heads: int, rng: np.random.Generator
+) -> None:
+    paged = _pool(rng, "f32", [29, 6], kv_heads=2)
+    query = rng.standard_normal((2, tq, q_heads, D)).astype(np.float32)
+    options = {"sliding_window": 6, "sink_tokens": 3}
+    got = _run(paged, query, num_splits=num_splits, **options)
+    assert_close(got, _reference(paged, query, **options), paged.kind)
+    # Blocks wholly between the sinks and the first query's window are
+    # never read: point them at a poisoned (NaN) spare block.
+    poisoned = paged.block_table.copy()
+    spare = int(np.setdiff1d(np.arange(paged.kv_pool.shape[1]), poisoned)[0])
+    first_read = 29 - tq - 6 + 1
+    holes = [j for j in range(1, 8) if (j + 1) * B <= first_read]
+    assert holes
+    poisoned[0, holes] = spare
+    again = _run(
+        PagedPool(paged.kv_pool, poisoned, paged.seq_lens, paged.kind),
+        query,
+        num_splits=num_splits,
+        **options,
+    )
+    np.testing.assert_array_equal(again, got)

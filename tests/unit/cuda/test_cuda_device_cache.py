@@ -147,3 +147,32 @@ def test_rejected_calls_change_nothing(rng: np.random.Generator) -> None:
     with pytest.raises(BlockTableError, match=r"= 10 is out of range"):
         paged_attention(query, gpu, table, lens)
     assert (gpu.snapshot(), gpu.kv_pool.copy_to_host().tobytes()) == before
+
+
+def test_a_pruned_cuda_cache_matches_one_that_never_pruned(
+    rng: np.random.Generator,
+) -> None:
+    """Sinks + window pruning on the device: attention bit-identical to an
+    unpruned CUDA cache with the same mask, in a pool the unpruned one
+    outgrows."""
+    pruned = PagedKVCache(
+        1, 2, 8, 4, 256, device="cuda", num_blocks=8, window_tokens=9,
+        sink_tokens=2,
+    )  # fmt: skip
+    plain = PagedKVCache(1, 2, 8, 4, 256, device="cuda", num_blocks=16)
+    for t in (7, 1, 1, 5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1):
+        kv = rng.standard_normal((1, t, 2, 8)).astype(np.float32)
+        query = rng.standard_normal((1, t, 4, 8)).astype(np.float32)
+        outputs = []
+        for cache in (pruned, plain):
+            cache.append_kv(kv, -kv, [0])
+            table, lens = cache.block_table([0])
+            outputs.append(
+                cache.paged_attention(
+                    query, table, lens, sliding_window=9, sink_tokens=2
+                )
+            )
+        np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert pruned.stats().blocks_pruned > 0
+    assert pruned.stats().blocks_used <= 1 + 3 + 1
+    pruned.check_invariants()

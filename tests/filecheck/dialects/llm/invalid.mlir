@@ -747,3 +747,45 @@ func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %s : tensor<2xi32>
 }
 
 // CHECK: llm.swap_in: result cache type !llm.paged_kv_cache<f32, 2, 4, 8, 16, 64> does not match operand cache type !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+
+// -----
+
+%kv = llm.create_kv_cache {num_blocks = 8 : i64, window_tokens = 0 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+
+// CHECK: llm.create_kv_cache: window_tokens must be in [1, max_seq_len 64], got 0
+
+// -----
+
+%kv = llm.create_kv_cache {num_blocks = 8 : i64, window_tokens = 65 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+
+// CHECK: llm.create_kv_cache: window_tokens must be in [1, max_seq_len 64], got 65
+
+// -----
+
+%kv = llm.create_kv_cache {num_blocks = 8 : i64, window_tokens = 32 : i64, sink_tokens = -4 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+
+// CHECK: llm.create_kv_cache: sink_tokens must be in [1, max_seq_len 64], got -4
+
+// -----
+
+%kv = llm.create_kv_cache {num_blocks = 8 : i64, sink_tokens = 4 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+
+// CHECK: llm.create_kv_cache: sink_tokens needs window_tokens (without a window nothing is pruned)
+
+// -----
+
+func.func @f(%q : tensor<2x1x8x8xf16>, %kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %t : tensor<2x4xi32>, %l : tensor<2xi32>) {
+  %o = llm.paged_attention %q, %kv, %t, %l {sink_tokens = 4 : i32} : (tensor<2x1x8x8xf16>, !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x1x8x8xf16>
+  func.return
+}
+
+// CHECK: llm.paged_attention: sink_tokens=4 needs a sliding_window: without one every key is attended already
+
+// -----
+
+func.func @f(%q : tensor<2x1x8x8xf16>, %kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %t : tensor<2x4xi32>, %l : tensor<2xi32>) {
+  %o = llm.paged_attention %q, %kv, %t, %l {sliding_window = 16 : i32, sink_tokens = 0 : i32} : (tensor<2x1x8x8xf16>, !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x1x8x8xf16>
+  func.return
+}
+
+// CHECK: llm.paged_attention: sink_tokens must be an integer in [1, 2147483647], got 0

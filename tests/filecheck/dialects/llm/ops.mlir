@@ -120,3 +120,16 @@ func.func @swapping(%seq_ids : tensor<2xi32>) {
   %kv2 = llm.swap_in %kv1, %seq_ids : (!cache, tensor<2xi32>) -> !cache
   func.return
 }
+
+// Pruning: a cache keeping 4 sink tokens and a window of 32, and attention
+// with the matching mask.
+// CHECK-LABEL: func.func @streaming
+func.func @streaming(%query : tensor<2x1x8x8xf32>, %table : tensor<2x4xi32>, %lens : tensor<2xi32>) {
+  // CHECK-NEXT: %kv = llm.create_kv_cache {num_blocks = 8 : i64, window_tokens = 32 : i64, sink_tokens = 4 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  // GENERIC: "llm.create_kv_cache"() <{num_blocks = 8 : i64, window_tokens = 32 : i64, sink_tokens = 4 : i64, prefix_caching = false, eviction = "lru", swap_blocks = 0 : i64}>
+  %kv = llm.create_kv_cache {num_blocks = 8 : i64, window_tokens = 32 : i64, sink_tokens = 4 : i64} : !cache
+  // CHECK-NEXT: %out = llm.paged_attention %query, %kv, %table, %lens {sliding_window = 32 : i32, sink_tokens = 4 : i32} : (tensor<2x1x8x8xf32>, !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x1x8x8xf32>
+  %out = llm.paged_attention %query, %kv, %table, %lens {sliding_window = 32 : i32, sink_tokens = 4 : i32}
+      : (tensor<2x1x8x8xf32>, !cache, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x1x8x8xf32>
+  func.return
+}
