@@ -30,6 +30,7 @@ BENCHMARKS = (
     "bench_distributed",
     "bench_memory",
     "bench_streaming",
+    "bench_pruning",
 )
 
 

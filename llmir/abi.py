@@ -39,7 +39,9 @@ Per op (E: an element type of the registry; scalars i64 unless noted):
                  num_blocks, prefix_caching : i1,
                  eviction (index in llmir.runtime.eviction.POLICIES),
                  swap_blocks, window_tokens (0: no pruning),
-                 sink_tokens (0: none)
+                 sink_tokens (0: none), heavy_hitter_blocks (0: none),
+                 heavy_hitter_score (index in
+                 llmir.runtime.options.HEAVY_HITTER_SCORES)
         returns: the handle
     append_kv         llmir_append_kv_E          (E of the keys)
         operands: cache, keys, values, seq_ids, token_ids (empty: none)
@@ -108,13 +110,16 @@ from llmir.runtime.dtypes import (
     supported_names,
 )
 from llmir.runtime.eviction import POLICIES
+from llmir.runtime.options import HEAVY_HITTER_SCORES
 
 ABI_VERSION = 5
 """2: sharing (fork_sequence, match_prefix, append_kv token_ids, the
 create_kv_cache prefix_caching/eviction and free_sequence priority
 scalars).  3: reserve_slots and write_kv.  4: swap_out, swap_in and the
 create_kv_cache swap_blocks scalar.  5: pruning, the create_kv_cache
-window_tokens/sink_tokens and paged_attention sink_tokens scalars."""
+window_tokens/sink_tokens/heavy_hitter_blocks/heavy_hitter_score and
+paged_attention
+sink_tokens scalars."""
 
 NO_PRIORITY = -(2**63)
 """The encoded absent ``priority`` of ``free_sequence``."""
@@ -325,6 +330,17 @@ FUNCTIONS: tuple[RuntimeFunction, ...] = (
             Scalar("swap_blocks", i64, lambda op: op.swap_blocks),
             Scalar("window_tokens", i64, lambda op: op.window_tokens or 0, absent=0),
             Scalar("sink_tokens", i64, lambda op: op.sink_tokens or 0, absent=0),
+            Scalar(
+                "heavy_hitter_blocks",
+                i64,
+                lambda op: op.heavy_hitter_blocks or 0,
+                absent=0,
+            ),
+            Scalar(
+                "heavy_hitter_score",
+                i64,
+                lambda op: HEAVY_HITTER_SCORES.index(op.heavy_hitter_score),
+            ),
         ),
         (CACHE,),
         lambda op: op.cache.type.element_type,

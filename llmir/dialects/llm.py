@@ -64,6 +64,7 @@ from llmir.dialects.llm_checks import (
 from llmir.dialects.llm_type import PagedKVCacheType
 from llmir.errors import ConfigError
 from llmir.runtime.eviction import POLICIES
+from llmir.runtime.options import HEAVY_HITTER_SCORES
 from llmir.runtime.validation import (
     check_scale,
     check_sinks,
@@ -98,6 +99,7 @@ _CAUSAL_DEFAULT = BoolAttr.from_bool(True)
 _PREFIX_CACHING_DEFAULT = BoolAttr.from_bool(False)
 _EVICTION_DEFAULT = StringAttr("lru")
 _SWAP_BLOCKS_DEFAULT = IntegerAttr(0, i64)
+_HEAVY_HITTER_SCORE_DEFAULT = StringAttr("mean")
 
 
 # --- ops -----------------------------------------------------------------------
@@ -117,7 +119,11 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
     `sink_tokens` (optional, StreamingLLM's attention sinks), giving the
     blocks wholly between back to the pool as the sequence grows; attention
     over it then needs `sliding_window <= window_tokens` and `sink_tokens`
-    at most the cache's.
+    at most the cache's.  `heavy_hitter_blocks` (optional, with
+    `window_tokens`) keeps each sequence within that many blocks instead,
+    giving back the blocks outside the sinks and the window that attention
+    weighed least (H2O by blocks; `heavy_hitter_score`, "mean" or "sum",
+    says how a block is weighed); attention then skips the holes.
 
     ```mlir
     %kv = llm.create_kv_cache {num_blocks = 512 : i64, prefix_caching = true}
@@ -137,6 +143,12 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
     )
     window_tokens_attr = opt_prop_def(IntegerAttr[I64], prop_name="window_tokens")
     sink_tokens_attr = opt_prop_def(IntegerAttr[I64], prop_name="sink_tokens")
+    heavy_hitter_blocks_attr = opt_prop_def(
+        IntegerAttr[I64], prop_name="heavy_hitter_blocks"
+    )
+    heavy_hitter_score_attr = prop_def(
+        StringAttr, _HEAVY_HITTER_SCORE_DEFAULT, prop_name="heavy_hitter_score"
+    )
 
     cache = result_def(PagedKVCacheType)
 
@@ -153,6 +165,8 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
         swap_blocks: int = 0,
         window_tokens: int | None = None,
         sink_tokens: int | None = None,
+        heavy_hitter_blocks: int | None = None,
+        heavy_hitter_score: str = "mean",
     ):
         properties: dict[str, Attribute | None] = {
             "num_blocks": IntegerAttr(num_blocks, i64),
@@ -165,6 +179,12 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
             "sink_tokens": None
             if sink_tokens is None
             else IntegerAttr(sink_tokens, i64),
+            "heavy_hitter_blocks": None
+            if heavy_hitter_blocks is None
+            else IntegerAttr(heavy_hitter_blocks, i64),
+            "heavy_hitter_score": None
+            if heavy_hitter_score == "mean"
+            else StringAttr(heavy_hitter_score),
         }
         super().__init__(result_types=[cache_type], properties=_present(properties))
 
@@ -194,6 +214,15 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
         attr = self.sink_tokens_attr
         return None if attr is None else attr.value.data
 
+    @property
+    def heavy_hitter_blocks(self) -> int | None:
+        attr = self.heavy_hitter_blocks_attr
+        return None if attr is None else attr.value.data
+
+    @property
+    def heavy_hitter_score(self) -> str:
+        return self.heavy_hitter_score_attr.data
+
     def verify_(self) -> None:
         if self.num_blocks <= 0:
             raise VerifyException(
@@ -219,11 +248,34 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
                     f"llm.create_kv_cache: {name} must be in [1, max_seq_len "
                     f"{max_seq_len}], got {count}"
                 )
-        if self.sink_tokens is not None and self.window_tokens is None:
+        for name, count in (
+            ("sink_tokens", self.sink_tokens),
+            ("heavy_hitter_blocks", self.heavy_hitter_blocks),
+        ):
+            if count is not None and self.window_tokens is None:
+                raise VerifyException(
+                    f"llm.create_kv_cache: {name} needs window_tokens (without a "
+                    "window nothing is pruned)"
+                )
+        if self.heavy_hitter_score not in HEAVY_HITTER_SCORES:
             raise VerifyException(
-                "llm.create_kv_cache: sink_tokens needs window_tokens (without a "
-                "window nothing is pruned)"
+                f"llm.create_kv_cache: unknown heavy_hitter_score "
+                f'"{self.heavy_hitter_score}", expected one of '
+                f"{', '.join(HEAVY_HITTER_SCORES)}"
             )
+        budget = self.heavy_hitter_blocks
+        if budget is not None and self.window_tokens is not None:
+            block = cache_type_of(self.cache).block_size
+            least = (
+                -(-(self.sink_tokens or 0) // block)
+                + -(-self.window_tokens // block)
+                + 1
+            )
+            if budget < least:
+                raise VerifyException(
+                    f"llm.create_kv_cache: heavy_hitter_blocks {budget} is below "
+                    f"the {least} blocks the sinks and the window need"
+                )
 
     # KVCacheInterface
     def get_cache(self) -> SSAValue:

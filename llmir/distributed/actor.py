@@ -73,12 +73,23 @@ class ShardActor:
         return _host(keys), _host(values)
 
     def attention(
-        self, layer: int, query: Array, table: BlockTable, options: AttentionOptions
-    ) -> Array:
+        self,
+        layer: int,
+        query: Array,
+        table: BlockTable,
+        options: AttentionOptions,
+        want_mass: bool = False,
+    ) -> Any:
+        """The output, or (output, block mass) with `want_mass`."""
+        mass = None
+        if want_mass:
+            heads = self._backend.kv_pool.shape[2]
+            shape = (table.batch, heads, table.table.shape[1])
+            mass = np.zeros(shape, np.float32)
         result = self._backend.attention(
-            layer, _writable(query), _table(table), options, None
+            layer, _writable(query), _table(table), options, None, mass
         )
-        return _host(result)
+        return _host(result) if mass is None else (_host(result), mass)
 
     def pool(self) -> Array:
         return _host(self._backend.kv_pool)

@@ -195,11 +195,15 @@ class ShardedBackend:
         table: BlockTable,
         options: AttentionOptions,
         out: Array | None,
+        block_mass: Array | None = None,
     ) -> Array:
+        want_mass = block_mass is not None
         if self.plan.by == "layers":
             shard, local = self.plan.owner(layer)
-            ref = self.actors[shard].attention.remote(local, query, table, options)
-            result = self._gather([(shard, ref)], "attention")[0]
+            ref = self.actors[shard].attention.remote(
+                local, query, table, options, want_mass
+            )
+            parts = self._gather([(shard, ref)], "attention")
         else:
             options = self._whole_cache_plan(query, table, options)
             heads = query.shape[2]
@@ -209,10 +213,20 @@ class ShardedBackend:
                     np.ascontiguousarray(query[:, :, self.plan.query_span(i, heads)]),
                     table,
                     options,
+                    want_mass,
                 )
                 for i, actor in enumerate(self.actors)
             ]
-            result = self.plan.join_heads(self._gather_all(refs, "attention"), axis=2)
+            parts = self._gather_all(refs, "attention")
+        if block_mass is not None:
+            # Each shard's kv heads, in order (one shard: all of them).
+            block_mass[...] = np.concatenate([p[1] for p in parts], axis=1)
+            parts = [p[0] for p in parts]
+        result = (
+            parts[0]
+            if self.plan.by == "layers"
+            else self.plan.join_heads(parts, axis=2)
+        )
         if out is None:
             return result
         out[...] = result

@@ -52,6 +52,8 @@ class ShardedKVCache(PagedKVCache):
         swap_dir: str | None = None,
         window_tokens: int | None = None,
         sink_tokens: int | None = None,
+        heavy_hitter_blocks: int | None = None,
+        heavy_hitter_score: str = "mean",
     ) -> None:
         def factory(geometry: CacheGeometry, blocks: int) -> ShardedBackend:
             # The plan is checked before any actor starts.
@@ -74,6 +76,8 @@ class ShardedKVCache(PagedKVCache):
             swap_dir=swap_dir,
             window_tokens=window_tokens,
             sink_tokens=sink_tokens,
+            heavy_hitter_blocks=heavy_hitter_blocks,
+            heavy_hitter_score=heavy_hitter_score,
             backend_factory=factory,
         )
         backend = self.backend
@@ -96,6 +100,8 @@ class ShardedKVCache(PagedKVCache):
         swap_dir: str | None = None,
         window_tokens: int | None = None,
         sink_tokens: int | None = None,
+        heavy_hitter_blocks: int | None = None,
+        heavy_hitter_score: str = "mean",
     ) -> ShardedKVCache:
         return cls(
             geometry.num_layers,
@@ -115,6 +121,8 @@ class ShardedKVCache(PagedKVCache):
             swap_dir=swap_dir,
             window_tokens=window_tokens,
             sink_tokens=sink_tokens,
+            heavy_hitter_blocks=heavy_hitter_blocks,
+            heavy_hitter_score=heavy_hitter_score,
         )
 
     @property

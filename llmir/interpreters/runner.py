@@ -109,6 +109,8 @@ def sharded_caches(
             swap_blocks=options.swap_blocks,
             window_tokens=options.window_tokens,
             sink_tokens=options.sink_tokens,
+            heavy_hitter_blocks=options.heavy_hitter_blocks,
+            heavy_hitter_score=options.heavy_hitter_score,
         )
 
     return create

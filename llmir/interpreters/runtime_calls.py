@@ -27,7 +27,7 @@ from llmir.errors import BlockTableError, ShapeError
 from llmir.runtime.dtypes import ElementType
 from llmir.runtime.eviction import POLICIES
 from llmir.runtime.geometry import PAD_BLOCK, CacheGeometry
-from llmir.runtime.options import CacheOptions
+from llmir.runtime.options import HEAVY_HITTER_SCORES, CacheOptions
 from llmir.runtime.protocol import KVCache
 
 Array = npt.NDArray[Any]
@@ -59,6 +59,8 @@ def create_kv_cache(
     swap_blocks: int,
     window_tokens: int | None,
     sink_tokens: int | None,
+    heavy_hitter_blocks: int | None,
+    heavy_hitter_score: int,
 ) -> tuple[KVCache]:
     geometry = CacheGeometry(
         element, num_layers, num_heads, head_dim, block_size, max_seq_len
@@ -69,6 +71,8 @@ def create_kv_cache(
         swap_blocks,
         window_tokens,
         sink_tokens,
+        heavy_hitter_blocks,
+        HEAVY_HITTER_SCORES[heavy_hitter_score],
     )
     cache = context.create_cache(geometry, num_blocks, options)
     context.caches.append(cache)

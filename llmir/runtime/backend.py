@@ -99,9 +99,12 @@ class Backend(Protocol):
         table: BlockTable,
         options: AttentionOptions,
         out: Any | None,
+        block_mass: Any | None = None,
     ) -> Any:
         """Paged attention of `query` over one layer (semantics in
-        `llmir.runtime.attention`), into `out` if given."""
+        `llmir.runtime.attention`), into `out` if given.  `block_mass`, a
+        host float32 ``[batch, H, width]`` array, if given, is filled with
+        each logical block's attention mass (heavy-hitter pruning)."""
         ...
 
 

@@ -107,13 +107,17 @@ class PagedKVCache:
         swap_dir: str | None = None,
         window_tokens: int | None = None,
         sink_tokens: int | None = None,
+        heavy_hitter_blocks: int | None = None,
+        heavy_hitter_score: str = "mean",
         backend_factory: BackendFactory | None = None,
     ) -> None:
         """`swap_blocks` > 0 gives the cache a swap tier of that many block
         slots: a file in `swap_dir` (default: the temporary directory) for
         a CPU cache, host memory for a CUDA one (`llmir.runtime.swap`).
         `window_tokens` (and `sink_tokens`) prune every sequence to its
-        last (and first) tokens, giving blocks back (`CacheOptions`).
+        last (and first) tokens, giving blocks back; `heavy_hitter_blocks`
+        keeps, within that many blocks, the ones attention weighed most
+        (`CacheOptions`).
         `backend_factory` (geometry, num_blocks) -> `Backend` replaces the
         backend of `device` (`llmir.distributed` passes its sharded one)."""
         options = CacheOptions(
@@ -122,6 +126,8 @@ class PagedKVCache:
             swap_blocks,
             window_tokens,
             sink_tokens,
+            heavy_hitter_blocks,
+            heavy_hitter_score,
         )
         geometry = CacheGeometry(
             element_type(dtype),
@@ -137,6 +143,18 @@ class PagedKVCache:
         ):
             if count is not None and count > max_seq_len:
                 raise ConfigError(f"{name}={count} exceeds max_seq_len {max_seq_len}")
+        if heavy_hitter_blocks is not None and window_tokens is not None:
+            least = (
+                -(-(sink_tokens or 0) // block_size)
+                + -(-window_tokens // block_size)
+                + 1
+            )
+            if heavy_hitter_blocks < least:
+                raise ConfigError(
+                    f"heavy_hitter_blocks={heavy_hitter_blocks} is below the "
+                    f"{least} blocks the sinks and the window need "
+                    "(ceil(sink_tokens/B) + ceil(window_tokens/B) + 1)"
+                )
         self._geometry = geometry
         self._options = options
         self._num_blocks = _pool_blocks(geometry, num_blocks, memory_budget_bytes)
@@ -169,6 +187,8 @@ class PagedKVCache:
             swap,
             options.window_tokens,
             options.sink_tokens,
+            options.heavy_hitter_blocks,
+            options.heavy_hitter_score,
         )
         self._lock = threading.Lock()
         # The last reservation's slots [L, batch, T] as handed out (a
@@ -207,6 +227,8 @@ class PagedKVCache:
             swap_dir=swap_dir,
             window_tokens=options.window_tokens,
             sink_tokens=options.sink_tokens,
+            heavy_hitter_blocks=options.heavy_hitter_blocks,
+            heavy_hitter_score=options.heavy_hitter_score,
             backend_factory=backend_factory,
         )
 
@@ -646,13 +668,19 @@ class PagedKVCache:
     ) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
         """`lookup_kv` of the block table of `seq_ids`."""
         table, lens = self.block_table(seq_ids)
-        if self._seqs.window_tokens:
+        if self._seqs.pruning:
             for seq_id in check_seq_ids(seq_ids).tolist():
-                begin, end = self._seqs.pruned_range(seq_id)
-                if begin < end:
+                pruned = self._seqs.pruned_blocks(seq_id)
+                if pruned.size:
+                    b = self.block_size
+                    what = (
+                        f"tokens [{int(pruned[0]) * b}, {(int(pruned[-1]) + 1) * b})"
+                        if int(pruned[-1]) - int(pruned[0]) + 1 == pruned.size
+                        else f"the tokens of blocks {pruned.tolist()}"
+                    )
                     raise SequenceError(
-                        f"sequence {seq_id} was pruned: tokens [{begin}, {end}) "
-                        "were given back, so it cannot be looked up whole"
+                        f"sequence {seq_id} was pruned: {what} were given back, "
+                        "so it cannot be looked up whole"
                     )
         return self.lookup_kv(table, lens, layer, as_float32=as_float32)
 
@@ -692,11 +720,13 @@ class PagedKVCache:
         q = self._backend.as_array(query)
         # The blocks the mask hides may be holes (a pruned sequence's): the
         # kernels skip them unread.
+        heavy_hitters = bool(self._seqs.heavy_hitter_blocks)
         reads = AttentionReads(
             geometry.block_size,
             int(q.shape[1]) if len(q.shape) == 4 else 0,
             options.sliding_window,
             options.sink_tokens,
+            holes_allowed=heavy_hitters,
         )
         table = validate_table_for(
             geometry, self._num_blocks, block_table, seq_lens, reads
@@ -706,7 +736,23 @@ class PagedKVCache:
         )
         if out is not None:
             out = self._checked_attention_out(out, q)
-        return self._backend.attention(layer, q, table, options, out)
+        if not heavy_hitters:
+            return self._backend.attention(layer, q, table, options, out)
+        # Heavy-hitter pruning weighs blocks by the mass attention gives them.
+        mass = np.zeros(
+            (table.batch, geometry.num_heads, table.table.shape[1]), np.float32
+        )
+        result = self._backend.attention(layer, q, table, options, out, mass)
+        with self._lock:
+            self._seqs.add_block_mass(
+                table.table,
+                table.lens,
+                mass,
+                int(q.shape[2]),
+                int(q.shape[1]),
+                options.causal,
+            )
+        return result
 
     # -- checks ----------------------------------------------------------------
 

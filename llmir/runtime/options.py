@@ -4,7 +4,8 @@
 The geometry (`CacheGeometry`) says what a block holds; these options say
 what the cache does with blocks: whether full blocks are indexed for prefix
 reuse, which cached block goes first when the pool runs out, how many blocks
-a swap tier holds, and which tokens a sequence keeps (sinks + window).
+a swap tier holds, and which tokens a sequence keeps (sinks + window, and
+heavy hitters).
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from typing import cast
 
 from llmir.errors import ConfigError
 from llmir.runtime.eviction import POLICIES, EvictionPolicy
+
+HEAVY_HITTER_SCORES = ("mean", "sum")
+"""The heavy-hitter scores, in their ABI order."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,17 @@ class CacheOptions:
     window_tokens`` and ``sink_tokens <=`` the cache's.  None: no pruning."""
     sink_tokens: int | None = None
     """The attention sinks kept beside the window (needs `window_tokens`)."""
+    heavy_hitter_blocks: int | None = None
+    """Heavy-hitter pruning (H2O, by blocks): instead of cutting everything
+    behind the window, keep each sequence within this many blocks by giving
+    back, when it grows past them, the blocks outside the sinks and the
+    window that attention gave the least mass so far.  Needs
+    `window_tokens` (the recent tokens always kept)."""
+    heavy_hitter_score: str = "mean"
+    """What weighs a block for heavy-hitter pruning: "mean", its attention
+    mass per query row that could see it (blocks are not favoured for their
+    age), or "sum", its accumulated mass (H2O's score, which keeps the
+    oldest blocks: the prompt's were seen by every later query)."""
 
     def __post_init__(self) -> None:
         prefix_caching = cast(object, self.prefix_caching)
@@ -49,7 +64,7 @@ class CacheOptions:
             raise ConfigError(
                 f"swap_blocks must be a non-negative integer, got {swap!r}"
             )
-        for name in ("window_tokens", "sink_tokens"):
+        for name in ("window_tokens", "sink_tokens", "heavy_hitter_blocks"):
             count = cast(object, getattr(self, name))
             if count is not None and (
                 isinstance(count, bool) or not isinstance(count, int) or count < 1
@@ -57,10 +72,16 @@ class CacheOptions:
                 raise ConfigError(
                     f"{name} must be a positive integer or None, got {count!r}"
                 )
-        if self.sink_tokens is not None and self.window_tokens is None:
+        for name in ("sink_tokens", "heavy_hitter_blocks"):
+            if getattr(self, name) is not None and self.window_tokens is None:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)} needs window_tokens: without a "
+                    "window nothing is pruned"
+                )
+        if self.heavy_hitter_score not in HEAVY_HITTER_SCORES:
             raise ConfigError(
-                f"sink_tokens={self.sink_tokens} needs window_tokens: without a "
-                "window nothing is pruned"
+                f"heavy_hitter_score must be one of "
+                f"{', '.join(HEAVY_HITTER_SCORES)}, got {self.heavy_hitter_score!r}"
             )
         policy = cast(object, self.eviction)
         if isinstance(policy, str):

@@ -58,6 +58,12 @@ sequence then holds at most ``ceil(S/B) + ceil(W/B) + 1`` blocks.  Pruning
 happens at the start of an append's commit, so the blocks it frees serve
 that very append.
 
+Heavy hitters (H2O, at block granularity).  With a block budget N instead,
+nothing is cut at the window: when an append would make a sequence hold
+more than N blocks, the blocks with the least accumulated attention mass
+(`add_block_mass`, fed by the cache's attention calls) among those outside
+the sinks and the recent window go back, leaving holes anywhere between.
+
 Not thread-safe by itself: `PagedKVCache` holds its lock around every plan
 and commit.  Sequence ids reach this class already checked
 (`llmir.runtime.validation.check_seq_ids`).
@@ -116,9 +122,8 @@ class AppendPlan:
     first_written: npt.NDArray[np.int64] | None = None
     """For a reservation: the lowest position each sequence writes (where a
     copy-on-write is decided)."""
-    prune_rows: npt.NDArray[np.int64] | None = None
-    """Rows whose blocks below `prune_to` (beyond the sinks) go back first."""
-    prune_to: npt.NDArray[np.int64] | None = None
+    prune: tuple[tuple[int, npt.NDArray[np.int64]], ...] = ()
+    """(row, logical blocks) given back by pruning before the append."""
 
 
 class SequenceTable:
@@ -133,10 +138,23 @@ class SequenceTable:
         swap: SwapTier | None = None,
         window_tokens: int | None = None,
         sink_tokens: int | None = None,
+        heavy_hitter_blocks: int | None = None,
+        heavy_hitter_score: str = "mean",
     ) -> None:
         self.allocator = allocator
+        self.heavy_hitter_score = heavy_hitter_score
         self.window_tokens = window_tokens or 0
         """Pruning: the recent tokens each sequence keeps (0: no pruning)."""
+        self.heavy_hitter_blocks = heavy_hitter_blocks or 0
+        """Heavy-hitter pruning: the block budget per sequence (0: the
+        window cut instead, if any)."""
+        self.block_mass = np.zeros(
+            allocator.num_blocks if heavy_hitter_blocks else 0, np.float64
+        )
+        """Heavy-hitter pruning: attention mass accumulated per pool block
+        since it was allocated."""
+        self.block_queries = np.zeros_like(self.block_mass)
+        """Heavy-hitter pruning: query rows that could see each block."""
         self.sink_blocks = -(-(sink_tokens or 0) // geometry.block_size)
         """Pruning: the leading blocks kept for the attention sinks."""
         self.blocks_pruned = 0
@@ -172,9 +190,14 @@ class SequenceTable:
         self._lens: IntArray = np.empty(0, np.int32)
         self._num_blocks: IntArray = np.empty(0, np.int32)
         self._priority: IntArray = np.empty(0, np.int32)
-        # Pruning: the holes of a row are the logical blocks
-        # [sink_blocks, hole_end) (none while hole_end <= sink_blocks).
+        # Pruning: with the window cut the holes of a row are the logical
+        # blocks [sink_blocks, hole_end) (none while hole_end <=
+        # sink_blocks); heavy-hitter pruning leaves holes anywhere between
+        # the sinks and the window (hole_end stays 0).
         self._hole_end: IntArray = np.empty(0, np.int32)
+        # Row of a swapped-out sequence -> the logical blocks it held.
+        self._swapped_columns: dict[int, npt.NDArray[np.int64]] = {}
+        self._swapped_mass: dict[int, npt.NDArray[np.float64]] = {}
         # Prefix caching: token ids by position (-1 unknown), blocks hashed so
         # far and the chain hash of the last, per row.
         self._tokens: IntArray = np.empty(
@@ -212,24 +235,80 @@ class SequenceTable:
     def tokens_stored(self) -> int:
         return int(self._lens.sum(dtype=np.int64))
 
+    @property
+    def pruning(self) -> bool:
+        return bool(self.window_tokens)
+
     def pruned_range(self, seq_id: int) -> tuple[int, int]:
-        """The token positions ``[begin, end)`` pruning gave back (empty
-        when ``begin >= end``)."""
+        """The token positions ``[begin, end)`` the window cut gave back
+        (empty when ``begin >= end``; heavy-hitter holes: `pruned_blocks`)."""
         row = self._row(seq_id)
         b = self.block_size
         return self.sink_blocks * b, int(self._hole_end[row]) * b
 
+    def pruned_blocks(self, seq_id: int) -> npt.NDArray[np.int64]:
+        """The logical blocks of `seq_id` that pruning gave back."""
+        row = self._row(seq_id)
+        logical = -(-int(self._lens[row]) // self.block_size)
+        kept = np.zeros(logical, bool)
+        kept[self._kept_columns(row)] = True
+        return np.flatnonzero(~kept)
+
     def tokens_pruned(self) -> int:
         """Tokens of the live sequences that pruning gave back."""
-        holes = self._hole_end[list(self._rows.values())].astype(np.int64)
-        return int(np.maximum(holes - self.sink_blocks, 0).sum()) * self.block_size
+        if not self.pruning:
+            return 0
+        return (
+            sum(self.pruned_blocks(seq_id).size for seq_id in self._rows)
+            * self.block_size
+        )
+
+    def _kept_columns(self, row: int) -> npt.NDArray[np.int64]:
+        """The logical blocks `row` holds (in the pool or the swap tier)."""
+        if row in self._swapped_columns:
+            return self._swapped_columns[row]
+        blocks = self._tables[row, : self._num_blocks[row]]
+        return np.flatnonzero(blocks != PAD_BLOCK)
 
     def _held(self, row: int) -> IntArray:
         """The blocks `row` holds, in logical order, holes left out."""
         blocks = self._tables[row, : self._num_blocks[row]]
-        if self._hole_end[row] > self.sink_blocks:
+        if self.pruning:
             return blocks[blocks != PAD_BLOCK]
         return blocks
+
+    def add_block_mass(
+        self,
+        table: IntArray,
+        lens: IntArray,
+        mass: npt.NDArray[np.float32],
+        query_rows: int,
+        num_queries: int,
+        causal: bool,
+    ) -> None:
+        """Credit each block of `table` ([batch, width], lengths `lens`) with
+        the attention mass an attention call of `num_queries` queries of
+        `query_rows` heads gave it (`mass` [batch, H, width]), and count the
+        query rows that could see it (the later ones, when causal)."""
+        if not self.heavy_hitter_blocks:
+            return
+        per_block = mass.sum(axis=1, dtype=np.float64)
+        present = table >= 0
+        np.add.at(self.block_mass, table[present], per_block[present])
+        seen = np.full(table.shape, num_queries, np.int64)
+        if causal:
+            first_query = lens.astype(np.int64)[:, None] - num_queries
+            block_start = np.arange(table.shape[1])[None, :] * self.block_size
+            seen -= np.clip(block_start - first_query, 0, num_queries)
+        np.add.at(self.block_queries, table[present], query_rows * seen[present])
+
+    def heavy_hitter_scores(self, blocks: IntArray) -> npt.NDArray[np.float64]:
+        """What keeps a block: its mass per query row that could see it
+        ("mean", the default: old blocks are not favoured for having been
+        seen longer) or its accumulated mass ("sum", H2O's own score)."""
+        if self.heavy_hitter_score == "sum":
+            return self.block_mass[blocks]
+        return self.block_mass[blocks] / np.maximum(self.block_queries[blocks], 1.0)
 
     def block_table(self, seq_ids: npt.NDArray[np.int64]) -> tuple[IntArray, IntArray]:
         """(table int32 [batch, max_blocks] padded with -1, lens int32 [batch])
@@ -380,10 +459,11 @@ class SequenceTable:
             )
         new_len = np.maximum(old_len, end)
         needed = int(((new_len + self.block_size - 1) // self.block_size - have).sum())
-        prune_rows = prune_to = None
+        prune: tuple[tuple[int, npt.NDArray[np.int64]], ...] = ()
         freed = 0
         if self.window_tokens and krows.size:
-            prune_rows, prune_to, freed = self._plan_prune(krows)
+            grow = (new_len + self.block_size - 1) // self.block_size - have
+            prune, freed = self._plan_prune(krows, grow[is_known])
         first = start
         if reserve and krows.size:
             first = start.copy()
@@ -410,40 +490,61 @@ class SequenceTable:
             token_ids,
             reserve,
             first if reserve else None,
-            prune_rows,
-            prune_to,
+            prune,
         )
 
     def _plan_prune(
-        self, rows: npt.NDArray[np.int64]
-    ) -> tuple[npt.NDArray[np.int64] | None, npt.NDArray[np.int64] | None, int]:
-        """The rows pruning shortens before an append, their new hole ends,
-        and how many blocks that frees for sure (those no one else holds)."""
+        self, rows: npt.NDArray[np.int64], grow: npt.NDArray[np.int64]
+    ) -> tuple[tuple[tuple[int, npt.NDArray[np.int64]], ...], int]:
+        """The blocks pruning gives back before an append that adds `grow`
+        blocks to each of `rows`, and how many of them that frees for sure
+        (those no other sequence holds)."""
         shortest = self._written[rows].min(axis=1).astype(np.int64)
-        target = np.maximum(
+        # Blocks wholly below the window of this step's first query.
+        cut = np.maximum(
             self.sink_blocks, (shortest - self.window_tokens + 1) // self.block_size
         )
-        begin = np.maximum(self._hole_end[rows], self.sink_blocks)
-        grows = np.flatnonzero(target > begin)
-        if not grows.size:
-            return None, None, 0
+        prune: list[tuple[int, npt.NDArray[np.int64]]] = []
+        if self.heavy_hitter_blocks:
+            held = (self._tables[rows] != PAD_BLOCK).sum(axis=1)
+            over = held + grow - self.heavy_hitter_blocks
+            for i in np.flatnonzero(over > 0).tolist():
+                row = int(rows[i])
+                begin, end = self.sink_blocks, int(cut[i])
+                blocks = self._tables[row, begin:end]
+                candidates = begin + np.flatnonzero(blocks != PAD_BLOCK)
+                if not candidates.size:
+                    continue
+                scores = self.heavy_hitter_scores(self._tables[row, candidates])
+                # Least weighed first; the oldest first among equals.
+                order = np.argsort(scores, kind="stable")[: int(over[i])]
+                prune.append((row, np.sort(candidates[order])))
+        else:
+            begin = np.maximum(self._hole_end[rows], self.sink_blocks)
+            for i in np.flatnonzero(cut > begin).tolist():
+                prune.append(
+                    (
+                        int(rows[i]),
+                        np.arange(int(begin[i]), int(cut[i]), dtype=np.int64),
+                    )
+                )
         freed = 0
-        for i in grows.tolist():
-            blocks = self._tables[rows[i], int(begin[i]) : int(target[i])]
+        for row, columns in prune:
+            blocks = self._tables[row, columns]
             freed += int((self.allocator.ref_counts_of(blocks) == 1).sum())
-        return rows[grows], target[grows], freed
+        return tuple(prune), freed
 
-    def _prune(self, rows: npt.NDArray[np.int64], to: npt.NDArray[np.int64]) -> None:
-        """Give back the blocks of `rows` below `to` (beyond the sinks)."""
-        for row, end in zip(rows.tolist(), to.tolist(), strict=True):
-            begin = max(int(self._hole_end[row]), self.sink_blocks)
-            blocks = self._tables[row, begin:end]
+    def _prune(self, prune: tuple[tuple[int, npt.NDArray[np.int64]], ...]) -> None:
+        """Give back the listed logical blocks of each row."""
+        for row, columns in prune:
+            blocks = self._tables[row, columns]
             # Oldest first: the front of the window is the least likely to
             # be matched again.
             self.allocator.release(blocks, priority=int(self._priority[row]))
             self.blocks_pruned += int(blocks.size)
-            self._tables[row, begin:end] = PAD_BLOCK
-            self._hole_end[row] = end
+            self._tables[row, columns] = PAD_BLOCK
+            if not self.heavy_hitter_blocks:
+                self._hole_end[row] = int(columns[-1]) + 1
 
     def _copy_on_write(
         self,
@@ -485,8 +586,8 @@ class SequenceTable:
                 self._record_tokens(rows, plan.start, plan.token_ids)
                 self._register_full_blocks(rows)
             return self._last_blocks.copy(), self._last_slots
-        if plan.prune_rows is not None and plan.prune_to is not None:
-            self._prune(plan.prune_rows, plan.prune_to)
+        if plan.prune:
+            self._prune(plan.prune)
         if (rows < 0).any():
             rows = rows.copy()
             for i in np.flatnonzero(rows < 0).tolist():
@@ -503,6 +604,9 @@ class SequenceTable:
         if plan.blocks_needed:
             self._grow_columns(int(want.max()))
             new_ids = self.allocator.allocate(plan.blocks_needed)
+            if self.heavy_hitter_blocks:
+                self.block_mass[new_ids] = 0.0
+                self.block_queries[new_ids] = 0.0
             if plan.copy_on_write is not None:
                 cow = plan.copy_on_write
                 first = start if plan.first_written is None else plan.first_written
@@ -641,6 +745,9 @@ class SequenceTable:
         row = self._new_row(seq_id)
         blocks = list(found.blocks)
         self.allocator.take_back(np.array(blocks, np.int32))
+        if self.heavy_hitter_blocks:
+            self.block_mass[blocks] = 0.0
+            self.block_queries[blocks] = 0.0
         partial = 0
         if found.partial_block is not None and found.partial_tokens:
             copied = self._copy_partial(found.partial_block, found.partial_tokens)
@@ -672,6 +779,9 @@ class SequenceTable:
         if cached:  # keep it from being evicted by the allocation below
             self.allocator.revive(source)
         (fresh,) = self.allocator.allocate(1).tolist()
+        if self.heavy_hitter_blocks:
+            self.block_mass[fresh] = 0.0
+            self.block_queries[fresh] = 0.0
         assert self.copy_blocks is not None, "partial reuse needs a block copier"
         src = np.array([source], np.int32)
         dst = np.array([fresh], np.int32)
@@ -741,6 +851,8 @@ class SequenceTable:
             return
         for row in rows:
             slots = self._swapped.pop(row, None)
+            self._swapped_columns.pop(row, None)
+            self._swapped_mass.pop(row, None)
             if slots is not None:
                 assert self.swap is not None
                 self.swap.space.release(slots)
@@ -759,6 +871,10 @@ class SequenceTable:
     def reset(self) -> None:
         self.allocator.reset()
         self._swapped.clear()
+        self._swapped_columns.clear()
+        self._swapped_mass.clear()
+        self.block_mass.fill(0.0)
+        self.block_queries.fill(0.0)
         if self.swap is not None:
             self.swap.space.reset()
         if self.prefix is not None:
@@ -790,13 +906,20 @@ class SequenceTable:
             n = int(self._num_blocks[row])
             length = int(self._lens[row])
             logical = (length + b - 1) // b
-            hole = np.zeros(logical, bool)
-            hole[self.sink_blocks : int(self._hole_end[row])] = True
+            hole = np.ones(logical, bool)
+            hole[self._kept_columns(row)] = False
             if self.window_tokens:
+                # Holes only between the sinks and the cut of the window.
                 shortest = int(self._written[row].min())
-                assert int(self._hole_end[row]) <= max(
-                    self.sink_blocks, (shortest - self.window_tokens + 1) // b
-                ), "pruned into the window"
+                cut = max(self.sink_blocks, (shortest - self.window_tokens + 1) // b)
+                columns = np.flatnonzero(hole)
+                assert not columns.size or (
+                    columns.min() >= self.sink_blocks and columns.max() < cut
+                ), "pruned into the sinks or the window"
+                if not self.heavy_hitter_blocks:
+                    window_cut = np.zeros(logical, bool)
+                    window_cut[self.sink_blocks : int(self._hole_end[row])] = True
+                    assert (hole == window_cut).all(), "holes are not the window cut"
             else:
                 assert not hole.any(), "holes without pruning"
             if row in self._swapped:
@@ -808,8 +931,6 @@ class SequenceTable:
             assert n == logical, "block count disagrees with length"
             assert (self._tables[row, n:] == PAD_BLOCK).all(), "stale table entry"
             blocks = self._tables[row, :n]
-            assert (blocks[hole] == PAD_BLOCK).all(), "a hole holds a block"
-            assert (blocks[~hole] != PAD_BLOCK).all(), "a kept block is missing"
             np.add.at(held, blocks[~hole], 1)
             fill = np.minimum(b, length - np.arange(n) * b)
             np.maximum.at(filled, blocks[~hole], fill[~hole])
@@ -876,6 +997,11 @@ class SequenceTable:
         start = 0
         for row, mine in zip(rows, held, strict=True):
             n = int(mine.size)
+            self._swapped_columns[row] = self._kept_columns(row)
+            if self.heavy_hitter_blocks:
+                self._swapped_mass[row] = np.stack(
+                    [self.block_mass[mine], self.block_queries[mine]]
+                )
             self.allocator.release(mine[::-1], priority=int(self._priority[row]))
             self._tables[row, : self._num_blocks[row]] = PAD_BLOCK
             self._num_blocks[row] = 0
@@ -911,10 +1037,12 @@ class SequenceTable:
             self._grow_columns(logical)
             mine = blocks[start : start + n]
             # The kept blocks go back where they were; holes stay holes.
-            kept = np.ones(logical, bool)
-            kept[self.sink_blocks : int(self._hole_end[row])] = False
-            columns = np.flatnonzero(kept)
+            columns = self._swapped_columns.pop(row)
             self._tables[row, columns] = mine
+            if self.heavy_hitter_blocks:
+                self.block_mass[mine], self.block_queries[mine] = (
+                    self._swapped_mass.pop(row)
+                )
             self._num_blocks[row] = logical
             fill = np.minimum(b, int(self._lens[row]) - columns * b)
             self.allocator.set_num_filled(mine, fill.astype(np.int32))

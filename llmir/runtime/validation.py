@@ -233,11 +233,16 @@ class AttentionReads:
     num_queries: int
     window: int  # 0: every token is read
     sink_tokens: int
+    holes_allowed: bool = False
+    """The cache gives blocks back by attention mass (heavy hitters): holes
+    may be anywhere, and the kernels skip them (their tokens are masked)."""
 
     def blocks_read(
         self, lens: npt.NDArray[Any], columns: npt.NDArray[Any]
     ) -> npt.NDArray[np.bool_]:
-        """[batch, width]: whether the call reads logical block `column`."""
+        """[batch, width]: whether the call must find logical block `column`."""
+        if self.holes_allowed:
+            return np.zeros((lens.shape[0], columns.shape[1]), bool)
         if self.window == 0:
             return np.ones((lens.shape[0], columns.shape[1]), bool)
         b = self.block_size

@@ -136,15 +136,66 @@ def reference_paged_attention(
 ) -> npt.NDArray[np.float64]:
     """Attention of ``query [batch, Tq, Hq, D]`` over one layer's pool
     ``[num_blocks, H, 2, block_size, D]``, in float64, by gathering and
-    dense softmax.  The semantics are in the module docstring."""
+    dense softmax.  The semantics are in the module docstring; a -1 entry
+    inside a sequence's blocks (a pruned block) hides its tokens."""
+    out, _ = _reference_attention(
+        query, layer_pool, kind, block_table, seq_lens, scale, causal,
+        sliding_window, logits_soft_cap, sink_tokens,
+    )  # fmt: skip
+    return out
+
+
+def reference_block_mass(
+    query: npt.ArrayLike,
+    layer_pool: npt.NDArray[Any],
+    kind: ElementType,
+    block_table: npt.NDArray[np.integer[Any]],
+    seq_lens: npt.NDArray[np.integer[Any]],
+    *,
+    scale: float | None = None,
+    causal: bool = True,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
+    sink_tokens: int = 0,
+) -> npt.NDArray[np.float64]:
+    """The attention mass of each logical block, ``[batch, H, width]``: the
+    softmax weights of its tokens summed over queries and the query heads of
+    each kv head (what `run_paged_attention(block_mass=...)` returns)."""
+    _, mass = _reference_attention(
+        query, layer_pool, kind, block_table, seq_lens, scale, causal,
+        sliding_window, logits_soft_cap, sink_tokens,
+    )  # fmt: skip
+    return mass
+
+
+def _reference_attention(
+    query: npt.ArrayLike,
+    layer_pool: npt.NDArray[Any],
+    kind: ElementType,
+    block_table: npt.NDArray[np.integer[Any]],
+    seq_lens: npt.NDArray[np.integer[Any]],
+    scale: float | None,
+    causal: bool,
+    sliding_window: int | None,
+    logits_soft_cap: float | None,
+    sink_tokens: int,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     q = np.asarray(query, dtype=np.float64)
     batch, tq, hq, head_dim = q.shape
-    group = hq // layer_pool.shape[1]
+    num_heads = layer_pool.shape[1]
+    block_size = layer_pool.shape[3]
+    group = hq // num_heads
     scale = 1.0 / np.sqrt(head_dim) if scale is None else float(scale)
     out = np.zeros(q.shape, dtype=np.float64)
+    width = block_table.shape[1]
+    mass = np.zeros((batch, num_heads, width), dtype=np.float64)
     for b in range(batch):
         seq_len = int(seq_lens[b])
         k, v = gather_sequence(layer_pool, kind, block_table[b], seq_len)
+        kept = np.repeat(block_table[b, : -(-seq_len // block_size)] >= 0, block_size)
+        kept = kept[:seq_len]
+        k[~kept] = 0.0  # a hole's slots are someone else's (or NaN): unread
+        v[~kept] = 0.0
         # Every query head reads the kv head of its group.
         k = np.repeat(k, group, axis=1)  # [L, Hq, D]
         v = np.repeat(v, group, axis=1)
@@ -158,10 +209,17 @@ def reference_paged_attention(
             allowed &= keys_at <= positions
         if sliding_window is not None:
             allowed &= (keys_at > positions - sliding_window) | (keys_at < sink_tokens)
+        allowed &= kept[None, :]
         logits = np.where(allowed[None], logits, -np.inf)
         row_max = logits.max(axis=-1, keepdims=True, initial=-np.inf)
         weights = np.exp(logits - np.where(np.isfinite(row_max), row_max, 0.0))
         total = weights.sum(axis=-1, keepdims=True)
         weights = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
         out[b] = np.einsum("hqt,thd->qhd", weights, v)
-    return out
+        # [Hq, Tq, L] -> per kv head and block.
+        per_token = weights.sum(axis=1).reshape(num_heads, group, seq_len).sum(1)
+        padded = np.zeros((num_heads, -(-seq_len // block_size) * block_size))
+        padded[:, :seq_len] = per_token
+        blocks = padded.reshape(num_heads, -1, block_size).sum(-1)
+        mass[b, :, : blocks.shape[1]] = blocks
+    return out, mass

@@ -421,6 +421,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("llmir-run: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`llmir-run ... | head`): nothing more to say.
+        # Point stdout at devnull so the interpreter's final flush is quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except Exception as e:
         # Not a bad input: a bug in llmir.  Still one line, unless asked.
         if os.environ.get("LLMIR_TRACEBACK"):

@@ -528,6 +528,31 @@ def _row_bounds(
     return lo, sink_hi, row_lo, row_hi
 
 
+@njit(inline="always", cache=True)
+def _record_block_mass(
+    rows: Any,
+    row_max: Any,
+    row_sum: Any,
+    max_before: Any,
+    sum_before: Any,
+    contrib: Any,
+    contrib_max: Any,
+    logical: Any,
+) -> None:
+    """What block `logical` added to each row's running softmax sum, and
+    the running max it is relative to: the sum's growth past the old sum
+    rescaled to the new max.  (Rounding makes it inexact by ~1 ulp of the
+    row's sum: heavy-hitter ranking needs no more.)"""
+    for r in range(rows):
+        if row_max[r] == -np.inf:
+            continue
+        added = row_sum[r]
+        if sum_before[r] > 0:
+            added -= sum_before[r] * np.float32(math.exp(max_before[r] - row_max[r]))
+        contrib[r, logical] = max(added, np.float32(0.0))
+        contrib_max[r, logical] = row_max[r]
+
+
 @cache
 def attention_kernel(kind_code: int) -> Any:
     """The paged-attention kernel of one element type, compiled on first use.
@@ -556,6 +581,7 @@ def attention_kernel(kind_code: int) -> Any:
         part_max: Any,  # f32 [batch, H, q_tiles, partitions, q_tile * group]
         part_sum: Any,  # same
         part_acc: Any,  # f32 [..., q_tile * group, D]
+        block_mass: Any,  # f32 [batch, H, width], or empty: not wanted
     ) -> None:
         batch, tq, hq, head_dim = query.shape
         num_heads = layer_pool.shape[1]
@@ -566,6 +592,10 @@ def attention_kernel(kind_code: int) -> Any:
         run_length = 2 * block_size * head_dim  # elements of one (block, head)
         line = _CACHE_LINE_BYTES // layer_pool.itemsize
         items = batch * num_heads * q_tiles * num_partitions
+        # Block mass: one partition and one query tile per (sequence, head)
+        # (the launcher sees to it), so each item owns block_mass[b, h].
+        want_mass = block_mass.shape[0] > 0
+        width = block_table.shape[1]
 
         for item in prange(items):
             part = item % num_partitions
@@ -611,6 +641,12 @@ def attention_kernel(kind_code: int) -> Any:
             tile_scores = np.empty((4, block_size), dtype=np.float32)
             key_scratch = np.empty((block_size, head_dim), dtype=np.float32)
             value_scratch = np.empty((block_size, head_dim), dtype=np.float32)
+            mass_width = width if want_mass else 0
+            contrib = np.zeros((max_rows, mass_width), dtype=np.float32)
+            contrib_max = np.full((max_rows, mass_width), -np.inf, dtype=np.float32)
+            max_before = np.empty(max_rows, dtype=np.float32)
+            sum_before = np.empty(max_rows, dtype=np.float32)
+            previous = -1  # the last block attended, for its mass
 
             if t_begin < t_end:
                 first_block = t_begin // block_size
@@ -625,6 +661,18 @@ def attention_kernel(kind_code: int) -> Any:
                         logical = window_block - 1
                         continue
                     block = block_table[b, logical]
+                    if block < 0:
+                        continue  # a hole the cache allows (heavy-hitter pruning)
+                    if want_mass:
+                        if previous >= 0:
+                            _record_block_mass(
+                                rows, row_max, row_sum, max_before, sum_before,
+                                contrib, contrib_max, previous,
+                            )  # fmt: skip
+                        for r in range(rows):
+                            max_before[r] = row_max[r]
+                            sum_before[r] = row_sum[r]
+                        previous = logical
                     # Blocks are scattered, so the hardware prefetcher loses the
                     # stream at every block boundary: request the first lines of
                     # the next block's K and V while this one is computed, and let
@@ -635,7 +683,7 @@ def attention_kernel(kind_code: int) -> Any:
                     next_logical = logical + 1
                     if next_logical * block_size >= sink_end:
                         next_logical = max(next_logical, window_block)
-                    if next_logical <= last_block:
+                    if next_logical <= last_block and block_table[b, next_logical] >= 0:
                         next_run = (
                             block_table[b, next_logical] * num_heads + h
                         ) * run_length
@@ -721,6 +769,22 @@ def attention_kernel(kind_code: int) -> Any:
                                     row_max, row_sum, acc, r, soft_cap,
                                 )  # fmt: skip
 
+            if want_mass:
+                if previous >= 0:
+                    _record_block_mass(
+                        rows, row_max, row_sum, max_before, sum_before,
+                        contrib, contrib_max, previous,
+                    )  # fmt: skip
+                for j in range(width):
+                    total = np.float32(0.0)
+                    for r in range(rows):
+                        if contrib_max[r, j] > -np.inf and row_sum[r] > 0:
+                            total += (
+                                contrib[r, j]
+                                * np.float32(math.exp(contrib_max[r, j] - row_max[r]))
+                                / row_sum[r]
+                            )
+                    block_mass[b, h, j] = total
             if num_partitions == 1:
                 for r in range(rows):
                     hq_index = h * group + r % group
@@ -813,6 +877,7 @@ def run_paged_attention(
     partition_size: int | None = None,
     q_tile: int | None = None,
     auto_partition: bool = True,
+    block_mass: npt.NDArray[np.float32] | None = None,
 ) -> None:
     """Write attention of `query` over `layer_pool` into `out` (both float32
     ``[batch, Tq, Hq, D]``, C-contiguous).  Arguments must be valid (see
@@ -821,6 +886,12 @@ def run_paged_attention(
     `partition_size` (a multiple of the block size) forces a context split;
     without it the split is planned by `plan_partition_size` unless
     `auto_partition` is False.  `q_tile` overrides `DEFAULT_Q_TILE`.
+
+    `block_mass` (float32 ``[batch, H, width]``, C-contiguous), if given,
+    receives per sequence, kv head and logical block the attention mass the
+    block got: its softmax weights summed over the group's query heads and
+    the queries (so a row of it sums to Tq * Hq / H where keys were seen).
+    It needs every context whole: the split and the query tiles are off.
     """
     if query.size == 0:
         return
@@ -829,6 +900,8 @@ def run_paged_attention(
     block_size = layer_pool.shape[3]
     group = hq // num_heads
     tile = min(tq, q_tile or DEFAULT_Q_TILE)
+    if block_mass is not None:
+        tile, partition_size, auto_partition = tq, None, False
     q_tiles = -(-tq // tile)
     max_len = int(seq_lens.max())
     if partition_size is None and auto_partition:
@@ -864,4 +937,5 @@ def run_paged_attention(
         part_max,
         part_sum,
         part_acc,
+        np.empty((0, 0, 0), np.float32) if block_mass is None else block_mass,
     )

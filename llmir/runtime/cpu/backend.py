@@ -128,6 +128,7 @@ class CPUBackend:
         table: BlockTable,
         options: AttentionOptions,
         out: Array | None,
+        block_mass: Array | None = None,
     ) -> Array:
         result = np.empty(query.shape, dtype=query.dtype) if out is None else out
         # The kernel works in float32 on C-contiguous arrays; write straight
@@ -150,6 +151,7 @@ class CPUBackend:
                 sink_tokens=options.sink_tokens,
                 partition_size=options.context_partition or None,
                 auto_partition=options.context_partition is None,
+                block_mass=block_mass,
             )
         if work is not result:
             result[...] = work

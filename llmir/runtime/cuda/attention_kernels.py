@@ -98,6 +98,8 @@ def attention_kernels(element: ElementType) -> AttentionKernels:
         part_out: Any,
         part_max: Any,
         part_sum: Any,
+        block_mass: Any,
+        mass_parts: Any,
     ) -> None:
         """Grid (batch * num_q_tiles, num_kv_heads, num_splits): the long
         axis on x, the only one not limited to 65535 blocks.
@@ -105,6 +107,12 @@ def attention_kernels(element: ElementType) -> AttentionKernels:
         q, out: float32 (batch, Tq, num_q_heads, D).  With more than one split
         (Tq must be 1) the results go to part_out (batch, num_q_heads, splits,
         D), part_max and part_sum (batch, num_q_heads, splits) instead.
+
+        block_mass (batch, num_kv_heads, width), unless empty, receives the
+        attention mass of each logical block (one split and one query tile
+        per sequence: the launcher sees to it); mass_parts (2, batch,
+        num_kv_heads, rows, width), zeroed, holds each block's sum of
+        exponentials and the running max it is relative to, per row.
         """
         kv_head = cuda.blockIdx.y
         num_q_tiles = (q.shape[1] + q_tile - 1) // q_tile
@@ -174,6 +182,7 @@ def attention_kernels(element: ElementType) -> AttentionKernels:
             first_block = max(first_block, lowest // block_size)
         cuda.syncthreads()
 
+        want_mass = block_mass.shape[0] > 0
         for logical in range(first_block, end_block):
             if (
                 logical * block_size >= sink_end
@@ -181,6 +190,8 @@ def attention_kernels(element: ElementType) -> AttentionKernels:
             ):
                 continue  # the same for every thread: no barrier is skipped
             physical = block_tables[b, logical]
+            if physical < 0:
+                continue  # a hole the cache allows (heavy-hitter pruning)
             for i in range(tid, block_size * head_dim, nthreads):
                 j = i // head_dim
                 d = i - j * head_dim
@@ -238,6 +249,9 @@ def attention_kernels(element: ElementType) -> AttentionKernels:
                 s_max[r] = new_max
                 s_sum[r] = s_sum[r] * alpha + total
                 s_alpha[r] = alpha
+                if want_mass:
+                    mass_parts[0, b, kv_head, r, logical] = total
+                    mass_parts[1, b, kv_head, r, logical] = new_max
             cuda.syncthreads()
 
             # Slots past the sequence's end may hold anything, NaN included,
@@ -251,6 +265,16 @@ def attention_kernels(element: ElementType) -> AttentionKernels:
                     for r in range(rows):
                         s_acc[r * head_dim + d] += s_p[r * block_size + j] * v
         cuda.syncthreads()
+
+        if want_mass:
+            for j in range(tid, block_mass.shape[2], nthreads):
+                mass = float32(0.0)
+                for r in range(rows):
+                    part = mass_parts[0, b, kv_head, r, j]
+                    if part > 0.0 and s_sum[r] > 0.0:
+                        relative = mass_parts[1, b, kv_head, r, j] - s_max[r]
+                        mass += part * float32(math.exp(relative)) / s_sum[r]
+                block_mass[b, kv_head, j] = mass
 
         for i in range(tid, rows * head_dim, nthreads):
             r = i // head_dim

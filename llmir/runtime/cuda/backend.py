@@ -120,9 +120,10 @@ class CUDABackend:
         table: BlockTable,
         options: AttentionOptions,
         out: Any | None,
+        block_mass: Any | None = None,
     ) -> Any:
         return launch.attention(
-            self._pool, self._element, layer, query, table, options, out
+            self._pool, self._element, layer, query, table, options, out, block_mass
         )
 
 

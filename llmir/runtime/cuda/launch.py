@@ -245,6 +245,9 @@ class AttentionPlan:
     part_out: Any
     part_max: Any
     part_sum: Any
+    block_mass: Any = None
+    """Device (batch, H, width) float32 block masses, None when not wanted."""
+    mass_parts: Any = None
 
     def run(self, pool: Any, layer: int, query: Any, out: Any) -> None:
         """Launch on `layer` of `pool`: device arrays `query` (float32 or
@@ -253,6 +256,10 @@ class AttentionPlan:
         if batch == 0 or num_new == 0:
             return
         kernels = attention_kernels(self.element)
+        block_mass, mass_parts = self.block_mass, self.mass_parts
+        if block_mass is None:  # numba only needs arrays of the right rank
+            block_mass = cuda.device_array((0, 1, 1), np.float32)
+            mass_parts = cuda.device_array((1, 1, 1, 1, 1), np.float32)
         kernels.attention[self.grid, self.threads, 0, self.shared_bytes](
             query,
             kernel_view(pool, self.element)[layer],
@@ -263,6 +270,8 @@ class AttentionPlan:
             self.part_out,
             self.part_max,
             self.part_sum,
+            block_mass,
+            mass_parts,
         )
         if self.num_splits > 1:
             merge_threads = min(self.threads, head_dim)
@@ -281,15 +290,20 @@ def plan_attention(
     num_splits: int | None = None,
     threads: int | None = None,
     q_tile: int | None = None,
+    block_mass: bool = False,
 ) -> AttentionPlan:
     """Choose the launch shape of a (validated) attention call and stage its
     metadata on the device.  `num_splits`, `threads` and `q_tile` override
-    the heuristics (tests and the benchmark use them)."""
+    the heuristics (tests and the benchmark use them).  `block_mass` asks
+    for each block's attention mass (`AttentionPlan.block_mass`): one split
+    and one query tile per sequence."""
     _, _, num_kv_heads, _, block_size, head_dim = pool.shape
     batch, num_new, num_q_heads, _ = q_shape
     group = num_q_heads // num_kv_heads
     nthreads = threads or default_threads()
     decode = num_new == 1
+    if block_mass:
+        q_tile, num_splits = max(num_new, 1), 1
     if q_tile is None:
         q_tile = 1 if decode else max(1, min(num_new, 16 // group))
     max_blocks_used = -(-table.max_len // block_size)
@@ -324,6 +338,13 @@ def plan_attention(
         part_out = cuda.device_array((1, 1, 1, 1), np.float32)
         part_max = part_sum = cuda.device_array((1, 1, 1), np.float32)
     num_q_tiles = -(-num_new // q_tile) if num_new else 0
+    mass = mass_parts = None
+    if block_mass:
+        width = table.table.shape[1]
+        mass = cuda.to_device(np.zeros((batch, num_kv_heads, width), np.float32))
+        mass_parts = cuda.to_device(
+            np.zeros((2, batch, num_kv_heads, rows, width), np.float32)
+        )
     scalars = (
         np.float32(options.scale),
         np.int32(q_tile),
@@ -347,6 +368,8 @@ def plan_attention(
         part_out=part_out,
         part_max=part_max,
         part_sum=part_sum,
+        block_mass=mass,
+        mass_parts=mass_parts,
     )
 
 
@@ -358,6 +381,7 @@ def attention(
     table: BlockTable,
     options: AttentionOptions,
     out: Any = None,
+    block_mass: Any = None,
     **launch: Any,
 ) -> Any:
     """Paged attention of one layer of a device pool.
@@ -368,13 +392,18 @@ def attention(
     to `plan_attention`.
     """
     q_shape = tuple(query.shape)
-    plan = plan_attention(pool, element, q_shape, table, options, **launch)
+    plan = plan_attention(
+        pool, element, q_shape, table, options, block_mass=block_mass is not None,
+        **launch,
+    )  # fmt: skip
     on_device = is_device_array(query)
     d_query = query if on_device else to_device(query, np.float32)
     d_out = out if on_device and out is not None else None
     if d_out is None:
         d_out = cuda.device_array(q_shape, dtype=np.float32)
     plan.run(pool, layer, d_query, d_out)
+    if block_mass is not None and plan.block_mass is not None:
+        block_mass[...] = plan.block_mass.copy_to_host()
     if on_device:
         return d_out
     result = d_out.copy_to_host()

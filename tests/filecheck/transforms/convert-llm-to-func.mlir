@@ -27,6 +27,8 @@
 // CHECK-NEXT: %swap_blocks = arith.constant 0 : i64
 // CHECK-NEXT: %window_tokens = arith.constant 0 : i64
 // CHECK-NEXT: %sink_tokens = arith.constant 0 : i64
+// CHECK-NEXT: %heavy_hitter_blocks = arith.constant 0 : i64
+// CHECK-NEXT: %heavy_hitter_score = arith.constant 0 : i64
 // An absent token_ids operand is an empty tensor.
 // CHECK-NEXT: %none = tensor.empty() : tensor<0x0xi32>
 // CHECK-NEXT: %none_1 = tensor.cast %none : tensor<0x0xi32> to tensor<?x?xi32>
@@ -40,7 +42,7 @@
 // CHECK-NEXT: %logits_soft_cap = arith.constant 5.000000e+01 : f32
 // CHECK-NEXT: %sink_tokens_1 = arith.constant 0 : i32
 // CHECK-NEXT: %priority = arith.constant -9223372036854775808 : i64
-// CHECK-NEXT: %kv = func.call @llmir_create_kv_cache_f16(%num_layers, %num_heads, %head_dim, %block_size, %max_seq_len, %num_blocks, %prefix_caching, %eviction, %swap_blocks, %window_tokens, %sink_tokens) : (i64, i64, i64, i64, i64, i64, i1, i64, i64, i64, i64) -> !llvm.ptr
+// CHECK-NEXT: %kv = func.call @llmir_create_kv_cache_f16(%num_layers, %num_heads, %head_dim, %block_size, %max_seq_len, %num_blocks, %prefix_caching, %eviction, %swap_blocks, %window_tokens, %sink_tokens, %heavy_hitter_blocks, %heavy_hitter_score) : (i64, i64, i64, i64, i64, i64, i1, i64, i64, i64, i64, i64, i64) -> !llvm.ptr
 // CHECK-NEXT: %idx = func.call @llmir_append_kv_f16(%kv, %keys_1, %keys_1, %seq_ids_1, %none_1, %layer) : (!llvm.ptr, tensor<?x?x?x?xf16>, tensor<?x?x?x?xf16>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>
 // CHECK-NEXT: %idx_1 = tensor.cast %idx : tensor<?x?xi32> to tensor<2x3xi32>
 // CHECK-NEXT: %table, %lens = func.call @llmir_block_table(%kv, %seq_ids_1, %width) : (!llvm.ptr, tensor<?xi32>, i64) -> (tensor<?x?xi32>, tensor<?xi32>)
@@ -201,8 +203,8 @@ func.func @static_use_in_loop(%x : tensor<1x1x4x8xf32>) -> tensor<1x1x4x8xf32> {
 }
 
 // The declarations: private, one per callee, with the llmir.abi signatures.
-// CHECK-DAG: func.func private @llmir_create_kv_cache_f16(i64, i64, i64, i64, i64, i64, i1, i64, i64, i64, i64) -> !llvm.ptr
-// CHECK-DAG: func.func private @llmir_create_kv_cache_bf16(i64, i64, i64, i64, i64, i64, i1, i64, i64, i64, i64) -> !llvm.ptr
+// CHECK-DAG: func.func private @llmir_create_kv_cache_f16(i64, i64, i64, i64, i64, i64, i1, i64, i64, i64, i64, i64, i64) -> !llvm.ptr
+// CHECK-DAG: func.func private @llmir_create_kv_cache_bf16(i64, i64, i64, i64, i64, i64, i1, i64, i64, i64, i64, i64, i64) -> !llvm.ptr
 // CHECK-DAG: func.func private @llmir_append_kv_f16(!llvm.ptr, tensor<?x?x?x?xf16>, tensor<?x?x?x?xf16>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>
 // CHECK-DAG: func.func private @llmir_append_kv_f32(!llvm.ptr, tensor<?x?x?x?xf32>, tensor<?x?x?x?xf32>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>
 // CHECK-DAG: func.func private @llmir_append_kv_bf16(!llvm.ptr, tensor<?x?x?x?xbf16>, tensor<?x?x?x?xbf16>, tensor<?xi32>, tensor<?x?xi32>, i32) -> tensor<?x?xi32>

@@ -24,6 +24,7 @@ from llmir.runtime.validation import (
 from llmir.testing.reference import (
     PagedPool,
     build_paged_pool,
+    reference_block_mass,
     reference_paged_attention,
 )
 
@@ -214,3 +215,36 @@ def test_sinks_match_reference_and_holes_are_never_read(
         **options,
     )
     np.testing.assert_array_equal(again, got)
+
+
+@pytest.mark.parametrize(("tq", "q_heads"), [(1, 2), (1, 4), (3, 4)])
+def test_block_mass_matches_reference_with_holes(
+    tq: int, q_heads: int, rng: np.random.Generator
+) -> None:
+    """Heavy-hitter pruning's extra output: each block's attention mass, with
+    holes (-1) anywhere masked out; the same figures as the CPU kernel."""
+    paged = _pool(rng, "f32", [29, 6], kv_heads=2)
+    table = paged.block_table.copy()
+    table[0, [2, 4]] = -1
+    holed = PagedPool(paged.kv_pool, table, paged.seq_lens, paged.kind)
+    query = rng.standard_normal((2, tq, q_heads, D)).astype(np.float32)
+    mass = np.full((2, 2, table.shape[1]), np.nan, np.float32)
+    options = check_attention_options(D)
+    # A heavy-hitter cache's table: holes where its blocks went back.
+    checked = BlockTable(table, holed.seq_lens, int(holed.seq_lens.max()))
+    got = kvcuda.launch.attention(
+        to_device(holed.kv_pool), holed.kind, 0, query, checked, options,
+        block_mass=mass,
+    )  # fmt: skip
+    assert_close(got, _reference(holed, query), holed.kind)
+    want = reference_block_mass(
+        query, holed.kv_pool[0], holed.kind, table, holed.seq_lens
+    )
+    np.testing.assert_allclose(mass, want, rtol=1e-4, atol=1e-5)
+    cpu_mass = np.zeros_like(mass)
+    run_paged_attention(
+        query, holed.kv_pool[0], holed.kind.code, table, holed.seq_lens,
+        np.empty(query.shape, np.float32), scale=1.0 / np.sqrt(D),
+        block_mass=cpu_mass,
+    )  # fmt: skip
+    np.testing.assert_allclose(mass, cpu_mass, rtol=1e-4, atol=1e-6)

@@ -16,6 +16,7 @@ from llmir.errors import (
     ShapeError,
 )
 from llmir.runtime import cuda as kvcuda
+from llmir.testing.reference import reference_paged_attention
 
 LAYERS, HEADS, D, B, MAX_LEN = 2, 2, 8, 4, 16
 
@@ -176,3 +177,28 @@ def test_a_pruned_cuda_cache_matches_one_that_never_pruned(
     assert pruned.stats().blocks_pruned > 0
     assert pruned.stats().blocks_used <= 1 + 3 + 1
     pruned.check_invariants()
+
+
+def test_heavy_hitter_pruning_on_the_device(rng: np.random.Generator) -> None:
+    """The device attention reports block masses and skips the holes they
+    leave: the budget holds and outputs match the float64 reference over
+    the kept tokens."""
+    cache = PagedKVCache(
+        1, 2, 8, 4, 256, device="cuda", num_blocks=10, window_tokens=8,
+        sink_tokens=2, heavy_hitter_blocks=6,
+    )  # fmt: skip
+    for t in (9, 1, 1, 4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1):
+        kv = rng.standard_normal((1, t, 2, 8)).astype(np.float32)
+        cache.append_kv(kv, -kv, [0])
+        query = rng.standard_normal((1, t, 4, 8)).astype(np.float32)
+        table, lens = cache.block_table([0])
+        got = cache.paged_attention(query, table, lens)
+        pool = cache.kv_pool
+        host = pool.copy_to_host() if hasattr(pool, "copy_to_host") else pool
+        want = reference_paged_attention(
+            query, host[0], cache.element_type, table, lens
+        )
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert int((cache.blocks_of(0) >= 0).sum()) <= max(6, 1 + 3 + 1 + (t > 1))
+    assert cache.stats().blocks_pruned > 0
+    cache.check_invariants()

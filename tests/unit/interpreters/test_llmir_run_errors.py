@@ -770,3 +770,23 @@ def test_bad_input_is_exit_2_and_one_line(
 
 def test_there_are_enough_cases() -> None:
     assert len(CASES) >= 70
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path: Path) -> None:
+    """``llmir-run ... | head -1``: no "internal error" when the pipe closes.
+    (The reader here, `true`, is gone before llmir-run has imported, so the
+    first write always meets a closed pipe.)"""
+    import subprocess
+    import sys
+
+    source = tmp_path / "good.mlir"
+    source.write_text(program())
+    command = (
+        f"{sys.executable} -m llmir.tools.run {source} --random-args 0 --stats"
+        " | true"
+    )
+    done = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True
+    )
+    assert done.stderr == ""
+    assert done.returncode == 0

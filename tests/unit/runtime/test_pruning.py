@@ -21,7 +21,11 @@ from llmir.errors import (
 from llmir.runtime import PagedKVCache
 from llmir.runtime.cpu.attention_kernels import run_paged_attention
 from llmir.runtime.dtypes import ELEMENT_TYPES, element_type
-from llmir.testing.reference import build_paged_pool, reference_paged_attention
+from llmir.testing.reference import (
+    build_paged_pool,
+    reference_block_mass,
+    reference_paged_attention,
+)
 
 F32_TOL = {"rtol": 1e-5, "atol": 1e-5}
 HALF_TOL = {"rtol": 1e-3, "atol": 1e-3}
@@ -289,3 +293,95 @@ def test_a_mask_reaching_into_the_holes_is_refused_and_changes_nothing() -> None
     assert cache.snapshot() == before
     out = cache.paged_attention(q, table, lens, sliding_window=8, sink_tokens=4)
     assert np.isfinite(out).all()
+
+
+# -- heavy hitters -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
+@pytest.mark.parametrize(
+    "q_heads, tq, options",
+    [
+        (2, 1, {}),
+        (8, 1, {"sliding_window": 30, "sink_tokens": 4}),
+        (4, 3, {"logits_soft_cap": 5.0}),
+        (8, 6, {"causal": False}),
+    ],
+)
+def test_block_mass_matches_the_reference_and_holes_are_masked(
+    kind_name: str, q_heads: int, tq: int, options: dict[str, Any]
+) -> None:
+    kind = element_type(kind_name)
+    rng = np.random.default_rng(q_heads * 7 + tq)
+    lens = [70, 3, 41, 0]
+    keys = [rng.standard_normal((n, 2, 16)) * 2 for n in lens]
+    values = [rng.standard_normal((n, 2, 16)) for n in lens]
+    pool = build_paged_pool(keys, values, 4, kind, rng)
+    table = pool.block_table.copy()
+    table[0, [2, 5, 9]] = -1  # holes left by heavy-hitter pruning
+    table[2, 3] = -1
+    query = rng.standard_normal((len(lens), tq, q_heads, 16)).astype(np.float32)
+    mass = np.full((len(lens), 2, table.shape[1]), np.nan, np.float32)
+    out = kernel(
+        query, pool.kv_pool[0], kind.code, table, pool.seq_lens,
+        block_mass=mass, **options,
+    )  # fmt: skip
+    args = (query, pool.kv_pool[0], kind, table, pool.seq_lens)
+    np.testing.assert_allclose(
+        out,
+        reference_paged_attention(*args, scale=0.25, **options),
+        **(HALF_TOL if kind.is_half else F32_TOL),
+    )
+    want = reference_block_mass(*args, scale=0.25, **options)
+    np.testing.assert_allclose(mass, want, rtol=1e-4, atol=1e-5)
+    assert (mass[0, :, [2, 5, 9]] == 0).all()
+    # Each (sequence, kv head) hands out one unit per query row that saw a key.
+    rows = tq * q_heads // 2
+    np.testing.assert_allclose(mass[:3].sum(axis=2), np.full((3, 2), rows), rtol=1e-5)
+
+
+def test_heavy_hitters_keep_the_blocks_attention_weighs_most() -> None:
+    """Queries that always look at one old block keep it; the budget holds."""
+    block, window, sinks, budget = 4, 8, 4, 6
+    cache = PagedKVCache(
+        1, 1, 8, block, 512, num_blocks=16, window_tokens=window,
+        sink_tokens=sinks, heavy_hitter_blocks=budget,
+    )  # fmt: skip
+    rng = np.random.default_rng(2)
+    direction = np.zeros(8, np.float32)
+    direction[0] = 1.0
+    keys = rng.standard_normal((1, 40, 1, 8)).astype(np.float32) * 0.1
+    keys[0, 12:16, 0] = 6 * direction  # block 3 is what queries look for
+    cache.append_kv(keys, keys, [0])
+    for _ in range(60):
+        query = (4 * direction + rng.standard_normal(8) * 0.1).astype(np.float32)
+        cache.paged_attention(query.reshape(1, 1, 1, 8), *cache.block_table([0]))
+        x = rng.standard_normal((1, 1, 1, 8)).astype(np.float32) * 0.1
+        cache.append_kv(x, x, [0])
+        held = cache.blocks_of(0)
+        assert int((held >= 0).sum()) <= budget
+        assert held[0] >= 0 and held[3] >= 0, "the sink or the heavy block went"
+        cache.check_invariants()
+    assert cache.stats().blocks_pruned > 10
+    # Attention over the holes equals attention over the kept tokens only.
+    query = rng.standard_normal((1, 1, 2, 8)).astype(np.float32)
+    table, lens = cache.block_table([0])
+    got = cache.paged_attention(query, table, lens)
+    want = reference_paged_attention(
+        query, cache.kv_pool[0], cache.element_type, table, lens
+    )
+    np.testing.assert_allclose(got, want, **F32_TOL)
+
+
+def test_bad_heavy_hitter_options_are_refused() -> None:
+    with pytest.raises(ConfigError, match="heavy_hitter_blocks=4 needs window_tokens"):
+        PagedKVCache(1, 1, 4, 4, 64, num_blocks=4, heavy_hitter_blocks=4)
+    with pytest.raises(ConfigError, match="heavy_hitter_blocks=3 is below the 5"):
+        PagedKVCache(
+            1, 1, 4, 4, 64, num_blocks=4, window_tokens=10, sink_tokens=1,
+            heavy_hitter_blocks=3,
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match="heavy_hitter_blocks must be a positive"):
+        PagedKVCache(
+            1, 1, 4, 4, 64, num_blocks=4, window_tokens=10, heavy_hitter_blocks=0
+        )

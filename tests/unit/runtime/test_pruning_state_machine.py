@@ -1,5 +1,6 @@
-"""Random traces of a pruning cache (attention sinks + window) against the
-same workload on a cache that never prunes.
+"""Random traces of a pruning cache (attention sinks + window, or heavy
+hitters within a block budget) against the same workload on a cache that
+never prunes.
 
 Two caches see every operation: `pruned` (window W, S sinks, prefix
 caching, a swap tier, a pool too small to hold the sequences whole) and
@@ -9,8 +10,10 @@ between them; a mask that would read one is refused with a BlockTableError
 that changes nothing.  After every step: the bookkeeping invariants hold,
 no sequence holds more than ceil(S/B) + ceil(W/B) + 1 blocks after a
 decode step (more after a chunk of T tokens, whose queries see W back), and
-every
-kept token reads back as appended.
+every kept token reads back as appended.  With heavy hitters (holes
+anywhere outside the sinks and the window, attention skipping them) the
+outputs are checked against the float64 reference over the kept tokens, and
+the budget holds after every decode step.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -30,6 +34,7 @@ from hypothesis.stateful import (
 
 from llmir.errors import BlockTableError, OutOfBlocksError, SwapSpaceFullError
 from llmir.runtime import PagedKVCache
+from llmir.testing.reference import reference_paged_attention
 
 L, H, D, B, MAX = 2, 2, 8, 4, 96
 W, S = 6, 2
@@ -44,6 +49,7 @@ def bound(last_append: int) -> int:
 
 
 PRUNED_BLOCKS, PLAIN_BLOCKS, SWAP_BLOCKS = 14, 200, 8
+BUDGET = 6  # heavy hitters: the sink block, the window's 3, and 2 more
 SEQ_IDS = st.integers(0, 5)
 
 
@@ -67,6 +73,26 @@ class PruningMachine(RuleBasedStateMachine):
             swap_blocks=SWAP_BLOCKS,
         )
         self.plain = PagedKVCache(L, H, D, B, MAX, num_blocks=PLAIN_BLOCKS)
+        self.heavy = False
+
+    @initialize(heavy=st.booleans())
+    def create(self, heavy: bool) -> None:
+        self.heavy = heavy
+        if heavy:
+            self.pruned.close()
+            self.pruned = PagedKVCache(
+                L,
+                H,
+                D,
+                B,
+                MAX,
+                num_blocks=PRUNED_BLOCKS,
+                window_tokens=W,
+                sink_tokens=S,
+                heavy_hitter_blocks=BUDGET,
+                enable_prefix_caching=True,
+                swap_blocks=SWAP_BLOCKS,
+            )
 
     def resident(self) -> list[int]:
         return sorted(s for s in self.lens if s not in self.swapped)
@@ -182,6 +208,22 @@ class PruningMachine(RuleBasedStateMachine):
             "sliding_window": window,
             "sink_tokens": sinks or None,
         }
+        if self.heavy:
+            # Holes anywhere: attention covers the kept tokens in the mask.
+            table, lens = self.pruned.block_table(ids)
+            got = self.pruned.paged_attention(query, table, lens, layer, **options)
+            want = reference_paged_attention(
+                query,
+                self.pruned.kv_pool[layer],
+                self.pruned.element_type,
+                table,
+                lens,
+                scale=D**-0.5,
+                sliding_window=window,
+                sink_tokens=sinks,
+            )
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+            return
         # Would the mask read a token pruning gave back?
         reads_hole = False
         for seq in ids:
@@ -214,24 +256,24 @@ class PruningMachine(RuleBasedStateMachine):
         for seq in self.resident():
             held = self.pruned.blocks_of(seq)
             most = bound(self.last_append[seq])
+            if self.heavy:
+                most = max(BUDGET, most)
             assert int((held >= 0).sum()) <= most, (seq, held.tolist())
 
     @invariant()
     def kept_tokens_read_back(self) -> None:
         for seq in self.resident():
-            begin, end = self.pruned.sequences.pruned_range(seq)
             table, _ = self.pruned.block_table([seq])
             plain_table, _ = self.plain.block_table([seq])
-            n = self.lens[seq]
-            kept = (
-                [(0, min(begin, n)), (max(end, begin), n)] if begin < end else [(0, n)]
-            )
+            pruned = set(self.pruned.sequences.pruned_blocks(seq).tolist())
+            assert all(table[0, j] == -1 for j in pruned)
             # Read the kept slots straight from both pools.
-            for lo, hi in kept:
-                for pos in range(lo, hi):
-                    a = self.pruned.kv_pool[:, table[0, pos // B], :, :, pos % B]
-                    b = self.plain.kv_pool[:, plain_table[0, pos // B], :, :, pos % B]
-                    np.testing.assert_array_equal(a, b)
+            for pos in range(self.lens[seq]):
+                if pos // B in pruned:
+                    continue
+                a = self.pruned.kv_pool[:, table[0, pos // B], :, :, pos % B]
+                b = self.plain.kv_pool[:, plain_table[0, pos // B], :, :, pos % B]
+                np.testing.assert_array_equal(a, b)
 
     def teardown(self) -> None:
         if self.lens:
@@ -243,7 +285,7 @@ class PruningMachine(RuleBasedStateMachine):
 
 
 PruningMachine.TestCase.settings = settings(
-    max_examples=60,
+    max_examples=100,
     stateful_step_count=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

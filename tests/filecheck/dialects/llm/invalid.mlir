@@ -789,3 +789,21 @@ func.func @f(%q : tensor<2x1x8x8xf16>, %kv : !llm.paged_kv_cache<f16, 2, 4, 8, 1
 }
 
 // CHECK: llm.paged_attention: sink_tokens must be an integer in [1, 2147483647], got 0
+
+// -----
+
+%kv = llm.create_kv_cache {num_blocks = 8 : i64, heavy_hitter_blocks = 6 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+
+// CHECK: llm.create_kv_cache: heavy_hitter_blocks needs window_tokens (without a window nothing is pruned)
+
+// -----
+
+%kv = llm.create_kv_cache {num_blocks = 8 : i64, window_tokens = 32 : i64, sink_tokens = 4 : i64, heavy_hitter_blocks = 3 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+
+// CHECK: llm.create_kv_cache: heavy_hitter_blocks 3 is below the 4 blocks the sinks and the window need
+
+// -----
+
+%kv = llm.create_kv_cache {num_blocks = 8 : i64, window_tokens = 32 : i64, heavy_hitter_blocks = 6 : i64, heavy_hitter_score = "max"} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+
+// CHECK: llm.create_kv_cache: unknown heavy_hitter_score "max", expected one of mean, sum

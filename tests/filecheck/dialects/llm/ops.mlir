@@ -17,7 +17,7 @@ func.func @types(%a : !cache32, %b : !cachebf) {
 func.func @full_program(%keys : tensor<2x3x4x8xf16>, %values : tensor<2x3x4x8xf16>,
                         %seq_ids : tensor<2xi32>, %query : tensor<2x3x8x8xf32>) {
   // CHECK-NEXT: %kv = llm.create_kv_cache {num_blocks = 32 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
-  // GENERIC: %kv = "llm.create_kv_cache"() <{num_blocks = 32 : i64, prefix_caching = false, eviction = "lru", swap_blocks = 0 : i64}> : () -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  // GENERIC: %kv = "llm.create_kv_cache"() <{num_blocks = 32 : i64, prefix_caching = false, eviction = "lru", swap_blocks = 0 : i64, heavy_hitter_score = "mean"}> : () -> !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
   %kv = llm.create_kv_cache {num_blocks = 32 : i64} : !cache
 
   // CHECK-NEXT: %kv1, %idx = llm.append_kv %kv, %keys, %values, %seq_ids {layer = 1 : i32} : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3x4x8xf16>, tensor<2x3x4x8xf16>, tensor<2xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x3xi32>)
@@ -65,7 +65,7 @@ func.func @full_program(%keys : tensor<2x3x4x8xf16>, %values : tensor<2x3x4x8xf1
 func.func @sharing(%keys : tensor<2x3x4x8xf16>, %seq_ids : tensor<2xi32>,
                    %tokens : tensor<2x3xi32>, %prompts : tensor<2x16xi32>, %children : tensor<2xi32>) {
   // CHECK-NEXT: %kv = llm.create_kv_cache {num_blocks = 32 : i64, prefix_caching = true, eviction = "priority"} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
-  // GENERIC: %kv = "llm.create_kv_cache"() <{num_blocks = 32 : i64, prefix_caching = true, eviction = "priority", swap_blocks = 0 : i64}>
+  // GENERIC: %kv = "llm.create_kv_cache"() <{num_blocks = 32 : i64, prefix_caching = true, eviction = "priority", swap_blocks = 0 : i64, heavy_hitter_score = "mean"}>
   %kv = llm.create_kv_cache {num_blocks = 32 : i64, prefix_caching = true, eviction = "priority"} : !cache
   // CHECK-NEXT: %kv1, %cached = llm.match_prefix %kv, %seq_ids, %prompts : (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>, tensor<2x16xi32>) -> (!llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2xi32>)
   %kv1, %cached = llm.match_prefix %kv, %seq_ids, %prompts
@@ -126,10 +126,18 @@ func.func @swapping(%seq_ids : tensor<2xi32>) {
 // CHECK-LABEL: func.func @streaming
 func.func @streaming(%query : tensor<2x1x8x8xf32>, %table : tensor<2x4xi32>, %lens : tensor<2xi32>) {
   // CHECK-NEXT: %kv = llm.create_kv_cache {num_blocks = 8 : i64, window_tokens = 32 : i64, sink_tokens = 4 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
-  // GENERIC: "llm.create_kv_cache"() <{num_blocks = 8 : i64, window_tokens = 32 : i64, sink_tokens = 4 : i64, prefix_caching = false, eviction = "lru", swap_blocks = 0 : i64}>
+  // GENERIC: "llm.create_kv_cache"() <{num_blocks = 8 : i64, window_tokens = 32 : i64, sink_tokens = 4 : i64, prefix_caching = false, eviction = "lru", swap_blocks = 0 : i64, heavy_hitter_score = "mean"}>
   %kv = llm.create_kv_cache {num_blocks = 8 : i64, window_tokens = 32 : i64, sink_tokens = 4 : i64} : !cache
   // CHECK-NEXT: %out = llm.paged_attention %query, %kv, %table, %lens {sliding_window = 32 : i32, sink_tokens = 4 : i32} : (tensor<2x1x8x8xf32>, !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x1x8x8xf32>
   %out = llm.paged_attention %query, %kv, %table, %lens {sliding_window = 32 : i32, sink_tokens = 4 : i32}
       : (tensor<2x1x8x8xf32>, !cache, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x1x8x8xf32>
+  func.return
+}
+
+// Heavy-hitter pruning: at most 6 blocks per sequence.
+// CHECK-LABEL: func.func @heavy_hitters
+func.func @heavy_hitters() {
+  // CHECK-NEXT: %kv = llm.create_kv_cache {num_blocks = 8 : i64, window_tokens = 32 : i64, sink_tokens = 4 : i64, heavy_hitter_blocks = 6 : i64, heavy_hitter_score = "sum"} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+  %kv = llm.create_kv_cache {num_blocks = 8 : i64, window_tokens = 32 : i64, sink_tokens = 4 : i64, heavy_hitter_blocks = 6 : i64, heavy_hitter_score = "sum"} : !cache
   func.return
 }
