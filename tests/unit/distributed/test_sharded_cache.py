@@ -201,3 +201,42 @@ def test_swapping_a_sharded_cache(ray_session: Any, by: str, tmp_path: Path) -> 
             np.testing.assert_array_equal(got[0], before[layer][0])
             np.testing.assert_array_equal(got[1], before[layer][1])
         cache.check_invariants()
+
+
+@pytest.mark.parametrize("by", BY)
+@pytest.mark.parametrize(
+    "policy",
+    [
+        {"window_tokens": 8, "sink_tokens": 2},
+        {"window_tokens": 8, "sink_tokens": 2, "heavy_hitter_blocks": 5},
+    ],
+    ids=["window", "heavy-hitters"],
+)
+def test_pruning_a_sharded_cache_is_bit_identical(
+    ray_session: Any, by: str, policy: dict[str, Any]
+) -> None:
+    """Sinks + window and heavy hitters: the shards' block masses join into
+    the whole cache's, so the same blocks go back and outputs agree bit for
+    bit with a single-process cache."""
+    rng = np.random.default_rng(5)
+    steps = [(6, rng)] + [(1, rng)] * 20
+    with sharded(by, **policy) as cache:
+        want_cache = local(**policy)
+        for t, r in steps:
+            x = r.standard_normal((LAYERS, 2, t, HEADS, HEAD_DIM)).astype(np.float32)
+            q = r.standard_normal((2, t, 2 * HEADS, HEAD_DIM)).astype(np.float32)
+            outputs = []
+            for c in (cache, want_cache):
+                c.append_kv_all_layers(x, -x, [0, 1])
+                table, lens = c.block_table([0, 1])
+                outputs.append(
+                    [
+                        c.paged_attention(q, table, lens, layer, sliding_window=8)
+                        for layer in range(LAYERS)
+                    ]
+                )
+            for got, want in zip(*outputs, strict=True):
+                np.testing.assert_array_equal(got, want)
+        assert cache.stats().blocks_pruned == want_cache.stats().blocks_pruned > 0
+        np.testing.assert_array_equal(cache.blocks_of(0), want_cache.blocks_of(0))
+        cache.check_invariants()

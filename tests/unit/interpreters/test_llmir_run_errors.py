@@ -782,8 +782,7 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path: Path) -> None:
     source = tmp_path / "good.mlir"
     source.write_text(program())
     command = (
-        f"{sys.executable} -m llmir.tools.run {source} --random-args 0 --stats"
-        " | true"
+        f"{sys.executable} -m llmir.tools.run {source} --random-args 0 --stats | true"
     )
     done = subprocess.run(
         ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True
