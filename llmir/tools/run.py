@@ -247,6 +247,8 @@ def run(options: argparse.Namespace) -> int:
     ctx = llmir_context()
     text, name = read_source(options.input_file)
     module = parse_source(text, name, ctx)
+    if options.check:
+        _check_is_possible(module)
     if options.passes:
         apply_pipeline(module, options.passes, ctx)
     if not options.no_verify:
@@ -312,6 +314,21 @@ def run(options: argparse.Namespace) -> int:
         )
         return _check(arrays, [_result_array(r) for r in reference.results], execution)
     return 0
+
+
+def _check_is_possible(module: ModuleOp) -> None:
+    """--check runs the program again on the dense reference, which keeps
+    every token: fine for sinks + window pruning (its mask hides what was
+    pruned), meaningless for heavy hitters (what goes depends on attention
+    masses, so outputs differ by design)."""
+    for op in module.walk():
+        if isinstance(op, llm.CreateKVCacheOp) and op.heavy_hitter_blocks is not None:
+            raise RunError(
+                "--check compares with the dense reference, which keeps every "
+                "token, but this program's cache prunes heavy hitters "
+                f"(heavy_hitter_blocks = {op.heavy_hitter_blocks}): outputs "
+                "differ by design; run it without --check"
+            )
 
 
 def _check(arrays: list[Any], reference: list[Any], execution: Execution) -> int:
