@@ -9,7 +9,8 @@ over 1 GiB); then per decode shape the kernel's median time and spread, the
 GB/s of K+V it reads, that as % of the limit, and how many times faster it is
 than torch SDPA on contiguous (unpaged) K/V of the same dtype and than numpy
 (gather the blocks, then f32 matmul + softmax); then prefill of 2048 tokens
-against torch SDPA with a causal mask.  The torch columns are empty, with a
+against torch SDPA with a causal mask; last, the fixed cost of a call (its
+checks and launch) on a one-block context.  The torch columns are empty, with a
 one-line hint, when torch (the ``bench`` extra) is not installed.  Both
 libraries run with the same thread count as Numba.  Rows whose K/V are not
 much larger than the last-level cache are marked cache-resident.
@@ -29,6 +30,7 @@ import numpy.typing as npt
 from benchmarks.common import (
     TORCH_HINT,
     Table,
+    Timing,
     benchmark_main,
     measure,
     median_seconds,
@@ -37,6 +39,7 @@ from benchmarks.common import (
     torch_available,
 )
 from llmir import PagedKVCache, paged_attention
+from llmir.runtime.cpu.attention_kernels import run_paged_attention
 from llmir.runtime.dtypes import ElementType, decode, element_type
 from llmir.runtime.geometry import KEY, VALUE
 
@@ -226,6 +229,44 @@ def prefill_rows(shapes: list[Shape], repeats: int) -> Table:
     return table
 
 
+def fixed_cost_rows(repeats: int) -> Table:
+    """What one call costs besides its arithmetic: `paged_attention` on a
+    one-block context (the checks, the planning, Numba's dispatch) against
+    the kernel launched directly on already-checked arrays."""
+    table = Table(
+        "fixed cost per call (batch 1, 16 tokens, 32/8 heads, f16)",
+        ["path", "call us", "checks us"],
+    )
+    work = make_workload(
+        Shape(1, 16, 32, 8, 16, element_type("f16")), np.random.default_rng(2)
+    )
+    out = np.empty(work.query.shape, np.float32)
+    cache = work.cache
+    checked = cache.validate_block_table(work.block_table, work.seq_lens)
+
+    def kernel_only() -> None:
+        run_paged_attention(
+            work.query, work.layer_pool, cache.element_type.code, checked.table,
+            checked.lens, out, scale=1 / HEAD_DIM**0.5, max_len=checked.max_len,
+        )  # fmt: skip
+
+    # Alternate the two, so that both see the same moments of a shared machine.
+    call = ours(work)
+    measure(kernel_only, repeats=1, warmup=200)
+    measure(call, repeats=1, warmup=200)
+    samples: tuple[list[float], list[float]] = ([], [])
+    for _ in range(3 * repeats):
+        samples[0].append(measure(kernel_only, 1, 0, min_time=0.02).median)
+        samples[1].append(measure(call, 1, 0, min_time=0.02).median)
+    kernel, whole = Timing(tuple(samples[0])), Timing(tuple(samples[1]))
+    table.add(path="kernel launch alone", **{"call us": kernel, "checks us": None})
+    table.add(
+        path="paged_attention",
+        **{"call us": whole, "checks us": (whole.median - kernel.median) * 1e6},
+    )
+    return table
+
+
 def run(args: Any) -> list[Table]:
     kinds = [element_type(k) for k in ("f32", "f16", "bf16")]
     heads = [(16, 16), (32, 8)]
@@ -260,7 +301,9 @@ def run(args: Any) -> list[Table]:
     ]
     prefill = prefill_rows(prefill_shapes, repeats=7)
     prefill.print()
-    return [decode, prefill]
+    fixed = fixed_cost_rows(repeats)
+    fixed.print()
+    return [decode, prefill, fixed]
 
 
 def main() -> None:

@@ -13,10 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from numba import njit  # pyright: ignore[reportUnknownVariableType]
 
 from llmir.errors import (
     BlockTableError,
@@ -143,6 +145,22 @@ def validate_block_table(
     """
     table = np.asarray(block_table)
     lens = np.asarray(seq_lens)
+    if (
+        table.dtype == np.int32
+        and lens.dtype == np.int32
+        and table.ndim == 2
+        and lens.ndim == 1
+        and lens.shape[0] == table.shape[0]
+        and table.flags.c_contiguous
+        and lens.flags.c_contiguous
+    ):
+        # The tables the cache hands out: one compiled pass accepts them
+        # (every call of attention pays this check).  Anything it does not
+        # accept goes through the checks below, which name the fault or
+        # accept the holes a mask hides.
+        max_len = _plain_table_max_len(table, lens, num_blocks, block_size, max_seq_len)
+        if max_len >= 0:
+            return BlockTable(table, lens, int(max_len))
     for name, arr in (("block_table", table), ("seq_lens", lens)):
         if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer):
             raise DTypeError(
@@ -220,6 +238,29 @@ def validate_block_table(
         np.ascontiguousarray(lens, dtype=np.int32),
         high,
     )
+
+
+@njit(cache=True)
+def _plain_table_max_len(
+    table: Any, lens: Any, num_blocks: Any, block_size: Any, max_seq_len: Any
+) -> Any:
+    """max(lens) when every row is plainly valid: ``0 <= len <= min(max_seq_len,
+    width * block_size)``, the blocks the length needs in ``[0, num_blocks)``
+    and every entry past them a block id or padding; else -1.  A subset of
+    what `validate_block_table` accepts (no holes), decided in one pass."""
+    capacity = table.shape[1] * block_size
+    high = 0
+    for b in range(lens.shape[0]):
+        n = lens[b]
+        if n < 0 or n > max_seq_len or n > capacity:
+            return -1
+        high = max(high, n)
+        needed = (n + block_size - 1) // block_size
+        for j in range(table.shape[1]):
+            block = table[b, j]
+            if block >= num_blocks or (block < 0 and (j < needed or block != -1)):
+                return -1
+    return high
 
 
 @dataclass(frozen=True)
@@ -386,6 +427,26 @@ def check_attention_options(
     logits_soft_cap: object = None,
     sink_tokens: object = None,
 ) -> AttentionOptions:
+    """The checked options of one attention call.  A model passes the same
+    few options on every call, so checked ones are remembered (by value and
+    type: ``1`` and ``True`` stay apart); unhashable values are checked
+    every time."""
+    args = (head_dim, scale, causal, sliding_window, logits_soft_cap, sink_tokens)
+    try:
+        hash(args)
+    except TypeError:
+        return _check_attention_options(*args)
+    return _remembered_attention_options(*args)
+
+
+def _check_attention_options(
+    head_dim: int,
+    scale: object,
+    causal: object,
+    sliding_window: object,
+    logits_soft_cap: object,
+    sink_tokens: object,
+) -> AttentionOptions:
     if not isinstance(causal, bool | np.bool_):
         raise ConfigError(f"causal must be a bool, got {causal!r}")
     window = check_window(sliding_window)
@@ -396,6 +457,11 @@ def check_attention_options(
         check_soft_cap(logits_soft_cap),
         check_sinks(sink_tokens, window),
     )
+
+
+_remembered_attention_options = lru_cache(maxsize=256, typed=True)(
+    _check_attention_options
+)
 
 
 QUERY_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))

@@ -878,6 +878,7 @@ def run_paged_attention(
     q_tile: int | None = None,
     auto_partition: bool = True,
     block_mass: npt.NDArray[np.float32] | None = None,
+    max_len: int | None = None,
 ) -> None:
     """Write attention of `query` over `layer_pool` into `out` (both float32
     ``[batch, Tq, Hq, D]``, C-contiguous).  Arguments must be valid (see
@@ -892,6 +893,9 @@ def run_paged_attention(
     block got: its softmax weights summed over the group's query heads and
     the queries (so a row of it sums to Tq * Hq / H where keys were seen).
     It needs every context whole: the split and the query tiles are off.
+
+    `max_len` is ``max(seq_lens)`` when the caller knows it (a checked
+    `BlockTable` does).
     """
     if query.size == 0:
         return
@@ -903,8 +907,11 @@ def run_paged_attention(
     if block_mass is not None:
         tile, partition_size, auto_partition = tq, None, False
     q_tiles = -(-tq // tile)
-    max_len = int(seq_lens.max())
-    if partition_size is None and auto_partition:
+    if max_len is None:
+        max_len = int(seq_lens.max())
+    # Contexts that fit one partition are never split: no need to ask for the
+    # thread count (a call into Numba's runtime on every attention call).
+    if partition_size is None and auto_partition and max_len > DEFAULT_PARTITION_SIZE:
         partition_size = plan_partition_size(
             batch, num_heads, q_tiles, max_len, block_size, numba.get_num_threads()
         )
@@ -917,9 +924,8 @@ def run_paged_attention(
         part_sum = np.empty(state_shape, dtype=np.float32)
         part_acc = np.empty((*state_shape, head_dim), dtype=np.float32)
     else:  # unused by the kernel; only the ranks must match
-        part_max = np.empty((0, 0, 0, 0, 0), dtype=np.float32)
-        part_sum = part_max
-        part_acc = np.empty((0, 0, 0, 0, 0, 0), dtype=np.float32)
+        part_max = part_sum = _NO_PARTITION_STATE
+        part_acc = _NO_PARTITION_ACC
     attention_kernel(kind_code)(
         query,
         layer_pool,
@@ -937,5 +943,11 @@ def run_paged_attention(
         part_max,
         part_sum,
         part_acc,
-        np.empty((0, 0, 0), np.float32) if block_mass is None else block_mass,
+        _NO_BLOCK_MASS if block_mass is None else block_mass,
     )
+
+
+# Empty stand-ins for the kernel's optional arrays (never written).
+_NO_PARTITION_STATE = np.empty((0, 0, 0, 0, 0), np.float32)
+_NO_PARTITION_ACC = np.empty((0, 0, 0, 0, 0, 0), np.float32)
+_NO_BLOCK_MASS = np.empty((0, 0, 0), np.float32)

@@ -152,6 +152,7 @@ class CPUBackend:
                 partition_size=options.context_partition or None,
                 auto_partition=options.context_partition is None,
                 block_mass=block_mass,
+                max_len=table.max_len,
             )
         if work is not result:
             result[...] = work

@@ -112,3 +112,15 @@ def test_passes_benchmark_keeps_outputs_and_plans_exact() -> None:
     assert len(step.rows) == 3
     assert {row["outputs"] for row in program.rows} == {"bit-identical"}
     assert all("runtime pool equal" in row["bytes"] for row in plan.rows)
+
+
+def test_fixed_cost_row_times_the_call_and_the_bare_kernel() -> None:
+    from benchmarks.bench_attention import fixed_cost_rows
+
+    table = fixed_cost_rows(repeats=1)
+    kernel, call = table.rows
+    assert kernel["path"] == "kernel launch alone" and call["path"] == "paged_attention"
+    assert kernel["call us"].median > 0 and call["call us"].median > 0
+    assert call["checks us"] == pytest.approx(
+        (call["call us"].median - kernel["call us"].median) * 1e6
+    )
