@@ -1,8 +1,10 @@
 """Every CPU benchmark in one command: ``python -m benchmarks``.
 
 Runs the runtime copies, paged attention, the interpreter overhead, the
-sharing workloads and the passes one after the other, each in its own
-process (so Numba's thread pool and the page cache start equal).  Each
+sharing workloads, the passes, memory tiers, pruning and the IPEX comparison
+(in its own virtualenv, once scripts/ipex_venv.sh has made it) one after the
+other, each in its own process (so Numba's thread pool and the page cache
+start equal).  Each
 prints its tables once, with the machine's memory bandwidth measured in the
 same run, medians and spreads.
 
@@ -31,6 +33,7 @@ BENCHMARKS = (
     "bench_memory",
     "bench_streaming",
     "bench_pruning",
+    "bench_ipex",
 )
 
 

@@ -137,7 +137,7 @@ def cache_resident(working_set_bytes: int) -> bool:
 # fastmath lets LLVM reorder the reduction so it vectorizes; without it the
 # sum is bound by the adder's latency.
 @njit(parallel=True, fastmath=True, cache=True)
-def _numba_sum(a: Any) -> Any:
+def numba_sum(a: Any) -> Any:
     acc = np.float32(0.0)
     for i in prange(a.size):
         acc += a[i]
@@ -182,7 +182,7 @@ def read_limit(nbytes: int = LIMIT_BYTES, repeats: int = 5) -> Limit:
     numpy sums in threads, and torch.sum, over `nbytes`."""
     a = np.ones(nbytes // 4, dtype=np.float32)
     probes: dict[str, Callable[[], Any]] = {
-        "numba sum": lambda: _numba_sum(a),
+        "numba sum": lambda: numba_sum(a),
         "numpy sum in threads": lambda: _in_threads(
             lambda lo, hi: a[lo:hi].sum(), a.size
         ),

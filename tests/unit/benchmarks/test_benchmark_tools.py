@@ -124,3 +124,14 @@ def test_fixed_cost_row_times_the_call_and_the_bare_kernel() -> None:
     assert call["checks us"] == pytest.approx(
         (call["call us"].median - kernel["call us"].median) * 1e6
     )
+
+
+def test_ipex_benchmark_without_ipex_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import bench_ipex
+
+    monkeypatch.setattr(bench_ipex, "ipex_available", lambda: False)
+    monkeypatch.setattr(bench_ipex, "IPEX_VENV", tmp_path / "no-venv")
+    bench_ipex.main()
+    assert "bash scripts/ipex_venv.sh" in capsys.readouterr().out

@@ -1,0 +1,197 @@
+"""Decode attention side by side with Intel's IPEX PagedAttention, and
+against a plain sum over the very same pool bytes.
+
+    bash scripts/ipex_venv.sh           # once: torch 2.8 + IPEX 2.8 in .ipex-venv
+    python -m benchmarks.bench_ipex     # runs itself in .ipex-venv
+
+IPEX 2.8 (``ipex.llm.modules.PagedAttention.single_query_cached_kv_attention``,
+the CPU paged attention vLLM uses on Intel) needs torch 2.8, so it lives in
+its own virtualenv with llmir installed; without it this prints how to make
+one.  Per row, in one process on identical data: our decode attention, IPEX's
+on the same K/V copied into its layout (``[blocks, H, block, D]`` key and
+value caches, the same block table), and the time of a parallel sum over our
+pool's bytes (the best of a Numba and a torch sum: the fairest ceiling for a
+kernel that must read every byte once).  Columns: medians (±IQR/2), IPEX's
+time / ours (above 1.00x we are faster), the sum's time / ours (1.00 is the
+read limit for this very data), and the largest difference between the two
+outputs relative to the output's scale (IPEX returns the cache's dtype, so
+for halves this is its output's rounding: bf16 keeps 8 bits).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+
+from benchmarks.bench_attention import HEAD_DIM, Shape, Workload, make_workload, ours
+from benchmarks.common import (
+    Table,
+    Timing,
+    benchmark_main,
+    measure,
+    numba_sum,
+    progress,
+)
+from llmir.runtime.dtypes import element_type
+from llmir.runtime.geometry import KEY, VALUE
+
+IPEX_VENV = Path(__file__).parents[1] / ".ipex-venv"
+HINT = (
+    "IPEX is not installed here: it needs torch 2.8 in its own virtualenv "
+    "(bash scripts/ipex_venv.sh, about 3 GB), then run this again"
+)
+
+
+def ipex_available() -> bool:
+    return importlib.util.find_spec("intel_extension_for_pytorch") is not None
+
+
+class IpexDecode:
+    """IPEX's decode attention over a copy of a workload's K/V in its layout."""
+
+    def __init__(self, work: Workload) -> None:
+        import intel_extension_for_pytorch as ipex  # pyright: ignore[reportMissingImports]
+        import torch
+
+        s = work.shape
+        dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[
+            s.kind.name
+        ]
+        pool = torch.from_numpy(work.layer_pool)  # [blocks, H, 2, B, D] raw bits
+        if s.kind.name != "f32":
+            pool = pool.view(dtype)
+        self.key_cache = pool[:, :, KEY].contiguous()
+        self.value_cache = pool[:, :, VALUE].contiguous()
+        self.query = torch.from_numpy(work.query[:, 0]).to(dtype).contiguous()
+        self.out = torch.empty_like(self.query)
+        group = s.q_heads // s.kv_heads
+        self.head_mapping = torch.arange(
+            s.kv_heads, dtype=torch.int32
+        ).repeat_interleave(group)
+        self.block_table = torch.from_numpy(work.block_table)
+        self.seq_lens = torch.from_numpy(work.seq_lens)
+        self.block_size = s.block_size
+        self.max_len = int(work.seq_lens.max())
+        self.scale = float(HEAD_DIM**-0.5)
+        self._attention = (
+            ipex.llm.modules.PagedAttention.single_query_cached_kv_attention
+        )
+        self._torch = torch
+
+    def __call__(self) -> Any:
+        with self._torch.inference_mode():
+            self._attention(
+                self.out, self.query, self.key_cache, self.value_cache,
+                self.head_mapping, self.scale, self.block_table, self.seq_lens,
+                self.block_size, self.max_len, None,
+            )  # fmt: skip
+        return self.out
+
+    def result(self) -> np.ndarray[Any, Any]:
+        """The last output as float32 ``[batch, 1, Hq, D]``."""
+        return self.out.float().numpy()[:, None]
+
+
+def sum_over_pool(work: Workload) -> tuple[Timing, str]:
+    """The faster of a Numba and a torch parallel sum over the pool's bytes."""
+    import torch
+
+    flat = work.layer_pool.reshape(-1).view(np.float32)
+    flat_torch = torch.from_numpy(flat)
+    probes = {
+        "numba": lambda: numba_sum(flat),
+        "torch": lambda: flat_torch.sum(),
+    }
+    timings = {name: measure(fn, repeats=7, warmup=1) for name, fn in probes.items()}
+    best = min(timings, key=lambda name: timings[name].median)
+    return timings[best], best
+
+
+def decode_rows(shapes: list[Shape], repeats: int) -> Table:
+    rng = np.random.default_rng(0)
+    table = Table(
+        "decode (Tq = 1, D = 128) vs IPEX 2.8",
+        ["batch", "context", "Hq/H", "block", "dtype", "ms", "IPEX ms", "vs IPEX",
+         "sum ms", "of sum speed", "max diff"],
+    )  # fmt: skip
+    for index, shape in enumerate(shapes):
+        progress(f"  decode {index + 1}/{len(shapes)}")
+        work = make_workload(shape, rng)
+        call = ours(work)
+        ipex = IpexDecode(work)
+        # Alternate ours and IPEX, so that both see the same moments of a
+        # shared machine.
+        for fn in (call, ipex):
+            measure(fn, repeats=1, warmup=2)
+        samples: tuple[list[float], list[float]] = ([], [])
+        for _ in range(repeats):
+            samples[0].append(measure(call, 1, 0).median)
+            samples[1].append(measure(ipex, 1, 0).median)
+        mine, theirs = Timing(tuple(samples[0])), Timing(tuple(samples[1]))
+        plain_sum, _ = sum_over_pool(work)
+        our_out = np.asarray(call(), np.float32)
+        ipex()
+        scale = float(np.abs(our_out).max()) or 1.0
+        diff = float(np.abs(ipex.result() - our_out).max()) / scale
+        table.add(
+            batch=shape.batch, context=shape.context, **{"Hq/H": shape.label},
+            block=shape.block_size, dtype=shape.kind.name, ms=mine,
+            **{"IPEX ms": theirs, "vs IPEX": f"{theirs.median / mine.median:.2f}x",
+               "sum ms": plain_sum,
+               "of sum speed": f"{plain_sum.median / mine.median:.2f}",
+               "max diff": f"{diff:.1e}"},
+            working_set_bytes=work.kv_bytes,
+        )  # fmt: skip
+        del work, ipex
+    return table
+
+
+def run(args: Any) -> list[Table]:
+    import torch
+
+    torch.set_num_threads(numba.get_num_threads())
+    batches = [(8, 2048)] if args.quick else [(8, 2048), (8, 8192)]
+    shapes = [
+        Shape(b, n, hq, h, bs, element_type(kind))
+        for b, n in batches
+        for hq, h in ((16, 16), (32, 8))
+        for bs in (16, 64)
+        for kind in ("f32", "f16", "bf16")
+    ]
+    import intel_extension_for_pytorch as ipex  # pyright: ignore[reportMissingImports]
+
+    # IPEX picks its kernels by the instruction set torch finds (a VM may
+    # hide AVX-512 from both), so the table says which one ran.
+    print(
+        f"threads: {numba.get_num_threads()}; torch {torch.__version__}, "
+        f"IPEX {ipex.__version__}, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}; medians of 9 alternated "
+        "runs ±IQR/2"
+    )
+    table = decode_rows(shapes, repeats=9)
+    table.print()
+    return [table]
+
+
+def main() -> None:
+    if not ipex_available():
+        interpreter = IPEX_VENV / "bin" / "python"
+        if interpreter.exists() and Path(sys.executable) != interpreter:
+            # Same arguments, in the virtualenv that has IPEX.
+            os.execv(
+                interpreter,
+                [str(interpreter), "-m", "benchmarks.bench_ipex", *sys.argv[1:]],
+            )
+        print(HINT)
+        return
+    benchmark_main((__doc__ or "").split("\n\n")[0], run)
+
+
+if __name__ == "__main__":
+    main()
