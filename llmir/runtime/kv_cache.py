@@ -34,13 +34,20 @@ from __future__ import annotations
 
 import tempfile
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from llmir.errors import ConfigError, DTypeError, SequenceError, ShapeError
+from llmir.errors import (
+    BlockTableError,
+    ConfigError,
+    DTypeError,
+    SequenceError,
+    ShapeError,
+)
 from llmir.runtime.allocator import BlockAllocator
 from llmir.runtime.backend import Backend, create_backend
 from llmir.runtime.dtypes import ElementType, element_type
@@ -195,6 +202,13 @@ class PagedKVCache:
         # read-only view of a private array): a write given exactly this
         # object skips the slot checks.
         self._handed_out: IntArray | None = None
+        # Reservations revoked because blocks went back to the pool (by id,
+        # held weakly): their slots may lie in other sequences' blocks now,
+        # which the slot checks cannot tell, so writing them is refused.
+        self._revoked: weakref.WeakValueDictionary[int, IntArray] = (
+            weakref.WeakValueDictionary()
+        )
+        self._reserved_ids = np.zeros(0, np.int64)  # whose slots they are
 
     @classmethod
     def from_geometry(
@@ -346,7 +360,7 @@ class PagedKVCache:
         keep = None if priority is None else _check_priority(priority)
         with self._lock:
             self._seqs.free_sequences(ids, keep)
-            self._handed_out = None  # its blocks may belong to others now
+            self._revoke_reservation()
 
     # -- sharing ---------------------------------------------------------------
 
@@ -421,7 +435,7 @@ class PagedKVCache:
         ids = check_seq_ids(seq_ids)
         with self._lock:
             moved = self._seqs.swap_out(ids)
-            self._handed_out = None  # the reservation's blocks were released
+            self._revoke_reservation()
             return moved
 
     def swap_in(self, seq_ids: Any) -> int:
@@ -453,7 +467,7 @@ class PagedKVCache:
         left as they are (appends overwrite them)."""
         with self._lock:
             self._seqs.reset()
-            self._handed_out = None
+            self._revoke_reservation()
 
     def stats(self) -> CacheStats:
         block_bytes = self._geometry.bytes_per_block
@@ -526,6 +540,8 @@ class PagedKVCache:
         with self._lock:
             plan = self._seqs.plan_append(ids, tokens, layer, tids)
             blocks, slots = self._seqs.commit_append(plan)
+            if plan.prune:
+                self._revoke_reservation()
             self._backend.write(
                 layer,
                 k.reshape(1, batch * tokens, *k.shape[2:]),
@@ -552,6 +568,8 @@ class PagedKVCache:
         with self._lock:
             plan = self._seqs.plan_append(ids, tokens, None, tids)
             blocks, slots = self._seqs.commit_append(plan)
+            if plan.prune:
+                self._revoke_reservation()
             self._backend.write(
                 None,
                 k.reshape(layers, batch * tokens, *k.shape[3:]),
@@ -587,16 +605,37 @@ class PagedKVCache:
                 slots = np.ascontiguousarray(self._seqs.commit_reserve(plan))
             slots.flags.writeable = False
             self._handed_out = slots.view()
+            self._reserved_ids = ids
             table, lens = self._seqs.block_table(ids)
         return self._handed_out, table, lens
+
+    def _revoke_reservation(self) -> None:
+        """Blocks went back to the pool (a free, swap, pruning or reset):
+        keep the last reservation only while each of its sequences still
+        holds every block it reserved there."""
+        reserved = self._handed_out
+        if reserved is None:
+            return
+        try:
+            table, _ = self._seqs.block_table(self._reserved_ids)
+        except SequenceError:  # a sequence freed or swapped out
+            table = None
+        if table is not None:
+            blocks = reserved // self.block_size  # [L, batch, T]
+            held = (blocks[..., None] == table[None, :, None, :]).any(axis=-1)
+            if held.all():
+                return
+        self._revoked[id(reserved)] = reserved
+        self._handed_out = None
 
     def write_kv(self, keys: Any, values: Any, slots: Any, layer: int = 0) -> None:
         """Write one layer's keys and values ``[batch, T, H, D]`` into
         reserved slots: a `reserve_slots` result ``[L, batch, T]`` (layer
         `layer` of it is used) or one layer's int32 ``[batch, T]``.  The
-        reservation exactly as it was returned is trusted (it is read-only
-        and dropped when blocks are freed); any other slots are checked to
-        lie in blocks some sequence holds."""
+        reservation exactly as it was returned is trusted (it is read-only);
+        once a block it reserved leaves its sequence (a free, swap, pruning
+        or reset) it is revoked and writing it raises `BlockTableError`.
+        Any other slots are checked to lie in blocks some sequence holds."""
         layer = check_layer(layer, self._geometry.num_layers)
         k, v = self._checked_kv(keys, values, rank=4)
         batch, tokens = k.shape[0], k.shape[1]
@@ -608,6 +647,12 @@ class PagedKVCache:
                         f"the reservation is for {mapping.shape[0]} sequence(s) x "
                         f"{mapping.shape[1]} token(s), the keys are {batch} x {tokens}"
                     )
+            elif self._revoked.get(id(slots)) is slots:
+                raise BlockTableError(
+                    "this reservation was revoked: blocks went back to the pool "
+                    "(a free, swap, pruning or reset) after reserve_slots, so its "
+                    "slots may lie in other sequences' blocks; reserve the step again"
+                )
             else:
                 mapping = np.asarray(slots)
                 if mapping.ndim == 3:

@@ -529,9 +529,14 @@ class SequenceTable:
                     )
                 )
         freed = 0
-        for row, columns in prune:
-            blocks = self._tables[row, columns]
-            freed += int((self.allocator.ref_counts_of(blocks) == 1).sum())
+        if prune:
+            # A block goes back to the pool when every holder gives it up:
+            # forked siblings pruning in one batch may release it together.
+            given_back = np.concatenate(
+                [self._tables[row, columns] for row, columns in prune]
+            )
+            blocks, releases = np.unique(given_back, return_counts=True)
+            freed = int((self.allocator.ref_counts_of(blocks) <= releases).sum())
         return tuple(prune), freed
 
     def _prune(self, prune: tuple[tuple[int, npt.NDArray[np.int64]], ...]) -> None:
@@ -744,10 +749,14 @@ class SequenceTable:
         stats.query_tokens += int(tokens.size)
         row = self._new_row(seq_id)
         blocks = list(found.blocks)
-        self.allocator.take_back(np.array(blocks, np.int32))
+        matched = np.array(blocks, np.int32)
+        # A block nobody held keeps an earlier owner's attention mass: start
+        # it afresh.  One that live sequences still hold keeps theirs.
+        unheld = matched[self.allocator.ref_counts_of(matched) == 0]
+        self.allocator.take_back(matched)
         if self.heavy_hitter_blocks:
-            self.block_mass[blocks] = 0.0
-            self.block_queries[blocks] = 0.0
+            self.block_mass[unheld] = 0.0
+            self.block_queries[unheld] = 0.0
         partial = 0
         if found.partial_block is not None and found.partial_tokens:
             copied = self._copy_partial(found.partial_block, found.partial_tokens)

@@ -385,3 +385,69 @@ def test_bad_heavy_hitter_options_are_refused() -> None:
         PagedKVCache(
             1, 1, 4, 4, 64, num_blocks=4, window_tokens=10, heavy_hitter_blocks=0
         )
+
+
+def _ones(tokens: int, value: float = 1.0, batch: int = 1) -> npt.NDArray[np.float32]:
+    return np.full((batch, tokens, 1, 8), value, np.float32)
+
+
+def test_a_reservation_whose_blocks_were_pruned_is_refused() -> None:
+    # Reserve 12 tokens of sequence 0 in both layers and write layer 0; an
+    # append then prunes the reservation's first block, which sequence 1
+    # takes.  Writing layer 1 of the old reservation would land in sequence
+    # 1's block: it is refused, and sequence 1 keeps its keys.
+    cache = PagedKVCache(2, 1, 8, 4, 512, num_blocks=16, window_tokens=8)
+    cache.append_kv_all_layers(np.stack([_ones(2)] * 2), np.stack([_ones(2)] * 2), [0])
+    slots, _, _ = cache.reserve_slots([0], 12)
+    cache.write_kv(_ones(12, 2.0), _ones(12, 2.0), slots, layer=0)
+    cache.append_kv(_ones(1, 3.0), _ones(1, 3.0), [0], layer=0)  # prunes
+    seven = np.stack([_ones(4, 7.0)] * 2)
+    cache.append_kv_all_layers(seven, seven, [1])
+    with pytest.raises(BlockTableError, match="reservation was revoked"):
+        cache.write_kv(_ones(12, 2.0), _ones(12, 2.0), slots, layer=1)
+    keys, _ = cache.lookup_sequences([1], layer=1)
+    assert (keys[0, :, 0, 0] == 7.0).all()
+
+
+def test_a_reservation_survives_frees_that_spare_its_blocks() -> None:
+    cache = PagedKVCache(2, 1, 8, 4, 64, num_blocks=16)
+    cache.append_kv_all_layers(np.stack([_ones(3)] * 2), np.stack([_ones(3)] * 2), [0])
+    cache.fork(0, 1)  # shares sequence 0's block
+    cache.append_kv_all_layers(np.stack([_ones(2)] * 2), np.stack([_ones(2)] * 2), [2])
+    slots, _, _ = cache.reserve_slots([0], 1)
+    cache.free_sequences([1, 2])  # neither takes a block of the reservation
+    cache.write_kv(_ones(1, 5.0), _ones(1, 5.0), slots, layer=1)
+    cache.free_sequence(0)
+    with pytest.raises(BlockTableError, match="reservation was revoked"):
+        cache.write_kv(_ones(1, 5.0), _ones(1, 5.0), slots, layer=0)
+
+
+def test_matching_a_prefix_keeps_the_mass_of_blocks_others_hold() -> None:
+    cache = PagedKVCache(
+        1, 1, 8, 4, 512, "f32", num_blocks=32, window_tokens=8, sink_tokens=4,
+        heavy_hitter_blocks=6, enable_prefix_caching=True,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    keys = rng.standard_normal((1, 24, 1, 8)).astype(np.float32)
+    cache.append_kv(keys, keys, [0], token_ids=np.arange(24)[None])
+    query = rng.standard_normal((1, 1, 1, 8)).astype(np.float32)
+    for _ in range(3):
+        cache.paged_attention(query, *cache.block_table([0]))
+    blocks = cache.blocks_of(0)
+    table = cache.sequences
+    mass, queries = table.block_mass[blocks].copy(), table.block_queries[blocks].copy()
+    assert (mass > 0).all() and (queries == 3).all()
+    # Five full blocks shared, three tokens of the sixth copied.
+    assert cache.match_prefix(1, np.arange(24)) == 23
+    np.testing.assert_array_equal(table.block_mass[blocks], mass)
+    np.testing.assert_array_equal(table.block_queries[blocks], queries)
+
+
+def test_forked_siblings_prune_a_shared_block_together() -> None:
+    # Both hold every block; pruning in one batch frees the first block for
+    # the new one the append needs, as one at a time would.
+    cache = PagedKVCache(1, 1, 8, 4, 512, num_blocks=5, window_tokens=8)
+    cache.append_kv(_ones(16), _ones(16), [0])
+    cache.fork(0, 1)
+    cache.append_kv(_ones(1, batch=2), _ones(1, batch=2), [0, 1])
+    assert cache.seq_len(0) == cache.seq_len(1) == 17

@@ -125,5 +125,8 @@ def test_a_reservation_is_not_trusted_after_its_blocks_are_freed(
 ) -> None:
     cache, slots = primed
     cache.free_sequences([0, 1])
-    with pytest.raises(BlockTableError, match="no sequence holds"):
+    with pytest.raises(BlockTableError, match="reservation was revoked"):
         cache.write_kv(kv(2, 2), kv(2, 2), slots, 0)
+    # A copy of it is checked slot by slot: its blocks are free now.
+    with pytest.raises(BlockTableError, match="no sequence holds"):
+        cache.write_kv(kv(2, 2), kv(2, 2), np.array(slots), 0)
