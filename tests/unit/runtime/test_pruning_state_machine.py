@@ -10,7 +10,8 @@ between them; a mask that would read one is refused with a BlockTableError
 that changes nothing.  After every step: the bookkeeping invariants hold,
 no sequence holds more than ceil(S/B) + ceil(W/B) + 1 blocks after a
 decode step (more after a chunk of T tokens, whose queries see W back), and
-every kept token reads back as appended.  With heavy hitters (holes
+every kept token reads back as appended (appended whole, per layer, or
+reserved and written layer by layer).  With heavy hitters (holes
 anywhere outside the sinks and the window, attention skipping them) the
 outputs are checked against the float64 reference over the kept tokens, and
 the budget holds after every decode step.
@@ -108,22 +109,32 @@ class PruningMachine(RuleBasedStateMachine):
         self._append([seq], t, per_layer=False)
 
     @precondition(lambda self: self.resident())
-    @rule(data=st.data(), t=st.integers(1, 6), per_layer=st.booleans())
-    def grow(self, data: st.DataObject, t: int, per_layer: bool) -> None:
+    @rule(
+        data=st.data(),
+        t=st.integers(1, 6),
+        how=st.sampled_from(["whole step", "per layer", "reserved"]),
+    )
+    def grow(self, data: st.DataObject, t: int, how: str) -> None:
         ids = data.draw(
             st.lists(st.sampled_from(self.resident()), min_size=1, unique=True)
         )
         ids = [s for s in ids if self.lens[s] + t <= MAX]
         if ids:
-            self._append(ids, t, per_layer)
+            self._append(ids, t, how == "per layer", reserved=how == "reserved")
 
-    def _append(self, ids: list[int], t: int, per_layer: bool) -> None:
+    def _append(
+        self, ids: list[int], t: int, per_layer: bool, reserved: bool = False
+    ) -> None:
         keys = self.rng.standard_normal((L, len(ids), t, H, D), np.float32)
         values = self.rng.standard_normal((L, len(ids), t, H, D), np.float32)
         tokens = self.rng.integers(0, 3, (len(ids), t))
         before = self._state()
         try:
-            if per_layer:
+            if reserved:  # one reservation, then a write per layer
+                slots, _, _ = self.pruned.reserve_slots(ids, t)
+                for layer in range(L):
+                    self.pruned.write_kv(keys[layer], values[layer], slots, layer)
+            elif per_layer:
                 for layer in range(L):
                     self.pruned.append_kv(
                         keys[layer], values[layer], ids, layer, token_ids=tokens
