@@ -554,13 +554,16 @@ def _record_block_mass(
 
 
 @cache
-def attention_kernel(kind_code: int) -> Any:
+def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
     """The paged-attention kernel of one element type, compiled on first use.
 
     The element-type code is a constant of each kernel (a closure value,
     which Numba compiles and caches per value), so a kernel holds only its
     own type's conversions: compiling the half-precision kernel took ~26 s
-    with the f16 and bf16 paths together and about half that apart.
+    with the f16 and bf16 paths together and about half that apart.  So is
+    `with_mass` (whether the kernel records each block's attention mass, for
+    heavy-hitter pruning): Numba prunes the branches on it, and a cache that
+    never asks for the mass never compiles that code.
     """
 
     @njit(parallel=True, fastmath=_REORDER_SUMS, cache=True)
@@ -592,9 +595,9 @@ def attention_kernel(kind_code: int) -> Any:
         run_length = 2 * block_size * head_dim  # elements of one (block, head)
         line = _CACHE_LINE_BYTES // layer_pool.itemsize
         items = batch * num_heads * q_tiles * num_partitions
-        # Block mass: one partition and one query tile per (sequence, head)
-        # (the launcher sees to it), so each item owns block_mass[b, h].
-        want_mass = block_mass.shape[0] > 0
+        # Block mass (`with_mass`): one partition and one query tile per
+        # (sequence, head) (the launcher sees to it), so each item owns
+        # block_mass[b, h].
         width = block_table.shape[1]
 
         for item in prange(items):
@@ -641,7 +644,7 @@ def attention_kernel(kind_code: int) -> Any:
             tile_scores = np.empty((4, block_size), dtype=np.float32)
             key_scratch = np.empty((block_size, head_dim), dtype=np.float32)
             value_scratch = np.empty((block_size, head_dim), dtype=np.float32)
-            mass_width = width if want_mass else 0
+            mass_width = width if with_mass else 0
             contrib = np.zeros((max_rows, mass_width), dtype=np.float32)
             contrib_max = np.full((max_rows, mass_width), -np.inf, dtype=np.float32)
             max_before = np.empty(max_rows, dtype=np.float32)
@@ -663,7 +666,7 @@ def attention_kernel(kind_code: int) -> Any:
                     block = block_table[b, logical]
                     if block < 0:
                         continue  # a hole the cache allows (heavy-hitter pruning)
-                    if want_mass:
+                    if with_mass:
                         if previous >= 0:
                             _record_block_mass(
                                 rows, row_max, row_sum, max_before, sum_before,
@@ -769,7 +772,7 @@ def attention_kernel(kind_code: int) -> Any:
                                     row_max, row_sum, acc, r, soft_cap,
                                 )  # fmt: skip
 
-            if want_mass:
+            if with_mass:
                 if previous >= 0:
                     _record_block_mass(
                         rows, row_max, row_sum, max_before, sum_before,
@@ -926,7 +929,7 @@ def run_paged_attention(
     else:  # unused by the kernel; only the ranks must match
         part_max = part_sum = _NO_PARTITION_STATE
         part_acc = _NO_PARTITION_ACC
-    attention_kernel(kind_code)(
+    attention_kernel(kind_code, block_mass is not None)(
         query,
         layer_pool,
         block_table,
