@@ -18,7 +18,11 @@ import numpy.typing as npt
 from llmir.runtime.backend import Backend, create_backend
 from llmir.runtime.dtypes import element_type
 from llmir.runtime.geometry import CacheGeometry
-from llmir.runtime.validation import AttentionOptions, BlockTable
+from llmir.runtime.validation import (
+    AttentionOptions,
+    BlockTable,
+    check_attention_options,
+)
 
 Array = npt.NDArray[Any]
 GeometryArgs = tuple[str, int, int, int, int, int]
@@ -28,13 +32,19 @@ class ShardActor:
     """One shard's pool and kernels (wrapped by `ray.remote` in
     `llmir.distributed.backend`)."""
 
-    def __init__(self, geometry: GeometryArgs, num_blocks: int, device: str) -> None:
+    def __init__(
+        self,
+        geometry: GeometryArgs,
+        num_blocks: int,
+        device: str,
+        block_mass: bool = False,
+    ) -> None:
         name, layers, heads, head_dim, block, max_len = geometry
         self._geometry = CacheGeometry(
             element_type(name), layers, heads, head_dim, block, max_len
         )
         self._backend: Backend = create_backend(device, self._geometry, num_blocks)
-        _warm_up(self._geometry, device)
+        _warm_up(self._geometry, device, block_mass)
 
     def ready(self) -> bool:
         return True
@@ -118,10 +128,12 @@ def _host(array: Any) -> Array:
     return array.copy_to_host() if hasattr(array, "copy_to_host") else array
 
 
-def _warm_up(geometry: CacheGeometry, device: str) -> None:
+def _warm_up(geometry: CacheGeometry, device: str, block_mass: bool) -> None:
     """Run every kernel variant once on a scratch cache, so that compiling
     (or loading them from Numba's cache) happens while the actor starts,
-    not inside the first call the driver times out."""
+    not inside the first call the driver times out.  `block_mass`: the
+    cache prunes heavy hitters, so attention also records block mass (a
+    kernel variant of its own)."""
     from llmir.runtime.attention import paged_attention
     from llmir.runtime.kv_cache import PagedKVCache
 
@@ -144,3 +156,14 @@ def _warm_up(geometry: CacheGeometry, device: str) -> None:
     for queries in (1, 2):  # decode and prefill
         query = np.zeros((1, queries, geometry.num_heads, geometry.head_dim))
         paged_attention(query.astype(np.float32), scratch, table, lens)
+        if block_mass:
+            checked = scratch.validate_block_table(table, lens)
+            mass = np.zeros((1, geometry.num_heads, table.shape[1]), np.float32)
+            scratch.backend.attention(
+                0,
+                query.astype(np.float32),
+                checked,
+                check_attention_options(geometry.head_dim),
+                None,
+                mass,
+            )

@@ -79,7 +79,10 @@ class ShardedBackend:
         num_blocks: int,
         device: str = "cpu",
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        block_mass: bool = False,
     ) -> None:
+        """`block_mass`: attention will be asked for each block's mass
+        (heavy-hitter pruning), so the shards warm that kernel too."""
         self._ray = ray_module()
         self.plan = plan
         self.device = device
@@ -98,7 +101,8 @@ class ShardedBackend:
             num_cpus=0, num_gpus=1 if device == "cuda" else 0
         )
         self.actors = [
-            remote.remote(args, num_blocks, device) for _ in range(plan.shards)
+            remote.remote(args, num_blocks, device, block_mass)
+            for _ in range(plan.shards)
         ]
         # Starting compiles (or loads) the kernels: minutes on a cold Numba
         # cache, so the start has its own, longer limit.

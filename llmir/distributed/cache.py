@@ -58,7 +58,9 @@ class ShardedKVCache(PagedKVCache):
         def factory(geometry: CacheGeometry, blocks: int) -> ShardedBackend:
             # The plan is checked before any actor starts.
             plan = ShardPlan(shard_by, shards, geometry)
-            return ShardedBackend(plan, blocks, device, timeout_s)
+            return ShardedBackend(
+                plan, blocks, device, timeout_s, block_mass=bool(heavy_hitter_blocks)
+            )
 
         super().__init__(
             num_layers,
