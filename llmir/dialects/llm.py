@@ -64,6 +64,7 @@ from llmir.dialects.llm_checks import (
 from llmir.dialects.llm_type import PagedKVCacheType
 from llmir.errors import ConfigError
 from llmir.runtime.eviction import POLICIES
+from llmir.runtime.geometry import INT32_MAX
 from llmir.runtime.options import HEAVY_HITTER_SCORES
 from llmir.runtime.validation import (
     check_scale,
@@ -229,9 +230,10 @@ class CreateKVCacheOp(KVCacheInterface, IRDLOperation):
                 f"llm.create_kv_cache: num_blocks must be positive, "
                 f"got {self.num_blocks}"
             )
-        if self.swap_blocks < 0:
+        if not 0 <= self.swap_blocks <= INT32_MAX:
             raise VerifyException(
-                f"llm.create_kv_cache: swap_blocks must be >= 0, got {self.swap_blocks}"
+                f"llm.create_kv_cache: swap_blocks must be in [0, {INT32_MAX}], "
+                f"got {self.swap_blocks}"
             )
         if self.eviction not in POLICIES:
             raise VerifyException(

@@ -223,7 +223,7 @@ def reserve_slots(
     num_tokens: int,
     width: int | None,
 ) -> tuple[Array, Array, Array]:
-    slots, table, lens = cache.reserve_slots(seq_ids, num_tokens)
+    slots, table, lens = cache.reserve_slots(seq_ids, num_tokens, require_level=True)
     return slots, _fit_width(table, seq_ids, width), lens
 
 

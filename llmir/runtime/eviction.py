@@ -94,9 +94,16 @@ class PriorityEviction:
             level[block] = None
             self._level_of[block] = priority
 
+    def priority_of(self, block: int) -> int:
+        """The retention priority a cached-free block was pushed with."""
+        return self._level_of[block]
+
     def remove(self, block: int) -> None:
         priority = self._level_of.pop(block)
-        del self._levels[priority][block]
+        level = self._levels[priority]
+        del level[block]
+        if not level:  # many distinct priorities (timestamps) must not pile up
+            del self._levels[priority]
 
     def pop(self, count: int) -> list[int]:
         victims: list[int] = []
@@ -106,6 +113,8 @@ class PriorityEviction:
                 block = level.popitem(last=False)[0]
                 del self._level_of[block]
                 victims.append(block)
+            if not level:
+                del self._levels[priority]
             if len(victims) == count:
                 break
         return victims

@@ -209,6 +209,7 @@ class PagedKVCache:
             weakref.WeakValueDictionary()
         )
         self._reserved_ids = np.zeros(0, np.int64)  # whose slots they are
+        self._reserved_layers_written = np.ones(0, bool)
 
     @classmethod
     def from_geometry(
@@ -382,7 +383,22 @@ class PagedKVCache:
                 "one parent per child"
             )
         with self._lock:
+            self._check_no_pending_reservation(parent_ids)
             self._seqs.fork(parent_ids, child_ids)
+
+    def _check_no_pending_reservation(self, parents: npt.NDArray[np.int64]) -> None:
+        """A parent whose reserved slots are not written in every layer yet
+        would share blocks the step has still to fill: the child would copy
+        them empty (as a half-appended step, refused the same way)."""
+        if self._handed_out is None or self._reserved_layers_written.all():
+            return
+        pending = np.intersect1d(parents, self._reserved_ids)
+        if pending.size:
+            layers = np.flatnonzero(~self._reserved_layers_written).tolist()
+            raise SequenceError(
+                f"sequence {int(pending[0])} has reserved slots not yet written "
+                f"in layer(s) {layers}: write them (write_kv) before forking it"
+            )
 
     def match_prefix(self, seq_id: int, token_ids: Any) -> int:
         """Start the new sequence `seq_id` with the longest cached prefix of
@@ -393,7 +409,10 @@ class PagedKVCache:
         tokens, those k are copied into a fresh block.  Needs
         ``enable_prefix_caching=True``."""
         ids = check_seq_ids([check_seq_id(seq_id)])
-        tokens = np.asarray(token_ids)
+        try:
+            tokens = np.asarray(token_ids)
+        except ValueError as exc:  # ragged
+            raise DTypeError(f"token_ids {token_ids!r} are not integers") from exc
         if tokens.ndim != 1:
             raise ShapeError(f"token_ids must be 1-D, got shape {tokens.shape}")
         return int(self.match_prefixes(ids, tokens[None, :])[0])
@@ -581,7 +600,7 @@ class PagedKVCache:
     # -- reserved steps: slots once per step, data per layer ----------------------
 
     def reserve_slots(
-        self, seq_ids: Any, num_tokens: int
+        self, seq_ids: Any, num_tokens: int, *, require_level: bool = False
     ) -> tuple[IntArray, IntArray, IntArray]:
         """Reserve `num_tokens` positions in every layer of each sequence (an
         unknown id starts one), allocating the blocks they need: the
@@ -592,12 +611,22 @@ class PagedKVCache:
         with `write_kv`, layer by layer; until then a layer reads the
         block's previous contents there, as during a per-layer append.
         Reserved positions carry no token ids (prefix caching does not index
-        them)."""
+        them).  With `require_level` (the IR's ``llm.reserve_slots``, which
+        stands for one whole step), a sequence with a step half-appended is
+        refused: its returned table could not be the one each layer's
+        attention would have read."""
         ids = check_seq_ids(seq_ids)
         count = as_int("num_tokens", num_tokens)
         if count < 0:
             raise ShapeError(f"num_tokens must be >= 0, got {count}")
         with self._lock:
+            uneven = self._seqs.first_uneven(ids) if require_level else None
+            if uneven is not None:
+                raise SequenceError(
+                    f"sequence {uneven[0]} has a step half-appended (tokens per "
+                    f"layer: {uneven[1]}): llm.reserve_slots reserves whole steps; "
+                    "finish the step first"
+                )
             if ids.size == 0 or count == 0:
                 slots = np.zeros((self.num_layers, ids.size, count), np.int32)
             else:
@@ -606,6 +635,9 @@ class PagedKVCache:
             slots.flags.writeable = False
             self._handed_out = slots.view()
             self._reserved_ids = ids
+            self._reserved_layers_written = np.full(
+                self.num_layers, slots.shape[2] == 0 or ids.size == 0
+            )
             table, lens = self._seqs.block_table(ids)
         return self._handed_out, table, lens
 
@@ -647,6 +679,7 @@ class PagedKVCache:
                         f"the reservation is for {mapping.shape[0]} sequence(s) x "
                         f"{mapping.shape[1]} token(s), the keys are {batch} x {tokens}"
                     )
+                self._reserved_layers_written[layer] = True
             elif self._revoked.get(id(slots)) is slots:
                 raise BlockTableError(
                     "this reservation was revoked: blocks went back to the pool "

@@ -145,4 +145,6 @@ def parse_bytes(text: str) -> int:
     value = float(match.group(1)) * _UNITS[unit]
     if value < 1:
         raise ConfigError(f"a byte budget must be at least 1 byte, got {text!r}")
+    if not value < 2.0**63:  # inf too: a float of 310 digits
+        raise ConfigError(f"a byte budget must be below 2^63 bytes, got {text!r}")
     return int(value)

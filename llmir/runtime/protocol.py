@@ -189,10 +189,11 @@ class KVCache(Protocol):
         ...
 
     def reserve_slots(
-        self, seq_ids: Any, num_tokens: int
+        self, seq_ids: Any, num_tokens: int, *, require_level: bool = False
     ) -> tuple[IntArray, IntArray, IntArray]:
         """Reserve `num_tokens` positions in every layer of each sequence:
-        (slots ``[L, batch, T]``, block table, lengths)."""
+        (slots ``[L, batch, T]``, block table, lengths).  `require_level`:
+        refuse a sequence with a step half-appended."""
         ...
 
     def write_kv(self, keys: Any, values: Any, slots: Any, layer: int = 0) -> None:

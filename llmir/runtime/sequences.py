@@ -365,6 +365,18 @@ class SequenceTable:
 
     # -- append --------------------------------------------------------------
 
+    def first_uneven(self, ids: npt.NDArray[np.int64]) -> tuple[int, list[int]] | None:
+        """The first of `ids` whose layers hold different numbers of tokens
+        (a step half-appended), with its tokens per layer; None if all are
+        level (unknown ids start level)."""
+        for seq_id in ids.tolist():
+            row = self._rows.get(seq_id)
+            if row is not None:
+                written = self._written[row]
+                if written.min() != written.max():
+                    return seq_id, written.tolist()
+        return None
+
     def plan_reserve(self, ids: npt.NDArray[np.int64], num_tokens: int) -> AppendPlan:
         """Check a reservation of `num_tokens` slots in every layer of each of
         `ids` (`commit_reserve`) without changing anything.  Layer l of a
@@ -784,10 +796,22 @@ class SequenceTable:
         None when no block can be had."""
         if self.allocator.num_free - (self.allocator.ref_count(source) == 0) < 1:
             return None
-        cached = self.allocator.ref_count(source) == 0
-        if cached:  # keep it from being evicted by the allocation below
-            self.allocator.revive(source)
-        (fresh,) = self.allocator.allocate(1).tolist()
+        allocator = self.allocator
+        # A cached-free source stays where it is in the eviction order unless
+        # the allocation below must evict, which might take the source
+        # itself: then it is held meanwhile and handed back with its
+        # retention priority (where the policy keeps one).
+        cached = (
+            allocator.ref_count(source) == 0
+            and allocator.num_free == allocator.num_cached
+        )
+        priority = 0
+        if cached:
+            priority_of = getattr(allocator.eviction, "priority_of", None)
+            if priority_of is not None:
+                priority = int(priority_of(source))
+            allocator.revive(source)
+        (fresh,) = allocator.allocate(1).tolist()
         if self.heavy_hitter_blocks:
             self.block_mass[fresh] = 0.0
             self.block_queries[fresh] = 0.0
@@ -797,7 +821,7 @@ class SequenceTable:
         self.copy_blocks(src, dst, tokens)
         self.allocator.set_num_filled(dst, np.array([tokens], np.int32))
         if cached:
-            self.allocator.release(src)
+            allocator.release(src, priority=priority)
         return fresh
 
     # -- fork ----------------------------------------------------------------

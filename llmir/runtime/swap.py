@@ -43,6 +43,7 @@ class SwapSpace:
     def __init__(
         self, geometry: CacheGeometry, num_slots: int, directory: str | None
     ) -> None:
+        self.path: str | None = None  # first: __del__ runs even if a check fails
         self.num_slots = positive_int("swap_blocks", num_slots)
         self.geometry = geometry
         shape = (
@@ -54,7 +55,6 @@ class SwapSpace:
             geometry.head_dim,
         )
         dtype = geometry.element_type.storage_dtype
-        self.path: str | None = None
         if directory is None:
             self.blocks: npt.NDArray[Any] = np.empty(shape, dtype)
         else:

@@ -547,6 +547,8 @@ def check_prompts(token_ids: object, batch: int) -> tuple[IntArray, IntArray]:
             "per sequence"
         )
     ids = _check_int32("token_ids", array, INT32_MIN)
+    if ids.shape[1] == 0:  # empty prompts: nothing to match
+        return ids, np.zeros(batch, np.int32)
     padding = ids < 0
     lens = np.where(padding.any(axis=1), padding.argmax(axis=1), ids.shape[1])
     after = np.arange(ids.shape[1])[None, :] >= lens[:, None]

@@ -268,7 +268,7 @@ class DenseReferenceCache:
     # -- reserved steps --------------------------------------------------------------
 
     def reserve_slots(
-        self, seq_ids: Any, num_tokens: int
+        self, seq_ids: Any, num_tokens: int, *, require_level: bool = False
     ) -> tuple[IntArray, IntArray, IntArray]:
         """Each layer of each sequence grows by `num_tokens` zero rows (to be
         written by `write_kv`); slots name (virtual block, offset)."""
@@ -276,6 +276,14 @@ class DenseReferenceCache:
         ids: list[int] = check_seq_ids(seq_ids).tolist()
         check_unique(ids)
         self._check_resident(ids)
+        for seq_id in ids if require_level else ():
+            per_layer = [k.shape[0] for k in self._keys.get(seq_id, [])]
+            if per_layer and min(per_layer) != max(per_layer):
+                raise SequenceError(
+                    f"sequence {seq_id} has a step half-appended (tokens per "
+                    f"layer: {per_layer}): llm.reserve_slots reserves whole "
+                    "steps; finish the step first"
+                )
         for seq_id in ids:
             have = self._keys[seq_id][0].shape[0] if seq_id in self._keys else 0
             longest = self.seq_len(seq_id) if seq_id in self._keys else 0

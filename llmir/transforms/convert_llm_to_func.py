@@ -86,9 +86,6 @@ class LowerToRuntimeCall(RewritePattern):
         function = abi.function_of(op)
         if function is None:
             return
-        if _is_dead_read(op):
-            rewriter.erase(op)
-            return
         try:
             element = function.element_of(op)
         except ValueError as e:
@@ -221,17 +218,6 @@ class LowerToRuntimeCall(RewritePattern):
         # Later calls taking this value use the dynamic one directly.
         self.casts[(cast.dest, value.type)] = value
         return cast.dest
-
-
-def _is_dead_read(op: Operation) -> bool:
-    """An op that only reads the cache and whose results are all unused."""
-    return (
-        isinstance(op, KVCacheInterface)
-        and not op.writes_cache()
-        and not op.allocates_cache()
-        and bool(op.results)
-        and all(not result.uses for result in op.results)
-    )
 
 
 class CacheToHandle(TypeConversionPattern):

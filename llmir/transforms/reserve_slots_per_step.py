@@ -31,8 +31,12 @@ token ids, unused block-index results, and layers 0..L-1 each exactly once.
 Anything else (a partial step, different ids or token counts, dynamic token
 counts, an append inside other control flow than its step's) is left as it
 is.  The reservation gives layer l the positions an append to layer l would
-write, so the program's results do not change, even for sequences whose
-layers are not level when the step begins.  The pass is idempotent.
+write, and its table is the one every layer's attention reads when the
+step begins with the layers level, so the program's results do not change.
+Whether they are level is known only at run time: ``llm.reserve_slots``
+refuses a sequence with a step half-appended (a `SequenceError`, exit 2 in
+`llmir-run`) rather than hand out a table one layer would not have read.
+The pass is idempotent.
 """
 
 from __future__ import annotations

@@ -77,3 +77,9 @@ def test_byte_counts(text: str, value: int) -> None:
 def test_bad_byte_counts(text: str) -> None:
     with pytest.raises(ConfigError, match="byte"):
         parse_bytes(text)
+
+
+@pytest.mark.parametrize("text", ["1" + "0" * 310, "9" * 20 + "TiB"])
+def test_a_budget_too_large_is_refused(text: str) -> None:
+    with pytest.raises(ConfigError, match="below 2\\^63 bytes"):
+        parse_bytes(text)

@@ -9,7 +9,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llmir.errors import BlockTableError, OutOfBlocksError, SequenceSwappedError
+from llmir.errors import (
+    BlockTableError,
+    OutOfBlocksError,
+    SequenceError,
+    SequenceSwappedError,
+)
 from llmir.interpreters.runner import reference_caches, run_function
 from llmir.runtime.dtypes import decode, element_type, encode
 from llmir.testing.reference import reference_paged_attention
@@ -305,3 +310,72 @@ def test_runs_from_a_checkout_without_the_entry_point(
     program = (EXAMPLES / "decode.mlir").read_text()
     outputs = run_function(program, *_decode_inputs(2), passes="convert-llm-to-func")
     assert outputs[2].tolist() == [23, 19, 28]
+
+
+HEAVY_HITTER_PROGRAM = """
+!c = !llm.paged_kv_cache<f32, 1, 1, 4, 4, 64>
+!ids = tensor<1xi32>
+func.func @main(%x: tensor<1x12x1x4xf32>, %q: tensor<1x1x1x4xf32>,
+                %x2: tensor<1x4x1x4xf32>, %q2: tensor<1x1x1x4xf32>) -> tensor<1x1x1x4xf32> {
+  %kv = llm.create_kv_cache {num_blocks = 16 : i64, window_tokens = 4 : i64,
+                             heavy_hitter_blocks = 3 : i64} : !c
+  %ids = arith.constant dense<[0]> : !ids
+  %kv1, %i1 = llm.append_kv %kv, %x, %x, %ids
+      : (!c, tensor<1x12x1x4xf32>, tensor<1x12x1x4xf32>, !ids) -> (!c, tensor<1x12xi32>)
+  %t, %l = llm.block_table %kv1, %ids : (!c, !ids) -> (tensor<1x?xi32>, !ids)
+  %unused = llm.paged_attention %q, %kv1, %t, %l
+      : (tensor<1x1x1x4xf32>, !c, tensor<1x?xi32>, !ids) -> tensor<1x1x1x4xf32>
+  %kv2, %i2 = llm.append_kv %kv1, %x2, %x2, %ids
+      : (!c, tensor<1x4x1x4xf32>, tensor<1x4x1x4xf32>, !ids) -> (!c, tensor<1x4xi32>)
+  %t2, %l2 = llm.block_table %kv2, %ids : (!c, !ids) -> (tensor<1x?xi32>, !ids)
+  %o = llm.paged_attention %q2, %kv2, %t2, %l2
+      : (tensor<1x1x1x4xf32>, !c, tensor<1x?xi32>, !ids) -> tensor<1x1x1x4xf32>
+  func.return %o : tensor<1x1x1x4xf32>
+}
+"""
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_an_unused_attention_still_weighs_blocks_after_lowering(seed: int) -> None:
+    # On a heavy-hitter cache, attention records the mass that decides which
+    # blocks the next append gives back: the lowering must keep the call
+    # even though its result is unused.
+    rng = np.random.default_rng(seed)
+    inputs = [
+        rng.standard_normal(shape).astype(np.float32)
+        for shape in ((1, 12, 1, 4), (1, 1, 1, 4), (1, 4, 1, 4), (1, 1, 1, 4))
+    ]
+    (direct,) = run_function(HEAVY_HITTER_PROGRAM, *inputs)
+    (lowered,) = run_function(
+        HEAVY_HITTER_PROGRAM, *inputs, passes="convert-llm-to-func"
+    )
+    np.testing.assert_array_equal(direct, lowered)
+
+
+UNEVEN_STEP_PROGRAM = """
+!c = !llm.paged_kv_cache<f32, 2, 1, 4, 4, 64>
+!x = tensor<1x1x1x4xf32>
+!ids = tensor<1xi32>
+func.func @main(%x0: !x, %x: !x, %q: !x) -> !x {
+  %kv = llm.create_kv_cache {num_blocks = 16 : i64} : !c
+  %pre = arith.constant dense<[0]> : !ids
+  %ids = arith.constant dense<[0]> : !ids
+  // Layer 1 runs one token ahead; then one step: layer 0, attention, layer 1.
+  %kv0, %i0 = llm.append_kv %kv, %x0, %x0, %pre {layer = 1 : i32} : (!c, !x, !x, !ids) -> (!c, tensor<1x1xi32>)
+  %kv1, %i1 = llm.append_kv %kv0, %x, %x, %ids : (!c, !x, !x, !ids) -> (!c, tensor<1x1xi32>)
+  %t, %l = llm.block_table %kv1, %ids : (!c, !ids) -> (tensor<1x?xi32>, !ids)
+  %y = llm.paged_attention %q, %kv1, %t, %l : (!x, !c, tensor<1x?xi32>, !ids) -> !x
+  %kv2, %i2 = llm.append_kv %kv1, %y, %y, %ids {layer = 1 : i32} : (!c, !x, !x, !ids) -> (!c, tensor<1x1xi32>)
+  func.return %y : !x
+}
+"""
+
+
+def test_a_reserved_step_refuses_layers_that_are_not_level() -> None:
+    # The step's table read is replaced by the reservation's, which is the
+    # one layer 0 reads only when the layers start level: a half-appended
+    # sequence is refused at run time instead of read wrongly.
+    inputs = [np.ones((1, 1, 1, 4), np.float32)] * 3
+    run_function(UNEVEN_STEP_PROGRAM, *inputs)  # fine as written
+    with pytest.raises(SequenceError, match="sequence 0 has a step half-appended"):
+        run_function(UNEVEN_STEP_PROGRAM, *inputs, passes="llm-reserve-slots-per-step")

@@ -14,6 +14,7 @@ from llmir.errors import (
     BlockTableError,
     DTypeError,
     LLMIRError,
+    SequenceError,
     SequenceTooLongError,
     ShapeError,
 )
@@ -130,3 +131,23 @@ def test_a_reservation_is_not_trusted_after_its_blocks_are_freed(
     # A copy of it is checked slot by slot: its blocks are free now.
     with pytest.raises(BlockTableError, match="no sequence holds"):
         cache.write_kv(kv(2, 2), kv(2, 2), np.array(slots), 0)
+
+
+def test_a_parent_with_unwritten_reserved_slots_cannot_fork() -> None:
+    # The child would share the reserved block before the step fills it and
+    # copy it empty on its first append: refused, as a half-appended step is.
+    cache = PagedKVCache(L, H, D, B, 16, num_blocks=8)
+    cache.append_kv_all_layers(kv(L, 1, 2)[:, :, :], kv(L, 1, 2, seed=1), [0])
+    slots, _, _ = cache.reserve_slots([0], 1)
+    cache.write_kv(kv(1, 1), kv(1, 1), slots, 0)
+    before = cache.snapshot()
+    with pytest.raises(
+        SequenceError,
+        match=r"sequence 0 has reserved slots not yet written in layer\(s\) \[1, 2\]",
+    ):
+        cache.fork(0, 1)
+    assert cache.snapshot() == before
+    for layer in (1, 2):
+        cache.write_kv(kv(1, 1), kv(1, 1), slots, layer)
+    cache.fork(0, 1)  # the step is whole now
+    assert cache.seq_len(1) == 3

@@ -356,3 +356,33 @@ def test_unknown_eviction_policy() -> None:
         make(eviction="mru")
     with pytest.raises(ConfigError, match="bool"):
         make(enable_prefix_caching=1)
+
+
+def test_partial_reuse_keeps_the_source_blocks_retention_priority() -> None:
+    cache = PagedKVCache(
+        1, 1, 4, 4, 32, num_blocks=4, enable_prefix_caching=True, eviction="priority"
+    )
+
+    def store(seq: int, tokens: list[int], priority: int) -> None:
+        k, v = prefix_kv(tokens, 1, 1, 4)
+        cache.append_kv_all_layers(k[:, None], v[:, None], [seq], token_ids=[tokens])
+        cache.set_priority(seq, priority)
+        cache.free_sequence(seq)
+
+    store(0, [1, 2, 3, 4, 5], 5)  # its full block kept longer
+    store(1, [9, 9, 9, 9, 9], 1)
+    assert cache.match_prefix(2, [1, 2, 7, 7, 7]) == 2  # copies part of it
+    k, v = prefix_kv([0] * 5, 1, 1, 4)
+    cache.append_kv_all_layers(k[:, None], v[:, None], [3])  # evicts one block
+    assert cache.match_prefix(4, [1, 2, 3, 4, 5]) == 4  # priority 5 survived
+    assert cache.match_prefix(5, [9, 9, 9, 9, 9]) == 0  # priority 1 went
+
+
+def test_empty_and_ragged_prompts() -> None:
+    cache = PagedKVCache(1, 1, 4, 4, 32, num_blocks=8, enable_prefix_caching=True)
+    assert cache.match_prefix(0, []) == 0
+    assert cache.match_prefixes([1, 2], np.zeros((2, 0), np.int32)).tolist() == [0, 0]
+    before = cache.snapshot()
+    with pytest.raises(DTypeError, match="are not integers"):
+        cache.match_prefix(3, [1, [2]])
+    assert cache.snapshot() == before

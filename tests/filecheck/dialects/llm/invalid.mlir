@@ -728,7 +728,13 @@ func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %k : tensor<2x1x4x
 
 %kv = llm.create_kv_cache {num_blocks = 8 : i64, swap_blocks = -1 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
 
-// CHECK: llm.create_kv_cache: swap_blocks must be >= 0, got -1
+// CHECK: llm.create_kv_cache: swap_blocks must be in [0, 2147483647], got -1
+
+// -----
+
+%kv = llm.create_kv_cache {num_blocks = 8 : i64, swap_blocks = 4611686018427387904 : i64} : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>
+
+// CHECK: llm.create_kv_cache: swap_blocks must be in [0, 2147483647], got 4611686018427387904
 
 // -----
 
