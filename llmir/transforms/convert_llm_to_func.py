@@ -253,7 +253,10 @@ def _fold_casts_into_loops(module: ModuleOp) -> None:
     that form on entry and back from it on exit (MLIR's tensor.cast folding
     into scf.for): the casts then happen once, around the loop, instead of
     at every step."""
-    for loop in [op for op in module.walk() if isinstance(op, scf.ForOp)]:
+    # Innermost loops first: folding an inner loop can make its outer one
+    # foldable (so one lowering does what a second would).
+    loops = [op for op in module.walk() if isinstance(op, scf.ForOp)]
+    for loop in reversed(loops):
         body = loop.body.block
         step_yield = body.last_op
         assert isinstance(step_yield, scf.YieldOp)

@@ -9,7 +9,7 @@ Annotates every `func.func` that contains `llm` cache ops with a
 - `kv_bytes_written`: their key+value bytes (one layer each);
 - `attention_flops_max`: 4 * batch * Hq * Tq * Lkv * D per attention
   (QK^T and PV), with Lkv the block-table capacity, or the sliding window
-  when it is smaller: an upper bound;
+  plus the attention sinks when that is smaller: an upper bound;
 - `kv_bytes_read_max`: key+value bytes that attention and lookups may read
   (`KVCacheInterface.get_tokens_read` times the bytes of a token; GQA reads
   each kv head once per sequence);
@@ -135,8 +135,8 @@ def collect_stats(root: Operation) -> KVCacheStats | None:
             seen_any = True
             kv_len = op.get_max_kv_len()
             window = op.get_sliding_window()
-            if window is not None:
-                kv_len = min(kv_len, window)
+            if window is not None:  # each query sees its window and the sinks
+                kv_len = min(kv_len, window + (op.get_sink_tokens() or 0))
             stats.add(
                 "attention_flops_max",
                 _product(

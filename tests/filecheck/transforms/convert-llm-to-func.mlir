@@ -205,6 +205,26 @@ func.func @static_use_in_loop(%x : tensor<1x1x4x8xf32>) -> tensor<1x1x4x8xf32> {
   func.return %y : tensor<1x1x4x8xf32>
 }
 
+// Nested loops: the inner loop's casts fold first, which lets the outer loop
+// carry the dynamic form too, in one lowering (the RUN line above checks
+// that a second lowering changes nothing).
+// CHECK-LABEL: func.func @nested_loops
+// CHECK: scf.for %i = %lb to %ub step %st iter_args(%o = %q_1) -> (tensor<?x?x?x?xf32>)
+// CHECK-NEXT: scf.for %j = %lb to %ub step %st iter_args(%p = %o) -> (tensor<?x?x?x?xf32>)
+func.func @nested_loops(%kv : !cache, %q : tensor<2x1x8x8xf32>, %t : tensor<2x4xi32>, %l : tensor<2xi32>) -> tensor<2x1x8x8xf32> {
+  %lb = arith.constant 0 : index
+  %ub = arith.constant 2 : index
+  %st = arith.constant 1 : index
+  %r = scf.for %i = %lb to %ub step %st iter_args(%o = %q) -> (tensor<2x1x8x8xf32>) {
+    %r2 = scf.for %j = %lb to %ub step %st iter_args(%p = %o) -> (tensor<2x1x8x8xf32>) {
+      %y = llm.paged_attention %p, %kv, %t, %l : (tensor<2x1x8x8xf32>, !cache, tensor<2x4xi32>, tensor<2xi32>) -> tensor<2x1x8x8xf32>
+      scf.yield %y : tensor<2x1x8x8xf32>
+    }
+    scf.yield %r2 : tensor<2x1x8x8xf32>
+  }
+  func.return %r : tensor<2x1x8x8xf32>
+}
+
 // The declarations: private, one per callee, with the llmir.abi signatures.
 // CHECK-DAG: func.func private @llmir_create_kv_cache_f16(i64, i64, i64, i64, i64, i64, i1, i64, i64, i64, i64, i64, i64) -> !llvm.ptr
 // CHECK-DAG: func.func private @llmir_create_kv_cache_bf16(i64, i64, i64, i64, i64, i64, i1, i64, i64, i64, i64, i64, i64) -> !llvm.ptr
@@ -219,3 +239,4 @@ func.func @static_use_in_loop(%x : tensor<1x1x4x8xf32>) -> tensor<1x1x4x8xf32> {
 // CHECK-DAG: func.func private @llmir_paged_attention_bf16(tensor<?x?x?x?xbf16>, !llvm.ptr, tensor<?x?xi32>, tensor<?xi32>, i32, f32, i1, i32, f32, i32) -> tensor<?x?x?x?xbf16>
 // CHECK-DAG: func.func private @llmir_free_sequence(!llvm.ptr, tensor<?xi32>, i64) -> ()
 // CHECK-NOT: func.func private @llmir_append_kv_f32
+

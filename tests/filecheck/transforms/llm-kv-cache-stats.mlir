@@ -35,3 +35,12 @@ func.func @dynamic(%kv : !cache, %k : tensor<?x1x4x8xf16>, %s : tensor<?xi32>) {
 func.func @no_cache() {
   func.return
 }
+
+// A window with attention sinks: each query sees up to window + sinks keys.
+//   attention_flops = 4 * 1 * 8 heads * 1 * (16 + 4) * 8 = 5120
+// CHECK-LABEL: func.func @sinks
+// CHECK-SAME: attention_flops_max = 5120 : i64
+func.func @sinks(%kv : !cache, %q : tensor<1x1x8x8xf32>, %t : tensor<1x4xi32>, %l : tensor<1xi32>) -> tensor<1x1x8x8xf32> {
+  %o = llm.paged_attention %q, %kv, %t, %l {sliding_window = 16 : i32, sink_tokens = 4 : i32} : (tensor<1x1x8x8xf32>, !cache, tensor<1x4xi32>, tensor<1xi32>) -> tensor<1x1x8x8xf32>
+  func.return %o : tensor<1x1x8x8xf32>
+}
