@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import tempfile
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -57,7 +56,8 @@ from llmir.runtime.memory import blocks_for_budget, planned_block_bytes
 from llmir.runtime.options import CacheOptions
 from llmir.runtime.prefix_cache import PrefixCache
 from llmir.runtime.protocol import CacheStats
-from llmir.runtime.sequences import SequenceTable
+from llmir.runtime.reservations import Reservations
+from llmir.runtime.sequences import AppendPlan, SequenceTable
 from llmir.runtime.swap import SwapSpace, SwapTier
 from llmir.runtime.validation import (
     INT32_MIN,
@@ -198,18 +198,9 @@ class PagedKVCache:
             options.heavy_hitter_score,
         )
         self._lock = threading.Lock()
-        # The last reservation's slots [L, batch, T] as handed out (a
-        # read-only view of a private array): a write given exactly this
-        # object skips the slot checks.
-        self._handed_out: IntArray | None = None
-        # Reservations revoked because blocks went back to the pool (by id,
-        # held weakly): their slots may lie in other sequences' blocks now,
-        # which the slot checks cannot tell, so writing them is refused.
-        self._revoked: weakref.WeakValueDictionary[int, IntArray] = (
-            weakref.WeakValueDictionary()
-        )
-        self._reserved_ids = np.zeros(0, np.int64)  # whose slots they are
-        self._reserved_layers_written = np.ones(0, bool)
+        # The reservations handed out, trusted until their blocks leave
+        # their sequences (`llmir.runtime.reservations`).
+        self._reservations = Reservations(geometry.num_layers, geometry.block_size)
 
     @classmethod
     def from_geometry(
@@ -361,7 +352,7 @@ class PagedKVCache:
         keep = None if priority is None else _check_priority(priority)
         with self._lock:
             self._seqs.free_sequences(ids, keep)
-            self._revoke_reservation()
+            self._reservations.revoke_for(ids)
 
     # -- sharing ---------------------------------------------------------------
 
@@ -390,14 +381,11 @@ class PagedKVCache:
         """A parent whose reserved slots are not written in every layer yet
         would share blocks the step has still to fill: the child would copy
         them empty (as a half-appended step, refused the same way)."""
-        if self._handed_out is None or self._reserved_layers_written.all():
-            return
-        pending = np.intersect1d(parents, self._reserved_ids)
-        if pending.size:
-            layers = np.flatnonzero(~self._reserved_layers_written).tolist()
+        pending = self._reservations.pending_write(parents)
+        if pending is not None:
             raise SequenceError(
-                f"sequence {int(pending[0])} has reserved slots not yet written "
-                f"in layer(s) {layers}: write them (write_kv) before forking it"
+                f"sequence {pending[0]} has reserved slots not yet written "
+                f"in layer(s) {pending[1]}: write them (write_kv) before forking it"
             )
 
     def match_prefix(self, seq_id: int, token_ids: Any) -> int:
@@ -454,7 +442,7 @@ class PagedKVCache:
         ids = check_seq_ids(seq_ids)
         with self._lock:
             moved = self._seqs.swap_out(ids)
-            self._revoke_reservation()
+            self._reservations.revoke_for(ids)
             return moved
 
     def swap_in(self, seq_ids: Any) -> int:
@@ -486,7 +474,7 @@ class PagedKVCache:
         left as they are (appends overwrite them)."""
         with self._lock:
             self._seqs.reset()
-            self._revoke_reservation()
+            self._reservations.revoke_all()
 
     def stats(self) -> CacheStats:
         block_bytes = self._geometry.bytes_per_block
@@ -560,7 +548,7 @@ class PagedKVCache:
             plan = self._seqs.plan_append(ids, tokens, layer, tids)
             blocks, slots = self._seqs.commit_append(plan)
             if plan.prune:
-                self._revoke_reservation()
+                self._revoke_pruned(plan)
             self._backend.write(
                 layer,
                 k.reshape(1, batch * tokens, *k.shape[2:]),
@@ -588,7 +576,7 @@ class PagedKVCache:
             plan = self._seqs.plan_append(ids, tokens, None, tids)
             blocks, slots = self._seqs.commit_append(plan)
             if plan.prune:
-                self._revoke_reservation()
+                self._revoke_pruned(plan)
             self._backend.write(
                 None,
                 k.reshape(layers, batch * tokens, *k.shape[3:]),
@@ -632,33 +620,26 @@ class PagedKVCache:
             else:
                 plan = self._seqs.plan_reserve(ids, count)
                 slots = np.ascontiguousarray(self._seqs.commit_reserve(plan))
+                if plan.prune:
+                    self._revoke_pruned(plan)
             slots.flags.writeable = False
-            self._handed_out = slots.view()
-            self._reserved_ids = ids
-            self._reserved_layers_written = np.full(
-                self.num_layers, slots.shape[2] == 0 or ids.size == 0
-            )
+            handed_out = slots.view()
+            self._reservations.add(handed_out, ids)
             table, lens = self._seqs.block_table(ids)
-        return self._handed_out, table, lens
+        return handed_out, table, lens
 
-    def _revoke_reservation(self) -> None:
-        """Blocks went back to the pool (a free, swap, pruning or reset):
-        keep the last reservation only while each of its sequences still
-        holds every block it reserved there."""
-        reserved = self._handed_out
-        if reserved is None:
-            return
-        try:
-            table, _ = self._seqs.block_table(self._reserved_ids)
-        except SequenceError:  # a sequence freed or swapped out
-            table = None
-        if table is not None:
-            blocks = reserved // self.block_size  # [L, batch, T]
-            held = (blocks[..., None] == table[None, :, None, :]).any(axis=-1)
-            if held.all():
-                return
-        self._revoked[id(reserved)] = reserved
-        self._handed_out = None
+    def _revoke_pruned(self, plan: AppendPlan) -> None:
+        """Pruning gave blocks back: reservations with slots in them go."""
+        pruned_rows = [row for row, _ in plan.prune]
+        pruned = plan.seq_ids[np.isin(plan.rows, pruned_rows)]
+
+        def table_of(ids: npt.NDArray[np.int64]) -> IntArray | None:
+            try:
+                return self._seqs.block_table(ids)[0]
+            except SequenceError:  # freed or swapped out since
+                return None
+
+        self._reservations.revoke_unheld(pruned, table_of)
 
     def write_kv(self, keys: Any, values: Any, slots: Any, layer: int = 0) -> None:
         """Write one layer's keys and values ``[batch, T, H, D]`` into
@@ -672,15 +653,16 @@ class PagedKVCache:
         k, v = self._checked_kv(keys, values, rank=4)
         batch, tokens = k.shape[0], k.shape[1]
         with self._lock:
-            if slots is self._handed_out and self._handed_out is not None:
+            reservation = self._reservations.trusted(slots)
+            if reservation is not None:
                 mapping = slots[layer]
                 if mapping.shape != (batch, tokens):
                     raise ShapeError(
                         f"the reservation is for {mapping.shape[0]} sequence(s) x "
                         f"{mapping.shape[1]} token(s), the keys are {batch} x {tokens}"
                     )
-                self._reserved_layers_written[layer] = True
-            elif self._revoked.get(id(slots)) is slots:
+                reservation.written[layer] = True
+            elif self._reservations.is_revoked(slots):
                 raise BlockTableError(
                     "this reservation was revoked: blocks went back to the pool "
                     "(a free, swap, pruning or reset) after reserve_slots, so its "

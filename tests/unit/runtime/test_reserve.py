@@ -151,3 +151,19 @@ def test_a_parent_with_unwritten_reserved_slots_cannot_fork() -> None:
         cache.write_kv(kv(1, 1), kv(1, 1), slots, layer)
     cache.fork(0, 1)  # the step is whole now
     assert cache.seq_len(1) == 3
+
+
+def test_every_reservation_held_is_revoked_with_its_blocks() -> None:
+    # Not only the last: an older reservation whose sequence was freed, its
+    # block taken by another sequence, is refused too.
+    cache = PagedKVCache(L, H, D, B, 16, num_blocks=2)
+    older, _, _ = cache.reserve_slots([0], 1)
+    newer, _, _ = cache.reserve_slots([1], 1)
+    cache.free_sequence(0)
+    cache.append_kv_all_layers(kv(L, 1, 1, seed=2), kv(L, 1, 1, seed=2), [2])
+    keys_before, _ = cache.lookup_sequences([2], 0)
+    with pytest.raises(BlockTableError, match="reservation was revoked"):
+        cache.write_kv(kv(1, 1), kv(1, 1), older, 0)
+    keys_after, _ = cache.lookup_sequences([2], 0)
+    np.testing.assert_array_equal(keys_before, keys_after)
+    cache.write_kv(kv(1, 1), kv(1, 1), newer, 0)  # sequence 1 kept its block
