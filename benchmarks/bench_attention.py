@@ -31,9 +31,9 @@ import numpy.typing as npt
 from benchmarks.common import (
     TORCH_HINT,
     Table,
-    Timing,
     benchmark_main,
     measure,
+    measure_alternated,
     median_seconds,
     progress,
     read_limit,
@@ -267,15 +267,10 @@ def fixed_cost_rows(repeats: int) -> Table:
             checked.lens, out, scale=1 / HEAD_DIM**0.5, max_len=checked.max_len,
         )  # fmt: skip
 
-    # Alternate the two, so that both see the same moments of a shared machine.
     call = ours(work)
     measure(kernel_only, repeats=1, warmup=200)
     measure(call, repeats=1, warmup=200)
-    samples: tuple[list[float], list[float]] = ([], [])
-    for _ in range(3 * repeats):
-        samples[0].append(measure(kernel_only, 1, 0, min_time=0.02).median)
-        samples[1].append(measure(call, 1, 0, min_time=0.02).median)
-    kernel, whole = Timing(tuple(samples[0])), Timing(tuple(samples[1]))
+    kernel, whole = measure_alternated([kernel_only, call], 3 * repeats, 0.02)
     table.add(path="kernel launch alone", **{"call us": kernel, "checks us": None})
     table.add(
         path="paged_attention",

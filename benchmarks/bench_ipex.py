@@ -4,18 +4,20 @@ against a plain sum over the very same pool bytes.
     bash scripts/ipex_venv.sh           # once: torch 2.8 + IPEX 2.8 in .ipex-venv
     python -m benchmarks.bench_ipex     # runs itself in .ipex-venv
 
-IPEX 2.8 (``ipex.llm.modules.PagedAttention.single_query_cached_kv_attention``,
-the CPU paged attention vLLM uses on Intel) needs torch 2.8, so it lives in
-its own virtualenv with llmir installed; without it this prints how to make
-one.  Per row, in one process on identical data: our decode attention, IPEX's
-on the same K/V copied into its layout (``[blocks, H, block, D]`` key and
-value caches, the same block table), and the time of a parallel sum over our
-pool's bytes (the best of a Numba and a torch sum: the fairest ceiling for a
-kernel that must read every byte once).  Columns: medians (±IQR/2), IPEX's
-time / ours (above 1.00x we are faster), the sum's time / ours (1.00 is the
-read limit for this very data), and the largest difference between the two
-outputs relative to the output's scale (IPEX returns the cache's dtype, so
-for halves this is its output's rounding: bf16 keeps 8 bits).
+IPEX 2.8
+(``ipex.llm.modules.PagedAttention.single_query_cached_kv_attention``, the
+CPU paged attention vLLM uses on Intel) needs torch 2.8, so it lives in its
+own virtualenv with llmir installed; without it this prints how to make one.
+Per row, in one process on identical data: our decode attention, IPEX's on
+the same K/V copied into its layout (``[blocks, H, block, D]`` key and value
+caches, the same block table), and the time of a parallel sum over our
+pool's bytes (the best of a Numba sum, numpy sums in threads and torch.sum:
+the fairest ceiling for a kernel that must read every byte once). Columns:
+medians (±IQR/2), IPEX's time / ours (above 1.00x we are faster), the sum's
+time / ours (1.00 is the read limit for this very data), and the largest
+difference between the two outputs relative to the output's scale (IPEX
+returns the cache's dtype, so for halves this is its output's rounding: bf16
+keeps 8 bits).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ from benchmarks.common import (
     Timing,
     benchmark_main,
     measure,
-    numba_sum,
+    measure_alternated,
     progress,
+    read_probes,
 )
 from llmir.runtime.dtypes import element_type
 from llmir.runtime.geometry import KEY, VALUE
@@ -98,19 +101,11 @@ class IpexDecode:
         return self.out.float().numpy()[:, None]
 
 
-def sum_over_pool(work: Workload) -> tuple[Timing, str]:
-    """The faster of a Numba and a torch parallel sum over the pool's bytes."""
-    import torch
-
+def sum_over_pool(work: Workload) -> Timing:
+    """The fastest of `read_probes` over the pool's own bytes."""
     flat = work.layer_pool.reshape(-1).view(np.float32)
-    flat_torch = torch.from_numpy(flat)
-    probes = {
-        "numba": lambda: numba_sum(flat),
-        "torch": lambda: flat_torch.sum(),
-    }
-    timings = {name: measure(fn, repeats=7, warmup=1) for name, fn in probes.items()}
-    best = min(timings, key=lambda name: timings[name].median)
-    return timings[best], best
+    timings = [measure(fn, repeats=7, warmup=1) for fn in read_probes(flat).values()]
+    return min(timings, key=lambda timing: timing.median)
 
 
 def decode_rows(shapes: list[Shape], repeats: int) -> Table:
@@ -125,16 +120,8 @@ def decode_rows(shapes: list[Shape], repeats: int) -> Table:
         work = make_workload(shape, rng)
         call = ours(work)
         ipex = IpexDecode(work)
-        # Alternate ours and IPEX, so that both see the same moments of a
-        # shared machine.
-        for fn in (call, ipex):
-            measure(fn, repeats=1, warmup=2)
-        samples: tuple[list[float], list[float]] = ([], [])
-        for _ in range(repeats):
-            samples[0].append(measure(call, 1, 0).median)
-            samples[1].append(measure(ipex, 1, 0).median)
-        mine, theirs = Timing(tuple(samples[0])), Timing(tuple(samples[1]))
-        plain_sum, _ = sum_over_pool(work)
+        mine, theirs = measure_alternated([call, ipex], repeats)
+        plain_sum = sum_over_pool(work)
         our_out = np.asarray(call(), np.float32)
         ipex()
         scale = float(np.abs(our_out).max()) or 1.0

@@ -103,6 +103,21 @@ def measure(
     return Timing(tuple(samples))
 
 
+def measure_alternated(
+    fns: Sequence[Callable[[], Any]], repeats: int = 9, min_time: float = 0.0
+) -> list[Timing]:
+    """Time each of `fns` `repeats` times, taking turns, after one warm-up
+    call each: every function sees the same moments of a shared machine,
+    which separate runs do not."""
+    for fn in fns:
+        fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, mine in zip(fns, samples, strict=True):
+            mine.append(measure(fn, 1, 0, min_time).median)
+    return [Timing(tuple(mine)) for mine in samples]
+
+
 def median_seconds(
     fn: Callable[[], Any], repeats: int = 7, warmup: int = 1, min_time: float = 0.0
 ) -> float:
@@ -177,10 +192,9 @@ class Limit:
         return f"{self.gbs:.1f} GB/s (best of: {each})"
 
 
-def read_limit(nbytes: int = LIMIT_BYTES, repeats: int = 5) -> Limit:
-    """Sustained read bandwidth (GB/s): the best of a parallel Numba sum,
-    numpy sums in threads, and torch.sum, over `nbytes`."""
-    a = np.ones(nbytes // 4, dtype=np.float32)
+def read_probes(a: np.ndarray[Any, Any]) -> dict[str, Callable[[], Any]]:
+    """Ways to read every byte of the float32 array `a` once, in parallel:
+    a Numba sum, numpy sums in threads and torch.sum (when installed)."""
     probes: dict[str, Callable[[], Any]] = {
         "numba sum": lambda: numba_sum(a),
         "numpy sum in threads": lambda: _in_threads(
@@ -190,6 +204,14 @@ def read_limit(nbytes: int = LIMIT_BYTES, repeats: int = 5) -> Limit:
     torch_sum = _torch_probe(a, "sum")
     if torch_sum is not None:
         probes["torch.sum"] = torch_sum
+    return probes
+
+
+def read_limit(nbytes: int = LIMIT_BYTES, repeats: int = 5) -> Limit:
+    """Sustained read bandwidth (GB/s): the best of `read_probes` over
+    `nbytes`."""
+    a = np.ones(nbytes // 4, dtype=np.float32)
+    probes = read_probes(a)
     figures = {
         name: nbytes / measure(fn, repeats, warmup=1).median / 1e9
         for name, fn in probes.items()

@@ -153,17 +153,15 @@ def _warm_up(geometry: CacheGeometry, device: str, block_mass: bool) -> None:
     table, lens = scratch.block_table([0])
     for as_float32 in (False, True):
         scratch.lookup_kv(table, lens, 0, as_float32=as_float32)
+    # The block-mass variant is asked of the backend directly: a heavy-hitter
+    # scratch cache would need a budget this two-block pool cannot hold.
+    checked = scratch.validate_block_table(table, lens)
+    options = check_attention_options(geometry.head_dim)
+    mass = np.zeros((1, geometry.num_heads, table.shape[1]), np.float32)
     for queries in (1, 2):  # decode and prefill
         query = np.zeros((1, queries, geometry.num_heads, geometry.head_dim))
         paged_attention(query.astype(np.float32), scratch, table, lens)
         if block_mass:
-            checked = scratch.validate_block_table(table, lens)
-            mass = np.zeros((1, geometry.num_heads, table.shape[1]), np.float32)
             scratch.backend.attention(
-                0,
-                query.astype(np.float32),
-                checked,
-                check_attention_options(geometry.head_dim),
-                None,
-                mass,
+                0, query.astype(np.float32), checked, options, None, mass
             )

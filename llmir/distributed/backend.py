@@ -267,8 +267,6 @@ class ShardedBackend:
             return options
         from dataclasses import replace
 
-        import numba
-
         from llmir.runtime.cpu.attention_kernels import (
             DEFAULT_Q_TILE,
             plan_partition_size,
@@ -282,7 +280,6 @@ class ShardedBackend:
             q_tiles,
             table.max_len,
             self.plan.geometry.block_size,
-            numba.get_num_threads(),
         )
         return replace(options, context_partition=plan or 0)
 

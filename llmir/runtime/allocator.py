@@ -141,6 +141,12 @@ class BlockAllocator:
         self._evictable.remove(b)
         self._ref_counts[b] = 1
 
+    def priority_of(self, block_id: int) -> int:
+        """The retention priority a cached-free block waits with: the
+        policy's, where it keeps one (`PriorityEviction`), else 0."""
+        priority_of = getattr(self._evictable, "priority_of", None)
+        return 0 if priority_of is None else int(priority_of(block_id))
+
     def take_back(self, block_ids: IntArray) -> None:
         """Attach trusted, distinct block ids to one more holder each (a
         prefix match): cached-free ones are taken out of eviction with ref

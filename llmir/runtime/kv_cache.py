@@ -71,6 +71,7 @@ from llmir.runtime.validation import (
     check_seq_ids,
     check_slots,
     check_token_ids,
+    integer_array,
     validate_table_for,
 )
 
@@ -397,10 +398,7 @@ class PagedKVCache:
         tokens, those k are copied into a fresh block.  Needs
         ``enable_prefix_caching=True``."""
         ids = check_seq_ids([check_seq_id(seq_id)])
-        try:
-            tokens = np.asarray(token_ids)
-        except ValueError as exc:  # ragged
-            raise DTypeError(f"token_ids {token_ids!r} are not integers") from exc
+        tokens = integer_array("token_ids", token_ids)
         if tokens.ndim != 1:
             raise ShapeError(f"token_ids must be 1-D, got shape {tokens.shape}")
         return int(self.match_prefixes(ids, tokens[None, :])[0])
@@ -608,17 +606,10 @@ class PagedKVCache:
         if count < 0:
             raise ShapeError(f"num_tokens must be >= 0, got {count}")
         with self._lock:
-            uneven = self._seqs.first_uneven(ids) if require_level else None
-            if uneven is not None:
-                raise SequenceError(
-                    f"sequence {uneven[0]} has a step half-appended (tokens per "
-                    f"layer: {uneven[1]}): llm.reserve_slots reserves whole steps; "
-                    "finish the step first"
-                )
             if ids.size == 0 or count == 0:
                 slots = np.zeros((self.num_layers, ids.size, count), np.int32)
             else:
-                plan = self._seqs.plan_reserve(ids, count)
+                plan = self._seqs.plan_reserve(ids, count, require_level)
                 slots = np.ascontiguousarray(self._seqs.commit_reserve(plan))
                 if plan.prune:
                     self._revoke_pruned(plan)

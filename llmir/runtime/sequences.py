@@ -365,24 +365,18 @@ class SequenceTable:
 
     # -- append --------------------------------------------------------------
 
-    def first_uneven(self, ids: npt.NDArray[np.int64]) -> tuple[int, list[int]] | None:
-        """The first of `ids` whose layers hold different numbers of tokens
-        (a step half-appended), with its tokens per layer; None if all are
-        level (unknown ids start level)."""
-        for seq_id in ids.tolist():
-            row = self._rows.get(seq_id)
-            if row is not None:
-                written = self._written[row]
-                if written.min() != written.max():
-                    return seq_id, written.tolist()
-        return None
-
-    def plan_reserve(self, ids: npt.NDArray[np.int64], num_tokens: int) -> AppendPlan:
+    def plan_reserve(
+        self, ids: npt.NDArray[np.int64], num_tokens: int, require_level: bool = False
+    ) -> AppendPlan:
         """Check a reservation of `num_tokens` slots in every layer of each of
         `ids` (`commit_reserve`) without changing anything.  Layer l of a
         sequence gets positions ``[written[l], written[l] + T)``, as `T`
-        tokens appended to each layer in turn would; its length grows by T."""
-        return self.plan_append(ids, num_tokens, None, reserve=True)
+        tokens appended to each layer in turn would; its length grows by T.
+        `require_level`: refuse a sequence with a step half-appended, as an
+        all-layers append does."""
+        return self.plan_append(
+            ids, num_tokens, None, reserve=True, require_level=require_level
+        )
 
     def commit_reserve(self, plan: AppendPlan) -> IntArray:
         """Carry out a reservation: the slot of every layer's new tokens,
@@ -415,6 +409,7 @@ class SequenceTable:
         token_ids: npt.NDArray[np.int32] | None = None,
         *,
         reserve: bool = False,
+        require_level: bool = False,
     ) -> AppendPlan:
         """Check an append of `num_tokens` tokens to each of `ids` (to
         `layer`, or to all layers when None) without changing anything."""
@@ -448,16 +443,21 @@ class SequenceTable:
             lens = self._lens[krows]
             old_len[is_known] = lens
             have[is_known] = self._num_blocks[krows]
-            if reserve:
+            if reserve and not require_level:
                 start[is_known] = lens
-            elif layer is None:
+            elif layer is None:  # all layers, or a whole-step reservation
                 uneven = np.flatnonzero((self._written[krows] != lens[:, None]).any(1))
                 if uneven.size:
                     i = int(np.flatnonzero(is_known)[uneven[0]])
                     raise SequenceError(
                         f"sequence {int(ids[i])} has a step half-appended (tokens "
-                        f"per layer: {self._written[rows[i]].tolist()}); finish "
-                        "it with append_kv per layer before appending all layers"
+                        f"per layer: {self._written[rows[i]].tolist()}); "
+                        + (
+                            "llm.reserve_slots reserves whole steps: finish it first"
+                            if reserve
+                            else "finish it with append_kv per layer before "
+                            "appending all layers"
+                        )
                     )
                 start[is_known] = lens
             else:
@@ -805,11 +805,8 @@ class SequenceTable:
             allocator.ref_count(source) == 0
             and allocator.num_free == allocator.num_cached
         )
-        priority = 0
+        priority = allocator.priority_of(source) if cached else 0
         if cached:
-            priority_of = getattr(allocator.eviction, "priority_of", None)
-            if priority_of is not None:
-                priority = int(priority_of(source))
             allocator.revive(source)
         (fresh,) = allocator.allocate(1).tolist()
         if self.heavy_hitter_blocks:

@@ -500,7 +500,9 @@ def check_query(
 # Token ids (prefix caching)
 
 
-def _integer_array(name: str, value: object) -> npt.NDArray[Any]:
+def integer_array(name: str, value: object) -> npt.NDArray[Any]:
+    """`value` as an integer array (any shape); ragged or non-integer input
+    is a DTypeError."""
     try:
         array = np.asarray(value)
     except (TypeError, ValueError) as exc:
@@ -527,7 +529,7 @@ def _check_int32(name: str, array: npt.NDArray[Any], low: int) -> IntArray:
 def check_token_ids(token_ids: object, batch: int, tokens: int) -> IntArray:
     """The token ids of an append: integers in ``[0, 2^31)``, int32
     ``[batch, tokens]`` (one per appended position)."""
-    array = _integer_array("token_ids", token_ids)
+    array = integer_array("token_ids", token_ids)
     if array.shape != (batch, tokens):
         raise ShapeError(
             f"token_ids has shape {array.shape}, expected ({batch}, {tokens}): one "
@@ -540,7 +542,7 @@ def check_prompts(token_ids: object, batch: int) -> tuple[IntArray, IntArray]:
     """Prompts for prefix matching: int32 ``[batch, T]``, each row a prompt
     followed by negative padding (nothing but padding after the first
     negative id).  Returns (ids, lengths)."""
-    array = _integer_array("token_ids", token_ids)
+    array = integer_array("token_ids", token_ids)
     if array.ndim != 2 or array.shape[0] != batch:
         raise ShapeError(
             f"token_ids has shape {array.shape}, expected ({batch}, T): one prompt "

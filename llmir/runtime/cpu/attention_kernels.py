@@ -848,18 +848,22 @@ def plan_partition_size(
     q_tiles: int,
     max_seq_len_in_batch: int,
     block_size: int,
-    threads: int,
+    threads: int | None = None,
 ) -> int | None:
     """Tokens per context partition, or None to keep contexts whole.
 
-    Splitting pays only when the (sequence, kv head, tile) items are too few
-    to balance over the threads and the contexts are long enough that a
-    partition's work dwarfs the merge.
+    Splitting pays only when the contexts are long enough that a
+    partition's work dwarfs the merge and the (sequence, kv head, tile)
+    items are too few to balance over the `threads` (default: Numba's
+    count, asked only when the contexts are long: a call into Numba's
+    runtime that most decode steps need not make).
     """
-    if batch * num_heads * q_tiles >= 8 * threads:
-        return None
     size = max(block_size, DEFAULT_PARTITION_SIZE // block_size * block_size)
     if max_seq_len_in_batch <= size:
+        return None
+    if threads is None:
+        threads = numba.get_num_threads()
+    if batch * num_heads * q_tiles >= 8 * threads:
         return None
     return size
 
@@ -912,11 +916,9 @@ def run_paged_attention(
     q_tiles = -(-tq // tile)
     if max_len is None:
         max_len = int(seq_lens.max())
-    # Contexts that fit one partition are never split: no need to ask for the
-    # thread count (a call into Numba's runtime on every attention call).
-    if partition_size is None and auto_partition and max_len > DEFAULT_PARTITION_SIZE:
+    if partition_size is None and auto_partition:
         partition_size = plan_partition_size(
-            batch, num_heads, q_tiles, max_len, block_size, numba.get_num_threads()
+            batch, num_heads, q_tiles, max_len, block_size
         )
     # Without a split: one partition covering every context.
     size = partition_size or max(block_size, -(-max_len // block_size) * block_size)
