@@ -24,6 +24,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 from xdsl.dialects.builtin import (
+    DYNAMIC_INDEX,
     Float64Type,
     IntegerType,
     PackableType,
@@ -108,7 +109,7 @@ def check_tensor(
         )
     shape = tensor_type.get_shape()
     if len(shape) != value.ndim or any(
-        d != -1 and d != s for d, s in zip(shape, value.shape, strict=True)
+        d != DYNAMIC_INDEX and d != s for d, s in zip(shape, value.shape, strict=True)
     ):
         raise ShapeError(
             f"{what} has shape {list(value.shape)}, expected {tensor_type}"

@@ -1,0 +1,69 @@
+"""How one attention layer of one forward pass runs over llmir's cache: the
+runtime called directly, or the `llm` IR of the step under the interpreter
+(`llmir.frontend`).  Both take the same inputs and must give the same
+outputs; `LlmirCache` holds one of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from llmir.runtime.kv_cache import PagedKVCache
+
+Array = npt.NDArray[Any]
+
+
+@dataclass(frozen=True)
+class AttentionOptions:
+    """What a model's attention layer asks for beyond the cache's geometry
+    (transformers passes them to the attention function)."""
+
+    scale: float | None = None
+    sliding_window: int | None = None
+    logits_soft_cap: float | None = None
+
+
+class LayerStep(Protocol):
+    """Append the step's keys/values ``[batch, T, H, D]`` of `layer` for
+    `seq_ids`, then attend with ``query [batch, T, Hq, D]``; returns the
+    output ``[batch, T, Hq, D]`` (the query's dtype)."""
+
+    def __call__(
+        self,
+        cache: PagedKVCache,
+        layer: int,
+        query: Array,
+        keys: Array,
+        values: Array,
+        seq_ids: npt.NDArray[np.int64],
+        token_ids: npt.NDArray[np.int64] | None,
+        options: AttentionOptions,
+    ) -> Array: ...
+
+
+def direct_step(
+    cache: PagedKVCache,
+    layer: int,
+    query: Array,
+    keys: Array,
+    values: Array,
+    seq_ids: npt.NDArray[np.int64],
+    token_ids: npt.NDArray[np.int64] | None,
+    options: AttentionOptions,
+) -> Array:
+    """The step through the runtime's Python API."""
+    cache.append_kv(keys, values, seq_ids, layer, token_ids=token_ids)
+    table, lens = cache.block_table(seq_ids)
+    return cache.paged_attention(
+        query,
+        table,
+        lens,
+        layer,
+        scale=options.scale,
+        sliding_window=options.sliding_window,
+        logits_soft_cap=options.logits_soft_cap,
+    )
