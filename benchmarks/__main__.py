@@ -34,6 +34,7 @@ BENCHMARKS = (
     "bench_streaming",
     "bench_pruning",
     "bench_ipex",
+    "bench_generate",
 )
 
 

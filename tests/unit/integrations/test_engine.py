@@ -14,7 +14,7 @@ from llmir.frontend import IRLayerStep
 from llmir.integrations.transformers import random_model
 from llmir.integrations.transformers.engine import Engine, Request
 from llmir.integrations.transformers.sampling import SamplingParams
-from llmir.integrations.transformers.tensors import kv_array
+from llmir.integrations.transformers.tensors import as_tensor, kv_array
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +237,14 @@ def test_bf16_keys_pass_as_raw_bits() -> None:
     as_f32 = kv_array(states, raw_bits_ok=False)
     assert as_f32.dtype == np.float32
     assert np.array_equal(as_f32, states.float().transpose(1, 2).numpy())
+
+
+def test_tensors_cross_without_copies() -> None:
+    """transformers' keys are ``[batch, T, H, D]`` memory viewed as
+    ``[batch, H, T, D]``: the array the cache gets is that memory."""
+    tokens_major = torch.randn(2, 5, 3, 4)
+    states = tokens_major.transpose(1, 2)
+    array = kv_array(states, raw_bits_ok=False)
+    assert np.shares_memory(array, tokens_major.numpy())
+    out = np.zeros((2, 5, 3, 4), np.float32)
+    assert np.shares_memory(as_tensor(out, states).numpy(), out)
