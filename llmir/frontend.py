@@ -27,6 +27,7 @@ import numpy.typing as npt
 
 from llmir.errors import ConfigError
 from llmir.runtime.dtypes import element_type
+from llmir.runtime.geometry import CacheGeometry
 from llmir.runtime.kv_cache import PagedKVCache
 
 Array = npt.NDArray[Any]
@@ -168,6 +169,14 @@ class IRLayerStep:
         )
 
         self.model = attention_options(config)
+        self.geometry = CacheGeometry(
+            element_type(kv_dtype),
+            self.model.num_layers,
+            self.model.num_kv_heads,
+            self.model.head_dim,
+            block_size,
+            max_seq_len or self.model.max_positions,
+        )
         self.text = layer_step_ir(
             config, kv_dtype=kv_dtype, block_size=block_size, max_seq_len=max_seq_len
         )
@@ -195,6 +204,11 @@ class IRLayerStep:
     ) -> Array:
         from llmir.interpreters.runner import interpreter_value, python_value
 
+        if cache.geometry != self.geometry:
+            raise ConfigError(
+                f"the IR was built for a cache of {self.geometry.describe()}, "
+                f"got one of {cache.geometry.describe()}"
+            )
         expected = self.model.layers[layer]
         asked = (options.sliding_window, options.logits_soft_cap)
         if asked != (expected.sliding_window, expected.logits_soft_cap) or (

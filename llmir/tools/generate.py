@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 EXIT_ERROR = 2
 EXIT_MISMATCH = 1
@@ -31,8 +31,22 @@ class UsageError(Exception):
     """A bad command line or input file: one line, exit 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (exit 2) instead of the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{PROG}: error: {message}\n")
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description=(
             "Generate with a transformers model whose KV cache and attention "
@@ -49,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a seeded random model: llama-tiny, mistral-tiny, qwen2-tiny, "
         "gemma2-tiny, llama-medium",
     )
-    parser.add_argument("--seed", type=int, default=0, help="model and prompt seed")
+    parser.add_argument(
+        "--seed", type=_non_negative, default=0, help="model and prompt seed"
+    )
     parser.add_argument(
         "--dtype", choices=("f32", "bf16"), default="f32", help="model weights"
     )
@@ -148,6 +164,13 @@ def _run(options: argparse.Namespace) -> int:
     for name in ("max_new_tokens", "batch", "max_prefill_tokens", "block_size"):
         if getattr(options, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    # Checks that would otherwise fail only after the whole run.
+    if options.compare_hf and options.temperature:
+        raise UsageError("--compare-hf compares greedy runs: drop --temperature")
+    if options.plot:
+        folder = Path(options.plot).resolve().parent
+        if not folder.is_dir():
+            raise UsageError(f"--plot {options.plot}: no directory {folder}")
     # torch first: its OpenMP runtime must start before Numba's threads.
     import torch
 
@@ -195,7 +218,10 @@ def _prompts(
     texts: list[str] = list(options.prompt)
     if options.prompts:
         lines = Path(options.prompts).read_text(encoding="utf-8").splitlines()
-        texts += [line for line in lines if line.strip()]
+        found = [line for line in lines if line.strip()]
+        if not found:
+            raise UsageError(f"--prompts {options.prompts}: no prompt in the file")
+        texts += found
     if texts:
         return [_encode(text, tokenizer, vocab) for text in texts]
     import numpy as np
@@ -339,8 +365,6 @@ def _compare(
 ) -> int:
     from llmir.integrations.transformers.compare import hf_generate
 
-    if options.temperature:
-        raise UsageError("--compare-hf compares greedy runs: drop --temperature")
     attn = "eager" if model.config.model_type == "gemma2" else "sdpa"
     run = hf_generate(
         model,

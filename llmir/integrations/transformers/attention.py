@@ -39,21 +39,28 @@ def llmir_attention_forward(
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature over llmir's pool."""
-    if dropout:
-        raise ConfigError(f"llmir attention is for inference, got dropout={dropout}")
     cache = STAGING_CACHE.get()
     if cache is None:
         raise ConfigError(
             "attn_implementation='llmir' needs past_key_values=LlmirCache(...) "
             "and use_cache=True"
         )
-    layer = int(getattr(module, "layer_idx", -1))
-    options = AttentionOptions(
-        scale=None if scaling is None else float(scaling),
-        sliding_window=None if sliding_window is None else int(sliding_window),
-        logits_soft_cap=None if not softcap else float(softcap),
-    )
-    return cache.attend(layer, query, key, options), None
+    try:
+        if dropout:
+            raise ConfigError(
+                f"llmir attention is for inference, got dropout={dropout}"
+            )
+        layer = int(getattr(module, "layer_idx", -1))
+        options = AttentionOptions(
+            scale=None if scaling is None else float(scaling),
+            sliding_window=None if sliding_window is None else int(sliding_window),
+            logits_soft_cap=None if not softcap else float(softcap),
+        )
+        return cache.attend(layer, query, key, options), None
+    except BaseException:
+        # Nothing of this forward may linger into the next one.
+        cache.abort_step()
+        raise
 
 
 def llmir_mask(

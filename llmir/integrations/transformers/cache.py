@@ -200,8 +200,34 @@ class LlmirCache(Cache):
                 f"the forward has {keys.shape[0]} rows, set_batch gave "
                 f"{self._seq_ids.size} sequence ids"
             )
+        if layer == 0:
+            self._check_level()
         self._pending[layer] = _PendingLayer(keys, values)
         STAGING_CACHE.set(self)
+
+    def _check_level(self) -> None:
+        """A forward starts on sequences whose layers all hold the same
+        tokens: one interrupted midway (an exception after some layers had
+        appended) left the first layers a step ahead, and continuing would
+        attend over misaligned layers."""
+        assert self._seq_ids is not None
+        known = set(self.kv.seq_ids)
+        uneven = [
+            int(i)
+            for i in self._seq_ids
+            if int(i) in known and np.ptp(self.kv.layer_lens(int(i))) != 0
+        ]
+        if uneven:
+            raise SequenceError(
+                f"sequences {uneven} were left half-appended by an interrupted "
+                "forward (some layers hold one step more): free them "
+                "(PagedKVCache.free_sequences) and start them again"
+            )
+
+    def abort_step(self) -> None:
+        """Forget what the forward in progress staged (it failed)."""
+        self._pending.clear()
+        STAGING_CACHE.set(None)
 
     def attend(
         self,
@@ -221,7 +247,7 @@ class LlmirCache(Cache):
                 "attn_implementation='llmir'"
             )
         assert self._seq_ids is not None
-        raw_ok = self.kv.element_type.name == "bf16"
+        element = self.kv.element_type
         tokens = None
         if self._token_ids is not None and self.kv.prefix_caching:
             tokens = self._token_ids
@@ -229,8 +255,8 @@ class LlmirCache(Cache):
             self.kv,
             layer,
             query_array(query),
-            kv_array(pending.keys, raw_ok),
-            kv_array(pending.values, raw_ok),
+            kv_array(pending.keys, element),
+            kv_array(pending.values, element),
             self._seq_ids,
             tokens,
             options,

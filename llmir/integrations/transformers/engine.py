@@ -67,6 +67,9 @@ class Completion:
     tokens: list[int] = field(default_factory=lambda: [])
     cached_prompt_tokens: int = 0
     first_token_s: float = 0.0
+    """From the step the request arrived at (queueing included) to its
+    first token."""
+    admitted_step: int = 0
     finish_reason: str = ""
     logits: list[torch.Tensor] = field(default_factory=lambda: [])
 
@@ -195,6 +198,7 @@ class Engine:
             // 8
         )
         self._next_seq_id = 0
+        self._vocab = int(model.config.get_text_config().vocab_size)
 
     @property
     def kv(self) -> Any:
@@ -206,49 +210,75 @@ class Engine:
         self, requests: Iterable[Request], *, progress: bool = False
     ) -> dict[int, Completion]:
         """Serve `requests` to completion; returns each one's `Completion`
-        by request id."""
+        by request id.  Every request is checked before any work; if a step
+        fails anyway (an exception from the model), the sequences of this
+        run are freed before the error propagates, so the engine stays
+        usable."""
         pending = sorted(requests, key=lambda r: r.arrival_step)
         self._check_requests(pending)
-        waiting = deque(pending)
+        live: list[_Active] = []
+        bar = _progress_bar(progress, sum(r.max_new_tokens for r in pending))
+        try:
+            with torch.inference_mode():
+                return self._serve(deque(pending), live, bar)
+        except BaseException:
+            self.cache.abort_step()
+            self.kv.free_sequences(
+                [a.seq_id for a in live if a.seq_id in set(self.kv.seq_ids)]
+            )
+            raise
+        finally:
+            bar.close()
+
+    def _serve(
+        self, waiting: deque[Request], live: list[_Active], bar: Any
+    ) -> dict[int, Completion]:
         prefilling: list[_Active] = []
         decoding: list[_Active] = []
         done: dict[int, Completion] = {}
+        arrived: dict[int, float] = {}
         reserved = 0
-        bar = _progress_bar(progress, sum(r.max_new_tokens for r in pending))
         step = 0
-        with torch.inference_mode():
-            while waiting or prefilling or decoding:
-                now = time.perf_counter()
-                while (
-                    waiting
-                    and waiting[0].arrival_step <= step
-                    and len(prefilling) + len(decoding) < self.max_batch
-                    and reserved + self._blocks_for(waiting[0]) <= self.kv.num_blocks
-                ):
-                    active = self._admit(waiting.popleft(), now)
-                    reserved += active.blocks_reserved
-                    prefilling.append(active)
-                ready = list(decoding)
-                budget = self.max_prefill_tokens
-                for active in list(prefilling):
-                    if budget == 0:
-                        break
-                    budget -= self._prefill_chunk(active, budget)
-                    if active.computed == len(active.request.prompt):
-                        prefilling.remove(active)
-                        decoding.append(active)
-                        bar.update(1)
-                if ready:
-                    self._decode(ready)
-                    bar.update(len(ready))
-                self._sample_memory(step, prefilling + decoding)
-                for active in [a for a in decoding if self._finished(a)]:
-                    decoding.remove(active)
-                    self.kv.free_sequence(active.seq_id)
-                    reserved -= active.blocks_reserved
-                    done[active.request.request_id] = active.completion
-                step += 1
-        bar.close()
+        while waiting or prefilling or decoding:
+            if not (prefilling or decoding) and waiting[0].arrival_step > step:
+                step = waiting[0].arrival_step  # idle until the next arrival
+            now = time.perf_counter()
+            for request in waiting:
+                if request.arrival_step > step:
+                    break
+                arrived.setdefault(request.request_id, now)
+            while (
+                waiting
+                and waiting[0].arrival_step <= step
+                and len(prefilling) + len(decoding) < self.max_batch
+                and reserved + self._blocks_for(waiting[0]) <= self.kv.num_blocks
+            ):
+                request = waiting.popleft()
+                active = self._admit(request, arrived[request.request_id], step)
+                reserved += active.blocks_reserved
+                prefilling.append(active)
+                live.append(active)
+            ready = list(decoding)
+            budget = self.max_prefill_tokens
+            for active in list(prefilling):
+                if budget == 0:
+                    break
+                budget -= self._prefill_chunk(active, budget)
+                if active.computed == len(active.request.prompt):
+                    prefilling.remove(active)
+                    decoding.append(active)
+                    bar.update(1)
+            if ready:
+                self._decode(ready)
+                bar.update(len(ready))
+            self._sample_memory(step, prefilling + decoding)
+            for active in [a for a in decoding if self._finished(a)]:
+                decoding.remove(active)
+                live.remove(active)
+                self.kv.free_sequence(active.seq_id)
+                reserved -= active.blocks_reserved
+                done[active.request.request_id] = active.completion
+            step += 1
         self.stats.steps += step
         return done
 
@@ -266,7 +296,7 @@ class Engine:
                     f"request {rid}: max_new_tokens must be >= 1, got "
                     f"{request.max_new_tokens}"
                 )
-            total = len(request.prompt) + request.max_new_tokens
+            total = self._tokens_for(request)
             if total > self.kv.max_seq_len:
                 raise ConfigError(
                     f"request {rid} needs {total} tokens, the cache's "
@@ -277,6 +307,12 @@ class Engine:
                     f"request {rid} needs {self._blocks_for(request)} blocks, "
                     f"the pool has {self.kv.num_blocks}"
                 )
+            bad = [t for t in request.prompt if not 0 <= int(t) < self._vocab]
+            if bad:
+                raise ConfigError(
+                    f"request {rid}: token id {bad[0]} is outside the "
+                    f"vocabulary [0, {self._vocab})"
+                )
             forced = request.forced_tokens
             if forced is not None and len(forced) < request.max_new_tokens - 1:
                 raise ConfigError(
@@ -284,11 +320,16 @@ class Engine:
                     f"{request.max_new_tokens - 1} are fed back"
                 )
 
-    def _blocks_for(self, request: Request) -> int:
-        tokens = len(request.prompt) + request.max_new_tokens
-        return -(-tokens // self.kv.block_size)
+    @staticmethod
+    def _tokens_for(request: Request) -> int:
+        """Tokens the request's sequence holds at most: its prompt and every
+        new token but the last (which is never fed back)."""
+        return len(request.prompt) + request.max_new_tokens - 1
 
-    def _admit(self, request: Request, now: float) -> _Active:
+    def _blocks_for(self, request: Request) -> int:
+        return -(-self._tokens_for(request) // self.kv.block_size)
+
+    def _admit(self, request: Request, arrived: float, step: int) -> _Active:
         seq_id = self._next_seq_id
         self._next_seq_id += 1
         active = _Active(
@@ -297,8 +338,9 @@ class Engine:
             Sampler(request.sampling),
             Completion(request.request_id, len(request.prompt)),
             self._blocks_for(request),
-            eligible_at=now,
+            eligible_at=arrived,
         )
+        active.completion.admitted_step = step
         if self.kv.prefix_caching:
             cached = self.kv.match_prefix(seq_id, np.asarray(request.prompt))
             active.computed = cached

@@ -11,7 +11,9 @@ copy, and say why:
   ``[batch, T, H, D]`` order) is packed once.
 
 bfloat16 keys and values for a bf16 cache pass as their raw bits (uint16),
-which the cache copies bit for bit.
+which the cache copies bit for bit; keys and values of a dtype the cache does
+not take as it is (float16 for an f32 or bf16 cache, bfloat16 for any other)
+become float32, exactly.
 """
 
 from __future__ import annotations
@@ -23,24 +25,27 @@ import numpy.typing as npt
 import torch
 
 from llmir.errors import DTypeError
+from llmir.runtime.dtypes import ElementType
 
 
-def kv_array(states: torch.Tensor, raw_bits_ok: bool) -> npt.NDArray[Any]:
+def kv_array(states: torch.Tensor, element: ElementType) -> npt.NDArray[Any]:
     """HF's ``[batch, H, T, D]`` keys or values as a ``[batch, T, H, D]``
-    array a cache accepts: float32 or float16 as they are, bfloat16 as raw
-    bits when the cache stores bf16 (`raw_bits_ok`), else as float32."""
+    array a cache of `element` accepts: as they are when it takes their
+    dtype (float32 always; float16 for f16 and quantized caches; bfloat16
+    as raw bits for bf16 caches), else as float32."""
     tokens_major = states.detach().transpose(1, 2)
-    if tokens_major.dtype == torch.bfloat16:
-        if raw_bits_ok:
-            bits = tokens_major.contiguous().view(torch.int16).numpy()
-            return bits.view(np.uint16)
-        tokens_major = tokens_major.float()
-    elif tokens_major.dtype not in (torch.float32, torch.float16):
+    if tokens_major.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise DTypeError(
             f"keys and values must be float32, float16 or bfloat16, "
             f"got {tokens_major.dtype}"
         )
-    return np.ascontiguousarray(tokens_major.numpy())
+    accepted = element.raw_input_dtypes
+    if tokens_major.dtype == torch.bfloat16 and element.name == "bf16":
+        bits = tokens_major.contiguous().view(torch.int16).numpy()
+        return bits.view(np.uint16)
+    if tokens_major.dtype == torch.float16 and np.dtype(np.float16) in accepted:
+        return np.ascontiguousarray(tokens_major.numpy())
+    return np.ascontiguousarray(tokens_major.float().numpy())
 
 
 def query_array(query: torch.Tensor) -> npt.NDArray[Any]:

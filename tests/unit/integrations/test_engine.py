@@ -15,6 +15,7 @@ from llmir.integrations.transformers import random_model
 from llmir.integrations.transformers.engine import Engine, Request
 from llmir.integrations.transformers.sampling import SamplingParams
 from llmir.integrations.transformers.tensors import as_tensor, kv_array
+from llmir.runtime.dtypes import element_type
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +165,8 @@ def test_a_full_pool_makes_requests_wait(llama) -> None:
     done = engine.run(requests)
     for request in requests:
         assert done[request.request_id].tokens == _alone(llama, request)
+    # Some request had to wait for blocks past its arrival.
+    assert any(done[r.request_id].admitted_step > r.arrival_step for r in requests)
     assert max(s.paged_bytes for s in engine.stats.timeline) <= 7 * (
         engine.kv.geometry.bytes_per_block
     )
@@ -230,11 +233,11 @@ def test_bf16_model_with_bf16_cache() -> None:
 
 def test_bf16_keys_pass_as_raw_bits() -> None:
     states = torch.randn(2, 3, 5, 4).to(torch.bfloat16)  # [batch, H, T, D]
-    bits = kv_array(states, raw_bits_ok=True)
+    bits = kv_array(states, element_type("bf16"))
     assert bits.dtype == np.uint16 and bits.shape == (2, 5, 3, 4)
     expected = states.transpose(1, 2).contiguous().view(torch.int16).numpy()
     assert np.array_equal(bits, expected.view(np.uint16))
-    as_f32 = kv_array(states, raw_bits_ok=False)
+    as_f32 = kv_array(states, element_type("f16"))
     assert as_f32.dtype == np.float32
     assert np.array_equal(as_f32, states.float().transpose(1, 2).numpy())
 
@@ -244,7 +247,110 @@ def test_tensors_cross_without_copies() -> None:
     ``[batch, H, T, D]``: the array the cache gets is that memory."""
     tokens_major = torch.randn(2, 5, 3, 4)
     states = tokens_major.transpose(1, 2)
-    array = kv_array(states, raw_bits_ok=False)
+    array = kv_array(states, element_type("f32"))
     assert np.shares_memory(array, tokens_major.numpy())
     out = np.zeros((2, 5, 3, 4), np.float32)
     assert np.shares_memory(as_tensor(out, states).numpy(), out)
+
+
+def test_a_failed_run_frees_its_sequences(llama) -> None:
+    """An exception from the model mid-run leaves nothing behind: the next
+    run gets the whole pool."""
+    engine = Engine(llama, num_blocks=16)
+    calls = {"n": 0}
+    original = engine.cache.step
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 30:  # a decode step, half-way through the layers
+            raise RuntimeError("boom")
+        return original(*args, **kwargs)
+
+    engine.cache.step = failing
+    with pytest.raises(RuntimeError, match="boom"):
+        engine.run(_requests()[:2])
+    assert engine.kv.stats().blocks_used == 0 and engine.kv.seq_ids == []
+    engine.cache.step = original
+    request = _requests()[0]
+    assert engine.run([request])[0].tokens == _alone(llama, request)
+
+
+def test_an_interrupted_forward_is_not_continued(llama) -> None:
+    """`LlmirCache` used directly: after a forward failed half-way, the next
+    one refuses the misaligned sequence instead of attending over it."""
+    from llmir.errors import SequenceError
+    from llmir.integrations.transformers import LlmirCache, use_llmir_attention
+
+    use_llmir_attention(llama)
+    cache = LlmirCache.for_config(llama.config, num_blocks=8)
+    original = cache.step
+    calls = {"n": 0}
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:  # layer 1 of the second forward
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    cache.step = failing
+    with torch.inference_mode():
+        llama(
+            input_ids=torch.tensor([[1, 2, 3]]), past_key_values=cache, use_cache=True
+        )
+        with pytest.raises(KeyboardInterrupt):
+            llama(input_ids=torch.tensor([[4]]), past_key_values=cache, use_cache=True)
+        with pytest.raises(SequenceError, match="half-appended"):
+            llama(input_ids=torch.tensor([[4]]), past_key_values=cache, use_cache=True)
+
+
+def test_late_arrivals_do_not_spin(llama) -> None:
+    engine = Engine(llama, num_blocks=16)
+    done = engine.run([Request(0, [1, 2, 3], 2, arrival_step=10**9)])
+    assert len(done[0].tokens) == 2
+    assert len(engine.stats.timeline) <= 3
+
+
+def test_float16_models_feed_every_cache() -> None:
+    model = random_model("llama-tiny", seed=4, dtype=torch.float16)
+    for kv_dtype in ("f32", "f16", "bf16", "i8"):
+        done = Engine(model, kv_dtype=kv_dtype, num_blocks=16).run(_requests()[:1])
+        assert len(done[0].tokens) == _requests()[0].max_new_tokens
+
+
+def test_a_request_fills_exactly_its_blocks(llama) -> None:
+    """A request stores its prompt and all new tokens but the last: 16 + 1
+    fits one block of 16, 31 + 2 fits max_seq_len 32."""
+    Engine(llama, num_blocks=1, block_size=16).run([Request(0, list(range(16)), 1)])
+    Engine(llama, num_blocks=4, max_seq_len=32).run([Request(0, list(range(31)), 2)])
+
+
+def test_dropout_refusal_leaves_the_cache_usable(llama) -> None:
+    from llmir.integrations.transformers import LlmirCache, use_llmir_attention
+
+    use_llmir_attention(llama)
+    cache = LlmirCache.for_config(llama.config, num_blocks=8)
+    llama.train()
+    llama.config.attention_dropout = 0.1
+    for layer in llama.model.layers:
+        layer.self_attn.attention_dropout = 0.1
+    try:
+        with pytest.raises(ConfigError, match="dropout"):
+            llama(
+                input_ids=torch.tensor([[1, 2]]), past_key_values=cache, use_cache=True
+            )
+    finally:
+        llama.eval()
+        for layer in llama.model.layers:
+            layer.self_attn.attention_dropout = 0.0
+    cache.reset()
+    with torch.inference_mode():
+        llama(input_ids=torch.tensor([[1, 2]]), past_key_values=cache, use_cache=True)
+
+
+def test_ir_step_refuses_another_cache() -> None:
+    model = random_model("llama-tiny")
+    step = IRLayerStep(model.config, kv_dtype="f32")
+    with pytest.raises(ConfigError, match="IR was built for a cache of f32"):
+        Engine(model, kv_dtype="f16", num_blocks=16, step=step).run(
+            [Request(0, [1, 2], 2)]
+        )

@@ -88,22 +88,17 @@ def test_local_checkpoint_without_tokenizer(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     random_model("llama-tiny", seed=3).save_pretrained(tmp_path)
+    shared = " ".join(str(i) for i in range(1, 21))
     code = main(
-        [
-            "--model",
-            str(tmp_path),
-            "--prompt",
-            "1 2 3",
-            "--max-new-tokens",
-            "4",
-            "--compare-hf",
-            "--ignore-eos",
-            "--prefix-caching",
-        ]
-    )
+        ["--model", str(tmp_path), "--prompt", shared, "--prompt", shared + " 21",
+         "--max-new-tokens", "4", "--compare-hf", "--ignore-eos",
+         "--prefix-caching", "--block-size", "8", "--batch", "1"]
+    )  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "0 from the prefix cache" in out
+    assert "[0] prompt 20 tokens, 0 from the prefix cache" in out
+    # The second prompt finds the first's two whole blocks.
+    assert "[1] prompt 21 tokens, 16 from the prefix cache" in out
 
 
 def test_plot(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -149,12 +144,30 @@ def test_plot(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
             "nonexistent",
         ),
         (["--random-model", "llama-tiny", "--via-ir", "--prefix-caching"], "--via-ir"),
+        (["--random-model", "llama-tiny", "--max-new-tokens", "abc"], "invalid int"),
+        (["--random-model", "llama-tiny", "--num-blocks", "1", "--kv-memory", "1"],
+         "not allowed with"),
+        (["--random-model", "llama-tiny", "--seed", "-1"], "--seed: must be >= 0"),
+        (["--random-model", "llama-tiny", "--compare-hf", "--temperature", "0.5"],
+         "drop --temperature"),
+        (["--random-model", "llama-tiny", "--plot", "/nonexistent/dir/x.png"],
+         "no directory"),
+        (["--random-model", "llama-tiny", "--prompts", "EMPTY"], "no prompt"),
     ],
-)
+)  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(
-    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str, tmp_path: Path
 ) -> None:
-    assert main(args) == 2
-    err = capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    args = [str(empty) if a == "EMPTY" else a for a in args]
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing ran
+    err = captured.err
     assert err.count("\n") == 1 and err.startswith("llmir-generate: error: "), err
     assert message in err
