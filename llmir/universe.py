@@ -60,11 +60,18 @@ def _get_llm_select_block_size() -> type[ModulePass]:
     return SelectBlockSizePass
 
 
+def _get_llm_quantize_kv() -> type[ModulePass]:
+    from llmir.transforms.quantize_kv import QuantizeKVPass
+
+    return QuantizeKVPass
+
+
 def _all_passes() -> dict[str, Callable[[], type[ModulePass]]]:
     return {
         "convert-llm-to-func": _get_convert_llm_to_func,
         "llm-kv-cache-stats": _get_llm_kv_cache_stats,
         "llm-plan-kv-memory": _get_llm_plan_kv_memory,
+        "llm-quantize-kv": _get_llm_quantize_kv,
         "llm-reserve-slots-per-step": _get_llm_reserve_slots_per_step,
         "llm-select-block-size": _get_llm_select_block_size,
         "llm-verify-kv-cache": _get_llm_verify_kv_cache,

@@ -519,7 +519,9 @@ class LookupKVOp(KVCacheInterface, IRDLOperation):
                 else width * cache_type.block_size
             )
         result_type = TensorType(
-            cache_type.element_type if element_type is None else element_type,
+            cache_type.default_data_element_type
+            if element_type is None
+            else element_type,
             [batch, max_len, cache_type.num_heads, cache_type.head_dim],
         )
         super().__init__(

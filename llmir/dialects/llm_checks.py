@@ -9,7 +9,7 @@ statically is left to the runtime.
 
 from __future__ import annotations
 
-from xdsl.dialects.builtin import DYNAMIC_INDEX, IntegerAttr, TensorType, f32, i32
+from xdsl.dialects.builtin import DYNAMIC_INDEX, IntegerAttr, TensorType, i32
 from xdsl.ir import Attribute, SSAValue
 from xdsl.utils.exceptions import VerifyException
 
@@ -59,12 +59,18 @@ def at_most(op: str, what: str, dim: int, limit_what: str, limit: int) -> None:
 def check_data_element_type(
     op: str, what: str, tensor: TensorType, cache: PagedKVCacheType
 ) -> None:
-    """Keys/values/queries hold f32 or the cache's own element type."""
+    """Keys/values/queries hold f32 or the cache's own element type (f32 or
+    f16 for a quantized cache, whose codes are no tensor type)."""
     element_type = tensor.get_element_type()
-    if element_type != f32 and element_type != cache.element_type:
+    allowed = cache.data_element_types
+    if element_type not in allowed:
+        what_allowed = (
+            f"f32 or the cache element type {cache.element_type}"
+            if allowed[1] == cache.element_type
+            else f"f32 or f16 (the cache is quantized to {cache.element_type})"
+        )
         raise VerifyException(
-            f"{op}: {what} element type must be f32 or the cache element type "
-            f"{cache.element_type}, got {element_type}"
+            f"{op}: {what} element type must be {what_allowed}, got {element_type}"
         )
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from xdsl.dialects.builtin import IntAttr
+from xdsl.dialects.builtin import IntAttr, f16, f32
 from xdsl.ir import Attribute, ParametrizedAttribute, TypeAttribute
 from xdsl.irdl import irdl_attr_definition
 from xdsl.parser import AttrParser
@@ -112,6 +112,23 @@ class PagedKVCacheType(ParametrizedAttribute, TypeAttribute):
         return element
 
     @property
+    def data_element_types(self) -> tuple[Attribute, ...]:
+        """The element types tensors of keys, values, queries and lookups
+        of this cache may have: f32 or the cache's own, and for a quantized
+        cache (whose codes are no tensor type) f32 or f16."""
+        element = element_type_of_ir(self.element_type)
+        if element is None or element.quant is None:
+            return (f32, self.element_type)
+        return (f32, f16)
+
+    @property
+    def default_data_element_type(self) -> Attribute:
+        """What a lookup returns unless asked: the cache's element type, or
+        f32 for a quantized cache."""
+        quantized = self.cache_element_type.quant is not None
+        return self.data_element_types[0 if quantized else 1]
+
+    @property
     def geometry(self) -> CacheGeometry:
         """The runtime geometry of this (verified) type."""
         return CacheGeometry(
@@ -162,6 +179,13 @@ class PagedKVCacheType(ParametrizedAttribute, TypeAttribute):
                 f"paged_kv_cache element type must be {supported_names()}, "
                 f"got {self.element_type}"
             )
+        element = element_type_of_ir(self.element_type)
+        if element is not None and element.quant is not None:
+            errors = element.quant.layout_errors(self.head_dim, self.block_size)
+            if errors:
+                raise VerifyException(
+                    f"paged_kv_cache of {element.name}: {'; '.join(errors)}"
+                )
         for label, value in (
             ("num_layers", self.num_layers),
             ("num_heads", self.num_heads),

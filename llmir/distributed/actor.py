@@ -58,13 +58,10 @@ class ShardActor:
         self._backend.copy_blocks(_writable(src), _writable(dst), tokens)
 
     def read_blocks(self, ids: Array) -> Array:
-        """This shard's part of blocks `ids`, block-major ``[n, L, H, 2, B,
-        D]`` (a swap-out)."""
+        """This shard's part of blocks `ids`, block-major ``[n,
+        *CacheGeometry.block_shape()]`` (a swap-out)."""
         g = self._geometry
-        out = np.empty(
-            (ids.shape[0], g.num_layers, g.num_heads, 2, g.block_size, g.head_dim),
-            g.element_type.storage_dtype,
-        )
+        out = np.empty((ids.shape[0], *g.block_shape()), g.element_type.storage_dtype)
         self._backend.swap_out(
             _writable(ids), out, np.arange(ids.shape[0], dtype=np.int32)
         )

@@ -12,7 +12,11 @@ cache may hold:
   inputs either as float32 or already in the stored form
   (`ElementType.raw_input_dtypes`),
 * both backends, whose kernels dispatch on `ElementType.code` through the
-  named constants `F32_CODE`, `F16_CODE`, `BF16_CODE`.
+  named constants `F32_CODE`, `F16_CODE`, `BF16_CODE`, `I8_CODE`, `I4_CODE`.
+
+The quantized types (``i8``, ``i4``) carry a `QuantScheme`
+(`llmir.runtime.quantization`): their blocks hold codes and scales, so they
+have no element-wise encode/decode, and tensors of data never have them.
 
 Numba has no float16 on the CPU, so half-precision caches store uint16 bit
 patterns and the kernels convert (``llmir.runtime.cpu.codecs``,
@@ -34,16 +38,19 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from xdsl.dialects.builtin import bf16, f16, f32
+from xdsl.dialects.builtin import IntegerType, bf16, f16, f32
 from xdsl.ir import Attribute
 
 from llmir.errors import DTypeError
+from llmir.runtime.quantization import QuantScheme
 
 Array = npt.NDArray[Any]
 
 F32_CODE = 0
 F16_CODE = 1
 BF16_CODE = 2
+I8_CODE = 3
+I4_CODE = 4
 RAW_CODE = -1
 """Not an element type: tells the copy kernels to move stored elements bit
 for bit (the input already is in the storage form)."""
@@ -71,17 +78,25 @@ class ElementType:
     aliases: tuple[str, ...]
     _encode: Callable[[Array], Array] = field(repr=False)
     _decode: Callable[[Array], Array] = field(repr=False)
+    quant: QuantScheme | None = None
+    """The scheme of a quantized type (`llmir.runtime.quantization`): its
+    pool holds codes and scales per (token, head) row, K and V together."""
 
     @property
     def itemsize(self) -> int:
         """Bytes of one stored element."""
         return self.storage_dtype.itemsize
 
-    def row_bytes(self, head_dim: int) -> int:
-        """Bytes one stored row (one token's key or value of one head) takes
-        in the pool: what `CacheGeometry` counts blocks and tokens in.  (A
-        quantized type adds its scales here.)"""
-        return head_dim * self.itemsize
+    @property
+    def is_quantized(self) -> bool:
+        return self.quant is not None
+
+    def kv_row_bytes(self, head_dim: int, block_size: int) -> int:
+        """Bytes one token's key and value of one head take in the pool,
+        scales included: what `CacheGeometry` counts blocks and tokens in."""
+        if self.quant is not None:
+            return self.quant.row_bytes(head_dim, block_size)
+        return 2 * head_dim * self.itemsize
 
     @property
     def is_half(self) -> bool:
@@ -89,7 +104,10 @@ class ElementType:
 
     @property
     def raw_input_dtypes(self) -> tuple[np.dtype[Any], ...]:
-        """Input dtypes copied bit for bit instead of encoded from float32."""
+        """Input dtypes copied bit for bit instead of encoded from float32
+        (a quantized cache takes float16, quantised like float32)."""
+        if self.quant is not None:
+            return (np.dtype(np.float16),)
         if self.storage_dtype == np.float32:
             return ()
         return tuple(dict.fromkeys((self.host_dtype, self.storage_dtype)))
@@ -186,8 +204,47 @@ BF16 = ElementType(
     f32_array_from_bf16_bits,
 )
 
-ELEMENT_TYPES: dict[str, ElementType] = {t.name: t for t in (F32, F16, BF16)}
+
+def _quantized_only(_: Array) -> Array:
+    raise DTypeError(
+        "a quantized element type has no element-wise form: its codes and "
+        "scales live in the cache's blocks (llmir.runtime.quantization)"
+    )
+
+
+I8 = ElementType(
+    "i8",
+    I8_CODE,
+    np.dtype(np.uint8),
+    np.dtype(np.float32),
+    np.dtype(np.float32),
+    IntegerType(8),
+    ("int8",),
+    _quantized_only,
+    _quantized_only,
+    QuantScheme(bits=8, symmetric=True, value_group=None, error_bound=2e-2),
+)
+I4 = ElementType(
+    "i4",
+    I4_CODE,
+    np.dtype(np.uint8),
+    np.dtype(np.float32),
+    np.dtype(np.float32),
+    IntegerType(4),
+    ("int4",),
+    _quantized_only,
+    _quantized_only,
+    QuantScheme(bits=4, symmetric=False, value_group=16, error_bound=1.6e-1),
+)
+
+ELEMENT_TYPES: dict[str, ElementType] = {t.name: t for t in (F32, F16, BF16, I8, I4)}
 """Every element type, by name."""
+
+FLOAT_TYPES: dict[str, ElementType] = {
+    name: t for name, t in ELEMENT_TYPES.items() if t.quant is None
+}
+"""The element types a tensor of data (keys, values, queries) may have, and
+that a cache stores element by element."""
 
 _BY_ALIAS = {alias: t for t in ELEMENT_TYPES.values() for alias in t.aliases}
 _BY_NUMPY = {np.dtype(np.float32): F32, np.dtype(np.float16): F16}

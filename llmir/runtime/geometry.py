@@ -21,6 +21,14 @@ against ~45% for vLLM's token-major ``[blocks, block_size, heads, D]`` and
 57% for head-major with K and V in separate pools.  Each layer's slice
 ``kv_pool[layer]`` is contiguous, so per-layer kernels take that view.
 
+A quantized element type (``i8``, ``i4``) has its own pool layout, with K
+and V codes and their scales side by side in one row per (token, head):
+
+    kv_pool.shape == (num_layers, num_blocks, num_heads, block_size, row_bytes)
+
+(uint8; the row in `llmir.runtime.quantization`).  A (block, head) slice is
+still one contiguous run, K and V together.
+
 Logical to physical: token ``p`` of a sequence whose block table is ``table``
 lives in block ``table[p // block_size]`` at slot ``p % block_size``; its
 *slot* is ``table[p // block_size] * block_size + p % block_size``.  Block
@@ -85,13 +93,18 @@ class CacheGeometry:
         object.__setattr__(
             self, "max_seq_len", positive_int("max_seq_len", self.max_seq_len)
         )
+        quant = self.element_type.quant
+        if quant is not None:
+            errors = quant.layout_errors(self.head_dim, self.block_size)
+            if errors:
+                raise ConfigError(
+                    f"an {self.element_type.name} cache: {'; '.join(errors)}"
+                )
         if (
             self.num_layers
             * self.num_heads
-            * 2
             * self.block_size
-            * self.head_dim
-            * (self.element_type.itemsize)
+            * self.element_type.kv_row_bytes(self.head_dim, self.block_size)
             > INT64_MAX
         ):
             raise ConfigError(
@@ -112,21 +125,32 @@ class CacheGeometry:
     @property
     def bytes_per_block(self) -> int:
         """Bytes of one block, K and V, all layers and heads."""
-        rows = self.num_layers * self.num_heads * 2 * self.block_size
-        return rows * self.element_type.row_bytes(self.head_dim)
+        rows = self.num_layers * self.num_heads * self.block_size
+        return rows * self.element_type.kv_row_bytes(self.head_dim, self.block_size)
 
     @property
     def bytes_per_token(self) -> int:
         """Bytes one token occupies in one layer: its key and value, all heads."""
-        return 2 * self.num_heads * self.element_type.row_bytes(self.head_dim)
+        return self.num_heads * self.element_type.kv_row_bytes(
+            self.head_dim, self.block_size
+        )
 
     @property
     def run_length(self) -> int:
         """Elements of one (block, head) run: its keys then its values."""
         return 2 * self.block_size * self.head_dim
 
-    def pool_shape(self, num_blocks: int) -> tuple[int, int, int, int, int, int]:
+    def pool_shape(self, num_blocks: int) -> tuple[int, ...]:
         """The shape of a pool of `num_blocks` blocks."""
+        quant = self.element_type.quant
+        if quant is not None:
+            return (
+                self.num_layers,
+                num_blocks,
+                self.num_heads,
+                self.block_size,
+                quant.row_bytes(self.head_dim, self.block_size),
+            )
         return (
             self.num_layers,
             num_blocks,
@@ -135,6 +159,12 @@ class CacheGeometry:
             self.block_size,
             self.head_dim,
         )
+
+    def block_shape(self) -> tuple[int, ...]:
+        """The shape of one block across layers: `pool_shape` without its
+        blocks axis (a swap slot's shape)."""
+        shape = self.pool_shape(1)
+        return (shape[0], *shape[2:])
 
     def pool_bytes(self, num_blocks: int) -> int:
         return num_blocks * self.bytes_per_block

@@ -46,14 +46,7 @@ class SwapSpace:
         self.path: str | None = None  # first: __del__ runs even if a check fails
         self.num_slots = positive_int("swap_blocks", num_slots)
         self.geometry = geometry
-        shape = (
-            self.num_slots,
-            geometry.num_layers,
-            geometry.num_heads,
-            2,
-            geometry.block_size,
-            geometry.head_dim,
-        )
+        shape = (self.num_slots, *geometry.block_shape())
         dtype = geometry.element_type.storage_dtype
         if directory is None:
             self.blocks: npt.NDArray[Any] = np.empty(shape, dtype)

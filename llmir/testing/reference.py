@@ -29,6 +29,7 @@ import numpy.typing as npt
 
 from llmir.runtime.dtypes import ElementType
 from llmir.runtime.geometry import KEY, PAD_BLOCK, VALUE, CacheGeometry
+from llmir.runtime.quantization import BlockLayout, dequantize_block
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,14 @@ def gather_sequence(
     kind: ElementType,
     table_row: npt.NDArray[np.integer[Any]],
     seq_len: int,
+    head_dim: int | None = None,
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
-    """Dense float64 keys and values ``[seq_len, H, D]`` of one sequence."""
+    """Dense float64 keys and values ``[seq_len, H, D]`` of one sequence
+    (a quantized pool's decoded as its scheme says, which needs `head_dim`;
+    a -1 entry reads as zeros there)."""
+    if kind.quant is not None:
+        assert head_dim is not None, "a quantized pool's rows need head_dim"
+        return _gather_quantized(layer_pool, kind, table_row, seq_len, head_dim)
     block_size = layer_pool.shape[3]
     num_blocks = -(-seq_len // block_size)
     blocks = [int(b) for b in table_row[:num_blocks]]
@@ -119,6 +126,28 @@ def gather_sequence(
     k = kind.decode(k).reshape(-1, *head_shape)[:seq_len]
     v = kind.decode(v).reshape(-1, *head_shape)[:seq_len]
     return k.astype(np.float64), v.astype(np.float64)
+
+
+def _gather_quantized(
+    layer_pool: npt.NDArray[Any],
+    kind: ElementType,
+    table_row: npt.NDArray[np.integer[Any]],
+    seq_len: int,
+    head_dim: int,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    assert kind.quant is not None
+    _, num_heads, block_size, _ = layer_pool.shape
+    layout = BlockLayout(kind.quant, head_dim, block_size)
+    num_blocks = -(-seq_len // block_size)
+    k = np.zeros((num_blocks * block_size, num_heads, head_dim))
+    v = np.zeros_like(k)
+    for logical, block in enumerate(int(b) for b in table_row[:num_blocks]):
+        if block < 0:
+            continue
+        rows = slice(logical * block_size, (logical + 1) * block_size)
+        for h in range(num_heads):
+            k[rows, h], v[rows, h] = dequantize_block(layer_pool[block, h], layout)
+    return k[:seq_len], v[:seq_len]
 
 
 def reference_paged_attention(
@@ -183,7 +212,7 @@ def _reference_attention(
     q = np.asarray(query, dtype=np.float64)
     batch, tq, hq, head_dim = q.shape
     num_heads = layer_pool.shape[1]
-    block_size = layer_pool.shape[3]
+    block_size = layer_pool.shape[2 if kind.quant is not None else 3]
     group = hq // num_heads
     scale = 1.0 / np.sqrt(head_dim) if scale is None else float(scale)
     out = np.zeros(q.shape, dtype=np.float64)
@@ -191,7 +220,7 @@ def _reference_attention(
     mass = np.zeros((batch, num_heads, width), dtype=np.float64)
     for b in range(batch):
         seq_len = int(seq_lens[b])
-        k, v = gather_sequence(layer_pool, kind, block_table[b], seq_len)
+        k, v = gather_sequence(layer_pool, kind, block_table[b], seq_len, head_dim)
         kept = np.repeat(block_table[b, : -(-seq_len // block_size)] >= 0, block_size)
         kept = kept[:seq_len]
         k[~kept] = 0.0  # a hole's slots are someone else's (or NaN): unread

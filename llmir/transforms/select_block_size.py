@@ -43,12 +43,10 @@ from xdsl.dialects.builtin import (
     i32,
     i64,
 )
-from xdsl.ir import Attribute, Operation, SSAValue
+from xdsl.ir import Operation, SSAValue
 from xdsl.passes import ModulePass
 from xdsl.pattern_rewriter import (
     PatternRewriteWalker,
-    TypeConversionPattern,
-    attr_type_rewrite_pattern,
 )
 from xdsl.rewriter import Rewriter
 from xdsl.utils.exceptions import PassFailedException
@@ -62,36 +60,9 @@ from llmir.transforms.block_size_model import (
     exponential_lengths,
     load_costs,
 )
+from llmir.transforms.cache_types import RetypeCache, cache_types
 
 MODEL_ATTR_NAME = "llm.block_size_model"
-
-
-class _Retype(TypeConversionPattern):
-    """One cache type to another, everywhere (recursive, for the types
-    nested in function types)."""
-
-    def __init__(self, old: PagedKVCacheType, new: PagedKVCacheType) -> None:
-        super().__init__(recursive=True)
-        self.old = old
-        self.new = new
-
-    @attr_type_rewrite_pattern
-    def convert_type(self, typ: PagedKVCacheType, /) -> Attribute | None:
-        return self.new if typ == self.old else None
-
-
-def _cache_types(module: Operation) -> list[PagedKVCacheType]:
-    """Every cache type of the module, in order of first appearance."""
-    seen: list[PagedKVCacheType] = []
-    for op in module.walk():
-        values = [
-            *op.results,
-            *(a for r in op.regions for b in r.blocks for a in b.args),
-        ]
-        for value in values:
-            if isinstance(value.type, PagedKVCacheType) and value.type not in seen:
-                seen.append(value.type)
-    return seen
 
 
 def _query_heads(module: Operation, cache: PagedKVCacheType) -> int:
@@ -182,7 +153,7 @@ class SelectBlockSizePass(ModulePass):
             raise PassFailedException(
                 f"{self.name}: cannot read the cost table {self.costs!r}: {e}"
             ) from e
-        for cache in _cache_types(op):
+        for cache in cache_types(op):
             capped = [min(n, cache.max_seq_len) for n in lengths]
             try:
                 choice = choose_block_size(
@@ -218,4 +189,4 @@ class SelectBlockSizePass(ModulePass):
                     and append.block_size_attr is not None
                 ):
                     append.block_size_attr = IntegerAttr(choice.block_size, i32)
-            PatternRewriteWalker(_Retype(cache, new)).rewrite_module(op)
+            PatternRewriteWalker(RetypeCache(cache, new)).rewrite_module(op)

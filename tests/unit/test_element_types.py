@@ -15,7 +15,7 @@ from xdsl.dialects.builtin import (
     f16,
     f32,
     f64,
-    i8,
+    i16,
     i32,
 )
 from xdsl.ir import Block, Region
@@ -67,17 +67,19 @@ def test_the_abi_names_a_callee_per_registered_type() -> None:
         assert f"llmir_create_kv_cache_{entry.name}" in names
 
 
-@pytest.mark.parametrize("spec", ["i8", "int8", np.int8, i8, IntegerType(4), None])
+@pytest.mark.parametrize("spec", ["i16", "int16", np.int16, i16, IntegerType(2), None])
 def test_runtime_rejects_an_unknown_type(spec: object) -> None:
     with pytest.raises(DTypeError, match="unsupported KV cache element type"):
         element_type(spec)
-    with pytest.raises(DTypeError, match="expected f32, f16 or bf16"):
+    with pytest.raises(DTypeError, match="expected f32, f16, bf16, i8 or i4"):
         PagedKVCache(1, 1, 4, 4, 8, spec)
 
 
 def test_verifier_rejects_an_unknown_type() -> None:
-    with pytest.raises(VerifyException, match="element type must be f32, f16 or bf16"):
-        PagedKVCacheType(i8, 1, 1, 4, 4, 8).verify()
+    with pytest.raises(
+        VerifyException, match="element type must be f32, f16, bf16, i8 or i4"
+    ):
+        PagedKVCacheType(i16, 1, 1, 4, 4, 8).verify()
 
 
 def test_lowering_rejects_an_unknown_type() -> None:

@@ -59,7 +59,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from llmir.runtime.cpu.codecs import bf16_bits_to_f32, f16_bits_to_f32
-from llmir.runtime.dtypes import F16_CODE, F32_CODE
+from llmir.runtime.cpu.quant_kernels import dequantize_keys, dequantize_values
+from llmir.runtime.dtypes import F16_CODE, F32_CODE, I4_CODE, I8_CODE
 from llmir.runtime.geometry import KEY, VALUE
 
 DEFAULT_PARTITION_SIZE = 512
@@ -131,6 +132,105 @@ def _element_f32_impl(stored: Any, t: Any, d: Any, kind_code: Any):
         return bf16_bits_to_f32(stored[t, d])
 
     return load_half
+
+
+# A quantized pool (`llmir.runtime.quantization`) is uint8 ``[blocks, H,
+# block_size, row_bytes]`` per layer, K and V in one row: its blocks are
+# decoded into float32 scratch (codes and scales read once), the float pools'
+# blocks are read in place or decoded as above.
+
+
+def stored_block(
+    pool: Any, block: int, h: int, which: int
+) -> Any:  # pragma: no cover - replaced by the overload inside @njit code
+    """The stored keys (`which` = KEY) or values of one (block, head)."""
+    raise NotImplementedError("stored_block is only callable from @njit code")
+
+
+@overload(stored_block, inline="always")
+def _stored_block_impl(pool: Any, block: Any, h: Any, which: Any):
+    if pool.ndim == 4:
+
+        def quantized_rows(pool: Any, block: Any, h: Any, which: Any):
+            return pool[block, h]
+
+        return quantized_rows
+
+    def half_run(pool: Any, block: Any, h: Any, which: Any):
+        return pool[block, h, which]
+
+    return half_run
+
+
+def pool_block_size(pool: Any) -> int:  # pragma: no cover - njit only
+    raise NotImplementedError("pool_block_size is only callable from @njit code")
+
+
+@overload(pool_block_size, inline="always")
+def _pool_block_size_impl(pool: Any):
+    axis = 2 if pool.ndim == 4 else 3
+
+    def size(pool: Any):
+        return pool.shape[axis]
+
+    return size
+
+
+def block_f32(
+    stored: Any,
+    scratch: Any,
+    kind_code: int,
+    lo: int,
+    hi: int,
+    which: int,
+    meta: Any,
+    quant: Any,
+) -> Any:  # pragma: no cover - replaced by the overload inside @njit code
+    """Slots ``lo:hi`` of one block's keys or values (`which`) as float32:
+    `block_as_f32` for float pools; for quantized ones, decoded with the
+    block's scales (`meta`: float32 ``[2, D]`` scratch; `quant`: int64
+    ``[value group, K metadata bytes per row]``)."""
+    raise NotImplementedError("block_f32 is only callable from @njit code")
+
+
+@overload(block_f32, inline="always")
+def _block_f32_impl(
+    stored: Any,
+    scratch: Any,
+    kind_code: Any,
+    lo: Any,
+    hi: Any,
+    which: Any,
+    meta: Any,
+    quant: Any,
+):
+    if stored.dtype != types.uint8:
+
+        def as_float(
+            stored: Any, scratch: Any, kind_code: Any, lo: Any, hi: Any,
+            which: Any, meta: Any, quant: Any,
+        ):  # fmt: skip
+            return block_as_f32(stored, scratch, kind_code, lo, hi)
+
+        return as_float
+
+    def dequantized(
+        stored: Any, scratch: Any, kind_code: Any, lo: Any, hi: Any,
+        which: Any, meta: Any, quant: Any,
+    ):  # fmt: skip
+        bits = 8 if kind_code == I8_CODE else 4
+        symmetric = kind_code == I8_CODE
+        if which == KEY:
+            dequantize_keys(
+                stored, scratch, lo, hi, bits, symmetric, quant[1], meta[0], meta[1]
+            )
+        else:
+            dequantize_values(
+                stored, scratch, lo, hi, bits, symmetric, quant[0], quant[1]
+            )
+        return scratch
+
+    return dequantized
 
 
 # ---------------------------------------------------------------------------
@@ -566,6 +666,8 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
     never asks for the mass never compiles that code.
     """
 
+    quantized = kind_code in (I8_CODE, I4_CODE)
+
     @njit(parallel=True, fastmath=_REORDER_SUMS, cache=True)
     def kernel(
         query: Any,  # f32 [batch, Tq, Hq, D]
@@ -585,14 +687,17 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
         part_sum: Any,  # same
         part_acc: Any,  # f32 [..., q_tile * group, D]
         block_mass: Any,  # f32 [batch, H, width], or empty: not wanted
+        quant: Any,  # int64 [value group, K metadata bytes per row] (quantized)
     ) -> None:
         batch, tq, hq, head_dim = query.shape
         num_heads = layer_pool.shape[1]
-        block_size = layer_pool.shape[3]
+        block_size = pool_block_size(layer_pool)
         group = hq // num_heads
         q_tiles = (tq + q_tile - 1) // q_tile
         max_rows = q_tile * group
-        run_length = 2 * block_size * head_dim  # elements of one (block, head)
+        # Elements of one (block, head) run, K then V (a quantized run: its
+        # rows' bytes).
+        run_length = layer_pool.size // (layer_pool.shape[0] * num_heads)
         line = _CACHE_LINE_BYTES // layer_pool.itemsize
         items = batch * num_heads * q_tiles * num_partitions
         # Block mass (`with_mass`): one partition and one query tile per
@@ -644,6 +749,7 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
             tile_scores = np.empty((4, block_size), dtype=np.float32)
             key_scratch = np.empty((block_size, head_dim), dtype=np.float32)
             value_scratch = np.empty((block_size, head_dim), dtype=np.float32)
+            meta = np.empty((2, head_dim), dtype=np.float32)
             mass_width = width if with_mass else 0
             contrib = np.zeros((max_rows, mass_width), dtype=np.float32)
             contrib_max = np.full((max_rows, mass_width), -np.inf, dtype=np.float32)
@@ -698,9 +804,9 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                     base = logical * block_size
                     lo = max(t_begin, base) - base
                     hi = min(t_end, base + block_size) - base
-                    stored_keys = layer_pool[block, h, KEY]
-                    stored_values = layer_pool[block, h, VALUE]
-                    if rows == 1:
+                    stored_keys = stored_block(layer_pool, block, h, KEY)
+                    stored_values = stored_block(layer_pool, block, h, VALUE)
+                    if rows == 1 and not quantized:
                         # One query row (MHA decode): every element is used once,
                         # so read the pool directly, decoding halves on the fly.
                         sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
@@ -717,7 +823,7 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                                 scores, row_max, row_sum, acc, 0, soft_cap, kind_code,
                             )  # fmt: skip
                         continue
-                    if kind_code != F32_CODE and rows == 4:
+                    if kind_code != F32_CODE and not quantized and rows == 4:
                         # Four half-precision rows: one register tile reading the
                         # pool, if they share their bounds (a GQA group of four
                         # does; prefill rows of different queries may not).  Rows
@@ -747,10 +853,13 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                                     layer_pool, next_run, kind_code,
                                 )  # fmt: skip
                             continue
-                    keys = block_as_f32(stored_keys, key_scratch, kind_code, lo, hi)
-                    values = block_as_f32(
-                        stored_values, value_scratch, kind_code, lo, hi
+                    keys = block_f32(
+                        stored_keys, key_scratch, kind_code, lo, hi, KEY, meta, quant
                     )
+                    values = block_f32(
+                        stored_values, value_scratch, kind_code, lo, hi, VALUE, meta,
+                        quant,
+                    )  # fmt: skip
                     for r in range(rows):
                         sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
                             lo, hi, first_pos + r // group - base, causal, window,
@@ -886,6 +995,7 @@ def run_paged_attention(
     auto_partition: bool = True,
     block_mass: npt.NDArray[np.float32] | None = None,
     max_len: int | None = None,
+    quant: npt.NDArray[np.int64] | None = None,
 ) -> None:
     """Write attention of `query` over `layer_pool` into `out` (both float32
     ``[batch, Tq, Hq, D]``, C-contiguous).  Arguments must be valid (see
@@ -902,13 +1012,14 @@ def run_paged_attention(
     It needs every context whole: the split and the query tiles are off.
 
     `max_len` is ``max(seq_lens)`` when the caller knows it (a checked
-    `BlockTable` does).
+    `BlockTable` does).  `quant` (quantized pools): int64 ``[value group, K
+    metadata bytes per row]`` of the pool's layout.
     """
     if query.size == 0:
         return
     batch, tq, hq, head_dim = query.shape
     num_heads = layer_pool.shape[1]
-    block_size = layer_pool.shape[3]
+    block_size = layer_pool.shape[2 if layer_pool.ndim == 4 else 3]
     group = hq // num_heads
     tile = min(tq, q_tile or DEFAULT_Q_TILE)
     if block_mass is not None:
@@ -949,6 +1060,7 @@ def run_paged_attention(
         part_sum,
         part_acc,
         _NO_BLOCK_MASS if block_mass is None else block_mass,
+        _NO_QUANT if quant is None else quant,
     )
 
 
@@ -956,3 +1068,4 @@ def run_paged_attention(
 _NO_PARTITION_STATE = np.empty((0, 0, 0, 0, 0), np.float32)
 _NO_PARTITION_ACC = np.empty((0, 0, 0, 0, 0, 0), np.float32)
 _NO_BLOCK_MASS = np.empty((0, 0, 0), np.float32)
+_NO_QUANT = np.zeros(2, np.int64)

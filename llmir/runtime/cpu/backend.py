@@ -11,6 +11,7 @@ from llmir.runtime.cpu.attention_kernels import run_paged_attention
 from llmir.runtime.cpu.copy_kernels import blocks_to_tier, tier_to_blocks
 from llmir.runtime.cpu.copy_kernels import gather as gather_tokens
 from llmir.runtime.cpu.copy_kernels import scatter as scatter_tokens
+from llmir.runtime.cpu.quant_kernels import dequantize_slots, quantize_runs
 from llmir.runtime.dtypes import RAW_CODE
 from llmir.runtime.geometry import CacheGeometry
 from llmir.runtime.memory import (
@@ -42,6 +43,18 @@ class CPUBackend:
         self._pool: Array = np.zeros(
             geometry.pool_shape(num_blocks), dtype=self._element.storage_dtype
         )
+        quant = self._element.quant
+        self._quant_layout = (
+            None
+            if quant is None
+            else np.array(
+                [
+                    quant.value_group or geometry.head_dim,
+                    quant.key_meta_row_bytes(geometry.head_dim, geometry.block_size),
+                ],
+                np.int64,
+            )
+        )
 
     @property
     def kv_pool(self) -> Array:
@@ -55,6 +68,9 @@ class CPUBackend:
     def write(
         self, layer: int | None, keys: Array, values: Array, slot_mapping: Any
     ) -> None:
+        if self._element.quant is not None:
+            self._quantize(layer, keys, values, slot_mapping)
+            return
         code = self._element.code if keys.dtype == np.float32 else RAW_CODE
         if keys.dtype == np.float16:
             keys, values = keys.view(np.uint16), values.view(np.uint16)
@@ -68,12 +84,49 @@ class CPUBackend:
             code,
         )
 
+    def _quantize(
+        self, layer: int | None, keys: Array, values: Array, slot_mapping: Any
+    ) -> None:
+        """Quantise tokens into their blocks, one run of consecutive slots of
+        one block at a time (`quant_kernels`)."""
+        quant = self._element.quant
+        assert quant is not None
+        geometry = self._geometry
+        slots = np.asarray(slot_mapping, np.int64).reshape(-1)
+        if slots.size == 0:
+            return
+        block_size = geometry.block_size
+        blocks = slots // block_size
+        offsets = slots - blocks * block_size
+        # A run breaks where the block changes or the offsets are not
+        # consecutive.
+        breaks = np.flatnonzero(
+            (blocks[1:] != blocks[:-1]) | (offsets[1:] != offsets[:-1] + 1)
+        )
+        starts = np.concatenate(([0], breaks + 1))
+        run_tokens = np.concatenate((starts, [slots.size])).astype(np.int64)
+        pool = self._pool if layer is None else self._pool[layer : layer + 1]
+        shape = (pool.shape[0], slots.size, geometry.num_heads, geometry.head_dim)
+        quantize_runs(
+            pool,
+            np.ascontiguousarray(keys, dtype=np.float32).reshape(shape),
+            np.ascontiguousarray(values, dtype=np.float32).reshape(shape),
+            run_tokens,
+            blocks[starts],
+            offsets[starts],
+            quant.bits,
+            quant.symmetric,
+            quant.value_group or geometry.head_dim,
+            quant.key_meta_row_bytes(geometry.head_dim, block_size),
+        )
+
     def copy_blocks(
         self, src: npt.NDArray[np.int32], dst: npt.NDArray[np.int32], tokens: int | None
     ) -> None:
         # numpy's fancy-index copy runs at memory bandwidth; a handful of
-        # blocks per call leaves nothing for a kernel to win.
-        if tokens is None:
+        # blocks per call leaves nothing for a kernel to win.  A quantized
+        # block's key scales are spread over all its rows: copied whole.
+        if tokens is None or self._element.quant is not None:
             self._pool[:, dst] = self._pool[:, src]
         else:
             self._pool[:, dst, :, :, :tokens] = self._pool[:, src, :, :, :tokens]
@@ -101,6 +154,9 @@ class CPUBackend:
             )
             out = (np.empty(shape, dtype=out_dtype), np.empty(shape, dtype=out_dtype))
         keys, values = out
+        if self._element.quant is not None:
+            self._dequantize(layer, table, keys, values)
+            return keys, values
         # Stored elements are copied as they are unless float32 is asked of a
         # half type; float16 outputs are filled through a uint16 view.
         decode = out_dtype == np.float32 and self._element.storage_dtype != np.float32
@@ -120,6 +176,42 @@ class CPUBackend:
             code,
         )
         return keys, values
+
+    def _dequantize(
+        self, layer: int, table: BlockTable, keys: Array, values: Array
+    ) -> None:
+        quant = self._element.quant
+        assert quant is not None
+        geometry = self._geometry
+        block_size = geometry.block_size
+        batch, width = table.batch, table.max_len
+        positions = np.arange(width)
+        valid = positions[None, :] < table.lens[:, None]
+        logical = np.minimum(positions // block_size, table.table.shape[1] - 1)
+        physical = np.take_along_axis(
+            table.table.astype(np.int64), np.broadcast_to(logical, (batch, width)), 1
+        )
+        slots = physical * block_size + positions[None, :] % block_size
+        ok = valid & (physical >= 0)
+        shape = (1, int(ok.sum()), geometry.num_heads, geometry.head_dim)
+        out_k = np.empty(shape, np.float32)
+        out_v = np.empty(shape, np.float32)
+        dequantize_slots(
+            self._pool[layer : layer + 1],
+            slots[ok],
+            out_k,
+            out_v,
+            block_size,
+            quant.bits,
+            quant.symmetric,
+            quant.value_group or geometry.head_dim,
+            quant.key_meta_row_bytes(geometry.head_dim, block_size),
+        )
+        # Past each sequence's end (and in holes) lookups hold zeros.
+        keys[...] = 0
+        values[...] = 0
+        keys[:, :width][ok] = out_k[0]
+        values[:, :width][ok] = out_v[0]
 
     def attention(
         self,
@@ -153,6 +245,7 @@ class CPUBackend:
                 auto_partition=options.context_partition is None,
                 block_mass=block_mass,
                 max_len=table.max_len,
+                quant=self._quant_layout,
             )
         if work is not result:
             result[...] = work

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from llmir.errors import DTypeError
+from llmir.errors import ConfigError, DTypeError
 from llmir.runtime.cuda import launch
 from llmir.runtime.cuda.loader import cuda_module
 from llmir.runtime.geometry import CacheGeometry
@@ -45,6 +45,11 @@ class CUDABackend:
     device = "cuda"
 
     def __init__(self, geometry: CacheGeometry, num_blocks: int) -> None:
+        if geometry.element_type.quant is not None:
+            raise ConfigError(
+                f"an {geometry.element_type.name} cache runs on the CPU backend "
+                "only: the CUDA kernels have no quantized element types yet"
+            )
         check_fits(
             f"a pool of {num_blocks} blocks ({geometry.describe()})",
             geometry.pool_bytes(num_blocks),

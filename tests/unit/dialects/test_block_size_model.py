@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmir.runtime.dtypes import ELEMENT_TYPES
+from llmir.runtime.dtypes import FLOAT_TYPES
 from llmir.transforms.block_size_model import (
     choose_block_size,
     exponential_lengths,
@@ -20,9 +20,11 @@ from llmir.transforms.block_size_model import (
 SYNTHETIC = Path(__file__).parents[2] / "filecheck/transforms/inputs/block_costs.json"
 
 
-def test_the_shipped_table_covers_every_element_type() -> None:
+def test_the_shipped_table_covers_every_float_element_type() -> None:
+    # The quantized types (i8, i4) are not measured yet: a cache of them
+    # borrows the nearest measured geometry's costs (`nearest_geometry`).
     costs = load_costs()
-    assert {c.element for c in costs} == set(ELEMENT_TYPES)
+    assert {c.element for c in costs} == set(FLOAT_TYPES)
     for c in costs:
         assert c.lengths == sorted(c.lengths) and len(c.lengths) == len(c.seq_us)
         assert all(t > 0 for t in c.seq_us)

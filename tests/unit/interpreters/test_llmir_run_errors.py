@@ -164,10 +164,10 @@ CASES: list[Case] = [
     ),
     # -- verification -----------------------------------------------------------------
     Case(
-        "element type i8",
+        "element type i16",
         ["p.mlir", *RANDOM],
-        "element type must be f32, f16 or bf16",
-        files={"p.mlir": program(cache="!llm.paged_kv_cache<i8, 2, 2, 4, 4, 16>")},
+        "element type must be f32, f16, bf16, i8 or i4",
+        files={"p.mlir": program(cache="!llm.paged_kv_cache<i16, 2, 2, 4, 4, 16>")},
     ),
     Case(
         "zero layers",

@@ -10,7 +10,7 @@ import pytest
 
 from llmir.errors import BlockTableError, ShapeError
 from llmir.runtime.attention import paged_attention
-from llmir.runtime.dtypes import ELEMENT_TYPES
+from llmir.runtime.dtypes import FLOAT_TYPES
 from llmir.runtime.kv_cache import PagedKVCache
 from llmir.testing import DenseReferenceCache, reference_paged_attention
 
@@ -47,7 +47,7 @@ def expected(cache: PagedKVCache, q: np.ndarray, table: Any, lens: Any, layer: i
     )
 
 
-@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
+@pytest.mark.parametrize("kind_name", list(FLOAT_TYPES))
 def test_decode_steps_after_prefill(kind_name: str):
     rng = np.random.default_rng(21)
     cache = new_cache(kind_name)
@@ -68,7 +68,7 @@ def test_decode_steps_after_prefill(kind_name: str):
             )
 
 
-@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
+@pytest.mark.parametrize("kind_name", list(FLOAT_TYPES))
 def test_chunked_prefill_equals_prefill_at_once(kind_name: str):
     rng = np.random.default_rng(22)
     length, q_heads = 29, 8

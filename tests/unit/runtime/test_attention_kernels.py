@@ -21,7 +21,7 @@ from llmir.runtime.cpu.attention_kernels import (
     plan_partition_size,
     run_paged_attention,
 )
-from llmir.runtime.dtypes import ELEMENT_TYPES, ElementType, element_type
+from llmir.runtime.dtypes import FLOAT_TYPES, ElementType, element_type
 from llmir.testing.reference import (
     PagedPool,
     build_paged_pool,
@@ -91,7 +91,7 @@ def sampled_cases(count: int) -> list[tuple[Any, ...]]:
     cases: list[tuple[Any, ...]] = []
     for i in range(count):
         q_heads, kv_heads = HEADS[i % len(HEADS)]
-        kind = list(ELEMENT_TYPES)[(i // len(HEADS)) % 3]
+        kind = list(FLOAT_TYPES)[(i // len(HEADS)) % 3]
         block_size = BLOCK_SIZES[(i // 3) % len(BLOCK_SIZES)]
         head_dim = [32, 64, 128][int(rng.integers(3))]
         batch = int(rng.integers(1, 6))
@@ -130,7 +130,7 @@ def test_matches_reference(
     )
 
 
-@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
+@pytest.mark.parametrize("kind_name", list(FLOAT_TYPES))
 @pytest.mark.parametrize("causal", [True, False])
 def test_sliding_window_and_soft_cap(kind_name: str, causal: bool):
     kind = element_type(kind_name)
@@ -154,7 +154,7 @@ def test_sliding_window_and_soft_cap(kind_name: str, causal: bool):
             )
 
 
-@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
+@pytest.mark.parametrize("kind_name", list(FLOAT_TYPES))
 def test_large_logits_stay_finite(kind_name: str):
     # Logits of exactly +-1e4: every key is +u or -u and the query is c*u, so
     # the +u keys tie and the output is the mean of their values.
@@ -181,7 +181,7 @@ def test_large_logits_stay_finite(kind_name: str):
             )
 
 
-@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
+@pytest.mark.parametrize("kind_name", list(FLOAT_TYPES))
 def test_empty_sequences_give_zeros(kind_name: str):
     kind = element_type(kind_name)
     rng = np.random.default_rng(3)
@@ -208,7 +208,7 @@ def test_padding_queries_of_short_sequences_give_zeros():
     np.testing.assert_allclose(out, reference(query, pool), **F32_TOL)
 
 
-@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
+@pytest.mark.parametrize("kind_name", list(FLOAT_TYPES))
 @pytest.mark.parametrize(
     "q_heads, kv_heads, block_size", [(8, 2, 16), (4, 1, 8), (2, 2, 64)]
 )
@@ -240,7 +240,7 @@ def test_split_context_with_window_and_prefill():
     np.testing.assert_allclose(split, reference(query, pool, **options), **F32_TOL)
 
 
-@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
+@pytest.mark.parametrize("kind_name", list(FLOAT_TYPES))
 def test_chunked_prefill_equals_prefill_at_once(kind_name: str):
     # The chunk ending at token e sees the table with seq_len e: the same
     # state a cache has after appending the chunk.

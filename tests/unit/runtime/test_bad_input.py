@@ -356,7 +356,7 @@ def test_exhausted_pool_then_free_makes_room(cache: PagedKVCache) -> None:
             ConfigError,
             r"num_layers must be in \[1, 2147483647\]",
         ),
-        ({"dtype": "int8"}, DTypeError, "unsupported KV cache element type 'int8'"),
+        ({"dtype": "int16"}, DTypeError, "unsupported KV cache element type 'int16'"),
         ({"device": "tpu"}, LLMIRError, "unknown device 'tpu'"),
     ],
 )

@@ -20,7 +20,7 @@ from llmir.errors import (
 )
 from llmir.runtime import PagedKVCache
 from llmir.runtime.cpu.attention_kernels import run_paged_attention
-from llmir.runtime.dtypes import ELEMENT_TYPES, element_type
+from llmir.runtime.dtypes import FLOAT_TYPES, element_type
 from llmir.testing.reference import (
     build_paged_pool,
     reference_block_mass,
@@ -46,7 +46,7 @@ def kernel(
     return out
 
 
-@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
+@pytest.mark.parametrize("kind_name", list(FLOAT_TYPES))
 @pytest.mark.parametrize(
     "q_heads, tq, window, sinks, partition",
     [
@@ -298,7 +298,7 @@ def test_a_mask_reaching_into_the_holes_is_refused_and_changes_nothing() -> None
 # -- heavy hitters -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind_name", list(ELEMENT_TYPES))
+@pytest.mark.parametrize("kind_name", list(FLOAT_TYPES))
 @pytest.mark.parametrize(
     "q_heads, tq, options",
     [

@@ -1,11 +1,27 @@
 // RUN: xdsl-opt %s --verify-diagnostics --split-input-file | filecheck %s
 // One case per verifier message of the llm dialect, in source order.
 
-func.func @f(%kv : !llm.paged_kv_cache<i8, 2, 4, 8, 16, 64>) {
+func.func @f(%kv : !llm.paged_kv_cache<i16, 2, 4, 8, 16, 64>) {
   func.return
 }
 
-// CHECK: paged_kv_cache element type must be f32, f16 or bf16, got i8
+// CHECK: paged_kv_cache element type must be f32, f16, bf16, i8 or i4, got i16
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<i4, 2, 4, 24, 16, 64>) {
+  func.return
+}
+
+// CHECK: paged_kv_cache of i4: head_dim 24 must be a multiple of the value group 16
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<i8, 2, 4, 8, 12, 64>) {
+  func.return
+}
+
+// CHECK: paged_kv_cache of i8: block_size 12 must be a power of two
 
 // -----
 
@@ -122,6 +138,15 @@ func.func @f(%kv : !llm.paged_kv_cache<f16, 2, 4, 8, 16, 64>, %k : tensor<2x3x4x
 }
 
 // CHECK: llm.append_kv: keys element type must be f32 or the cache element type f16, got bf16
+
+// -----
+
+func.func @f(%kv : !llm.paged_kv_cache<i8, 2, 4, 8, 16, 64>, %k : tensor<2x3x4x8xbf16>, %v : tensor<2x3x4x8xbf16>, %s : tensor<2xi32>) {
+  %kv1, %idx = llm.append_kv %kv, %k, %v, %s  : (!llm.paged_kv_cache<i8, 2, 4, 8, 16, 64>, tensor<2x3x4x8xbf16>, tensor<2x3x4x8xbf16>, tensor<2xi32>) -> (!llm.paged_kv_cache<i8, 2, 4, 8, 16, 64>, tensor<2x3xi32>)
+  func.return
+}
+
+// CHECK: llm.append_kv: keys element type must be f32 or f16 (the cache is quantized to i8), got bf16
 
 // -----
 
