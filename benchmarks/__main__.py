@@ -35,6 +35,7 @@ BENCHMARKS = (
     "bench_pruning",
     "bench_ipex",
     "bench_generate",
+    "bench_quantized",
 )
 
 

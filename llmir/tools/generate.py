@@ -100,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--ignore-eos", action="store_true", help="always generate max-new-tokens"
     )
     kv = parser.add_argument_group("KV cache")
-    kv.add_argument("--kv-dtype", choices=("f32", "f16", "bf16"), default="f32")
+    kv.add_argument(
+        "--kv-dtype", choices=("f32", "f16", "bf16", "i8", "i4"), default="f32"
+    )
     kv.add_argument("--block-size", type=int, default=16)
     pool = kv.add_mutually_exclusive_group()
     pool.add_argument("--num-blocks", type=int)

@@ -59,7 +59,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from llmir.runtime.cpu.codecs import bf16_bits_to_f32, f16_bits_to_f32
-from llmir.runtime.cpu.quant_kernels import dequantize_keys, dequantize_values
 from llmir.runtime.dtypes import F16_CODE, F32_CODE, I4_CODE, I8_CODE
 from llmir.runtime.geometry import KEY, VALUE
 
@@ -92,6 +91,14 @@ def _block_as_f32_impl(stored: Any, scratch: Any, kind_code: Any, lo: Any, hi: A
             return stored
 
         return use_in_place
+
+    if stored.dtype == types.uint8:
+        # Quantized blocks are read as codes (`attend_codes`), never decoded.
+
+        def codes_stay(stored: Any, scratch: Any, kind_code: Any, lo: Any, hi: Any):
+            return scratch
+
+        return codes_stay
 
     def decode_halves(stored: Any, scratch: Any, kind_code: Any, lo: Any, hi: Any):
         head_dim = stored.shape[1]
@@ -132,105 +139,6 @@ def _element_f32_impl(stored: Any, t: Any, d: Any, kind_code: Any):
         return bf16_bits_to_f32(stored[t, d])
 
     return load_half
-
-
-# A quantized pool (`llmir.runtime.quantization`) is uint8 ``[blocks, H,
-# block_size, row_bytes]`` per layer, K and V in one row: its blocks are
-# decoded into float32 scratch (codes and scales read once), the float pools'
-# blocks are read in place or decoded as above.
-
-
-def stored_block(
-    pool: Any, block: int, h: int, which: int
-) -> Any:  # pragma: no cover - replaced by the overload inside @njit code
-    """The stored keys (`which` = KEY) or values of one (block, head)."""
-    raise NotImplementedError("stored_block is only callable from @njit code")
-
-
-@overload(stored_block, inline="always")
-def _stored_block_impl(pool: Any, block: Any, h: Any, which: Any):
-    if pool.ndim == 4:
-
-        def quantized_rows(pool: Any, block: Any, h: Any, which: Any):
-            return pool[block, h]
-
-        return quantized_rows
-
-    def half_run(pool: Any, block: Any, h: Any, which: Any):
-        return pool[block, h, which]
-
-    return half_run
-
-
-def pool_block_size(pool: Any) -> int:  # pragma: no cover - njit only
-    raise NotImplementedError("pool_block_size is only callable from @njit code")
-
-
-@overload(pool_block_size, inline="always")
-def _pool_block_size_impl(pool: Any):
-    axis = 2 if pool.ndim == 4 else 3
-
-    def size(pool: Any):
-        return pool.shape[axis]
-
-    return size
-
-
-def block_f32(
-    stored: Any,
-    scratch: Any,
-    kind_code: int,
-    lo: int,
-    hi: int,
-    which: int,
-    meta: Any,
-    quant: Any,
-) -> Any:  # pragma: no cover - replaced by the overload inside @njit code
-    """Slots ``lo:hi`` of one block's keys or values (`which`) as float32:
-    `block_as_f32` for float pools; for quantized ones, decoded with the
-    block's scales (`meta`: float32 ``[2, D]`` scratch; `quant`: int64
-    ``[value group, K metadata bytes per row]``)."""
-    raise NotImplementedError("block_f32 is only callable from @njit code")
-
-
-@overload(block_f32, inline="always")
-def _block_f32_impl(
-    stored: Any,
-    scratch: Any,
-    kind_code: Any,
-    lo: Any,
-    hi: Any,
-    which: Any,
-    meta: Any,
-    quant: Any,
-):
-    if stored.dtype != types.uint8:
-
-        def as_float(
-            stored: Any, scratch: Any, kind_code: Any, lo: Any, hi: Any,
-            which: Any, meta: Any, quant: Any,
-        ):  # fmt: skip
-            return block_as_f32(stored, scratch, kind_code, lo, hi)
-
-        return as_float
-
-    def dequantized(
-        stored: Any, scratch: Any, kind_code: Any, lo: Any, hi: Any,
-        which: Any, meta: Any, quant: Any,
-    ):  # fmt: skip
-        bits = 8 if kind_code == I8_CODE else 4
-        symmetric = kind_code == I8_CODE
-        if which == KEY:
-            dequantize_keys(
-                stored, scratch, lo, hi, bits, symmetric, quant[1], meta[0], meta[1]
-            )
-        else:
-            dequantize_values(
-                stored, scratch, lo, hi, bits, symmetric, quant[0], quant[1]
-            )
-        return scratch
-
-    return dequantized
 
 
 # ---------------------------------------------------------------------------
@@ -653,6 +561,243 @@ def _record_block_mass(
         contrib_max[r, logical] = row_max[r]
 
 
+# A quantized pool (`llmir.runtime.quantization`) is uint8 ``[blocks, H,
+# block_size, row_bytes]`` per layer, K and V in one row: its codes are read
+# as they are, the scales folded into the query and the softmax weights
+# (`attend_codes`); the float pools' blocks are read in place or decoded as
+# above.
+
+
+def stored_block(
+    pool: Any, block: int, h: int, which: int
+) -> Any:  # pragma: no cover - replaced by the overload inside @njit code
+    """The stored keys (`which` = KEY) or values of one (block, head)."""
+    raise NotImplementedError("stored_block is only callable from @njit code")
+
+
+@overload(stored_block, inline="always")
+def _stored_block_impl(pool: Any, block: Any, h: Any, which: Any):
+    if pool.ndim == 4:
+
+        def quantized_rows(pool: Any, block: Any, h: Any, which: Any):
+            return pool[block, h]
+
+        return quantized_rows
+
+    def half_run(pool: Any, block: Any, h: Any, which: Any):
+        return pool[block, h, which]
+
+    return half_run
+
+
+def pool_block_size(pool: Any) -> int:  # pragma: no cover - njit only
+    raise NotImplementedError("pool_block_size is only callable from @njit code")
+
+
+@overload(pool_block_size, inline="always")
+def _pool_block_size_impl(pool: Any):
+    axis = 2 if pool.ndim == 4 else 3
+
+    def size(pool: Any):
+        return pool.shape[axis]
+
+    return size
+
+
+def read_key_scales(
+    stored: Any, meta: Any, kind_code: int, meta_row: int
+) -> None:  # pragma: no cover - replaced by the overload inside @njit code
+    """A quantized block's key scales and offsets per channel into
+    ``meta[0]``/``meta[1]`` (nothing for float pools)."""
+    raise NotImplementedError("read_key_scales is only callable from @njit code")
+
+
+@overload(read_key_scales, inline="always")
+def _read_key_scales_impl(stored: Any, meta: Any, kind_code: Any, meta_row: Any):
+    if stored.dtype != types.uint8:
+
+        def nothing(stored: Any, meta: Any, kind_code: Any, meta_row: Any):
+            return None
+
+        return nothing
+
+    def read(stored: Any, meta: Any, kind_code: Any, meta_row: Any):
+        symmetric = kind_code == I8_CODE
+        head_dim = meta.shape[1]
+        meta_col = head_dim if symmetric else head_dim // 2
+        entry = 2 if symmetric else 4
+        # The block's spread metadata bytes, in order, walked row by row (no
+        # division per channel: that cost more than the block's arithmetic).
+        flat = meta[2].view(np.uint8)  # scratch: 4 * head_dim bytes
+        j = 0
+        for t in range(stored.shape[0]):
+            for col in range(meta_col, meta_col + meta_row):
+                if j < head_dim * entry:
+                    flat[j] = stored[t, col]
+                j += 1
+        for c in range(head_dim):
+            at = c * entry
+            scale = f16_bits_to_f32(
+                np.uint16(flat[at]) | (np.uint16(flat[at + 1]) << np.uint16(8))
+            )
+            meta[0, c] = scale
+            if symmetric:
+                meta[1, c] = np.float32(-128.0) * scale
+            else:
+                meta[1, c] = f16_bits_to_f32(
+                    np.uint16(flat[at + 2]) | (np.uint16(flat[at + 3]) << np.uint16(8))
+                )
+
+    return read
+
+
+@njit(inline="always", cache=True)
+def _f16_pair(row: Any, at: Any) -> Any:
+    return f16_bits_to_f32(
+        np.uint16(row[at]) | (np.uint16(row[at + 1]) << np.uint16(8))
+    )
+
+
+@njit(inline="always", fastmath=_REORDER_SUMS, cache=True)
+def _fold_key_scales(q_rows: Any, r: Any, meta: Any) -> Any:
+    """``meta[2] = q * key scale`` per channel; returns ``sum q * key
+    offset``: a quantized key's logit is ``q_scaled . code + bias``."""
+    q_scaled = meta[2]
+    bias = np.float32(0.0)
+    for c in range(q_scaled.shape[0]):
+        q_scaled[c] = q_rows[r, c] * meta[0, c]
+        bias += q_rows[r, c] * meta[1, c]
+    return bias
+
+
+@njit(fastmath=_REORDER_SUMS, error_model="numpy", cache=True)
+def _attend_codes_i8(
+    q_rows: Any, block: Any, lo: Any, hi: Any, scores: Any, row_max: Any,
+    row_sum: Any, acc: Any, r: Any, soft_cap: Any, meta: Any, meta_row: Any,
+) -> None:  # fmt: skip
+    """Fold slots ``lo:hi`` of an i8 block into query row `r`'s online
+    softmax, reading each code once and decoding none into memory: the key
+    scales fold into the query, each value row's scale into its weight
+    (``p * (s * stored - 128 s)``)."""
+    head_dim = acc.shape[1]
+    v_codes = head_dim + meta_row
+    v_meta = v_codes + head_dim
+    bias = _fold_key_scales(q_rows, r, meta)
+    q_scaled = meta[2]
+    for t in range(lo, hi):
+        codes = block[t, :head_dim]
+        s = np.float32(0.0)
+        for c in range(head_dim):
+            s += q_scaled[c] * np.float32(codes[c])
+        scores[t] = s + bias
+    block_max = _soft_cap_and_max(scores, lo, hi, soft_cap)
+    new_max = _rescale_state(row_max, row_sum, acc, r, block_max)
+    # The accumulator row as its own 1-D view: LLVM vectorizes updates of a
+    # view it sees whole, not of acc[r, c].
+    acc_row = acc[r]
+    block_sum = np.float32(0.0)
+    for t in range(lo, hi):
+        p = _exp_nonpositive(scores[t] - new_max)
+        block_sum += p
+        row = block[t]
+        weighted = p * _f16_pair(row, v_meta)
+        shift = np.float32(-128.0) * weighted
+        codes = row[v_codes : v_codes + head_dim]
+        for c in range(head_dim):
+            acc_row[c] += weighted * np.float32(codes[c]) + shift
+    row_sum[r] += block_sum
+
+
+@njit(fastmath=_REORDER_SUMS, error_model="numpy", cache=True)
+def _attend_codes_i4(
+    q_rows: Any, block: Any, lo: Any, hi: Any, scores: Any, row_max: Any,
+    row_sum: Any, acc: Any, r: Any, soft_cap: Any, meta: Any, group: Any,
+    meta_row: Any,
+) -> None:  # fmt: skip
+    """`_attend_codes_i8` for i4 blocks: two codes per byte (the even
+    channel low), asymmetric, values in groups of `group` channels."""
+    head_dim = acc.shape[1]
+    half = head_dim // 2
+    v_codes = half + meta_row
+    v_meta = v_codes + half
+    bias = _fold_key_scales(q_rows, r, meta)
+    q_scaled = meta[2]
+    for t in range(lo, hi):
+        codes = block[t, :half]
+        s = np.float32(0.0)
+        for j in range(half):
+            byte = np.int32(codes[j])
+            s += q_scaled[2 * j] * np.float32(byte & 0x0F)
+            s += q_scaled[2 * j + 1] * np.float32(byte >> 4)
+        scores[t] = s + bias
+    block_max = _soft_cap_and_max(scores, lo, hi, soft_cap)
+    new_max = _rescale_state(row_max, row_sum, acc, r, block_max)
+    acc_row = acc[r]
+    block_sum = np.float32(0.0)
+    for t in range(lo, hi):
+        p = _exp_nonpositive(scores[t] - new_max)
+        block_sum += p
+        row = block[t]
+        for g in range(head_dim // group):
+            at = v_meta + 4 * g
+            weighted = p * _f16_pair(row, at)
+            shift = p * _f16_pair(row, at + 2)
+            first = g * group // 2
+            codes = row[v_codes + first : v_codes + first + group // 2]
+            out = acc_row[g * group : (g + 1) * group]
+            for j in range(group // 2):
+                byte = np.int32(codes[j])
+                out[2 * j] += weighted * np.float32(byte & 0x0F) + shift
+                out[2 * j + 1] += weighted * np.float32(byte >> 4) + shift
+    row_sum[r] += block_sum
+
+
+def attend_codes(
+    q_rows: Any, block: Any, lo: int, hi: int, scores: Any, row_max: Any,
+    row_sum: Any, acc: Any, r: int, soft_cap: Any, meta: Any, kind_code: int,
+    group: int, meta_row: int,
+) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
+    """`_attend_codes_i8`/`_i4` for a quantized pool, nothing for a float
+    one (so a float kernel compiles none of it)."""
+    raise NotImplementedError("attend_codes is only callable from @njit code")
+
+
+@overload(attend_codes, inline="always")
+def _attend_codes_impl(
+    q_rows: Any, block: Any, lo: Any, hi: Any, scores: Any, row_max: Any,
+    row_sum: Any, acc: Any, r: Any, soft_cap: Any, meta: Any, kind_code: Any,
+    group: Any, meta_row: Any,
+):  # fmt: skip
+    if block.dtype != types.uint8:
+
+        def nothing(
+            q_rows: Any, block: Any, lo: Any, hi: Any, scores: Any, row_max: Any,
+            row_sum: Any, acc: Any, r: Any, soft_cap: Any, meta: Any,
+            kind_code: Any, group: Any, meta_row: Any,
+        ):  # fmt: skip
+            return None
+
+        return nothing
+
+    def attend(
+        q_rows: Any, block: Any, lo: Any, hi: Any, scores: Any, row_max: Any,
+        row_sum: Any, acc: Any, r: Any, soft_cap: Any, meta: Any, kind_code: Any,
+        group: Any, meta_row: Any,
+    ):  # fmt: skip
+        if kind_code == I8_CODE:
+            _attend_codes_i8(
+                q_rows, block, lo, hi, scores, row_max, row_sum, acc, r, soft_cap,
+                meta, meta_row,
+            )  # fmt: skip
+        else:
+            _attend_codes_i4(
+                q_rows, block, lo, hi, scores, row_max, row_sum, acc, r, soft_cap,
+                meta, group, meta_row,
+            )  # fmt: skip
+
+    return attend
+
+
 @cache
 def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
     """The paged-attention kernel of one element type, compiled on first use.
@@ -749,7 +894,7 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
             tile_scores = np.empty((4, block_size), dtype=np.float32)
             key_scratch = np.empty((block_size, head_dim), dtype=np.float32)
             value_scratch = np.empty((block_size, head_dim), dtype=np.float32)
-            meta = np.empty((2, head_dim), dtype=np.float32)
+            meta = np.empty((3, head_dim), dtype=np.float32)
             mass_width = width if with_mass else 0
             contrib = np.zeros((max_rows, mass_width), dtype=np.float32)
             contrib_max = np.full((max_rows, mass_width), -np.inf, dtype=np.float32)
@@ -853,13 +998,12 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                                     layer_pool, next_run, kind_code,
                                 )  # fmt: skip
                             continue
-                    keys = block_f32(
-                        stored_keys, key_scratch, kind_code, lo, hi, KEY, meta, quant
+                    keys = block_as_f32(stored_keys, key_scratch, kind_code, lo, hi)
+                    values = block_as_f32(
+                        stored_values, value_scratch, kind_code, lo, hi
                     )
-                    values = block_f32(
-                        stored_values, value_scratch, kind_code, lo, hi, VALUE, meta,
-                        quant,
-                    )  # fmt: skip
+                    if quantized:
+                        read_key_scales(stored_keys, meta, kind_code, quant[1])
                     for r in range(rows):
                         sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
                             lo, hi, first_pos + r // group - base, causal, window,
@@ -870,7 +1014,13 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                         for part_lo, part_hi in ((sink_lo, sink_hi), (row_lo, row_hi)):
                             if part_lo >= part_hi:
                                 continue
-                            if r == 0 and kind_code == F32_CODE:
+                            if quantized:
+                                attend_codes(
+                                    q_rows, stored_keys, part_lo, part_hi, scores,
+                                    row_max, row_sum, acc, r, soft_cap, meta,
+                                    kind_code, quant[0], quant[1],
+                                )  # fmt: skip
+                            elif r == 0 and kind_code == F32_CODE:
                                 _attend_block_streaming(
                                     q_rows, keys, values, part_lo, part_hi, scores,
                                     row_max, row_sum, acc, r, soft_cap, F32_CODE,

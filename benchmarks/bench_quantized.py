@@ -1,0 +1,172 @@
+"""Quantized caches (i8, i4) against f16: decode time, bytes, and the cost of
+quantising on append.
+
+    python -m benchmarks.bench_quantized [--quick] [--json PATH]
+
+Three tables, the machine's limits measured in the same run:
+
+* decode (batch 8, context 8192, head_dim 128, MHA 16/16 and GQA 32/8,
+  block 16 and 64): f16, i8 and i4 caches holding the same tokens, timed in
+  turns (`measure_alternated`) so each sees the same moments of a shared
+  machine; GB/s counts the bytes the kernel reads (codes and scales of the
+  sequences' blocks), % of the read limit, and the speedup over f16;
+* pool bytes per element (codes, key scales, value scales) at block 16 and
+  64, head_dim 64 and 128, as a fraction of f16;
+* append: prefilling 8 sequences of 2048 tokens (one layer, 8 kv heads),
+  input GB/s (float32 keys and values read) as % of the copy limit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (
+    Table,
+    benchmark_main,
+    copy_limit,
+    measure,
+    measure_alternated,
+    progress,
+    read_limit,
+)
+from llmir import PagedKVCache
+from llmir.runtime.dtypes import element_type
+from llmir.runtime.geometry import CacheGeometry
+
+HEAD_DIM = 128
+KINDS = ("f16", "i8", "i4")
+
+
+def _filled(
+    kind: str, batch: int, context: int, heads: int, block: int, rng: Any
+) -> PagedKVCache:
+    blocks = batch * -(-context // block)
+    cache = PagedKVCache(1, heads, HEAD_DIM, block, context, kind, num_blocks=blocks)
+    chunk = 1024
+    for start in range(0, context, chunk):
+        n = min(chunk, context - start)
+        k = rng.standard_normal((batch, n, heads, HEAD_DIM), dtype=np.float32)
+        cache.append_kv(k, k, list(range(batch)))
+    return cache
+
+
+def decode_rows(table: Table, quick: bool, repeats: int, limit_gbs: float) -> None:
+    batch, context = (2, 2048) if quick else (8, 8192)
+    for q_heads, kv_heads in ((16, 16), (32, 8)):
+        for block in (16, 64):
+            progress(f"  decode {q_heads}/{kv_heads}, block {block} ...")
+            rng = np.random.default_rng(0)
+            caches = [
+                _filled(kind, batch, context, kv_heads, block, rng) for kind in KINDS
+            ]
+            query = rng.standard_normal((batch, 1, q_heads, HEAD_DIM), np.float32)
+            out = np.empty_like(query)
+            calls = []
+            for cache in caches:
+                table_, lens = cache.block_table(list(range(batch)))
+                calls.append(
+                    lambda c=cache, t=table_, n=lens, q=query, o=out: c.paged_attention(
+                        q, t, n, out=o
+                    )
+                )
+            timings = measure_alternated(calls, repeats=repeats)
+            f16_time = timings[0].median
+            for kind, cache, timing in zip(KINDS, caches, timings, strict=True):
+                read = batch * -(-context // block) * cache.geometry.bytes_per_block
+                gbs = read / timing.median / 1e9
+                table.add(
+                    **{"Hq/H": f"{q_heads}/{kv_heads}"}, block=block, dtype=kind,
+                    ms=timing, MiB=read / 2**20, **{"GB/s": gbs,
+                    "% limit": 100 * gbs / limit_gbs,
+                    "speedup vs f16": f16_time / timing.median},
+                    working_set_bytes=read,
+                )  # fmt: skip
+            del caches
+
+
+def bytes_rows(table: Table) -> None:
+    for head_dim in (64, 128):
+        for block in (16, 64):
+            f16 = CacheGeometry(element_type("f16"), 1, 1, head_dim, block, 1024)
+            f16_bytes = f16.bytes_per_block / (2 * block * head_dim)
+            for kind in KINDS:
+                kind_type = element_type(kind)
+                g = CacheGeometry(kind_type, 1, 1, head_dim, block, 1024)
+                per_element = g.bytes_per_block / (2 * block * head_dim)
+                quant = kind_type.quant
+                codes = quant.bits / 8 if quant else f16_bytes
+                k_scales = (
+                    quant.key_meta_row_bytes(head_dim, block) / (2 * head_dim)
+                    if quant
+                    else 0.0
+                )
+                v_scales = (
+                    quant.value_meta_row_bytes(head_dim) / (2 * head_dim)
+                    if quant
+                    else 0.0
+                )
+                table.add(
+                    head_dim=head_dim, block=block, dtype=kind,
+                    **{"bytes/elem": per_element, "codes": codes,
+                       "K scales": k_scales, "V scales": v_scales,
+                       "x f16": per_element / f16_bytes},
+                )  # fmt: skip
+
+
+def append_rows(table: Table, quick: bool, repeats: int, copy_gbs: float) -> None:
+    batch, tokens, heads = (2, 512, 8) if quick else (8, 2048, 8)
+    rng = np.random.default_rng(1)
+    k = rng.standard_normal((batch, tokens, heads, HEAD_DIM), dtype=np.float32)
+    for kind in KINDS:
+        blocks = batch * -(-tokens // 16)
+        cache = PagedKVCache(1, heads, HEAD_DIM, 16, tokens, kind, num_blocks=blocks)
+
+        def append(c: PagedKVCache = cache) -> None:
+            c.reset()
+            c.append_kv(k, k, list(range(batch)))
+
+        timing = measure(append, repeats=repeats, warmup=1)
+        gbs = 2 * k.nbytes / timing.median / 1e9
+        table.add(
+            dtype=kind, tokens=batch * tokens, ms=timing,
+            **{"input GB/s": gbs, "% copy limit": 100 * gbs / copy_gbs},
+        )  # fmt: skip
+
+
+def run(args: Any) -> list[Table]:
+    quick = bool(args.quick)
+    repeats = 3 if quick else 9
+    progress("read and copy limits ...")
+    limit = read_limit()
+    copies = copy_limit()
+    decode = Table(
+        "Quantized decode (D = 128, times taken in turns; GB/s of codes and "
+        f"scales read; read limit {limit.describe()})",
+        ["Hq/H", "block", "dtype", "ms", "MiB", "GB/s", "% limit", "speedup vs f16"],
+    )
+    decode_rows(decode, quick, repeats, limit.gbs)
+    sizes = Table(
+        "Pool bytes per element (K and V averaged): codes and scales",
+        ["head_dim", "block", "dtype", "bytes/elem", "codes", "K scales",
+         "V scales", "x f16"],
+    )  # fmt: skip
+    bytes_rows(sizes)
+    progress("append ...")
+    appends = Table(
+        f"Append (quantise) of float32 keys and values; copy limit {copies.describe()}",
+        ["dtype", "tokens", "ms", "input GB/s", "% copy limit"],
+    )
+    append_rows(appends, quick, repeats, copies.gbs)
+    for table in (decode, sizes, appends):
+        table.print()
+    return [decode, sizes, appends]
+
+
+def main() -> None:
+    benchmark_main((__doc__ or "").splitlines()[0], run)
+
+
+if __name__ == "__main__":
+    main()
