@@ -278,3 +278,30 @@ def test_all_layers_append_and_float16_inputs(kind: str) -> None:
         one.append_kv(k[layer], k[layer], [0], layer)
     both.append_kv_all_layers(k, k, [0])
     np.testing.assert_array_equal(one.kv_pool, both.kv_pool)
+
+
+@pytest.mark.parametrize("kind", QUANTIZED)
+def test_pruned_caches_attend_over_what_they_keep(kind: str) -> None:
+    """Sinks + window pruning (holes in the table) and heavy hitters (block
+    mass recorded by the kernel) on quantized blocks, against float64 over
+    the stored values."""
+    rng = np.random.default_rng(6)
+    for options, attention in (
+        (
+            {"window_tokens": 32, "sink_tokens": 4},
+            {"sliding_window": 32, "sink_tokens": 4},
+        ),
+        ({"heavy_hitter_blocks": 6, "window_tokens": 32}, {"sliding_window": 32}),
+    ):
+        cache = _cache(kind, heads=2, **options)
+        q = rng.standard_normal((1, 1, 4, 64)).astype(np.float32)
+        for _ in range(150):
+            k = rng.standard_normal((1, 1, 2, 64)).astype(np.float32)
+            cache.append_kv(k, k, [0])
+            table, lens = cache.block_table([0])
+            out = cache.paged_attention(q, table, lens, **attention)
+        assert (table < 0).any()  # something was pruned
+        ref = reference_paged_attention(
+            q, cache.kv_pool[0], cache.element_type, table, lens, **attention
+        )
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
