@@ -36,7 +36,9 @@ row_bytes]``: one row per (token, head), holding
     [ K codes | K block metadata, slice t | V codes | V metadata of token t ]
 
 K codes and V codes are ``head_dim * bits / 8`` bytes (i4: two codes per
-byte, the even channel in the low nibble).  A block's K metadata (per
+byte, channel ``c`` in the low nibble of byte ``c`` and channel ``c + D/2``
+in its high nibble, so each half of a row unpacks into consecutive
+channels and the kernels' loops over it vectorize).  A block's K metadata (per
 channel: scale, and minimum if asymmetric) is spread over the block's rows,
 ``row t`` holding its bytes ``[t * k_meta_row, (t + 1) * k_meta_row)``;
 channel ``c``'s entry starts at byte ``c * entry_bytes``.  Codes are unsigned:
@@ -115,9 +117,14 @@ class QuantScheme:
         if head_dim * self.bits % 8:
             errors.append(f"head_dim {head_dim} must be even for {self.bits}-bit codes")
         group = self.value_group
-        if group is not None and head_dim % group:
+        # i4 rows hold channel c and c + D/2 in one byte: each half of a row
+        # must hold whole value groups.
+        multiple = None if group is None else group * (2 if self.bits == 4 else 1)
+        if multiple is not None and head_dim % multiple:
             errors.append(
-                f"head_dim {head_dim} must be a multiple of the value group {group}"
+                f"head_dim {head_dim} must be a multiple of {multiple} "
+                f"(value groups of {group}"
+                + (" in each half of a row)" if self.bits == 4 else ")")
             )
         if block_size & (block_size - 1):
             errors.append(f"block_size {block_size} must be a power of two")
@@ -171,8 +178,8 @@ def _unpack_codes(raw: Array, bits: int, head_dim: int) -> Array:
     if bits == 8:
         return raw.astype(np.int64)
     codes = np.empty((raw.shape[0], head_dim), np.int64)
-    codes[:, 0::2] = raw & 0x0F
-    codes[:, 1::2] = raw >> 4
+    codes[:, : head_dim // 2] = raw & 0x0F
+    codes[:, head_dim // 2 :] = raw >> 4
     return codes
 
 

@@ -12,8 +12,9 @@ appears: ops, function signatures, loop values.  Nothing else changes: the
 tensors of keys, values, queries and lookups keep their element types, and a
 quantized cache takes f32 and f16 tensors, so a module whose caches receive
 bf16 tensors cannot be converted, and the pass fails naming the op.  So
-does a cache whose head_dim or block size the scheme cannot hold (an odd
-head_dim for i4, or one that is no multiple of its value groups of 16).
+does a cache whose head_dim or block size the scheme cannot hold (i4 needs
+a head_dim that is a multiple of 32: value groups of 16 in each half of a
+row; both need a power-of-two block size).
 Running the pass again changes nothing.
 """
 

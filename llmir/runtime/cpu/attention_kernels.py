@@ -59,6 +59,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from llmir.runtime.cpu.codecs import bf16_bits_to_f32, f16_bits_to_f32
+from llmir.runtime.cpu.quant_kernels import load_key_meta
 from llmir.runtime.dtypes import F16_CODE, F32_CODE, I4_CODE, I8_CODE
 from llmir.runtime.geometry import KEY, VALUE
 
@@ -625,28 +626,7 @@ def _read_key_scales_impl(stored: Any, meta: Any, kind_code: Any, meta_row: Any)
         symmetric = kind_code == I8_CODE
         head_dim = meta.shape[1]
         meta_col = head_dim if symmetric else head_dim // 2
-        entry = 2 if symmetric else 4
-        # The block's spread metadata bytes, in order, walked row by row (no
-        # division per channel: that cost more than the block's arithmetic).
-        flat = meta[2].view(np.uint8)  # scratch: 4 * head_dim bytes
-        j = 0
-        for t in range(stored.shape[0]):
-            for col in range(meta_col, meta_col + meta_row):
-                if j < head_dim * entry:
-                    flat[j] = stored[t, col]
-                j += 1
-        for c in range(head_dim):
-            at = c * entry
-            scale = f16_bits_to_f32(
-                np.uint16(flat[at]) | (np.uint16(flat[at + 1]) << np.uint16(8))
-            )
-            meta[0, c] = scale
-            if symmetric:
-                meta[1, c] = np.float32(-128.0) * scale
-            else:
-                meta[1, c] = f16_bits_to_f32(
-                    np.uint16(flat[at + 2]) | (np.uint16(flat[at + 3]) << np.uint16(8))
-                )
+        load_key_meta(stored, meta_col, meta_row, symmetric, meta[0], meta[1])
 
     return read
 
@@ -678,34 +658,82 @@ def _attend_codes_i8(
     """Fold slots ``lo:hi`` of an i8 block into query row `r`'s online
     softmax, reading each code once and decoding none into memory: the key
     scales fold into the query, each value row's scale into its weight
-    (``p * (s * stored - 128 s)``)."""
+    (``p * (s * stored - 128 s)``).  Four tokens per pass, as in
+    `_attend_block_unrolled`: each loaded query element serves four dot
+    products, and the accumulator is loaded and stored once per four value
+    rows."""
     head_dim = acc.shape[1]
     v_codes = head_dim + meta_row
     v_meta = v_codes + head_dim
     bias = _fold_key_scales(q_rows, r, meta)
     q_scaled = meta[2]
-    for t in range(lo, hi):
-        codes = block[t, :head_dim]
-        s = np.float32(0.0)
+    t = lo
+    while t + 4 <= hi:
+        k0 = block[t, :head_dim]
+        k1 = block[t + 1, :head_dim]
+        k2 = block[t + 2, :head_dim]
+        k3 = block[t + 3, :head_dim]
+        s0 = s1 = s2 = s3 = np.float32(0.0)
         for c in range(head_dim):
-            s += q_scaled[c] * np.float32(codes[c])
-        scores[t] = s + bias
+            qc = q_scaled[c]
+            s0 += qc * np.float32(k0[c])
+            s1 += qc * np.float32(k1[c])
+            s2 += qc * np.float32(k2[c])
+            s3 += qc * np.float32(k3[c])
+        scores[t] = s0 + bias
+        scores[t + 1] = s1 + bias
+        scores[t + 2] = s2 + bias
+        scores[t + 3] = s3 + bias
+        t += 4
+    while t < hi:
+        k0 = block[t, :head_dim]
+        s0 = np.float32(0.0)
+        for c in range(head_dim):
+            s0 += q_scaled[c] * np.float32(k0[c])
+        scores[t] = s0 + bias
+        t += 1
     block_max = _soft_cap_and_max(scores, lo, hi, soft_cap)
     new_max = _rescale_state(row_max, row_sum, acc, r, block_max)
     # The accumulator row as its own 1-D view: LLVM vectorizes updates of a
     # view it sees whole, not of acc[r, c].
     acc_row = acc[r]
     block_sum = np.float32(0.0)
-    for t in range(lo, hi):
+    t = lo
+    while t + 4 <= hi:
+        w0 = _exp_nonpositive(scores[t] - new_max)
+        w1 = _exp_nonpositive(scores[t + 1] - new_max)
+        w2 = _exp_nonpositive(scores[t + 2] - new_max)
+        w3 = _exp_nonpositive(scores[t + 3] - new_max)
+        block_sum += (w0 + w1) + (w2 + w3)
+        w0 *= _f16_pair(block[t], v_meta)
+        w1 *= _f16_pair(block[t + 1], v_meta)
+        w2 *= _f16_pair(block[t + 2], v_meta)
+        w3 *= _f16_pair(block[t + 3], v_meta)
+        shift = np.float32(-128.0) * ((w0 + w1) + (w2 + w3))
+        v0 = block[t, v_codes : v_codes + head_dim]
+        v1 = block[t + 1, v_codes : v_codes + head_dim]
+        v2 = block[t + 2, v_codes : v_codes + head_dim]
+        v3 = block[t + 3, v_codes : v_codes + head_dim]
+        for c in range(head_dim):
+            acc_row[c] += (
+                (w0 * np.float32(v0[c]) + w1 * np.float32(v1[c]))
+                + (w2 * np.float32(v2[c]) + w3 * np.float32(v3[c]))
+                + shift
+            )
+        t += 4
+    while t < hi:
         p = _exp_nonpositive(scores[t] - new_max)
         block_sum += p
-        row = block[t]
-        weighted = p * _f16_pair(row, v_meta)
+        weighted = p * _f16_pair(block[t], v_meta)
         shift = np.float32(-128.0) * weighted
-        codes = row[v_codes : v_codes + head_dim]
+        v0 = block[t, v_codes : v_codes + head_dim]
         for c in range(head_dim):
-            acc_row[c] += weighted * np.float32(codes[c]) + shift
+            acc_row[c] += weighted * np.float32(v0[c]) + shift
+        t += 1
     row_sum[r] += block_sum
+
+
+_I4_GROUP = 16
 
 
 @njit(fastmath=_REORDER_SUMS, error_model="numpy", cache=True)
@@ -714,25 +742,49 @@ def _attend_codes_i4(
     row_sum: Any, acc: Any, r: Any, soft_cap: Any, meta: Any, group: Any,
     meta_row: Any,
 ) -> None:  # fmt: skip
-    """`_attend_codes_i8` for i4 blocks: two codes per byte (the even
-    channel low), asymmetric, values in groups of `group` channels."""
+    """`_attend_codes_i8` for i4 blocks: byte ``j`` of a row holds channels
+    ``j`` (low nibble) and ``j + D/2`` (high), asymmetric scales, values in
+    groups of `group` channels (each group inside one half of the row)."""
     head_dim = acc.shape[1]
     half = head_dim // 2
     v_codes = half + meta_row
     v_meta = v_codes + half
     bias = _fold_key_scales(q_rows, r, meta)
-    q_scaled = meta[2]
-    for t in range(lo, hi):
-        codes = block[t, :half]
-        s = np.float32(0.0)
+    q_low = meta[2, :half]
+    q_high = meta[2, half:]
+    t = lo
+    while t + 2 <= hi:
+        k0 = block[t, :half]
+        k1 = block[t + 1, :half]
+        s0 = s1 = np.float32(0.0)
         for j in range(half):
-            byte = np.int32(codes[j])
-            s += q_scaled[2 * j] * np.float32(byte & 0x0F)
-            s += q_scaled[2 * j + 1] * np.float32(byte >> 4)
-        scores[t] = s + bias
+            b0 = np.int32(k0[j])
+            b1 = np.int32(k1[j])
+            s0 += q_low[j] * np.float32(b0 & 0x0F) + q_high[j] * np.float32(b0 >> 4)
+            s1 += q_low[j] * np.float32(b1 & 0x0F) + q_high[j] * np.float32(b1 >> 4)
+        scores[t] = s0 + bias
+        scores[t + 1] = s1 + bias
+        t += 2
+    while t < hi:
+        k0 = block[t, :half]
+        s0 = np.float32(0.0)
+        for j in range(half):
+            b0 = np.int32(k0[j])
+            s0 += q_low[j] * np.float32(b0 & 0x0F) + q_high[j] * np.float32(b0 >> 4)
+        scores[t] = s0 + bias
+        t += 1
     block_max = _soft_cap_and_max(scores, lo, hi, soft_cap)
     new_max = _rescale_state(row_max, row_sum, acc, r, block_max)
     acc_row = acc[r]
+    # Per token, each channel's weight (p times its group's scale) spelled
+    # out in `weights`, so the update is one vectorized pass per half row;
+    # the groups' offsets add up over the block and land once at the end.
+    # The i4 scheme's group is 16 (`QuantScheme`): a constant, so the
+    # divisions by it below are shifts.
+    group = _I4_GROUP
+    weights = meta[3]
+    shifts = meta[4, : head_dim // group]
+    shifts[:] = 0.0
     block_sum = np.float32(0.0)
     for t in range(lo, hi):
         p = _exp_nonpositive(scores[t] - new_max)
@@ -740,15 +792,17 @@ def _attend_codes_i4(
         row = block[t]
         for g in range(head_dim // group):
             at = v_meta + 4 * g
-            weighted = p * _f16_pair(row, at)
-            shift = p * _f16_pair(row, at + 2)
-            first = g * group // 2
-            codes = row[v_codes + first : v_codes + first + group // 2]
-            out = acc_row[g * group : (g + 1) * group]
-            for j in range(group // 2):
-                byte = np.int32(codes[j])
-                out[2 * j] += weighted * np.float32(byte & 0x0F) + shift
-                out[2 * j + 1] += weighted * np.float32(byte >> 4) + shift
+            weight = p * _f16_pair(row, at)
+            shifts[g] += p * _f16_pair(row, at + 2)
+            for c in range(g * group, (g + 1) * group):
+                weights[c] = weight
+        codes = row[v_codes : v_codes + half]
+        for j in range(half):
+            byte = np.int32(codes[j])
+            acc_row[j] += weights[j] * np.float32(byte & 0x0F)
+            acc_row[j + half] += weights[j + half] * np.float32(byte >> 4)
+    for c in range(head_dim):
+        acc_row[c] += shifts[c // group]
     row_sum[r] += block_sum
 
 
@@ -894,7 +948,7 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
             tile_scores = np.empty((4, block_size), dtype=np.float32)
             key_scratch = np.empty((block_size, head_dim), dtype=np.float32)
             value_scratch = np.empty((block_size, head_dim), dtype=np.float32)
-            meta = np.empty((3, head_dim), dtype=np.float32)
+            meta = np.empty((5, head_dim), dtype=np.float32)
             mass_width = width if with_mass else 0
             contrib = np.zeros((max_rows, mass_width), dtype=np.float32)
             contrib_max = np.full((max_rows, mass_width), -np.inf, dtype=np.float32)

@@ -99,24 +99,61 @@ def value_group_meta(row: Any, g: Any, meta_col: Any, symmetric: Any) -> Any:
 
 
 @njit(inline="always", cache=True)
-def get_code(row: Any, base: Any, c: Any, bits: Any) -> Any:
-    """The stored (unsigned) code of channel `c` in a row's codes at `base`."""
-    if bits == 8:
-        return np.int32(row[base + c])
-    byte = np.int32(row[base + (c >> 1)])
-    return (byte >> 4) if c & 1 else (byte & 0x0F)
+def load_key_meta(
+    block: Any, meta_col: Any, meta_row: Any, symmetric: Any, scales: Any, offsets: Any
+) -> None:
+    """Every channel's (scale, offset) of a block into `scales`/`offsets`,
+    walking the rows (no division per channel where whole entries fit in a
+    row, as in every layout of a power-of-two block)."""
+    head_dim = scales.shape[0]
+    entry = 2 if symmetric else 4
+    if meta_row % entry:
+        for c in range(head_dim):
+            scales[c], offsets[c] = key_channel_meta(
+                block, c, meta_col, meta_row, symmetric
+            )
+        return
+    per_row = meta_row // entry
+    for t in range(min(block.shape[0], -(-head_dim // per_row))):
+        row = block[t]
+        for e in range(min(per_row, head_dim - t * per_row)):
+            c = t * per_row + e
+            at = meta_col + e * entry
+            scale = f16_bits_to_f32(
+                np.uint16(row[at]) | (np.uint16(row[at + 1]) << np.uint16(8))
+            )
+            scales[c] = scale
+            if symmetric:
+                offsets[c] = np.float32(-128.0) * scale
+            else:
+                offsets[c] = f16_bits_to_f32(
+                    np.uint16(row[at + 2]) | (np.uint16(row[at + 3]) << np.uint16(8))
+                )
 
 
 @njit(inline="always", cache=True)
-def _set_code(row: Any, base: Any, c: Any, bits: Any, code: Any) -> None:
+def get_code(row: Any, base: Any, c: Any, bits: Any, half: Any) -> Any:
+    """The stored (unsigned) code of channel `c` in a row's codes at `base`
+    (i4: channel ``c < half`` in the low nibble of byte ``c``, channel
+    ``c >= half`` in the high nibble of byte ``c - half``)."""
+    if bits == 8:
+        return np.int32(row[base + c])
+    if c < half:
+        return np.int32(row[base + c]) & 0x0F
+    return np.int32(row[base + c - half]) >> 4
+
+
+@njit(inline="always", cache=True)
+def _set_code(row: Any, base: Any, c: Any, bits: Any, code: Any, half: Any) -> None:
     if bits == 8:
         row[base + c] = np.uint8(code)
         return
-    at = base + (c >> 1)
-    byte = np.int32(row[at])
-    # The even channel is the low nibble.
-    byte = (byte & 0x0F) | (code << 4) if c & 1 else (byte & 0xF0) | code
-    row[at] = np.uint8(byte)
+    if c < half:
+        at = base + c
+        row[at] = np.uint8((np.int32(row[at]) & 0xF0) | code)
+    else:
+        at = base + c - half
+        row[at] = np.uint8((np.int32(row[at]) & 0x0F) | (code << 4))
 
 
 @njit(inline="always", cache=True)
@@ -159,6 +196,37 @@ def _quantize(x: Any, scale: Any, offset: Any, levels: Any, symmetric: Any) -> A
 
 
 @njit(inline="always", cache=True)
+def _code(x: Any, inv: Any, offset: Any, levels: Any, symmetric: Any) -> Any:
+    """The stored code of `x` for step ``1 / inv`` (inv 0: a zero step)."""
+    if symmetric:
+        q = np.rint(x * inv)
+        return np.int32(min(max(q, -levels), levels)) + 128
+    q = np.rint((x - offset) * inv)
+    return np.int32(min(max(q, 0.0), levels))
+
+
+@njit(inline="always", cache=True)
+def _step_bits(low: Any, high: Any, levels: Any, symmetric: Any) -> Any:
+    """float16 bits of (scale, minimum) covering ``[low, high]``: the scale
+    rounded up and the minimum down, so every value stays in range."""
+    if symmetric:
+        return _f16_up(max(-low, high) / levels), 0
+    m_bits = _f16_down(low)
+    offset = f16_bits_to_f32(np.uint16(m_bits))
+    return _f16_up((high - offset) / levels), m_bits
+
+
+@njit(inline="always", cache=True)
+def _decoded(bits16: Any) -> Any:
+    return f16_bits_to_f32(np.uint16(bits16))
+
+
+@njit(inline="always", cache=True)
+def _inverse(scale: Any) -> Any:
+    return np.float32(1.0) / scale if scale > 0 else np.float32(0.0)
+
+
+@njit(inline="always", cache=True)
 def _quantize_run(
     block: Any,  # uint8 [block_size, row_bytes]
     keys: Any,  # f32 [n, D] (this run's tokens, this head)
@@ -168,6 +236,7 @@ def _quantize_run(
     symmetric: Any,
     group: Any,
     meta_row: Any,
+    work: Any,  # f32 [6, D] scratch
 ) -> None:
     n, head_dim = keys.shape
     code_bytes = head_dim * bits // 8
@@ -175,98 +244,102 @@ def _quantize_run(
     v_codes = code_bytes + meta_row
     v_meta = v_codes + code_bytes
     levels = 127 if symmetric else (1 << bits) - 1
+    half = head_dim // 2
+    new_lo, new_hi, scale, offset, old_scale, old_offset = (
+        work[0],
+        work[1],
+        work[2],
+        work[3],
+        work[4],
+        work[5],
+    )
+    # The new keys' range per channel, row by row (vectorized).
+    new_lo[:] = keys[0]
+    new_hi[:] = keys[0]
+    for t in range(1, n):
+        for c in range(head_dim):
+            new_lo[c] = min(new_lo[c], keys[t, c])
+            new_hi[c] = max(new_hi[c], keys[t, c])
+    widened = 0
+    if lo > 0:
+        load_key_meta(block, meta_col, meta_row, symmetric, old_scale, old_offset)
     for c in range(head_dim):
-        new_lo = keys[0, c]
-        new_hi = keys[0, c]
-        for t in range(1, n):
-            new_lo = min(new_lo, keys[t, c])
-            new_hi = max(new_hi, keys[t, c])
-        old_scale = np.float32(0.0)
-        old_offset = np.float32(0.0)
-        widen = True
         if lo > 0:
-            old_scale, old_offset = key_channel_meta(
-                block, c, meta_col, meta_row, symmetric
-            )
+            # The range the block's codes of this channel cover.
             if symmetric:
-                covered = old_scale * levels
-                widen = max(-new_lo, new_hi) > covered
+                old_hi = old_scale[c] * levels
+                old_lo = -old_hi
             else:
-                covered_hi = old_offset + old_scale * levels
-                widen = new_lo < old_offset or new_hi > covered_hi
-        if widen:
-            if symmetric:
-                amax = max(-new_lo, new_hi)
-                if lo > 0:
-                    amax = max(amax, old_scale * levels)
-                s_bits = _f16_up(amax / levels)
-                m_bits = 0
-                scale = f16_bits_to_f32(np.uint16(s_bits))
-                offset = np.float32(-128.0) * scale
-            else:
-                low = new_lo
-                high = new_hi
-                if lo > 0:
-                    low = min(low, old_offset)
-                    high = max(high, old_offset + old_scale * levels)
-                m_bits = _f16_down(low)
-                offset = f16_bits_to_f32(np.uint16(m_bits))
-                s_bits = _f16_up((high - offset) / levels)
-                scale = f16_bits_to_f32(np.uint16(s_bits))
-            _write_key_meta(block, c, meta_col, meta_row, symmetric, s_bits, m_bits)
-            # Requantise what the block held to the wider scale.
-            for t in range(lo):
-                old = get_code(block[t], 0, c, bits) * old_scale + old_offset
-                _set_code(
-                    block[t],
-                    0,
-                    c,
-                    bits,
-                    _quantize(old, scale, offset, levels, symmetric),
-                )
+                old_lo = old_offset[c]
+                old_hi = old_offset[c] + old_scale[c] * levels
+            wider = new_lo[c] < old_lo or new_hi[c] > old_hi
+            low = min(new_lo[c], old_lo)
+            high = max(new_hi[c], old_hi)
         else:
-            scale, offset = old_scale, old_offset
-        for t in range(n):
-            _set_code(
-                block[lo + t],
-                0,
-                c,
-                bits,
-                _quantize(keys[t, c], scale, offset, levels, symmetric),
-            )
+            low, high, wider = new_lo[c], new_hi[c], True
+        if wider:
+            s_bits, m_bits = _step_bits(low, high, levels, symmetric)
+            _write_key_meta(block, c, meta_col, meta_row, symmetric, s_bits, m_bits)
+            scale[c] = _decoded(s_bits)
+            offset[c] = np.float32(-128.0) * scale[c] if symmetric else _decoded(m_bits)
+            widened += 1
+        else:
+            scale[c] = old_scale[c]
+            offset[c] = old_offset[c]
+            old_scale[c] = -1.0  # marks "kept": nothing to requantise
+    if lo > 0 and widened:
+        # Requantise what the block held, in the widened channels.
+        for t in range(lo):
+            row = block[t]
+            for c in range(head_dim):
+                if old_scale[c] >= 0:
+                    old = get_code(row, 0, c, bits, half) * old_scale[c] + old_offset[c]
+                    code = _code(old, _inverse(scale[c]), offset[c], levels, symmetric)
+                    _set_code(row, 0, c, bits, code, half)
+    # The new keys: inverse steps once, then whole rows.
+    for c in range(head_dim):
+        old_offset[c] = _inverse(scale[c])  # reused as the inverse step
+    for t in range(n):
+        row = block[lo + t]
+        x = keys[t]
+        if bits == 8:
+            for c in range(head_dim):
+                row[c] = np.uint8(_code(x[c], old_offset[c], offset[c], levels, True))
+        else:
+            for j in range(half):
+                low_code = _code(x[j], old_offset[j], offset[j], levels, False)
+                high_code = _code(
+                    x[j + half], old_offset[j + half], offset[j + half], levels, False
+                )
+                row[j] = np.uint8(low_code | (high_code << 4))
     # Values: per token, per group of `group` channels.
     entry = 2 if symmetric else 4
     for t in range(n):
         row = block[lo + t]
+        x = values[t]
         for g in range(head_dim // group):
             first = g * group
-            low = values[t, first]
-            high = values[t, first]
+            low = x[first]
+            high = x[first]
             for c in range(first + 1, first + group):
-                low = min(low, values[t, c])
-                high = max(high, values[t, c])
+                low = min(low, x[c])
+                high = max(high, x[c])
+            s_bits, m_bits = _step_bits(low, high, levels, symmetric)
             at = v_meta + g * entry
-            if symmetric:
-                s_bits = _f16_up(max(-low, high) / levels)
-                scale = f16_bits_to_f32(np.uint16(s_bits))
-                offset = np.float32(-128.0) * scale
-            else:
-                m_bits = _f16_down(low)
-                offset = f16_bits_to_f32(np.uint16(m_bits))
-                s_bits = _f16_up((high - offset) / levels)
-                scale = f16_bits_to_f32(np.uint16(s_bits))
-                row[at + 2] = np.uint8(m_bits & 0xFF)
-                row[at + 3] = np.uint8(m_bits >> 8)
             row[at] = np.uint8(s_bits & 0xFF)
             row[at + 1] = np.uint8(s_bits >> 8)
-            for c in range(first, first + group):
-                _set_code(
-                    row,
-                    v_codes,
-                    c,
-                    bits,
-                    _quantize(values[t, c], scale, offset, levels, symmetric),
-                )
+            step = _decoded(s_bits)
+            inv = _inverse(step)
+            if symmetric:
+                for c in range(first, first + group):
+                    row[v_codes + c] = np.uint8(_code(x[c], inv, 0.0, levels, True))
+            else:
+                row[at + 2] = np.uint8(m_bits & 0xFF)
+                row[at + 3] = np.uint8(m_bits >> 8)
+                minimum = _decoded(m_bits)
+                for c in range(first, first + group):
+                    code = _code(x[c], inv, minimum, levels, False)
+                    _set_code(row, v_codes, c, bits, code, half)
 
 
 @njit(parallel=True, cache=True)
@@ -301,75 +374,12 @@ def quantize_runs(
             symmetric,
             group,
             meta_row,
+            np.empty((6, keys.shape[3]), np.float32),
         )
 
 
 # ---------------------------------------------------------------------------
 # Lookup and attention: dequantise
-
-
-@njit(inline="always", cache=True)
-def dequantize_keys(
-    block: Any,
-    out: Any,  # f32 [block_size, D]
-    lo: Any,
-    hi: Any,
-    bits: Any,
-    symmetric: Any,
-    meta_row: Any,
-    scales: Any,  # f32 [D] scratch
-    offsets: Any,
-) -> None:
-    head_dim = out.shape[1]
-    meta_col = head_dim * bits // 8
-    for c in range(head_dim):
-        scales[c], offsets[c] = key_channel_meta(
-            block, c, meta_col, meta_row, symmetric
-        )
-    if bits == 8:
-        for t in range(lo, hi):
-            row = block[t]
-            for c in range(head_dim):
-                out[t, c] = np.float32(row[c]) * scales[c] + offsets[c]
-    else:
-        for t in range(lo, hi):
-            row = block[t]
-            for j in range(head_dim // 2):
-                byte = np.int32(row[j])
-                out[t, 2 * j] = np.float32(byte & 0x0F) * scales[2 * j] + offsets[2 * j]
-                out[t, 2 * j + 1] = (
-                    np.float32(byte >> 4) * scales[2 * j + 1] + offsets[2 * j + 1]
-                )
-
-
-@njit(inline="always", cache=True)
-def dequantize_values(
-    block: Any,
-    out: Any,
-    lo: Any,
-    hi: Any,
-    bits: Any,
-    symmetric: Any,
-    group: Any,
-    meta_row: Any,
-) -> None:
-    head_dim = out.shape[1]
-    code_bytes = head_dim * bits // 8
-    v_codes = code_bytes + meta_row
-    v_meta = v_codes + code_bytes
-    for t in range(lo, hi):
-        row = block[t]
-        for g in range(head_dim // group):
-            scale, offset = value_group_meta(row, g, v_meta, symmetric)
-            first = g * group
-            if bits == 8:
-                for c in range(first, first + group):
-                    out[t, c] = np.float32(row[v_codes + c]) * scale + offset
-            else:
-                for j in range(first // 2, (first + group) // 2):
-                    byte = np.int32(row[v_codes + j])
-                    out[t, 2 * j] = np.float32(byte & 0x0F) * scale + offset
-                    out[t, 2 * j + 1] = np.float32(byte >> 4) * scale + offset
 
 
 @njit(parallel=True, cache=True)
@@ -401,11 +411,12 @@ def dequantize_slots(
         for c in range(head_dim):
             scale, offset = key_channel_meta(block, c, code_bytes, meta_row, symmetric)
             out_keys[layer, n, h, c] = (
-                np.float32(get_code(row, 0, c, bits)) * scale + offset
+                np.float32(get_code(row, 0, c, bits, head_dim // 2)) * scale + offset
             )
         for g in range(head_dim // group):
             scale, offset = value_group_meta(row, g, v_meta, symmetric)
             for c in range(g * group, (g + 1) * group):
                 out_values[layer, n, h, c] = (
-                    np.float32(get_code(row, v_codes, c, bits)) * scale + offset
+                    np.float32(get_code(row, v_codes, c, bits, head_dim // 2)) * scale
+                    + offset
                 )

@@ -45,7 +45,7 @@ def test_bytes_per_element_meet_the_targets(head_dim: int) -> None:
     ("kind", "head_dim", "block", "message"),
     [
         ("i4", 63, 16, "even"),
-        ("i4", 40, 16, "value group 16"),
+        ("i4", 48, 16, "multiple of 32"),
         ("i8", 64, 12, "power of two"),
     ],
 )

@@ -13,7 +13,7 @@ func.func @f(%kv : !llm.paged_kv_cache<i4, 2, 4, 24, 16, 64>) {
   func.return
 }
 
-// CHECK: paged_kv_cache of i4: head_dim 24 must be a multiple of the value group 16
+// CHECK: paged_kv_cache of i4: head_dim 24 must be a multiple of 32 (value groups of 16 in each half of a row)
 
 // -----
 
