@@ -41,8 +41,12 @@ class _Clock:
 
 
 def _timed_step(clock: _Clock) -> Any:
-    """`direct_step`, timing the append and the attention apart."""
-    from llmir.integrations.transformers.steps import AttentionOptions
+    """`direct_step`, timing its append and its attention apart."""
+    from llmir.integrations.transformers.steps import (
+        AttentionOptions,
+        append_step,
+        attend_step,
+    )
 
     def step(
         cache: Any,
@@ -55,18 +59,9 @@ def _timed_step(clock: _Clock) -> Any:
         options: AttentionOptions,
     ) -> Any:
         began = time.perf_counter()
-        cache.append_kv(keys, values, seq_ids, layer, token_ids=token_ids)
-        table, lens = cache.block_table(seq_ids)
+        table, lens = append_step(cache, layer, keys, values, seq_ids, token_ids)
         middle = time.perf_counter()
-        out = cache.paged_attention(
-            query,
-            table,
-            lens,
-            layer,
-            scale=options.scale,
-            sliding_window=options.sliding_window,
-            logits_soft_cap=options.logits_soft_cap,
-        )
+        out = attend_step(cache, layer, query, table, lens, options)
         clock.append_s += middle - began
         clock.attention_s += time.perf_counter() - middle
         return out

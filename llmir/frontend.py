@@ -163,10 +163,15 @@ class IRLayerStep:
         from llmir.interpreters.runner import (
             apply_passes,
             entry_function,
+            interpreter_value,
             llmir_context,
             make_interpreter,
             parse_module,
+            python_value,
         )
+
+        self._to_interpreter = interpreter_value
+        self._from_interpreter = python_value
 
         self.model = attention_options(config)
         self.geometry = CacheGeometry(
@@ -202,8 +207,7 @@ class IRLayerStep:
         token_ids: npt.NDArray[np.int64] | None,
         options: Any,
     ) -> Array:
-        from llmir.interpreters.runner import interpreter_value, python_value
-
+        interpreter_value = self._to_interpreter
         if cache.geometry != self.geometry:
             raise ConfigError(
                 f"the IR was built for a cache of {self.geometry.describe()}, "
@@ -237,7 +241,7 @@ class IRLayerStep:
         ]
         results = self._interpreter.call_op(function, tuple(args))
         self.calls += 1
-        out: Array = python_value(results[1])
+        out: Array = self._from_interpreter(results[1])
         return out if query.dtype == np.float32 else out.astype(query.dtype)
 
 

@@ -87,10 +87,6 @@ class ElementType:
         """Bytes of one stored element."""
         return self.storage_dtype.itemsize
 
-    @property
-    def is_quantized(self) -> bool:
-        return self.quant is not None
-
     def kv_row_bytes(self, head_dim: int, block_size: int) -> int:
         """Bytes one token's key and value of one head take in the pool,
         scales included: what `CacheGeometry` counts blocks and tokens in."""

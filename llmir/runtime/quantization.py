@@ -83,12 +83,6 @@ class QuantScheme:
         """Bytes of one scale (and minimum): float16 each."""
         return 2 if self.symmetric else 4
 
-    @property
-    def levels(self) -> int:
-        """The largest code: 127 (symmetric i8, codes -127..127 stored with
-        an offset of 128) or 15 (asymmetric i4, codes 0..15)."""
-        return 127 if self.symmetric else (1 << self.bits) - 1
-
     def code_bytes(self, head_dim: int) -> int:
         return head_dim * self.bits // 8
 

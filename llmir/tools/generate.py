@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--random-model",
         metavar="NAME",
         help="a seeded random model: llama-tiny, mistral-tiny, qwen2-tiny, "
-        "gemma2-tiny, llama-medium",
+        "gemma2-tiny, llama-small, llama-medium",
     )
     parser.add_argument(
         "--seed", type=_non_negative, default=0, help="model and prompt seed"

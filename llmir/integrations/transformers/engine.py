@@ -223,9 +223,8 @@ class Engine:
                 return self._serve(deque(pending), live, bar)
         except BaseException:
             self.cache.abort_step()
-            self.kv.free_sequences(
-                [a.seq_id for a in live if a.seq_id in set(self.kv.seq_ids)]
-            )
+            held = set(self.kv.seq_ids)
+            self.kv.free_sequences([a.seq_id for a in live if a.seq_id in held])
             raise
         finally:
             bar.close()
@@ -394,9 +393,6 @@ class Engine:
         if self.record_logits:
             active.completion.logits.append(logits.clone())
 
-    def _live_ids(self) -> set[int]:
-        return set(self.kv.seq_ids)
-
     def _finished(self, active: _Active) -> bool:
         completion = active.completion
         if not completion.tokens:
@@ -411,7 +407,9 @@ class Engine:
 
     def _sample_memory(self, step: int, live: list[_Active]) -> None:
         stats = self.kv.stats()
-        lens = [self.kv.seq_len(a.seq_id) for a in live if a.seq_id in self._live_ids()]
+        # Admitted requests whose prefill has not started hold no sequence.
+        held = set(self.kv.seq_ids)
+        lens = [self.kv.seq_len(a.seq_id) for a in live if a.seq_id in held]
         block = self.kv.block_size
         rounded_blocks = sum(-(-n // block) for n in lens)
         sample = KVSample(

@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from llmir.errors import ConfigError
+from llmir.testing.tiny_llama import TinyLlamaConfig
 
 _TINY: dict[str, Any] = {
     "vocab_size": 512,
@@ -61,6 +62,26 @@ def _gemma2() -> PretrainedConfig:
     )
 
 
+def _llama_small() -> PretrainedConfig:
+    """`llmir.testing.tiny_llama`'s architecture (hidden 512, 4 layers, GQA
+    8/2, head_dim 64, RoPE base 10000: transformers' default), the model of
+    issue 13's quantization gate and of the pruning benchmark, here as a
+    transformers model."""
+    tiny = TinyLlamaConfig()
+    return LlamaConfig(
+        vocab_size=tiny.vocab,
+        hidden_size=tiny.hidden,
+        intermediate_size=tiny.intermediate,
+        num_hidden_layers=tiny.layers,
+        num_attention_heads=tiny.heads,
+        num_key_value_heads=tiny.kv_heads,
+        head_dim=tiny.head_dim,
+        initializer_range=tiny.init_std,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    )
+
+
 def _llama_medium() -> PretrainedConfig:
     """The benchmark model of issue 15: hidden 1024, 8 layers, GQA 16/4."""
     return LlamaConfig(
@@ -81,6 +102,7 @@ RANDOM_MODELS: dict[str, Callable[[], PretrainedConfig]] = {
     "mistral-tiny": _mistral,
     "qwen2-tiny": _qwen2,
     "gemma2-tiny": _gemma2,
+    "llama-small": _llama_small,
     "llama-medium": _llama_medium,
 }
 

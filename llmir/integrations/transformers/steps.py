@@ -45,6 +45,41 @@ class LayerStep(Protocol):
     ) -> Array: ...
 
 
+def append_step(
+    cache: PagedKVCache,
+    layer: int,
+    keys: Array,
+    values: Array,
+    seq_ids: npt.NDArray[np.int64],
+    token_ids: npt.NDArray[np.int64] | None,
+) -> tuple[Array, Array]:
+    """The first half of `direct_step`: append, then the block table and
+    lengths attention reads."""
+    cache.append_kv(keys, values, seq_ids, layer, token_ids=token_ids)
+    return cache.block_table(seq_ids)
+
+
+def attend_step(
+    cache: PagedKVCache,
+    layer: int,
+    query: Array,
+    table: Array,
+    lens: Array,
+    options: AttentionOptions,
+) -> Array:
+    """The second half of `direct_step`: paged attention with the layer's
+    options."""
+    return cache.paged_attention(
+        query,
+        table,
+        lens,
+        layer,
+        scale=options.scale,
+        sliding_window=options.sliding_window,
+        logits_soft_cap=options.logits_soft_cap,
+    )
+
+
 def direct_step(
     cache: PagedKVCache,
     layer: int,
@@ -56,14 +91,5 @@ def direct_step(
     options: AttentionOptions,
 ) -> Array:
     """The step through the runtime's Python API."""
-    cache.append_kv(keys, values, seq_ids, layer, token_ids=token_ids)
-    table, lens = cache.block_table(seq_ids)
-    return cache.paged_attention(
-        query,
-        table,
-        lens,
-        layer,
-        scale=options.scale,
-        sliding_window=options.sliding_window,
-        logits_soft_cap=options.logits_soft_cap,
-    )
+    table, lens = append_step(cache, layer, keys, values, seq_ids, token_ids)
+    return attend_step(cache, layer, query, table, lens, options)

@@ -43,18 +43,16 @@ class CPUBackend:
         self._pool: Array = np.zeros(
             geometry.pool_shape(num_blocks), dtype=self._element.storage_dtype
         )
+        # A quantized type's layout as the kernels take it, derived once:
+        # (bits, symmetric, value group, K metadata bytes per row).
         quant = self._element.quant
-        self._quant_layout = (
-            None
-            if quant is None
-            else np.array(
-                [
-                    quant.value_group or geometry.head_dim,
-                    quant.key_meta_row_bytes(geometry.head_dim, geometry.block_size),
-                ],
-                np.int64,
-            )
-        )
+        self._quant_args: tuple[int, bool, int, int] | None = None
+        self._quant_layout: Array | None = None
+        if quant is not None:
+            meta_row = quant.key_meta_row_bytes(geometry.head_dim, geometry.block_size)
+            group = quant.value_group or geometry.head_dim
+            self._quant_args = (quant.bits, quant.symmetric, group, meta_row)
+            self._quant_layout = np.array([meta_row], np.int64)
 
     @property
     def kv_pool(self) -> Array:
@@ -68,8 +66,8 @@ class CPUBackend:
     def write(
         self, layer: int | None, keys: Array, values: Array, slot_mapping: Any
     ) -> None:
-        if self._element.quant is not None:
-            self._quantize(layer, keys, values, slot_mapping)
+        if self._quant_args is not None:
+            self._quantize(layer, keys, values, slot_mapping, self._quant_args)
             return
         code = self._element.code if keys.dtype == np.float32 else RAW_CODE
         if keys.dtype == np.float16:
@@ -85,12 +83,15 @@ class CPUBackend:
         )
 
     def _quantize(
-        self, layer: int | None, keys: Array, values: Array, slot_mapping: Any
+        self,
+        layer: int | None,
+        keys: Array,
+        values: Array,
+        slot_mapping: Any,
+        quant_args: tuple[int, bool, int, int],
     ) -> None:
         """Quantise tokens into their blocks, one run of consecutive slots of
         one block at a time (`quant_kernels`)."""
-        quant = self._element.quant
-        assert quant is not None
         geometry = self._geometry
         slots = np.asarray(slot_mapping, np.int64).reshape(-1)
         if slots.size == 0:
@@ -114,10 +115,7 @@ class CPUBackend:
             run_tokens,
             blocks[starts],
             offsets[starts],
-            quant.bits,
-            quant.symmetric,
-            quant.value_group or geometry.head_dim,
-            quant.key_meta_row_bytes(geometry.head_dim, block_size),
+            *quant_args,
         )
 
     def copy_blocks(
@@ -126,7 +124,7 @@ class CPUBackend:
         # numpy's fancy-index copy runs at memory bandwidth; a handful of
         # blocks per call leaves nothing for a kernel to win.  A quantized
         # block's key scales are spread over all its rows: copied whole.
-        if tokens is None or self._element.quant is not None:
+        if tokens is None or self._quant_args is not None:
             self._pool[:, dst] = self._pool[:, src]
         else:
             self._pool[:, dst, :, :, :tokens] = self._pool[:, src, :, :, :tokens]
@@ -154,8 +152,8 @@ class CPUBackend:
             )
             out = (np.empty(shape, dtype=out_dtype), np.empty(shape, dtype=out_dtype))
         keys, values = out
-        if self._element.quant is not None:
-            self._dequantize(layer, table, keys, values)
+        if self._quant_args is not None:
+            self._dequantize(layer, table, keys, values, self._quant_args)
             return keys, values
         # Stored elements are copied as they are unless float32 is asked of a
         # half type; float16 outputs are filled through a uint16 view.
@@ -178,10 +176,13 @@ class CPUBackend:
         return keys, values
 
     def _dequantize(
-        self, layer: int, table: BlockTable, keys: Array, values: Array
+        self,
+        layer: int,
+        table: BlockTable,
+        keys: Array,
+        values: Array,
+        quant_args: tuple[int, bool, int, int],
     ) -> None:
-        quant = self._element.quant
-        assert quant is not None
         geometry = self._geometry
         block_size = geometry.block_size
         batch, width = table.batch, table.max_len
@@ -202,10 +203,7 @@ class CPUBackend:
             out_k,
             out_v,
             block_size,
-            quant.bits,
-            quant.symmetric,
-            quant.value_group or geometry.head_dim,
-            quant.key_meta_row_bytes(geometry.head_dim, block_size),
+            *quant_args,
         )
         # Past each sequence's end (and in holes) lookups hold zeros.
         keys[...] = 0

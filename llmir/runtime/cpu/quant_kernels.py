@@ -180,22 +180,6 @@ def _f16_down(x: Any) -> Any:
 
 
 @njit(inline="always", cache=True)
-def _quantize(x: Any, scale: Any, offset: Any, levels: Any, symmetric: Any) -> Any:
-    """The stored code of value `x` (scale 0: the only value is `offset`)."""
-    if scale == 0:
-        return 128 if symmetric else 0
-    if symmetric:
-        q = np.int32(np.rint(x / scale))
-        return min(max(q, -levels), levels) + 128
-    q = np.int32(np.rint((x - offset) / scale))
-    return min(max(q, 0), levels)
-
-
-# ---------------------------------------------------------------------------
-# Append: quantise runs of tokens into their blocks
-
-
-@njit(inline="always", cache=True)
 def _code(x: Any, inv: Any, offset: Any, levels: Any, symmetric: Any) -> Any:
     """The stored code of `x` for step ``1 / inv`` (inv 0: a zero step)."""
     if symmetric:
@@ -408,11 +392,12 @@ def dequantize_slots(
         off = s - blk * block_size
         block = pool[layer, blk, h]
         row = block[off]
+        scales = out_keys[layer, n, h]  # the scales first, then the keys
+        offsets = np.empty(head_dim, np.float32)
+        load_key_meta(block, code_bytes, meta_row, symmetric, scales, offsets)
         for c in range(head_dim):
-            scale, offset = key_channel_meta(block, c, code_bytes, meta_row, symmetric)
-            out_keys[layer, n, h, c] = (
-                np.float32(get_code(row, 0, c, bits, head_dim // 2)) * scale + offset
-            )
+            code = np.float32(get_code(row, 0, c, bits, head_dim // 2))
+            out_keys[layer, n, h, c] = code * scales[c] + offsets[c]
         for g in range(head_dim // group):
             scale, offset = value_group_meta(row, g, v_meta, symmetric)
             for c in range(g * group, (g + 1) * group):

@@ -47,7 +47,10 @@ def test_type_accessors() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        ((i32, 1, 1, 4, 4, 8), "element type must be f32, f16, bf16, i8 or i4, got i32"),
+        (
+            (i32, 1, 1, 4, 4, 8),
+            "element type must be f32, f16, bf16, i8 or i4, got i32",
+        ),
         ((f16, 1, 0, 4, 4, 8), r"num_heads must be in \[1, 2147483647\], got 0"),
         ((f16, 1, 1, 4, 6, 12), "block_size must be a power of two, got 6"),
         ((f16, 1, 1, 4, 4, 10), "max_seq_len 10 must be a multiple of block_size 4"),

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
 
+from llmir.integrations.transformers import random_model
 from llmir.integrations.transformers.engine import Engine, Request
 
 # kind: (KL bound, top-1 agreement bound)
@@ -20,19 +20,7 @@ NEW_TOKENS = 64
 
 @pytest.fixture(scope="module")
 def reference():
-    config = LlamaConfig(
-        vocab_size=1000,
-        hidden_size=512,
-        intermediate_size=1376,
-        num_hidden_layers=4,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        head_dim=64,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model = random_model("llama-small", seed=0)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, 1000, n).tolist() for n in (16, 24, 32, 40)]
     engine = Engine(model, num_blocks=64, record_logits=True)
