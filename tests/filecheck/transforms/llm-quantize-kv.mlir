@@ -3,6 +3,8 @@
 // Idempotent, and the quantized program runs within its error bound:
 // RUN: xdsl-opt %s -p 'llm-quantize-kv{type=i4}' > %t.mlir && xdsl-opt %t.mlir -p 'llm-quantize-kv{type=i4}' | diff %t.mlir -
 // RUN: llmir-run %t.mlir --random-args 1 --check | filecheck %s --check-prefix=EXEC
+// Lowered, the quantized program runs on the same runtime calls:
+// RUN: llmir-run %t.mlir -p convert-llm-to-func --random-args 1 --check | filecheck %s --check-prefix=EXEC
 // RUN: not xdsl-opt %s -p 'llm-quantize-kv{type=i3}' 2>&1 | filecheck %s --check-prefix=BADTYPE
 // RUN: not xdsl-opt %S/inputs/quantize-bf16.mlir -p 'llm-quantize-kv{type=i8}' 2>&1 | filecheck %s --check-prefix=BF16
 
