@@ -12,7 +12,11 @@ Prints, in this order:
     heuristic chose, GB/s of K+V read, and that as % of the copy bandwidth;
   * append throughput: a 4096-token prefill into one layer, and one decode
     step of 64 sequences into every layer of an 8-layer pool;
-  * prefill of 4096 tokens (causal), MHA and GQA, as time and TFLOP/s.
+  * prefill of 4096 tokens (causal), MHA and GQA, as time and TFLOP/s;
+  * issue 13's rows: decode at batch 8 x 8192 tokens over f16, i8 and i4
+    pools (MHA 16/16, GQA 32/8, block 16 and 64), each against f16 in the
+    same run and as GB/s of the bytes actually read (codes and scales), and
+    quantise-on-append throughput.
 
 Times are medians of CUDA-event timings of back-to-back launches with the
 metadata already on the device (`AttentionPlan.run`), so they measure the
@@ -54,7 +58,7 @@ if ARGS is not None and ARGS.simulator:
 
 from benchmarks.common import print_table  # noqa: E402
 from llmir.runtime import cuda as kvcuda  # noqa: E402
-from llmir.runtime.dtypes import F16  # noqa: E402
+from llmir.runtime.dtypes import ELEMENT_TYPES, F16, ElementType  # noqa: E402
 from llmir.runtime.geometry import CacheGeometry  # noqa: E402
 from llmir.runtime.validation import (  # noqa: E402
     check_attention_options,
@@ -124,8 +128,14 @@ def pool_shape(
     return geometry.pool_shape(num_blocks)
 
 
-def plan(pool: Any, q_shape: tuple[int, ...], table: Any, lens: Any) -> Any:
-    block = pool.shape[4]
+def plan(
+    pool: Any,
+    q_shape: tuple[int, ...],
+    table: Any,
+    lens: Any,
+    element: ElementType = F16,
+) -> Any:
+    _, block = kvcuda.launch.pool_heads_and_block_size(pool, element)
     checked = validate_block_table(
         table,
         lens,
@@ -133,8 +143,8 @@ def plan(pool: Any, q_shape: tuple[int, ...], table: Any, lens: Any) -> Any:
         num_blocks=pool.shape[1],
         max_seq_len=table.shape[1] * block,
     )
-    options = check_attention_options(pool.shape[5])
-    return kvcuda.launch.plan_attention(pool, F16, q_shape, checked, options)
+    options = check_attention_options(q_shape[3])
+    return kvcuda.launch.plan_attention(pool, element, q_shape, checked, options)
 
 
 def make_pool(num_blocks: int, kv_heads: int, block: int, head_dim: int) -> Any:
@@ -254,6 +264,86 @@ def bench_prefill(sizes: dict[str, Any], repeats: int) -> None:
     print_table(["heads q/kv", "tokens", "ms", "TFLOP/s"], rows)
 
 
+def quantized_pool(
+    element: ElementType, num_blocks: int, kv_heads: int, block: int, head_dim: int
+) -> Any:
+    """A one-layer pool of `element` in device memory whose every block holds
+    the same real quantised tokens: one block appended, then copied over
+    the pool on the device (random bytes would make NaN scales)."""
+    geometry = CacheGeometry(element, 1, kv_heads, head_dim, block, block)
+    pool = cuda.device_array(geometry.pool_shape(num_blocks), element.storage_dtype)
+    rng = np.random.default_rng(3)
+    keys = rng.standard_normal((1, block, kv_heads, head_dim)).astype(np.float32)
+    slots = np.arange(block, dtype=np.int32)
+    kvcuda.launch.append(pool, element, 0, keys, keys[..., ::-1].copy(), slots)
+    copies = np.arange(1, num_blocks, dtype=np.int32)
+    kvcuda.launch.copy_blocks(pool, element, np.zeros_like(copies), copies, None)
+    cuda.synchronize()
+    return pool
+
+
+def bench_quantized(sizes: dict[str, Any], limit: float, repeats: int) -> None:
+    """Decode over f16, i8 and i4 pools of the same tokens (issue 13's
+    rows), and quantise-on-append throughput."""
+    rng = np.random.default_rng(4)
+    d, batch, ctx = (
+        sizes["quant_head_dim"],
+        sizes["quant_batch"],
+        sizes["quant_context"],
+    )
+    rows = []
+    for block in sizes["quant_blocks"]:
+        for q_heads, kv_heads in sizes["quant_heads"]:
+            num_blocks = batch * ctx // block
+            table = scattered_tables(rng, batch, ctx // block, num_blocks)
+            lens = np.full(batch, ctx, np.int32)
+            q_shape = (batch, 1, q_heads, d)
+            query = cuda.to_device(rng.standard_normal(q_shape).astype(np.float32))
+            out = cuda.device_array(q_shape, np.float32)
+            f16_time = None
+            for name in ("f16", "i8", "i4"):
+                element = ELEMENT_TYPES[name]
+                pool = (
+                    make_pool(num_blocks, kv_heads, block, d)
+                    if element is F16
+                    else quantized_pool(element, num_blocks, kv_heads, block, d)
+                )
+                attention = plan(pool, q_shape, table, lens, element)
+                t = _time_plan(attention, pool, query, out, repeats, sizes["calls"])
+                f16_time = f16_time or t
+                read = batch * ctx * kv_heads * element.kv_row_bytes(d, block)
+                gbs = read / t / 1e9
+                rows.append(
+                    (name, block, f"{q_heads}/{kv_heads}", t * 1e6, f16_time / t,
+                     gbs, 100 * gbs / limit)
+                )  # fmt: skip
+                del pool
+    print(f"\ndecode over quantized pools, batch {batch}, {ctx} tokens, D={d}")
+    print_table(
+        ["type", "block", "heads q/kv", "us", "x f16", "GB/s read", "% limit"], rows
+    )
+    rows = []
+    tokens, heads, block = sizes["append_tokens"], sizes["append_heads"], 16
+    shape = (1, tokens, heads, d)
+    keys = cuda.to_device(rng.standard_normal(shape).astype(np.float32))
+    values = cuda.to_device(rng.standard_normal(shape).astype(np.float32))
+    for name in ("f16", "i8", "i4"):
+        element = ELEMENT_TYPES[name]
+        geometry = CacheGeometry(element, 1, heads, d, block, block)
+        pool = cuda.device_array(
+            geometry.pool_shape(-(-tokens // block)), element.storage_dtype
+        )
+        slots = np.arange(tokens, dtype=np.int32)
+        t = gpu_seconds(
+            lambda: kvcuda.launch.append(pool, element, 0, keys, values, slots),  # noqa: B023
+            repeats,
+            sizes["calls"],
+        )
+        rows.append((name, tokens, t * 1e6, 2 * keys.nbytes / t / 1e9))
+    print(f"\nappend (quantise), a {tokens}-token prefill, {heads} heads, D={d}")
+    print_table(["type", "tokens", "us", "GB/s of f32 input"], rows)
+
+
 FULL: dict[str, Any] = {
     "heads": [(32, 32), (32, 8)],
     "batches": [1, 8, 64],
@@ -267,6 +357,11 @@ FULL: dict[str, Any] = {
     "append_batch": 64,
     "prefill_tokens": 4096,
     "copy_bytes": 1 << 30,
+    "quant_heads": [(16, 16), (32, 8)],
+    "quant_blocks": [16, 64],
+    "quant_head_dim": 128,
+    "quant_batch": 8,
+    "quant_context": 8192,
 }
 TINY: dict[str, Any] = {
     "heads": [(2, 2), (4, 2)],
@@ -281,6 +376,11 @@ TINY: dict[str, Any] = {
     "append_batch": 2,
     "prefill_tokens": 8,
     "copy_bytes": 1 << 12,
+    "quant_heads": [(2, 1)],
+    "quant_blocks": [4],
+    "quant_head_dim": 32,
+    "quant_batch": 1,
+    "quant_context": 8,
 }
 
 
@@ -293,6 +393,7 @@ def main(args: argparse.Namespace) -> None:
     bench_decode(sizes, limit, repeats)
     bench_append(sizes, repeats)
     bench_prefill(sizes, repeats)
+    bench_quantized(sizes, limit, repeats)
 
 
 if __name__ == "__main__":

@@ -224,3 +224,37 @@ def dequantize_block(block: Array, layout: BlockLayout) -> tuple[Array, Array]:
         v_offset, group, axis=1
     )
     return keys, values
+
+
+@dataclass(frozen=True)
+class AppendRuns:
+    """One append's tokens grouped into *runs*, as every backend's quantise
+    kernel takes them: consecutive tokens that land in one block at
+    consecutive offsets (a sequence fills its blocks in order), each
+    quantised together against the block's key scales."""
+
+    tokens: Array
+    """int64 [runs + 1]: the token index where each run starts, then the
+    token count."""
+    blocks: Array
+    """int64 [runs]: each run's block."""
+    offsets: Array
+    """int64 [runs]: the slot offset of each run's first token."""
+
+    @staticmethod
+    def of(slot_mapping: Any, block_size: int) -> AppendRuns:
+        slots = np.asarray(slot_mapping, np.int64).reshape(-1)
+        blocks = slots // block_size
+        offsets = slots - blocks * block_size
+        # A run breaks where the block changes or the offsets are not
+        # consecutive.
+        breaks = np.flatnonzero(
+            (blocks[1:] != blocks[:-1]) | (offsets[1:] != offsets[:-1] + 1)
+        )
+        starts = np.concatenate(([0], breaks + 1)) if slots.size else breaks
+        tokens = np.concatenate((starts, [slots.size])).astype(np.int64)
+        return AppendRuns(tokens, blocks[starts], offsets[starts])
+
+    @property
+    def count(self) -> int:
+        return int(self.blocks.shape[0])

@@ -19,6 +19,7 @@ from llmir.runtime.memory import (
     check_fits,
     host_memory_bytes,
 )
+from llmir.runtime.quantization import AppendRuns
 from llmir.runtime.validation import AttentionOptions, BlockTable
 
 Array = npt.NDArray[Any]
@@ -93,28 +94,19 @@ class CPUBackend:
         """Quantise tokens into their blocks, one run of consecutive slots of
         one block at a time (`quant_kernels`)."""
         geometry = self._geometry
-        slots = np.asarray(slot_mapping, np.int64).reshape(-1)
-        if slots.size == 0:
+        runs = AppendRuns.of(slot_mapping, geometry.block_size)
+        if runs.count == 0:
             return
-        block_size = geometry.block_size
-        blocks = slots // block_size
-        offsets = slots - blocks * block_size
-        # A run breaks where the block changes or the offsets are not
-        # consecutive.
-        breaks = np.flatnonzero(
-            (blocks[1:] != blocks[:-1]) | (offsets[1:] != offsets[:-1] + 1)
-        )
-        starts = np.concatenate(([0], breaks + 1))
-        run_tokens = np.concatenate((starts, [slots.size])).astype(np.int64)
         pool = self._pool if layer is None else self._pool[layer : layer + 1]
-        shape = (pool.shape[0], slots.size, geometry.num_heads, geometry.head_dim)
+        tokens = int(runs.tokens[-1])
+        shape = (pool.shape[0], tokens, geometry.num_heads, geometry.head_dim)
         quantize_runs(
             pool,
             np.ascontiguousarray(keys, dtype=np.float32).reshape(shape),
             np.ascontiguousarray(values, dtype=np.float32).reshape(shape),
-            run_tokens,
-            blocks[starts],
-            offsets[starts],
+            runs.tokens,
+            runs.blocks,
+            runs.offsets,
             *quant_args,
         )
 

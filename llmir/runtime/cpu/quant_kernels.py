@@ -181,7 +181,9 @@ def _f16_down(x: Any) -> Any:
 
 @njit(inline="always", cache=True)
 def _code(x: Any, inv: Any, offset: Any, levels: Any, symmetric: Any) -> Any:
-    """The stored code of `x` for step ``1 / inv`` (inv 0: a zero step)."""
+    """The stored code of `x` for step ``1 / inv`` (inv 0: a zero step).
+    `levels` is float32, like every operand here: the CUDA kernels repeat
+    this arithmetic type for type and give the same bytes."""
     if symmetric:
         q = np.rint(x * inv)
         return np.int32(min(max(q, -levels), levels)) + 128
@@ -191,8 +193,9 @@ def _code(x: Any, inv: Any, offset: Any, levels: Any, symmetric: Any) -> Any:
 
 @njit(inline="always", cache=True)
 def _step_bits(low: Any, high: Any, levels: Any, symmetric: Any) -> Any:
-    """float16 bits of (scale, minimum) covering ``[low, high]``: the scale
-    rounded up and the minimum down, so every value stays in range."""
+    """float16 bits of (scale, minimum) covering ``[low, high]`` (float32,
+    as `levels`): the scale rounded up and the minimum down, so every value
+    stays in range."""
     if symmetric:
         return _f16_up(max(-low, high) / levels), 0
     m_bits = _f16_down(low)
@@ -227,7 +230,7 @@ def _quantize_run(
     meta_col = code_bytes
     v_codes = code_bytes + meta_row
     v_meta = v_codes + code_bytes
-    levels = 127 if symmetric else (1 << bits) - 1
+    levels = np.float32(127 if symmetric else (1 << bits) - 1)
     half = head_dim // 2
     new_lo, new_hi, scale, offset, old_scale, old_offset = (
         work[0],
@@ -277,7 +280,11 @@ def _quantize_run(
             row = block[t]
             for c in range(head_dim):
                 if old_scale[c] >= 0:
-                    old = get_code(row, 0, c, bits, half) * old_scale[c] + old_offset[c]
+                    # In float64, where code * scale is exact: a fused
+                    # multiply-add (as a GPU may use) rounds the same.
+                    old = np.float64(get_code(row, 0, c, bits, half)) * np.float64(
+                        old_scale[c]
+                    ) + np.float64(old_offset[c])
                     code = _code(old, _inverse(scale[c]), offset[c], levels, symmetric)
                     _set_code(row, 0, c, bits, code, half)
     # The new keys: inverse steps once, then whole rows.

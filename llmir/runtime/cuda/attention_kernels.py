@@ -48,6 +48,7 @@ import numpy as np
 
 from llmir.runtime.cuda.codecs import codec
 from llmir.runtime.cuda.loader import cuda_module
+from llmir.runtime.cuda.quant_kernels import quant_kernels
 from llmir.runtime.dtypes import ElementType
 from llmir.runtime.geometry import KEY, VALUE
 
@@ -69,6 +70,26 @@ def shared_floats(rows: int, block_size: int, head_dim: int, parts: int) -> int:
     )
 
 
+@cache
+def block_loaders(element: ElementType) -> tuple[Any, Any]:
+    """Device functions ``(kv_layer, block, head, row, channel, head_dim) ->
+    float32`` reading one key and one value of a layer of the pool."""
+    if element.quant is not None:
+        kernels = quant_kernels(element)
+        return kernels.load_key, kernels.load_value
+    load = codec(element).load
+
+    @cuda.jit(device=True, inline=True)
+    def load_key(kv_layer: Any, block: Any, head: Any, j: Any, d: Any, _: Any) -> Any:
+        return load(kv_layer[block, head, KEY, j, d])
+
+    @cuda.jit(device=True, inline=True)
+    def load_value(kv_layer: Any, block: Any, head: Any, j: Any, d: Any, _: Any) -> Any:
+        return load(kv_layer[block, head, VALUE, j, d])
+
+    return load_key, load_value
+
+
 class AttentionKernels(NamedTuple):
     attention: Any
     merge_splits: Any
@@ -77,7 +98,8 @@ class AttentionKernels(NamedTuple):
 @cache
 def attention_kernels(element: ElementType) -> AttentionKernels:
     """The attention kernels specialised to one element type."""
-    load = codec(element).load
+    load_key, load_value = block_loaders(element)
+    quantized = element.quant is not None
     from numba import float32
 
     @cuda.jit
@@ -126,7 +148,9 @@ def attention_kernels(element: ElementType) -> AttentionKernels:
         num_new = q.shape[1]
         num_q_heads = q.shape[2]
         head_dim = q.shape[3]
-        block_size = kv_layer.shape[3]
+        # A dense layer is [blocks, H, 2, B, D], a quantized one [blocks, H,
+        # B, row_bytes].
+        block_size = kv_layer.shape[2] if quantized else kv_layer.shape[3]
         group = num_q_heads // kv_layer.shape[1]
         rows = q_tile * group
         padded = head_dim + 1
@@ -195,7 +219,9 @@ def attention_kernels(element: ElementType) -> AttentionKernels:
             for i in range(tid, block_size * head_dim, nthreads):
                 j = i // head_dim
                 d = i - j * head_dim
-                s_k[j * padded + d] = load(kv_layer[physical, kv_head, KEY, j, d])
+                s_k[j * padded + d] = load_key(
+                    kv_layer, physical, kv_head, j, d, head_dim
+                )
             cuda.syncthreads()
 
             for i in range(tid, rows * block_size * parts, nthreads):
@@ -261,7 +287,7 @@ def attention_kernels(element: ElementType) -> AttentionKernels:
                 for r in range(rows):
                     s_acc[r * head_dim + d] *= s_alpha[r]
                 for j in range(live):
-                    v = load(kv_layer[physical, kv_head, VALUE, j, d])
+                    v = load_value(kv_layer, physical, kv_head, j, d, head_dim)
                     for r in range(rows):
                         s_acc[r * head_dim + d] += s_p[r * block_size + j] * v
         cuda.syncthreads()

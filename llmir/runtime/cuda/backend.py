@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from llmir.errors import ConfigError, DTypeError
+from llmir.errors import DTypeError
 from llmir.runtime.cuda import launch
 from llmir.runtime.cuda.loader import cuda_module
 from llmir.runtime.geometry import CacheGeometry
@@ -45,11 +45,6 @@ class CUDABackend:
     device = "cuda"
 
     def __init__(self, geometry: CacheGeometry, num_blocks: int) -> None:
-        if geometry.element_type.quant is not None:
-            raise ConfigError(
-                f"an {geometry.element_type.name} cache runs on the CPU backend "
-                "only: the CUDA kernels have no quantized element types yet"
-            )
         check_fits(
             f"a pool of {num_blocks} blocks ({geometry.describe()})",
             geometry.pool_bytes(num_blocks),
@@ -93,7 +88,7 @@ class CUDABackend:
     def copy_blocks(
         self, src: npt.NDArray[np.int32], dst: npt.NDArray[np.int32], tokens: int | None
     ) -> None:
-        launch.copy_blocks(self._pool, src, dst, tokens)
+        launch.copy_blocks(self._pool, self._element, src, dst, tokens)
 
     def swap_out(self, block_ids: Any, tier: npt.NDArray[Any], slots: Any) -> None:
         launch.swap_out(self._pool, block_ids, tier, slots)
@@ -110,7 +105,13 @@ class CUDABackend:
     ) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
         max_len = table.max_len if out is None else int(out[0].shape[1])
         keys, values = launch.gather(
-            self._pool, self._element, layer, table, max_len, as_float32
+            self._pool,
+            self._element,
+            layer,
+            table,
+            max_len,
+            self._geometry.head_dim,
+            as_float32,
         )
         if out is None:
             return keys, values

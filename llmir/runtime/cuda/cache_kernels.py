@@ -155,44 +155,38 @@ def copy_kernel() -> Any:
 class SwapKernels(NamedTuple):
     gather: Any
     scatter: Any
+    copy_whole: Any
 
 
 @cache
 def swap_kernels() -> SwapKernels:
-    """Whole blocks between the pool and a block-major staging buffer
-    ``[count, L, H, 2, B, D]`` (numba specialises per storage dtype)."""
-
-    @cuda.jit(device=True, inline=True)
-    def element(j: Any, rows: Any, dim: Any) -> Any:
-        """Element `j` of one layer of a block: (head, K|V, slot, dim)."""
-        per_head = 2 * rows * dim
-        h = j // per_head
-        r = j - h * per_head
-        kv = r // (rows * dim)
-        r -= kv * rows * dim
-        t = r // dim
-        return h, kv, t, r - t * dim
+    """Whole blocks between the pool and a block-major staging buffer, and
+    within the pool, over views with one axis for a block's layer
+    (``[L, blocks, n]`` and ``[count, L, n]``): a whole block is the same
+    bytes whatever its layout (numba specialises per storage dtype)."""
 
     @cuda.jit
     def gather(kv_pool: Any, ids: Any, staging: Any) -> None:
         """Grid (count, num_layers): staging[i, layer] = pool[layer, ids[i]]."""
         i = cuda.blockIdx.x
         layer = cuda.blockIdx.y
-        rows, dim = kv_pool.shape[4], kv_pool.shape[5]
-        size = kv_pool.shape[2] * 2 * rows * dim
-        for j in range(cuda.threadIdx.x, size, cuda.blockDim.x):
-            h, kv, t, d = element(j, rows, dim)
-            staging[i, layer, h, kv, t, d] = kv_pool[layer, ids[i], h, kv, t, d]
+        for j in range(cuda.threadIdx.x, kv_pool.shape[2], cuda.blockDim.x):
+            staging[i, layer, j] = kv_pool[layer, ids[i], j]
 
     @cuda.jit
     def scatter(staging: Any, kv_pool: Any, ids: Any) -> None:
         """Grid (count, num_layers): pool[layer, ids[i]] = staging[i, layer]."""
         i = cuda.blockIdx.x
         layer = cuda.blockIdx.y
-        rows, dim = kv_pool.shape[4], kv_pool.shape[5]
-        size = kv_pool.shape[2] * 2 * rows * dim
-        for j in range(cuda.threadIdx.x, size, cuda.blockDim.x):
-            h, kv, t, d = element(j, rows, dim)
-            kv_pool[layer, ids[i], h, kv, t, d] = staging[i, layer, h, kv, t, d]
+        for j in range(cuda.threadIdx.x, kv_pool.shape[2], cuda.blockDim.x):
+            kv_pool[layer, ids[i], j] = staging[i, layer, j]
 
-    return SwapKernels(gather, scatter)
+    @cuda.jit
+    def copy_whole(kv_pool: Any, src: Any, dst: Any) -> None:
+        """Grid (pairs, num_layers): block src[i] to block dst[i]."""
+        i = cuda.blockIdx.x
+        layer = cuda.blockIdx.y
+        for j in range(cuda.threadIdx.x, kv_pool.shape[2], cuda.blockDim.x):
+            kv_pool[layer, dst[i], j] = kv_pool[layer, src[i], j]
+
+    return SwapKernels(gather, scatter, copy_whole)

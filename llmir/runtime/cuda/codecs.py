@@ -39,7 +39,7 @@ class Codec:
     kernel_dtype: np.dtype[Any]
 
 
-def _bit_casts() -> tuple[Any, Any]:
+def bit_casts() -> tuple[Any, Any]:
     """(int32 bits -> float32, float32 -> int32 bits) callable in kernels."""
     cuda = cuda_module()
     if simulator_enabled():
@@ -88,7 +88,7 @@ def codec(element: ElementType) -> Codec:
 
     if element.code != BF16_CODE:
         raise DeviceError(f"the CUDA backend has no kernels for {element.name}")
-    int_as_float, float_as_int = _bit_casts()
+    int_as_float, float_as_int = bit_casts()
 
     @cuda.jit(device=True, inline=True)
     def load_bf16(bits: Any) -> Any:

@@ -27,7 +27,12 @@ from llmir.runtime.cuda.attention_kernels import attention_kernels, shared_float
 from llmir.runtime.cuda.cache_kernels import cache_kernels, copy_kernel, swap_kernels
 from llmir.runtime.cuda.codecs import codec
 from llmir.runtime.cuda.loader import cuda_module, simulator_enabled
+from llmir.runtime.cuda.quant_kernels import (
+    QUANTIZE_SHARED_FLOATS_PER_CHANNEL,
+    quant_kernels,
+)
 from llmir.runtime.dtypes import F16, ElementType
+from llmir.runtime.quantization import AppendRuns
 from llmir.runtime.validation import AttentionOptions, BlockTable
 
 cuda = cuda_module()
@@ -55,6 +60,8 @@ def is_device_array(value: Any) -> bool:
 def kernel_view(pool: Any, element: ElementType, raw: bool = False) -> Any:
     """The pool as kernels index it: f16 bits reinterpreted as float16,
     unless the kernel copies raw bits."""
+    if element.quant is not None:
+        return pool  # bytes, decoded by the quantized kernels
     dtype = element.storage_dtype if raw else codec(element).kernel_dtype
     return pool if pool.dtype == dtype else pool.view(dtype)
 
@@ -89,6 +96,9 @@ def append(
     num_tokens = int(slot_mapping.shape[0])
     if num_tokens == 0:
         return
+    if element.quant is not None:
+        _quantize(pool, element, layer, keys, values, slot_mapping, threads)
+        return
     raw = keys.dtype != np.float32
     if raw and keys.dtype == np.float16:
         keys, values = keys.view(np.uint16), values.view(np.uint16)
@@ -107,8 +117,44 @@ def append(
         )
 
 
+def _quantize(
+    pool: Any,
+    element: ElementType,
+    layer: int | None,
+    keys: Any,
+    values: Any,
+    slot_mapping: npt.NDArray[np.int32],
+    threads: int | None,
+) -> None:
+    """Quantise tokens into their blocks, one thread block per (run, head,
+    layer) (`quant_kernels`; runs as the CPU backend forms them)."""
+    _, block_size = pool_heads_and_block_size(pool, element)
+    runs = AppendRuns.of(slot_mapping, block_size)
+    head_dim = int(keys.shape[3])  # [L, N, H, D]
+    if not is_device_array(keys) and keys.dtype != np.float16:
+        keys, values = keys.astype(np.float32), values.astype(np.float32)
+    d_keys, d_values = to_device(keys), to_device(values)
+    d_runs = cuda.to_device(np.concatenate((runs.tokens, runs.blocks, runs.offsets)))
+    count = runs.count
+    target = pool if layer is None else pool[layer : layer + 1]
+    quant_kernels(element).quantize_runs[
+        (count, pool.shape[2], target.shape[0]),
+        threads or default_threads(),
+        0,
+        4 * QUANTIZE_SHARED_FLOATS_PER_CHANNEL * head_dim,
+    ](
+        target,
+        d_keys,
+        d_values,
+        d_runs[: count + 1],
+        d_runs[count + 1 : 2 * count + 1],
+        d_runs[2 * count + 1 :],
+    )
+
+
 def copy_blocks(
     pool: Any,
+    element: ElementType,
     src: npt.NDArray[np.int32],
     dst: npt.NDArray[np.int32],
     tokens: int | None,
@@ -120,14 +166,24 @@ def copy_blocks(
     pairs = int(src.shape[0])
     if pairs == 0:
         return
-    block_size = int(pool.shape[4])
-    count = block_size if tokens is None else tokens
     packed = np.concatenate([src, dst]).astype(np.int32)
     d_ids = cuda.to_device(packed)
-    kernel = copy_kernel()
-    kernel[(pairs, pool.shape[0]), threads or default_threads()](
-        pool, d_ids[:pairs], d_ids[pairs:], count
-    )
+    grid = (pairs, pool.shape[0]), threads or default_threads()
+    if element.quant is not None:
+        # A quantized block's key scales are spread over all its rows:
+        # copied whole.
+        swap_kernels().copy_whole[grid](_per_block(pool), d_ids[:pairs], d_ids[pairs:])
+        return
+    block_size = int(pool.shape[4])
+    count = block_size if tokens is None else tokens
+    copy_kernel()[grid](pool, d_ids[:pairs], d_ids[pairs:], count)
+
+
+def _per_block(array: Any) -> Any:
+    """A pool ``[L, blocks, ...]`` (or a staging buffer ``[blocks, L, ...]``)
+    as ``[.., .., elements of one block's layer]``: whole-block copies need
+    no layout."""
+    return array.reshape(array.shape[0], array.shape[1], -1)
 
 
 def swap_out(pool: Any, block_ids: Any, tier: npt.NDArray[Any], slots: Any) -> None:
@@ -137,9 +193,10 @@ def swap_out(pool: Any, block_ids: Any, tier: npt.NDArray[Any], slots: Any) -> N
     if count == 0:
         return
     staging = cuda.device_array((count, *tier.shape[1:]), dtype=pool.dtype)
-    kernel = swap_kernels()
-    kernel.gather[(count, pool.shape[0]), default_threads()](
-        pool, cuda.to_device(np.ascontiguousarray(block_ids, np.int32)), staging
+    swap_kernels().gather[(count, pool.shape[0]), default_threads()](
+        _per_block(pool),
+        cuda.to_device(np.ascontiguousarray(block_ids, np.int32)),
+        _per_block(staging),
     )
     tier[slots] = staging.copy_to_host()
 
@@ -150,9 +207,10 @@ def swap_in(pool: Any, tier: npt.NDArray[Any], slots: Any, block_ids: Any) -> No
     if count == 0:
         return
     staging = cuda.to_device(np.ascontiguousarray(tier[slots]))
-    kernel = swap_kernels()
-    kernel.scatter[(count, pool.shape[0]), default_threads()](
-        staging, pool, cuda.to_device(np.ascontiguousarray(block_ids, np.int32))
+    swap_kernels().scatter[(count, pool.shape[0]), default_threads()](
+        _per_block(staging),
+        _per_block(pool),
+        cuda.to_device(np.ascontiguousarray(block_ids, np.int32)),
     )
 
 
@@ -174,13 +232,15 @@ def gather(
     layer: int,
     table: BlockTable,
     max_len: int,
+    head_dim: int,
     as_float32: bool,
     *,
     threads: int | None = None,
 ) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
     """Host keys and values ``[batch, max_len, H, D]`` of one layer, zero past
-    each sequence's end; element type as `PagedKVCache.lookup_kv`."""
-    _, _, num_heads, _, _, head_dim = pool.shape
+    each sequence's end; element type as `PagedKVCache.lookup_kv` (a
+    quantized type decodes to float32, then to its lookup dtype)."""
+    num_heads = int(pool.shape[2])
     raw = element is F16 and not as_float32
     out_dtype = np.uint16 if raw else np.float32
     shape = (table.batch, max_len, num_heads, head_dim)
@@ -191,17 +251,29 @@ def gather(
         d_table, d_lens = metadata_to_device(table)
         out_k = cuda.device_array(shape, dtype=out_dtype)
         out_v = cuda.device_array(shape, dtype=out_dtype)
-        cache_kernels(element, raw).gather[
-            (max_len, table.batch), threads or default_threads()
-        ](kernel_view(pool, element, raw)[layer], d_table, d_lens, out_k, out_v)
+        kernel = (
+            quant_kernels(element).dequantize
+            if element.quant is not None
+            else cache_kernels(element, raw).gather
+        )
+        kernel[(max_len, table.batch), threads or default_threads()](
+            kernel_view(pool, element, raw)[layer], d_table, d_lens, out_k, out_v
+        )
         keys, values = out_k.copy_to_host(), out_v.copy_to_host()
     if raw:
         return keys.view(np.float16), values.view(np.float16)
-    return keys, values
+    out_dtype = element.out_dtype(as_float32)
+    return keys.astype(out_dtype, copy=False), values.astype(out_dtype, copy=False)
 
 
 # ---------------------------------------------------------------------------
 # Attention
+
+
+def pool_heads_and_block_size(pool: Any, element: ElementType) -> tuple[int, int]:
+    """(kv heads, block size) of a pool of `CacheGeometry.pool_shape`."""
+    block_axis = 3 if element.quant is not None else 4
+    return int(pool.shape[2]), int(pool.shape[block_axis])
 
 
 def sm_count() -> int:
@@ -297,8 +369,8 @@ def plan_attention(
     the heuristics (tests and the benchmark use them).  `block_mass` asks
     for each block's attention mass (`AttentionPlan.block_mass`): one split
     and one query tile per sequence."""
-    _, _, num_kv_heads, _, block_size, head_dim = pool.shape
-    batch, num_new, num_q_heads, _ = q_shape
+    num_kv_heads, block_size = pool_heads_and_block_size(pool, element)
+    batch, num_new, num_q_heads, head_dim = q_shape
     group = num_q_heads // num_kv_heads
     nthreads = threads or default_threads()
     decode = num_new == 1
