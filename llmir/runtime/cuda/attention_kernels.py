@@ -9,7 +9,8 @@ head in group) pairs: ``q_tile * G`` of them.  Decode is the case Tq == 1.
 
 Per KV block of the sequence (a tile of ``block_size`` tokens):
 
-1. stage the tile's keys (decoded to float32) in shared memory, rows padded
+1. stage the tile's keys (decoded to float32 by `block_loaders`: a quantized
+   block with its scales) in shared memory, rows padded
    by one element so the strided dot-product reads hit distinct banks;
 2. ``P`` threads per (row, token) pair each sum a strided part of q . k, then
    one thread per pair adds the parts (the simulator has no warp shuffles, so
