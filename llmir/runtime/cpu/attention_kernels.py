@@ -59,7 +59,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from llmir.runtime.cpu.codecs import bf16_bits_to_f32, f16_bits_to_f32
-from llmir.runtime.cpu.quant_kernels import load_key_meta
+from llmir.runtime.cpu.quant_kernels import decode_block_rows, load_key_meta
 from llmir.runtime.dtypes import F16_CODE, F32_CODE, I4, I4_CODE, I8_CODE
 from llmir.runtime.geometry import KEY, VALUE
 
@@ -94,7 +94,8 @@ def _block_as_f32_impl(stored: Any, scratch: Any, kind_code: Any, lo: Any, hi: A
         return use_in_place
 
     if stored.dtype == types.uint8:
-        # Quantized blocks are read as codes (`attend_codes`), never decoded.
+        # Quantized blocks are read as codes by one query row (`attend_codes`)
+        # and decoded into the scratch for several (`decode_codes`).
 
         def codes_stay(stored: Any, scratch: Any, kind_code: Any, lo: Any, hi: Any):
             return scratch
@@ -631,6 +632,49 @@ def _read_key_scales_impl(stored: Any, meta: Any, kind_code: Any, meta_row: Any)
     return read
 
 
+def decode_codes(
+    stored: Any, lo: int, hi: int, meta: Any, keys: Any, values: Any,
+    kind_code: int, meta_row: int,
+) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
+    """Slots ``lo:hi`` of a quantized block decoded into the float32
+    scratch `keys`/`values` (its key scales already in ``meta``); nothing
+    for float pools."""
+    raise NotImplementedError("decode_codes is only callable from @njit code")
+
+
+@overload(decode_codes, inline="always")
+def _decode_codes_impl(
+    stored: Any, lo: Any, hi: Any, meta: Any, keys: Any, values: Any,
+    kind_code: Any, meta_row: Any,
+):  # fmt: skip
+    if stored.dtype != types.uint8:
+
+        def nothing(
+            stored: Any, lo: Any, hi: Any, meta: Any, keys: Any, values: Any,
+            kind_code: Any, meta_row: Any,
+        ):  # fmt: skip
+            return None
+
+        return nothing
+
+    def decode(
+        stored: Any, lo: Any, hi: Any, meta: Any, keys: Any, values: Any,
+        kind_code: Any, meta_row: Any,
+    ):  # fmt: skip
+        if kind_code == I8_CODE:
+            decode_block_rows(
+                stored, lo, hi, meta[0], meta[1], keys, values, 8, keys.shape[1],
+                meta_row,
+            )  # fmt: skip
+        else:
+            decode_block_rows(
+                stored, lo, hi, meta[0], meta[1], keys, values, 4, _I4_GROUP,
+                meta_row,
+            )  # fmt: skip
+
+    return decode
+
+
 @njit(inline="always", cache=True)
 def _f16_pair(row: Any, at: Any) -> Any:
     return f16_bits_to_f32(
@@ -1057,8 +1101,18 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                     values = block_as_f32(
                         stored_values, value_scratch, kind_code, lo, hi
                     )
+                    decoded = quantized and rows > 1
                     if quantized:
                         read_key_scales(stored_keys, meta, kind_code, quant[0])
+                        if decoded:
+                            # Several rows share the block (GQA, prefill):
+                            # decode it once, then attend as over f32 (the
+                            # register tile of four rows measured no faster
+                            # here than row by row).
+                            decode_codes(
+                                stored_keys, lo, hi, meta, keys, values,
+                                kind_code, quant[0],
+                            )  # fmt: skip
                     for r in range(rows):
                         sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
                             lo, hi, first_pos + r // group - base, causal, window,
@@ -1069,7 +1123,7 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                         for part_lo, part_hi in ((sink_lo, sink_hi), (row_lo, row_hi)):
                             if part_lo >= part_hi:
                                 continue
-                            if quantized:
+                            if quantized and not decoded:
                                 attend_codes(
                                     q_rows, stored_keys, part_lo, part_hi, scores,
                                     row_max, row_sum, acc, r, soft_cap, meta,

@@ -412,3 +412,65 @@ def dequantize_slots(
                     np.float32(get_code(row, v_codes, c, bits, head_dim // 2)) * scale
                     + offset
                 )
+
+
+@njit(inline="always", cache=True)
+def decode_block_rows(
+    block: Any,  # uint8 [block_size, row_bytes]
+    lo: Any,
+    hi: Any,
+    key_scales: Any,  # f32 [D], from load_key_meta
+    key_offsets: Any,
+    keys_out: Any,  # f32 [block_size, D]
+    values_out: Any,
+    bits: Any,
+    group: Any,
+    meta_row: Any,
+) -> None:
+    """Rows ``lo:hi`` of a block decoded to float32 keys and values, as
+    `dequantize_slots` decodes them, in loops LLVM vectorizes (the attention
+    kernel decodes a block once for all the query rows that share it)."""
+    head_dim = keys_out.shape[1]
+    half = head_dim // 2
+    code_bytes = head_dim * bits // 8
+    v_codes = code_bytes + meta_row
+    v_meta = v_codes + code_bytes
+    symmetric = bits == 8
+    for t in range(lo, hi):
+        row = block[t]
+        keys = keys_out[t]
+        values = values_out[t]
+        if bits == 8:
+            codes = row[:head_dim]
+            for c in range(head_dim):
+                keys[c] = np.float32(codes[c]) * key_scales[c] + key_offsets[c]
+            scale, offset = value_group_meta(row, 0, v_meta, symmetric)
+            codes = row[v_codes : v_codes + head_dim]
+            for c in range(head_dim):
+                values[c] = np.float32(codes[c]) * scale + offset
+            continue
+        codes = row[:half]
+        low_keys = keys[:half]
+        high_keys = keys[half:]
+        low_scales = key_scales[:half]
+        high_scales = key_scales[half:]
+        low_offsets = key_offsets[:half]
+        high_offsets = key_offsets[half:]
+        for j in range(half):
+            byte = np.int32(codes[j])
+            low_keys[j] = np.float32(byte & 0x0F) * low_scales[j] + low_offsets[j]
+            high_keys[j] = np.float32(byte >> 4) * high_scales[j] + high_offsets[j]
+        half_groups = half // group
+        for g in range(half_groups):
+            low_scale, low_offset = value_group_meta(row, g, v_meta, symmetric)
+            high_scale, high_offset = value_group_meta(
+                row, g + half_groups, v_meta, symmetric
+            )
+            first = g * group
+            codes = row[v_codes + first : v_codes + first + group]
+            low_values = values[first : first + group]
+            high_values = values[half + first : half + first + group]
+            for j in range(group):
+                byte = np.int32(codes[j])
+                low_values[j] = np.float32(byte & 0x0F) * low_scale + low_offset
+                high_values[j] = np.float32(byte >> 4) * high_scale + high_offset
