@@ -45,8 +45,13 @@ from numba import types as nt  # noqa: E402
 cuda.is_available = lambda: True
 
 from llmir.runtime.cuda.attention_kernels import attention_kernels  # noqa: E402
-from llmir.runtime.cuda.cache_kernels import cache_kernels  # noqa: E402
-from llmir.runtime.dtypes import BF16, F16, F32  # noqa: E402
+from llmir.runtime.cuda.cache_kernels import (  # noqa: E402
+    cache_kernels,
+    copy_kernel,
+    swap_kernels,
+)
+from llmir.runtime.cuda.quant_kernels import quant_kernels  # noqa: E402
+from llmir.runtime.dtypes import BF16, F16, F32, I4, I8  # noqa: E402
 
 
 def array(dtype: Any, ndim: int) -> Any:
@@ -58,27 +63,58 @@ def main() -> int:
     print("numba.cuda:", getattr(cuda, "implementation", "?"), "cc", cc)
     failures = 0
     f32, i32 = nt.float32, nt.int32
-    for kind, kernel_dtype in ((F32, np.float32), (F16, np.float16), (BF16, np.uint16)):
+    idx1, idx2, long1 = array(np.int32, 1), array(np.int32, 2), array(np.int64, 1)
+    out4, out3 = array(np.float32, 4), array(np.float32, 3)
+    kinds = (
+        (F32, np.float32), (F16, np.float16), (BF16, np.uint16), (I8, np.uint8),
+        (I4, np.uint8),
+    )  # fmt: skip
+    for kind, kernel_dtype in kinds:
         jobs: list[tuple[str, Any, tuple[Any, ...]]] = []
-        for raw in (False, True):
-            ck = cache_kernels(kind, raw)
-            pool = kind.storage_dtype if raw else kernel_dtype
-            inp = np.uint16 if raw and kind.is_half else np.float32
-            idx1, idx2 = array(np.int32, 1), array(np.int32, 2)
-            jobs += [
-                (f"append_layer raw={raw}", ck.append_layer,
-                 (array(pool, 5), array(inp, 3), array(inp, 3), idx1)),
-                (f"append_all_layers raw={raw}", ck.append_all_layers,
-                 (array(pool, 6), array(inp, 4), array(inp, 4), idx1)),
-                (f"gather raw={raw}", ck.gather,
-                 (array(pool, 5), idx2, idx1, array(inp, 4), array(inp, 4))),
-            ]  # fmt: skip
+        if kind.quant is None:
+            for raw in (False, True):
+                ck = cache_kernels(kind, raw)
+                pool = kind.storage_dtype if raw else kernel_dtype
+                inp = np.uint16 if raw and kind.is_half else np.float32
+                jobs += [
+                    (f"append_layer raw={raw}", ck.append_layer,
+                     (array(pool, 5), array(inp, 3), array(inp, 3), idx1)),
+                    (f"append_all_layers raw={raw}", ck.append_all_layers,
+                     (array(pool, 6), array(inp, 4), array(inp, 4), idx1)),
+                    (f"gather raw={raw}", ck.gather,
+                     (array(pool, 5), idx2, idx1, array(inp, 4), array(inp, 4))),
+                ]  # fmt: skip
+            jobs.append(
+                ("copy_blocks", copy_kernel(),
+                 (array(kind.storage_dtype, 6), idx1, idx1, nt.int64))
+            )  # fmt: skip
+            layer_rank = 5
+        else:
+            qk = quant_kernels(kind)
+            for inp in (np.float32, np.float16):
+                jobs.append(
+                    (f"quantize_runs {np.dtype(inp).name}", qk.quantize_runs,
+                     (array(np.uint8, 5), array(inp, 4), array(inp, 4), long1,
+                      long1, long1))
+                )  # fmt: skip
+            jobs.append(
+                ("dequantize", qk.dequantize,
+                 (array(np.uint8, 4), idx2, idx1, out4, out4))
+            )  # fmt: skip
+            layer_rank = 4
+        flat = array(kind.storage_dtype, 3)
+        sk = swap_kernels()
+        jobs += [
+            ("swap gather", sk.gather, (flat, idx1, flat)),
+            ("swap scatter", sk.scatter, (flat, flat, idx1)),
+            ("copy_whole", sk.copy_whole, (flat, idx1, idx1)),
+        ]
         ak = attention_kernels(kind)
-        out4, out3 = array(np.float32, 4), array(np.float32, 3)
         jobs += [
             ("attention", ak.attention,
-             (out4, array(kernel_dtype, 5), array(np.int32, 2), array(np.int32, 1),
-              f32, i32, i32, i32, i32, i32, f32, out4, out4, out3, out3)),
+             (out4, array(kernel_dtype, layer_rank), idx2, idx1, f32, i32, i32, i32,
+              i32, i32, i32, f32, out4, out4, out3, out3, out3,
+              array(np.float32, 5))),
             ("merge_splits", ak.merge_splits, (out4, out3, out3, out4)),
         ]  # fmt: skip
         for name, kernel, sig in jobs:
