@@ -29,6 +29,11 @@ class DTypeError(LLMIRError, TypeError):
     """A tensor's element type is not one the cache or kernel accepts."""
 
 
+class NonFiniteError(LLMIRError, ValueError):
+    """Keys or values a cache cannot hold: an inf or a NaN given to a
+    quantized cache, whose block scales come from the values' range."""
+
+
 class SequenceError(LLMIRError, ValueError):
     """A sequence id is invalid in this call (e.g. repeated in one batch)."""
 

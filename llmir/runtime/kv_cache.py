@@ -72,6 +72,7 @@ from llmir.runtime.validation import (
     check_slots,
     check_token_ids,
     integer_array,
+    require_finite,
     validate_table_for,
 )
 
@@ -855,6 +856,11 @@ class PagedKVCache:
                 f"a {element.name} cache accepts keys of "
                 f"{', '.join(str(d) for d in accepted)}, got {k.dtype}"
             )
+        if element.quant is not None:
+            # Block scales come from the values' range: an inf or a NaN would
+            # spoil a whole block, so quantized caches take finite values.
+            for name, array in (("keys", k), ("values", v)):
+                require_finite(name, array, f"an {element.name} cache")
         return k, v
 
     def _check_lookup_out(self, out: Any, table: BlockTable, as_float32: bool) -> None:

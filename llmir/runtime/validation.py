@@ -24,6 +24,7 @@ from llmir.errors import (
     BlockTableError,
     ConfigError,
     DTypeError,
+    NonFiniteError,
     SequenceError,
     ShapeError,
 )
@@ -598,3 +599,19 @@ def check_slots(
                 "holds: write only into slots reserved by reserve_slots"
             )
     return np.ascontiguousarray(array)
+
+
+def require_finite(name: str, array: Any, holder: str) -> None:
+    """Refuse an inf or a NaN in a host array, naming the first.  Device
+    arrays are the caller's to keep finite (checking them would copy them to
+    the host)."""
+    if not isinstance(array, np.ndarray):
+        return
+    finite = np.isfinite(array)
+    if finite.all():
+        return
+    where = np.unravel_index(int(np.argmin(finite)), array.shape)
+    index = ", ".join(str(int(i)) for i in where)
+    raise NonFiniteError(
+        f"{name}[{index}] is {array[where]}: {holder} holds finite values only"
+    )

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llmir import PagedKVCache
-from llmir.errors import ConfigError, DTypeError
+from llmir.errors import ConfigError, DTypeError, NonFiniteError
 from llmir.runtime.dtypes import ELEMENT_TYPES, element_type
 from llmir.runtime.geometry import CacheGeometry
 from llmir.runtime.quantization import BlockLayout, key_meta, value_meta
@@ -305,3 +305,29 @@ def test_pruned_caches_attend_over_what_they_keep(kind: str) -> None:
             q, cache.kv_pool[0], cache.element_type, table, lens, **attention
         )
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", QUANTIZED)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_inputs_are_refused_before_anything_changes(
+    kind: str, dtype: type, bad: float
+) -> None:
+    """An inf would make its block's scale infinite and a NaN would be
+    stored as some other value: a quantized cache refuses both, naming the
+    first, and keeps what it held."""
+    cache = _cache(kind, layers=2)
+    rng = np.random.default_rng(6)
+    good = rng.standard_normal((2, 1, 5, 2, 64)).astype(dtype)
+    cache.append_kv_all_layers(good, good, [0])
+    before = (cache.snapshot(), cache.kv_pool.copy())
+    spoiled = good.copy()
+    spoiled[1, 0, 3, 1, 17] = bad
+    with pytest.raises(NonFiniteError, match=r"values\[1, 0, 3, 1, 17\] is"):
+        cache.append_kv_all_layers(good, spoiled, [0])
+    with pytest.raises(NonFiniteError, match=r"keys\[0, 3, 1, 17\] is"):
+        cache.append_kv(spoiled[1], good[1], [1], layer=1)
+    assert cache.snapshot() == before[0]
+    np.testing.assert_array_equal(cache.kv_pool, before[1])
+    cache.append_kv_all_layers(good, good, [0])  # finite inputs still go in
+    assert cache.seq_len(0) == 10
