@@ -48,6 +48,15 @@ from llmir.runtime.dtypes import ElementType
 KEY = 0
 VALUE = 1
 
+
+def layer_block_size_axis(quantized: bool) -> int:
+    """The axis holding the block size in one layer of a pool
+    (`CacheGeometry.pool_shape` without its layer axis): ``[blocks, H, 2,
+    B, D]``, or ``[blocks, H, B, row_bytes]`` for a quantized type.  Every
+    backend's kernels find it here."""
+    return 2 if quantized else 3
+
+
 PAD_BLOCK = -1
 """Block-table entry for 'no block' (padding past a sequence's end)."""
 

@@ -61,7 +61,7 @@ from numba.extending import intrinsic, overload
 from llmir.runtime.cpu.codecs import bf16_bits_to_f32, f16_bits_to_f32
 from llmir.runtime.cpu.quant_kernels import decode_block_rows, load_key_meta
 from llmir.runtime.dtypes import F16_CODE, F32_CODE, I4, I4_CODE, I8_CODE
-from llmir.runtime.geometry import KEY, VALUE
+from llmir.runtime.geometry import KEY, VALUE, layer_block_size_axis
 
 DEFAULT_PARTITION_SIZE = 512
 """Tokens per context partition when a long context is split (decode)."""
@@ -598,7 +598,7 @@ def pool_block_size(pool: Any) -> int:  # pragma: no cover - njit only
 
 @overload(pool_block_size, inline="always")
 def _pool_block_size_impl(pool: Any):
-    axis = 2 if pool.ndim == 4 else 3
+    axis = layer_block_size_axis(quantized=pool.ndim == 4)
 
     def size(pool: Any):
         return pool.shape[axis]

@@ -51,7 +51,7 @@ from llmir.runtime.cuda.codecs import codec
 from llmir.runtime.cuda.loader import cuda_module
 from llmir.runtime.cuda.quant_kernels import quant_kernels
 from llmir.runtime.dtypes import ElementType
-from llmir.runtime.geometry import KEY, VALUE
+from llmir.runtime.geometry import KEY, VALUE, layer_block_size_axis
 
 cuda = cuda_module()  # see cache_kernels.py: the simulator swaps this global
 
@@ -100,7 +100,7 @@ class AttentionKernels(NamedTuple):
 def attention_kernels(element: ElementType) -> AttentionKernels:
     """The attention kernels specialised to one element type."""
     load_key, load_value = block_loaders(element)
-    quantized = element.quant is not None
+    block_size_axis = layer_block_size_axis(element.quant is not None)
     from numba import float32
 
     @cuda.jit
@@ -149,9 +149,7 @@ def attention_kernels(element: ElementType) -> AttentionKernels:
         num_new = q.shape[1]
         num_q_heads = q.shape[2]
         head_dim = q.shape[3]
-        # A dense layer is [blocks, H, 2, B, D], a quantized one [blocks, H,
-        # B, row_bytes].
-        block_size = kv_layer.shape[2] if quantized else kv_layer.shape[3]
+        block_size = kv_layer.shape[block_size_axis]
         group = num_q_heads // kv_layer.shape[1]
         rows = q_tile * group
         padded = head_dim + 1

@@ -32,6 +32,7 @@ from llmir.runtime.cuda.quant_kernels import (
     quant_kernels,
 )
 from llmir.runtime.dtypes import F16, ElementType
+from llmir.runtime.geometry import layer_block_size_axis
 from llmir.runtime.quantization import AppendRuns
 from llmir.runtime.validation import AttentionOptions, BlockTable
 
@@ -272,7 +273,7 @@ def gather(
 
 def pool_heads_and_block_size(pool: Any, element: ElementType) -> tuple[int, int]:
     """(kv heads, block size) of a pool of `CacheGeometry.pool_shape`."""
-    block_axis = 3 if element.quant is not None else 4
+    block_axis = 1 + layer_block_size_axis(element.quant is not None)
     return int(pool.shape[2]), int(pool.shape[block_axis])
 
 

@@ -10,7 +10,7 @@ import pytest
 from llmir import PagedKVCache
 from llmir.errors import ConfigError, DTypeError, NonFiniteError
 from llmir.runtime.dtypes import ELEMENT_TYPES, element_type
-from llmir.runtime.geometry import CacheGeometry
+from llmir.runtime.geometry import CacheGeometry, layer_block_size_axis
 from llmir.runtime.quantization import BlockLayout, key_meta, value_meta
 from llmir.testing.reference import reference_paged_attention
 
@@ -331,3 +331,12 @@ def test_non_finite_inputs_are_refused_before_anything_changes(
     np.testing.assert_array_equal(cache.kv_pool, before[1])
     cache.append_kv_all_layers(good, good, [0])  # finite inputs still go in
     assert cache.seq_len(0) == 10
+
+
+@pytest.mark.parametrize("kind", sorted(ELEMENT_TYPES))
+def test_the_block_size_axis_is_where_the_pool_shape_puts_it(kind: str) -> None:
+    element = ELEMENT_TYPES[kind]
+    geometry = CacheGeometry(element, 2, 3, 64, 8, 64)
+    axis = 1 + layer_block_size_axis(element.quant is not None)
+    assert geometry.pool_shape(5)[axis] == 8
+    assert geometry.pool_shape(5)[1] == 5
