@@ -23,10 +23,12 @@ Measured choices (see the functions' docstrings):
 * a single query row (MHA decode) reads the pool directly, decoding f16/bf16
   elements on the fly, one key or value row at a time: each element is used
   once, and this was 1.3-1.8x faster for halves than decoding into scratch;
-* exactly four rows sharing their bounds over a half-precision pool (a GQA
-  group of four) also read the pool directly, through a register tile of
-  four rows by four tokens for the scores, the next block being prefetched
-  as the tile goes: 1.1-1.4x faster than the scratch path below;
+* rows in fours sharing their bounds over a half-precision pool (a GQA
+  group, or prefill queries that all see the whole block) also read the
+  pool directly, through the vector tiles of `llmir.runtime.cpu.simd`: the
+  scores four rows by two tokens, ``P V`` four rows by sixteen channels held
+  in registers across the block, so each element is loaded and converted
+  once per four rows; the next block is prefetched as the scores go;
 * otherwise, with several rows (GQA, prefill), half blocks are decoded once
   into float32 scratch (float32 blocks are used in place); the first row of
   a float32 group streams the block from memory as above, and the other
@@ -60,6 +62,7 @@ from numba.extending import intrinsic, overload
 
 from llmir.runtime.cpu.codecs import bf16_bits_to_f32, f16_bits_to_f32
 from llmir.runtime.cpu.quant_kernels import decode_block_rows, load_key_meta
+from llmir.runtime.cpu.simd import CHANNELS, ROWS, pv_tile, qk_tile
 from llmir.runtime.dtypes import F16_CODE, F32_CODE, I4, I4_CODE, I8_CODE
 from llmir.runtime.geometry import KEY, VALUE, layer_block_size_axis
 
@@ -384,7 +387,7 @@ def _attend_block_unrolled(
 
 
 @njit(fastmath=_REORDER_SUMS, error_model="numpy", cache=True)
-def _attend_block_tile(
+def _attend_block_group(
     q_rows: Any,
     keys: Any,
     values: Any,
@@ -401,93 +404,46 @@ def _attend_block_tile(
     kind_code: Any,
 ) -> None:
     """Fold slots ``lo:hi`` (non-empty) of one stored block (`kind_code`
-    elements, decoded on the fly) into the online-softmax states of the four
+    elements, converted on load) into the online-softmax states of the four
     query rows ``r:r+4``, which must share those bounds; `scores` is a
     ``[4, block_size]`` buffer.
 
-    For a GQA group of four over a half-precision pool.  The scores are a
-    register tile of four rows by four tokens, so each decoded key element
-    feeds four dot products (the scratch path stores every element decoded
-    and loads it back once per row); the weights are exponentiated in a loop
-    LLVM vectorizes; ``p * V`` goes row by row, four tokens per pass, the
-    block being in cache by then (a four-row ``p * V`` tile has too many
-    possibly aliased rows for LLVM to vectorize).  While a block is computed, the
-    next one (its run starting at element `next_run` of the flattened
-    `pool`; -1: none) is prefetched four tokens per pass, so its misses
-    overlap this block's arithmetic.
+    For GQA over a half-precision pool: the scores are `qk_tile`s of four
+    rows by two tokens and ``P V`` one `pv_tile` (`llmir.runtime.cpu.simd`),
+    so each element of the block is loaded and converted once per four rows.
+    While the scores are computed, the next block (its run starting at
+    element `next_run` of the flattened `pool`; -1: none) is prefetched two
+    tokens per tile, so its misses overlap this block's arithmetic (1.3-1.4x
+    faster than without, at blocks of 16 and 64).
     """
     head_dim = keys.shape[1]
     line = _CACHE_LINE_BYTES // pool.itemsize
     values_offset = pool.shape[3] * head_dim  # from a run's K to its V
     t = lo
-    while t + 4 <= hi:
+    while t < hi:
         if next_run >= 0:
             start = next_run + t * head_dim
-            for offset in range(start, start + 4 * head_dim, line):
+            for offset in range(start, start + 2 * head_dim, line):
                 _prefetch(pool, offset)  # pyright: ignore[reportCallIssue]
                 _prefetch(pool, offset + values_offset)  # pyright: ignore[reportCallIssue]
-        s00 = s01 = s02 = s03 = np.float32(0.0)
-        s10 = s11 = s12 = s13 = np.float32(0.0)
-        s20 = s21 = s22 = s23 = np.float32(0.0)
-        s30 = s31 = s32 = s33 = np.float32(0.0)
-        for d in range(head_dim):
-            q0 = q_rows[r, d]
-            q1 = q_rows[r + 1, d]
-            q2 = q_rows[r + 2, d]
-            q3 = q_rows[r + 3, d]
-            k0 = element_f32(keys, t, d, kind_code)
-            k1 = element_f32(keys, t + 1, d, kind_code)
-            k2 = element_f32(keys, t + 2, d, kind_code)
-            k3 = element_f32(keys, t + 3, d, kind_code)
-            s00 += q0 * k0
-            s01 += q0 * k1
-            s02 += q0 * k2
-            s03 += q0 * k3
-            s10 += q1 * k0
-            s11 += q1 * k1
-            s12 += q1 * k2
-            s13 += q1 * k3
-            s20 += q2 * k0
-            s21 += q2 * k1
-            s22 += q2 * k2
-            s23 += q2 * k3
-            s30 += q3 * k0
-            s31 += q3 * k1
-            s32 += q3 * k2
-            s33 += q3 * k3
-        scores[0, t] = s00
-        scores[0, t + 1] = s01
-        scores[0, t + 2] = s02
-        scores[0, t + 3] = s03
-        scores[1, t] = s10
-        scores[1, t + 1] = s11
-        scores[1, t + 2] = s12
-        scores[1, t + 3] = s13
-        scores[2, t] = s20
-        scores[2, t + 1] = s21
-        scores[2, t + 2] = s22
-        scores[2, t + 3] = s23
-        scores[3, t] = s30
-        scores[3, t + 1] = s31
-        scores[3, t + 2] = s32
-        scores[3, t + 3] = s33
-        t += 4
-    while t < hi:
-        s0 = s1 = s2 = s3 = np.float32(0.0)
-        for d in range(head_dim):
-            k = element_f32(keys, t, d, kind_code)
-            s0 += q_rows[r, d] * k
-            s1 += q_rows[r + 1, d] * k
-            s2 += q_rows[r + 2, d] * k
-            s3 += q_rows[r + 3, d] * k
-        scores[0, t] = s0
-        scores[1, t] = s1
-        scores[2, t] = s2
-        scores[3, t] = s3
-        t += 1
+        if t + 2 <= hi:
+            qk_tile(q_rows, r, keys, t, scores, kind_code)
+        else:  # an odd last slot
+            s0 = s1 = s2 = s3 = np.float32(0.0)
+            for d in range(head_dim):
+                k = element_f32(keys, t, d, kind_code)
+                s0 += q_rows[r, d] * k
+                s1 += q_rows[r + 1, d] * k
+                s2 += q_rows[r + 2, d] * k
+                s3 += q_rows[r + 3, d] * k
+            scores[0, t] = s0
+            scores[1, t] = s1
+            scores[2, t] = s2
+            scores[3, t] = s3
+        t += 2
 
-    # Scores become weights in place: one rescale per row, then a loop over
-    # the tokens that LLVM vectorizes, exp included.
+    # Scores become weights in place: one rescale per row, then the
+    # exponentials of the row.
     for i in range(4):
         block_max = _soft_cap_and_max(scores[i], lo, hi, soft_cap)
         new_max = _rescale_state(row_max, row_sum, acc, r + i, block_max)
@@ -497,27 +453,7 @@ def _attend_block_tile(
             scores[i, t] = p
             block_sum += p
         row_sum[r + i] += block_sum
-
-    for i in range(4):
-        t = lo
-        while t + 4 <= hi:
-            p0 = scores[i, t]
-            p1 = scores[i, t + 1]
-            p2 = scores[i, t + 2]
-            p3 = scores[i, t + 3]
-            for d in range(head_dim):
-                acc[r + i, d] += (
-                    p0 * element_f32(values, t, d, kind_code)
-                    + p1 * element_f32(values, t + 1, d, kind_code)
-                    + p2 * element_f32(values, t + 2, d, kind_code)
-                    + p3 * element_f32(values, t + 3, d, kind_code)
-                )
-            t += 4
-        while t < hi:
-            p = scores[i, t]
-            for d in range(head_dim):
-                acc[r + i, d] += p * element_f32(values, t, d, kind_code)
-            t += 1
+    pv_tile(scores, values, lo, hi, acc, r, kind_code)
 
 
 @njit(inline="always", cache=True)
@@ -1067,35 +1003,43 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                                 scores, row_max, row_sum, acc, 0, soft_cap, kind_code,
                             )  # fmt: skip
                         continue
-                    if kind_code != F32_CODE and not quantized and rows == 4:
-                        # Four half-precision rows: one register tile reading the
-                        # pool, if they share their bounds (a GQA group of four
-                        # does; prefill rows of different queries may not).  Rows
-                        # are in query order, so the first and last suffice.
+                    if (
+                        kind_code != F32_CODE
+                        and not quantized
+                        and rows % ROWS == 0
+                        and head_dim % CHANNELS == 0
+                    ):
+                        # Half-precision rows in fours, reading the pool through
+                        # vector tiles, if all rows share their bounds (a GQA
+                        # group does; prefill rows of different queries may not).
+                        # Rows are in query order, so the first and last suffice.
                         sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
                             lo, hi, first_pos - base, causal, window, sinks - base
                         )
                         _, last_sink_hi, last_lo, last_hi = _row_bounds(
-                            lo, hi, first_pos + 3 // group - base, causal, window,
-                            sinks - base,
+                            lo, hi, first_pos + (rows - 1) // group - base, causal,
+                            window, sinks - base,
                         )  # fmt: skip
                         if (
                             row_lo == last_lo
                             and row_hi == last_hi
                             and sink_hi == last_sink_hi
                         ):
-                            if sink_lo < sink_hi:
-                                _attend_block_tile(
-                                    q_rows, stored_keys, stored_values, sink_lo,
-                                    sink_hi, tile_scores, row_max, row_sum, acc, 0,
-                                    soft_cap, layer_pool, next_run, kind_code,
-                                )  # fmt: skip
-                            if row_lo < row_hi:
-                                _attend_block_tile(
-                                    q_rows, stored_keys, stored_values, row_lo, row_hi,
-                                    tile_scores, row_max, row_sum, acc, 0, soft_cap,
-                                    layer_pool, next_run, kind_code,
-                                )  # fmt: skip
+                            for r in range(0, rows, ROWS):
+                                # The first four rows prefetch the next block.
+                                ahead = next_run if r == 0 else -1
+                                if sink_lo < sink_hi:
+                                    _attend_block_group(
+                                        q_rows, stored_keys, stored_values, sink_lo,
+                                        sink_hi, tile_scores, row_max, row_sum, acc,
+                                        r, soft_cap, layer_pool, ahead, kind_code,
+                                    )  # fmt: skip
+                                if row_lo < row_hi:
+                                    _attend_block_group(
+                                        q_rows, stored_keys, stored_values, row_lo,
+                                        row_hi, tile_scores, row_max, row_sum, acc,
+                                        r, soft_cap, layer_pool, ahead, kind_code,
+                                    )  # fmt: skip
                             continue
                     keys = block_as_f32(stored_keys, key_scratch, kind_code, lo, hi)
                     values = block_as_f32(

@@ -1,10 +1,11 @@
-"""The four-row register tile of the half-precision kernels against the
-float64 reference.
+"""The four-row vector tiles of the half-precision kernels
+(`llmir.runtime.cpu.simd`) against the float64 reference.
 
-The tile serves items of exactly four query rows whose bounds agree: a GQA
-group of four in decode, and in prefill four queries of one kv head (group 1,
-q_tile 4) or two queries of a group of two (q_tile 2) away from the causal
-diagonal and the window edge.  The cases below put such items next to ones
+The tiles serve items whose query rows come in fours and share their bounds:
+a GQA group of four or eight in decode, and in prefill four queries of one
+kv head (group 1, q_tile 4) or two queries of a group of two (q_tile 2) away
+from the causal diagonal and the window edge.  Head dimensions that are not
+a multiple of the tile's sixteen channels take the scratch path instead.  The cases below put such items next to ones
 whose rows' bounds differ (and so go row by row), with lengths that do and do
 not fill the last block, windows, soft cap, context partitions and empty
 sequences.
@@ -16,8 +17,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+from numba import njit
 
 from llmir.runtime.cpu.attention_kernels import run_paged_attention
+from llmir.runtime.cpu.simd import pv_tile, qk_tile
 from llmir.runtime.dtypes import element_type
 from llmir.testing.reference import build_paged_pool, reference_paged_attention
 
@@ -33,11 +36,11 @@ def attend(
     q_heads: int,
     num_heads: int,
     block_size: int,
+    head_dim: int = 32,
     **options: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(kernel output, float64 reference) for random K/V/queries."""
     kind = element_type(kind_name)
-    head_dim = 32
     keys = [rng.standard_normal((n, num_heads, head_dim)) for n in lens]
     values = [rng.standard_normal((n, num_heads, head_dim)) for n in lens]
     pool = build_paged_pool(keys, values, block_size, kind, rng)
@@ -89,6 +92,50 @@ def test_group_of_four_decode(kind_name: str, block_size: int, options: Any):
     out, expected = attend(rng, kind_name, lens, 1, 8, 2, block_size, **options)
     np.testing.assert_allclose(out, expected, rtol=HALF_TOL, atol=HALF_TOL)
     assert not out[0].any()  # the empty sequence gives zeros
+
+
+@pytest.mark.parametrize("kind_name", ["f16", "bf16"])
+@pytest.mark.parametrize(("q_heads", "head_dim"), [(16, 48), (16, 128), (8, 40)])
+def test_groups_of_eight_and_odd_head_dims(kind_name: str, q_heads: int, head_dim: int):
+    # 16/2: two tiles of four rows per block; D = 40 is no multiple of the
+    # tile's sixteen channels and goes through the scratch path.
+    rng = np.random.default_rng(head_dim)
+    out, expected = attend(
+        rng, kind_name, [3, 33, 64], 1, q_heads, 2, 8, head_dim=head_dim,
+        sliding_window=20,
+    )  # fmt: skip
+    np.testing.assert_allclose(out, expected, rtol=HALF_TOL, atol=HALF_TOL)
+
+
+@pytest.mark.parametrize("kind_name", ["f32", "f16", "bf16"])
+def test_tiles_against_float64(kind_name: str):
+    # The tiles alone: exact products of stored values, summed in float32.
+    rng = np.random.default_rng(7)
+    kind = element_type(kind_name)
+    head_dim, slots = 48, 6
+    stored_keys = kind.encode(rng.standard_normal((slots, head_dim), dtype=np.float32))
+    stored_values = kind.encode(rng.standard_normal((slots, head_dim), dtype=np.float32))
+    keys = kind.decode(stored_keys).astype(np.float64)
+    values = kind.decode(stored_values).astype(np.float64)
+    q_rows = rng.standard_normal((6, head_dim), dtype=np.float32)
+    weights = rng.random((4, slots), dtype=np.float32)
+    acc = rng.standard_normal((6, head_dim), dtype=np.float32)
+    scores = np.full((4, slots), np.nan, np.float32)
+    expected_acc = acc.astype(np.float64)
+    expected_acc[1:5] += weights[:, 1:5].astype(np.float64) @ values[1:5]
+    tiles(q_rows, stored_keys, stored_values, weights, scores, acc, kind.code)
+    expected_scores = q_rows[1:5].astype(np.float64) @ keys[2:4].T
+    np.testing.assert_allclose(scores[:, 2:4], expected_scores, rtol=1e-5, atol=1e-5)
+    assert np.isnan(scores[:, [0, 1, 4, 5]]).all()  # nothing else written
+    np.testing.assert_allclose(acc, expected_acc, rtol=1e-5, atol=1e-5)
+
+
+@njit(cache=True)
+def tiles(
+    q_rows: Any, keys: Any, values: Any, weights: Any, scores: Any, acc: Any, kind: Any
+) -> None:
+    qk_tile(q_rows, 1, keys, 2, scores, kind)
+    pv_tile(weights, values, 1, 5, acc, 1, kind)
 
 
 @pytest.mark.parametrize("kind_name", ["f16", "bf16", "f32"])

@@ -51,7 +51,7 @@ def kernel(
     "q_heads, tq, window, sinks, partition",
     [
         (2, 1, 7, 3, None),  # MHA decode: the direct-from-pool path
-        (8, 1, 12, 5, None),  # GQA 4: the register tile for halves
+        (8, 1, 12, 5, None),  # GQA 4: the vector tiles for halves
         (8, 5, 9, 4, None),  # prefill rows with different windows
         (4, 3, 16, 20, None),  # sinks reaching into the window
         (2, 1, 10, 2, 16),  # a context split in partitions
