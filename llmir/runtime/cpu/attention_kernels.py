@@ -23,12 +23,14 @@ Measured choices (see the functions' docstrings):
 * a single query row (MHA decode) reads the pool directly, decoding f16/bf16
   elements on the fly, one key or value row at a time: each element is used
   once, and this was 1.3-1.8x faster for halves than decoding into scratch;
-* rows in fours sharing their bounds over a half-precision pool (a GQA
-  group, or prefill queries that all see the whole block) also read the
-  pool directly, through the vector tiles of `llmir.runtime.cpu.simd`: the
-  scores four rows by two tokens, ``P V`` four rows by sixteen channels held
-  in registers across the block, so each element is loaded and converted
-  once per four rows; the next block is prefetched as the scores go;
+* rows in fours sharing their bounds (a GQA group, or prefill queries that
+  all see the whole block) go through the vector tiles of
+  `llmir.runtime.cpu.simd`: the scores four rows by two tokens, ``P V``
+  four rows by sixteen channels held in registers across the block.  A
+  group of four reads the pool directly, converting each element once; more
+  rows convert a half block once into scratch first.  The next block is
+  prefetched as the scores go.  GQA decode 1.3-2x faster for halves and
+  1.1-1.4x for float32 than the paths below;
 * otherwise, with several rows (GQA, prefill), half blocks are decoded once
   into float32 scratch (float32 blocks are used in place); the first row of
   a float32 group streams the block from memory as above, and the other
@@ -68,6 +70,7 @@ from llmir.runtime.geometry import KEY, VALUE, layer_block_size_axis
 
 DEFAULT_PARTITION_SIZE = 512
 """Tokens per context partition when a long context is split (decode)."""
+
 
 DEFAULT_Q_TILE = 16
 """Queries per work item in prefill: enough rows to reuse each decoded block,
@@ -222,13 +225,18 @@ def _exp_nonpositive(x: Any) -> Any:
 
 @njit(inline="always", fastmath=_REORDER_SUMS, cache=True)
 def _soft_cap_and_max(scores: Any, lo: Any, hi: Any, soft_cap: Any) -> Any:
-    """Apply the soft cap (if any) to ``scores[lo:hi]``; return their max."""
+    """Apply the soft cap (if any) to ``scores[lo:hi]``; return their max.
+
+    Slots are indexed unsigned: a signed index from `lo` may be negative as
+    far as LLVM knows, and the wraparound select it then needs keeps these
+    loops from vectorizing."""
     if soft_cap > 0:
         for t in range(lo, hi):
-            scores[t] = soft_cap * np.float32(math.tanh(scores[t] / soft_cap))
+            u = np.uintp(t)
+            scores[u] = soft_cap * np.float32(math.tanh(scores[u] / soft_cap))
     block_max = scores[lo]
     for t in range(lo + 1, hi):
-        block_max = max(block_max, scores[t])
+        block_max = max(block_max, scores[np.uintp(t)])
     return block_max
 
 
@@ -301,6 +309,25 @@ def _rescale_state(row_max: Any, row_sum: Any, acc: Any, r: Any, block_max: Any)
         for d in range(acc.shape[1]):
             acc[r, d] *= correction
     return new_max
+
+
+@njit(inline="always", fastmath=_REORDER_SUMS, cache=True)
+def _block_weights(
+    scores: Any, lo: Any, hi: Any, soft_cap: Any, row_max: Any, row_sum: Any,
+    acc: Any, r: Any,
+) -> None:  # fmt: skip
+    """Turn the logits ``scores[lo:hi]`` of row `r` into its softmax weights
+    in place, folding the block into the row's running max and sum (the
+    exponentials vectorize: unsigned slots, as in `_soft_cap_and_max`)."""
+    block_max = _soft_cap_and_max(scores, lo, hi, soft_cap)
+    new_max = _rescale_state(row_max, row_sum, acc, r, block_max)
+    block_sum = np.float32(0.0)
+    for t in range(lo, hi):
+        u = np.uintp(t)
+        p = _exp_nonpositive(scores[u] - new_max)
+        scores[u] = p
+        block_sum += p
+    row_sum[r] += block_sum
 
 
 @njit(fastmath=_REORDER_SUMS, error_model="numpy", cache=True)
@@ -386,6 +413,22 @@ def _attend_block_unrolled(
     row_sum[r] += block_sum
 
 
+@njit(inline="always", cache=True)
+def _prefetch_slots(
+    pool: Any, next_run: Any, t: Any, count: Any, head_dim: Any
+) -> None:
+    """Prefetch slots ``t:t+count`` of the K and V of the block whose run
+    starts at element `next_run` of the flattened `pool` (-1: none)."""
+    if next_run < 0:
+        return
+    line = _CACHE_LINE_BYTES // pool.itemsize
+    values_offset = pool.shape[3] * head_dim  # from a run's K to its V
+    start = next_run + t * head_dim
+    for offset in range(start, start + count * head_dim, line):
+        _prefetch(pool, offset)  # pyright: ignore[reportCallIssue]
+        _prefetch(pool, offset + values_offset)  # pyright: ignore[reportCallIssue]
+
+
 @njit(fastmath=_REORDER_SUMS, error_model="numpy", cache=True)
 def _attend_block_group(
     q_rows: Any,
@@ -403,29 +446,23 @@ def _attend_block_group(
     next_run: Any,
     kind_code: Any,
 ) -> None:
-    """Fold slots ``lo:hi`` (non-empty) of one stored block (`kind_code`
-    elements, converted on load) into the online-softmax states of the four
-    query rows ``r:r+4``, which must share those bounds; `scores` is a
-    ``[4, block_size]`` buffer.
+    """Fold slots ``lo:hi`` (non-empty) of one block (`kind_code` elements,
+    converted on load) into the online-softmax states of the four query rows
+    ``r:r+4``, which must share those bounds; `scores` is a ``[4,
+    block_size]`` buffer.
 
-    For GQA over a half-precision pool: the scores are `qk_tile`s of four
-    rows by two tokens and ``P V`` one `pv_tile` (`llmir.runtime.cpu.simd`),
-    so each element of the block is loaded and converted once per four rows.
-    While the scores are computed, the next block (its run starting at
-    element `next_run` of the flattened `pool`; -1: none) is prefetched two
-    tokens per tile, so its misses overlap this block's arithmetic (1.3-1.4x
-    faster than without, at blocks of 16 and 64).
+    The scores are `qk_tile`s of four rows by two tokens and ``P V`` one
+    `pv_tile` (`llmir.runtime.cpu.simd`), so each element of the block is
+    loaded and converted once per four rows.  While the scores are computed,
+    the next block (its run starting at element `next_run` of the flattened
+    `pool`; -1: none) is prefetched two tokens per tile, so its misses
+    overlap this block's arithmetic (1.3-1.4x faster than without in a
+    microbenchmark, at blocks of 16 and 64).
     """
     head_dim = keys.shape[1]
-    line = _CACHE_LINE_BYTES // pool.itemsize
-    values_offset = pool.shape[3] * head_dim  # from a run's K to its V
     t = lo
     while t < hi:
-        if next_run >= 0:
-            start = next_run + t * head_dim
-            for offset in range(start, start + 2 * head_dim, line):
-                _prefetch(pool, offset)  # pyright: ignore[reportCallIssue]
-                _prefetch(pool, offset + values_offset)  # pyright: ignore[reportCallIssue]
+        _prefetch_slots(pool, next_run, t, 2, head_dim)
         if t + 2 <= hi:
             qk_tile(q_rows, r, keys, t, scores, kind_code)
         else:  # an odd last slot
@@ -442,18 +479,32 @@ def _attend_block_group(
             scores[3, t] = s3
         t += 2
 
-    # Scores become weights in place: one rescale per row, then the
-    # exponentials of the row.
-    for i in range(4):
-        block_max = _soft_cap_and_max(scores[i], lo, hi, soft_cap)
-        new_max = _rescale_state(row_max, row_sum, acc, r + i, block_max)
-        block_sum = np.float32(0.0)
-        for t in range(lo, hi):
-            p = _exp_nonpositive(scores[i, t] - new_max)
-            scores[i, t] = p
-            block_sum += p
-        row_sum[r + i] += block_sum
+    for i in range(ROWS):
+        _block_weights(scores[i], lo, hi, soft_cap, row_max, row_sum, acc, r + i)
     pv_tile(scores, values, lo, hi, acc, r, kind_code)
+
+
+@njit(inline="always", cache=True)
+def _attend_tiles(
+    q_rows: Any, keys: Any, values: Any, sink_lo: Any, sink_hi: Any, row_lo: Any,
+    row_hi: Any, scores: Any, row_max: Any, row_sum: Any, acc: Any, rows: Any,
+    soft_cap: Any, pool: Any, next_run: Any, kind_code: Any,
+) -> None:  # fmt: skip
+    """`_attend_block_group` for every four of the `rows`, over the sinks
+    and then the window of a block (the bounds every row shares); the first
+    four rows prefetch the next block."""
+    for r in range(0, rows, ROWS):
+        ahead = next_run if r == 0 else -1
+        if sink_lo < sink_hi:
+            _attend_block_group(
+                q_rows, keys, values, sink_lo, sink_hi, scores, row_max, row_sum,
+                acc, r, soft_cap, pool, ahead, kind_code,
+            )  # fmt: skip
+        if row_lo < row_hi:
+            _attend_block_group(
+                q_rows, keys, values, row_lo, row_hi, scores, row_max, row_sum,
+                acc, r, soft_cap, pool, ahead, kind_code,
+            )  # fmt: skip
 
 
 @njit(inline="always", cache=True)
@@ -1003,16 +1054,11 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                                 scores, row_max, row_sum, acc, 0, soft_cap, kind_code,
                             )  # fmt: skip
                         continue
-                    if (
-                        kind_code != F32_CODE
-                        and not quantized
-                        and rows % ROWS == 0
-                        and head_dim % CHANNELS == 0
-                    ):
-                        # Half-precision rows in fours, reading the pool through
-                        # vector tiles, if all rows share their bounds (a GQA
-                        # group does; prefill rows of different queries may not).
-                        # Rows are in query order, so the first and last suffice.
+                    if not quantized and rows % ROWS == 0 and head_dim % CHANNELS == 0:
+                        # Rows in fours through the vector tiles, if all rows
+                        # share their bounds (a GQA group does; prefill rows of
+                        # different queries may not).  Rows are in query order,
+                        # so the first and last suffice.
                         sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
                             lo, hi, first_pos - base, causal, window, sinks - base
                         )
@@ -1025,21 +1071,26 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                             and row_hi == last_hi
                             and sink_hi == last_sink_hi
                         ):
-                            for r in range(0, rows, ROWS):
-                                # The first four rows prefetch the next block.
-                                ahead = next_run if r == 0 else -1
-                                if sink_lo < sink_hi:
-                                    _attend_block_group(
-                                        q_rows, stored_keys, stored_values, sink_lo,
-                                        sink_hi, tile_scores, row_max, row_sum, acc,
-                                        r, soft_cap, layer_pool, ahead, kind_code,
-                                    )  # fmt: skip
-                                if row_lo < row_hi:
-                                    _attend_block_group(
-                                        q_rows, stored_keys, stored_values, row_lo,
-                                        row_hi, tile_scores, row_max, row_sum, acc,
-                                        r, soft_cap, layer_pool, ahead, kind_code,
-                                    )  # fmt: skip
+                            if kind_code != F32_CODE and rows > ROWS:
+                                # Several tiles read the block: convert it once.
+                                keys = block_as_f32(
+                                    stored_keys, key_scratch, kind_code, lo, hi
+                                )
+                                values = block_as_f32(
+                                    stored_values, value_scratch, kind_code, lo, hi
+                                )
+                                _attend_tiles(
+                                    q_rows, keys, values, sink_lo, sink_hi, row_lo,
+                                    row_hi, tile_scores, row_max, row_sum, acc, rows,
+                                    soft_cap, layer_pool, next_run, F32_CODE,
+                                )  # fmt: skip
+                            else:
+                                _attend_tiles(
+                                    q_rows, stored_keys, stored_values, sink_lo,
+                                    sink_hi, row_lo, row_hi, tile_scores, row_max,
+                                    row_sum, acc, rows, soft_cap, layer_pool,
+                                    next_run, kind_code,
+                                )  # fmt: skip
                             continue
                     keys = block_as_f32(stored_keys, key_scratch, kind_code, lo, hi)
                     values = block_as_f32(

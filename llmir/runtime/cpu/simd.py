@@ -1,31 +1,35 @@
 """Vector micro-kernels of GQA attention, written as LLVM IR.
 
-A GQA group of four query rows shares every K/V block it reads, so its
-work is two small matrix products per block: ``S = Q K^T`` ([4, D] by
-[D, tokens]) and ``acc += P V`` ([4, tokens] by [tokens, D]).  LLVM's
-loop vectorizer does not find a good schedule for either from Numba
-code: it cannot prove four accumulator rows apart, so the ``P V`` product
-is done row by row and converts each half-precision element of V four
-times; and the dot products of ``Q K^T`` end in one horizontal sum each.
-Here both are spelled out over ``<8 x float>`` vectors (one AVX2
-register), so that
+A GQA group of four query rows shares every K/V block it reads, so its work
+per block is two small matrix products: ``S = Q K^T`` ([4, D] by [D,
+tokens]) and ``acc += P V`` ([4, tokens] by [tokens, D]).  LLVM's loop
+vectorizer does not find a good schedule for either from Numba code: it
+cannot prove the accumulator rows apart, so ``P V`` goes row by row,
+converting each half-precision element of V once per row; and every dot
+product of ``Q K^T`` ends in its own horizontal sum.  Here both are spelled
+out over ``<8 x float>`` vectors (one AVX2 register):
 
-* ``Q K^T`` keeps a tile of four rows by two tokens in eight vector
-  accumulators over the channels, and reduces the eight of them into one
-  vector of sums with one shuffle tree (7 adds instead of 8 x 3);
-* ``P V`` keeps four rows by sixteen channels of the accumulator in eight
-  vector registers across every token of the block, so that each element
-  of V is loaded and converted once per group and the accumulator is read
-  and written once per block instead of once per four tokens.
+* `qk_tile` keeps the dot products of four rows by two keys in eight vector
+  accumulators over the channels and reduces all eight into one vector of
+  sums with one shuffle tree (7 adds instead of 8 x 3);
+* `pv_tile` keeps four rows by 16 channels of the accumulator in eight
+  vector registers across every token of the block, so each element of V
+  is loaded and converted once per four rows, and the accumulator is read
+  and written once per block.
+
+(Single-row tiles for MHA decode, one row by eight keys and by 32 channels,
+measured slower than the streaming loop of the kernel: a single row is
+bound by memory, not arithmetic, and reads best as one sequential stream.)
 
 The stored elements are float32, or IEEE half / bfloat16 bit patterns
 (uint16) converted on load: ``fpext`` from ``half`` (``vcvtph2ps`` with
 F16C) or a 16-bit shift.  Multiply-adds are ``llvm.fmuladd``: fused where
-the CPU has FMA, a multiply and an add elsewhere.
+the CPU has FMA, a multiply and an add elsewhere.  Sums are reordered
+relative to a sequential loop, as the kernels' ``reassoc`` flag allows.
 
-Preconditions, checked by the caller: rows of every array are contiguous,
-the head dimension is a multiple of `CHANNELS`, and the four rows ``r:r+4``
-exist.
+Preconditions, checked by the callers: rows of every array are contiguous,
+the head dimension is a multiple of `CHANNELS`, and the rows and keys a
+tile names exist.
 """
 
 from __future__ import annotations
@@ -171,99 +175,181 @@ def _vector_slots(builder: Any, count: int) -> list[Any]:
     return [cgutils.alloca_once(builder, _VEC) for _ in range(count)]
 
 
-@intrinsic
-def _qk_tile(
-    typingctx: Any, q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, element: Any
-) -> Any:
-    """``scores[i, t + j] = q_rows[r + i] . keys[t + j]`` for i < 4, j < 2."""
-    stored = _element_format(element, _storage(keys))
-    if _storage(q_rows) != "f32" or _storage(scores) != "f32":
-        raise TypingError("q_rows and scores must be float32")
-    sig = types.void(q_rows, r, keys, t, scores, element)
+def _qk_intrinsic(rows: int, tokens: int) -> Any:
+    """The ``Q K^T`` tile of `rows` query rows by `tokens` keys (8 vector
+    accumulators): ``scores[i, t + j] = q_rows[r + i] . keys[t + j]``."""
+    assert rows * tokens == LANES  # one vector of sums
 
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        q_type, r_type, k_type, t_type, s_type, _ = signature.args
-        q = _Rows(context, builder, q_type, args[0])
-        k = _Rows(context, builder, k_type, args[2])
-        s = _Rows(context, builder, s_type, args[4])
-        row = context.cast(builder, args[1], r_type, types.intp)
-        token = context.cast(builder, args[3], t_type, types.intp)
-        tokens = [token, builder.add(token, k.index(1))]
-        # accumulators[2 i + j]: row i, token j
-        accumulators = _vector_slots(builder, 2 * ROWS)
-        for slot in accumulators:
-            builder.store(ir.Constant(_VEC, [0.0] * LANES), slot)
-        loop = cgutils.for_range_slice(builder, k.index(0), k.columns, k.index(LANES))
-        with loop as (d, _):
-            key_vectors = [_load_vector(builder, k, tk, d, stored) for tk in tokens]
-            for i in range(ROWS):
-                q_i = _load_vector(builder, q, builder.add(row, q.index(i)), d, "f32")
-                for j, k_j in enumerate(key_vectors):
-                    _accumulate(builder, accumulators[2 * i + j], q_i, k_j)
-        sums = _sum_eight(builder, [builder.load(slot) for slot in accumulators])
-        for i in range(ROWS):
-            for j, tk in enumerate(tokens):
-                lane = builder.extract_element(sums, ir.Constant(_I32, 2 * i + j))
-                builder.store(lane, s.address(s.index(i), tk))
-        return context.get_dummy_value()
+    @intrinsic
+    def qk(
+        typingctx: Any,
+        q_rows: Any,
+        r: Any,
+        keys: Any,
+        t: Any,
+        scores: Any,
+        element: Any,
+    ) -> Any:
+        stored = _element_format(element, _storage(keys))
+        if _storage(q_rows) != "f32" or _storage(scores) != "f32":
+            raise TypingError("q_rows and scores must be float32")
+        sig = types.void(q_rows, r, keys, t, scores, element)
 
-    return sig, codegen
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            q_type, r_type, k_type, t_type, s_type, _ = signature.args
+            q = _Rows(context, builder, q_type, args[0])
+            k = _Rows(context, builder, k_type, args[2])
+            s = _Rows(context, builder, s_type, args[4])
+            row = context.cast(builder, args[1], r_type, types.intp)
+            token = context.cast(builder, args[3], t_type, types.intp)
+            slots = [builder.add(token, k.index(j)) for j in range(tokens)]
+            # accumulators[tokens * i + j]: row i, token j
+            accumulators = _vector_slots(builder, LANES)
+            for slot in accumulators:
+                builder.store(ir.Constant(_VEC, [0.0] * LANES), slot)
+            loop = cgutils.for_range_slice(
+                builder, k.index(0), k.columns, k.index(LANES)
+            )
+            with loop as (d, _):
+                key_vectors = [_load_vector(builder, k, tk, d, stored) for tk in slots]
+                for i in range(rows):
+                    q_row = builder.add(row, q.index(i))
+                    q_i = _load_vector(builder, q, q_row, d, "f32")
+                    for j, k_j in enumerate(key_vectors):
+                        _accumulate(builder, accumulators[tokens * i + j], q_i, k_j)
+            sums = _sum_eight(builder, [builder.load(slot) for slot in accumulators])
+            for i in range(rows):
+                for j, tk in enumerate(slots):
+                    lane = ir.Constant(_I32, tokens * i + j)
+                    address = s.address(s.index(i), tk)
+                    builder.store(builder.extract_element(sums, lane), address)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return qk
 
 
-@intrinsic
-def _pv_tile(
-    typingctx: Any,
-    weights: Any,
-    values: Any,
-    lo: Any,
-    hi: Any,
-    acc: Any,
-    r: Any,
-    element: Any,
-) -> Any:
-    """``acc[r + i] += weights[i, lo:hi] @ values[lo:hi]`` for i < 4."""
-    stored = _element_format(element, _storage(values))
-    if _storage(weights) != "f32" or _storage(acc) != "f32":
-        raise TypingError("weights and acc must be float32")
-    sig = types.void(weights, values, lo, hi, acc, r, element)
+def _pv_intrinsic(rows: int, vectors: int) -> Any:
+    """The ``P V`` tile of `rows` accumulator rows by ``vectors * 8``
+    channels, held in registers across tokens ``lo:hi``:
+    ``acc[r + i] += weights[i, lo:hi] @ values[lo:hi]``."""
 
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        w_type, v_type, lo_type, hi_type, acc_type, r_type, _ = signature.args
-        w = _Rows(context, builder, w_type, args[0])
-        v = _Rows(context, builder, v_type, args[1])
-        out = _Rows(context, builder, acc_type, args[4])
-        lo_value = context.cast(builder, args[2], lo_type, types.intp)
-        hi_value = context.cast(builder, args[3], hi_type, types.intp)
-        row = context.cast(builder, args[5], r_type, types.intp)
-        rows = [builder.add(row, out.index(i)) for i in range(ROWS)]
-        # tile[2 i + c]: row i, channels d + 8 c
-        tile = _vector_slots(builder, 2 * ROWS)
-        chunks = cgutils.for_range_slice(
-            builder, v.index(0), v.columns, v.index(CHANNELS)
-        )
-        with chunks as (d, _):
-            columns = [d, builder.add(d, v.index(LANES))]
-            for i in range(ROWS):
-                for c in range(2):
-                    vector = _load_vector(builder, out, rows[i], columns[c], "f32")
-                    builder.store(vector, tile[2 * i + c])
-            tokens = cgutils.for_range_slice(builder, lo_value, hi_value, v.index(1))
-            with tokens as (t, _):
-                value_vectors = [
-                    _load_vector(builder, v, t, column, stored) for column in columns
-                ]
-                for i in range(ROWS):
-                    weight = builder.load(w.address(w.index(i), t))
-                    p = _splat(builder, weight)
-                    for c in range(2):
-                        _accumulate(builder, tile[2 * i + c], p, value_vectors[c])
-            for i in range(ROWS):
-                for c in range(2):
-                    address = out.address(rows[i], columns[c], _VEC)
-                    builder.store(builder.load(tile[2 * i + c]), address, align=4)
-        return context.get_dummy_value()
+    @intrinsic
+    def pv(
+        typingctx: Any,
+        weights: Any,
+        values: Any,
+        lo: Any,
+        hi: Any,
+        acc: Any,
+        r: Any,
+        element: Any,
+    ) -> Any:
+        stored = _element_format(element, _storage(values))
+        if _storage(weights) != "f32" or _storage(acc) != "f32":
+            raise TypingError("weights and acc must be float32")
+        sig = types.void(weights, values, lo, hi, acc, r, element)
 
-    return sig, codegen
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            w_type, v_type, lo_type, hi_type, acc_type, r_type, _ = signature.args
+            w = _Rows(context, builder, w_type, args[0])
+            v = _Rows(context, builder, v_type, args[1])
+            out = _Rows(context, builder, acc_type, args[4])
+            lo_value = context.cast(builder, args[2], lo_type, types.intp)
+            hi_value = context.cast(builder, args[3], hi_type, types.intp)
+            row = context.cast(builder, args[5], r_type, types.intp)
+            acc_rows = [builder.add(row, out.index(i)) for i in range(rows)]
+            # tile[vectors * i + c]: row i, channels d + 8 c
+            tile = _vector_slots(builder, rows * vectors)
+            chunks = cgutils.for_range_slice(
+                builder, v.index(0), v.columns, v.index(vectors * LANES)
+            )
+            with chunks as (d, _):
+                columns = [builder.add(d, v.index(LANES * c)) for c in range(vectors)]
+                for i in range(rows):
+                    for c, column in enumerate(columns):
+                        vector = _load_vector(builder, out, acc_rows[i], column, "f32")
+                        builder.store(vector, tile[vectors * i + c])
+                tokens = cgutils.for_range_slice(
+                    builder, lo_value, hi_value, v.index(1)
+                )
+                with tokens as (t, _):
+                    value_vectors = [
+                        _load_vector(builder, v, t, column, stored)
+                        for column in columns
+                    ]
+                    for i in range(rows):
+                        weight = builder.load(w.address(w.index(i), t))
+                        p = _splat(builder, weight)
+                        for c, value_vector in enumerate(value_vectors):
+                            _accumulate(builder, tile[vectors * i + c], p, value_vector)
+                for i in range(rows):
+                    for c, column in enumerate(columns):
+                        address = out.address(acc_rows[i], column, _VEC)
+                        tile_vector = builder.load(tile[vectors * i + c])
+                        builder.store(tile_vector, address, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return pv
+
+
+def _qk_by_element(qk: Any) -> Any:
+    """An overload typer calling intrinsic `qk` with the stored format: by
+    the stored dtype at compile time; the kind test of half pools is on a
+    constant of each kernel, so LLVM keeps one branch."""
+
+    def typer(q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any):
+        if keys.dtype == types.float32:
+
+            def full(
+                q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any
+            ):
+                qk(q_rows, r, keys, t, scores, "f32")
+
+            return full
+
+        def half(q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any):
+            if kind_code == F16_CODE:
+                qk(q_rows, r, keys, t, scores, "f16")
+            else:
+                qk(q_rows, r, keys, t, scores, "bf16")
+
+        return half
+
+    return typer
+
+
+def _pv_by_element(pv: Any) -> Any:
+    """As `_qk_by_element`, for a ``P V`` intrinsic."""
+
+    def typer(
+        weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any, kind_code: Any
+    ):
+        if values.dtype == types.float32:
+
+            def full(
+                weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any,
+                kind_code: Any,
+            ):  # fmt: skip
+                pv(weights, values, lo, hi, acc, r, "f32")
+
+            return full
+
+        def half(
+            weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any,
+            kind_code: Any,
+        ):  # fmt: skip
+            if kind_code == F16_CODE:
+                pv(weights, values, lo, hi, acc, r, "f16")
+            else:
+                pv(weights, values, lo, hi, acc, r, "bf16")
+
+        return half
+
+    return typer
 
 
 def qk_tile(
@@ -274,59 +360,14 @@ def qk_tile(
     raise NotImplementedError("qk_tile is only callable from @njit code")
 
 
-@overload(qk_tile, inline="always")
-def _qk_tile_impl(q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any):
-    # By the stored dtype at compile time; the kind test of half pools is on
-    # a constant of each kernel, so LLVM keeps one branch.
-    if keys.dtype == types.float32:
-
-        def full(q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any):
-            _qk_tile(q_rows, r, keys, t, scores, "f32")  # pyright: ignore[reportCallIssue]
-
-        return full
-
-    def half(q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any):
-        if kind_code == F16_CODE:
-            _qk_tile(q_rows, r, keys, t, scores, "f16")  # pyright: ignore[reportCallIssue]
-        else:
-            _qk_tile(q_rows, r, keys, t, scores, "bf16")  # pyright: ignore[reportCallIssue]
-
-    return half
-
-
 def pv_tile(
     weights: Any, values: Any, lo: int, hi: int, acc: Any, r: int, kind_code: int
 ) -> None:  # pragma: no cover - replaced by the overload inside @njit code
     """``acc[r + i] += weights[i, lo:hi] @ values[lo:hi]`` for i < 4,
-    `values` holding elements of `kind_code` (njit only)."""
+    `values` holding elements of `kind_code`; the head dimension a multiple
+    of `CHANNELS` (njit only)."""
     raise NotImplementedError("pv_tile is only callable from @njit code")
 
 
-@overload(pv_tile, inline="always")
-def _pv_tile_impl(
-    weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any, kind_code: Any
-):
-    if values.dtype == types.float32:
-
-        def full(
-            weights: Any,
-            values: Any,
-            lo: Any,
-            hi: Any,
-            acc: Any,
-            r: Any,
-            kind_code: Any,
-        ):
-            _pv_tile(weights, values, lo, hi, acc, r, "f32")  # pyright: ignore[reportCallIssue]
-
-        return full
-
-    def half(
-        weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any, kind_code: Any
-    ):
-        if kind_code == F16_CODE:
-            _pv_tile(weights, values, lo, hi, acc, r, "f16")  # pyright: ignore[reportCallIssue]
-        else:
-            _pv_tile(weights, values, lo, hi, acc, r, "bf16")  # pyright: ignore[reportCallIssue]
-
-    return half
+overload(qk_tile, inline="always")(_qk_by_element(_qk_intrinsic(ROWS, 2)))
+overload(pv_tile, inline="always")(_pv_by_element(_pv_intrinsic(ROWS, 2)))

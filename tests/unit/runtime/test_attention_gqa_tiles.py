@@ -1,14 +1,14 @@
-"""The four-row vector tiles of the half-precision kernels
-(`llmir.runtime.cpu.simd`) against the float64 reference.
+"""The vector tiles of the CPU kernels (`llmir.runtime.cpu.simd`) against the
+float64 reference, alone and through the kernel.
 
 The tiles serve items whose query rows come in fours and share their bounds:
 a GQA group of four or eight in decode, and in prefill four queries of one
 kv head (group 1, q_tile 4) or two queries of a group of two (q_tile 2) away
 from the causal diagonal and the window edge.  Head dimensions that are not
-a multiple of the tile's sixteen channels take the scratch path instead.  The cases below put such items next to ones
-whose rows' bounds differ (and so go row by row), with lengths that do and do
-not fill the last block, windows, soft cap, context partitions and empty
-sequences.
+a multiple of the tile's sixteen channels take the scratch path instead.
+The cases below put such items next to ones whose rows' bounds differ (and
+so go row by row), with lengths that do and do not fill the last block,
+windows, soft cap, context partitions and empty sequences.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def test_group_of_four_decode(kind_name: str, block_size: int, options: Any):
     assert not out[0].any()  # the empty sequence gives zeros
 
 
-@pytest.mark.parametrize("kind_name", ["f16", "bf16"])
+@pytest.mark.parametrize("kind_name", ["f16", "bf16", "f32"])
 @pytest.mark.parametrize(("q_heads", "head_dim"), [(16, 48), (16, 128), (8, 40)])
 def test_groups_of_eight_and_odd_head_dims(kind_name: str, q_heads: int, head_dim: int):
     # 16/2: two tiles of four rows per block; D = 40 is no multiple of the
@@ -104,7 +104,8 @@ def test_groups_of_eight_and_odd_head_dims(kind_name: str, q_heads: int, head_di
         rng, kind_name, [3, 33, 64], 1, q_heads, 2, 8, head_dim=head_dim,
         sliding_window=20,
     )  # fmt: skip
-    np.testing.assert_allclose(out, expected, rtol=HALF_TOL, atol=HALF_TOL)
+    tolerance = F32_TOL if kind_name == "f32" else HALF_TOL
+    np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("kind_name", ["f32", "f16", "bf16"])
@@ -114,7 +115,9 @@ def test_tiles_against_float64(kind_name: str):
     kind = element_type(kind_name)
     head_dim, slots = 48, 6
     stored_keys = kind.encode(rng.standard_normal((slots, head_dim), dtype=np.float32))
-    stored_values = kind.encode(rng.standard_normal((slots, head_dim), dtype=np.float32))
+    stored_values = kind.encode(
+        rng.standard_normal((slots, head_dim), dtype=np.float32)
+    )
     keys = kind.decode(stored_keys).astype(np.float64)
     values = kind.decode(stored_values).astype(np.float64)
     q_rows = rng.standard_normal((6, head_dim), dtype=np.float32)
