@@ -313,19 +313,29 @@ def _rescale_state(row_max: Any, row_sum: Any, acc: Any, r: Any, block_max: Any)
 
 @njit(inline="always", fastmath=_REORDER_SUMS, cache=True)
 def _block_weights(
-    scores: Any, lo: Any, hi: Any, soft_cap: Any, row_max: Any, row_sum: Any,
-    acc: Any, r: Any,
+    scores: Any, i: Any, lo: Any, hi: Any, soft_cap: Any, row_max: Any,
+    row_sum: Any, acc: Any, r: Any,
 ) -> None:  # fmt: skip
-    """Turn the logits ``scores[lo:hi]`` of row `r` into its softmax weights
-    in place, folding the block into the row's running max and sum (the
-    exponentials vectorize: unsigned slots, as in `_soft_cap_and_max`)."""
-    block_max = _soft_cap_and_max(scores, lo, hi, soft_cap)
+    """Turn the logits ``scores[i, lo:hi]`` of query row `r` into its softmax
+    weights in place, folding the block into the row's running max and sum.
+
+    Indexing the 2D buffer rather than a row view spares Numba's reference
+    counting of the view (two atomic operations per call), and the slots
+    are unsigned so that the exponentials vectorize (as in
+    `_soft_cap_and_max`)."""
+    if soft_cap > 0:
+        for t in range(lo, hi):
+            u = np.uintp(t)
+            scores[i, u] = soft_cap * np.float32(math.tanh(scores[i, u] / soft_cap))
+    block_max = scores[i, lo]
+    for t in range(lo + 1, hi):
+        block_max = max(block_max, scores[i, np.uintp(t)])
     new_max = _rescale_state(row_max, row_sum, acc, r, block_max)
     block_sum = np.float32(0.0)
     for t in range(lo, hi):
         u = np.uintp(t)
-        p = _exp_nonpositive(scores[u] - new_max)
-        scores[u] = p
+        p = _exp_nonpositive(scores[i, u] - new_max)
+        scores[i, u] = p
         block_sum += p
     row_sum[r] += block_sum
 
@@ -480,7 +490,7 @@ def _attend_block_group(
         t += 2
 
     for i in range(ROWS):
-        _block_weights(scores[i], lo, hi, soft_cap, row_max, row_sum, acc, r + i)
+        _block_weights(scores, i, lo, hi, soft_cap, row_max, row_sum, acc, r + i)
     pv_tile(scores, values, lo, hi, acc, r, kind_code)
 
 
