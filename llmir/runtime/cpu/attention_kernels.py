@@ -427,8 +427,9 @@ def _attend_block_unrolled(
 def _prefetch_slots(
     pool: Any, next_run: Any, t: Any, count: Any, head_dim: Any
 ) -> None:
-    """Prefetch slots ``t:t+count`` of the K and V of the block whose run
-    starts at element `next_run` of the flattened `pool` (-1: none)."""
+    """Prefetch slots ``t:t+count`` of the K and V of the block of a float
+    pool (``[blocks, H, 2, block_size, D]``) whose run starts at element
+    `next_run` of the flattened `pool` (-1: none)."""
     if next_run < 0:
         return
     line = _CACHE_LINE_BYTES // pool.itemsize
@@ -1064,7 +1065,7 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                                 scores, row_max, row_sum, acc, 0, soft_cap, kind_code,
                             )  # fmt: skip
                         continue
-                    if not quantized and rows % ROWS == 0 and head_dim % CHANNELS == 0:
+                    if rows % ROWS == 0 and head_dim % CHANNELS == 0:
                         # Rows in fours through the vector tiles, if all rows
                         # share their bounds (a GQA group does; prefill rows of
                         # different queries may not).  Rows are in query order,
@@ -1081,7 +1082,20 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                             and row_hi == last_hi
                             and sink_hi == last_sink_hi
                         ):
-                            if kind_code != F32_CODE and rows > ROWS:
+                            if quantized:
+                                # Codes are decoded once into float32 scratch.
+                                read_key_scales(stored_keys, meta, kind_code, quant[0])
+                                decode_codes(
+                                    stored_keys, lo, hi, meta, key_scratch,
+                                    value_scratch, kind_code, quant[0],
+                                )  # fmt: skip
+                                _attend_tiles(
+                                    q_rows, key_scratch, value_scratch, sink_lo,
+                                    sink_hi, row_lo, row_hi, tile_scores, row_max,
+                                    row_sum, acc, rows, soft_cap, layer_pool, -1,
+                                    F32_CODE,
+                                )  # fmt: skip
+                            elif kind_code != F32_CODE and rows > ROWS:
                                 # Several tiles read the block: convert it once.
                                 keys = block_as_f32(
                                     stored_keys, key_scratch, kind_code, lo, hi
@@ -1110,10 +1124,9 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                     if quantized:
                         read_key_scales(stored_keys, meta, kind_code, quant[0])
                         if decoded:
-                            # Several rows share the block (GQA, prefill):
-                            # decode it once, then attend as over f32 (the
-                            # register tile of four rows measured no faster
-                            # here than row by row).
+                            # Several rows share the block but not in fours
+                            # with one set of bounds: decode it once, then
+                            # attend row by row as over f32.
                             decode_codes(
                                 stored_keys, lo, hi, meta, keys, values,
                                 kind_code, quant[0],

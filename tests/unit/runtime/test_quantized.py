@@ -139,6 +139,7 @@ CASES = [
     ("decode GQA 8/2", 8, 2, 1, {}),
     ("prefill GQA", 8, 2, 19, {}),
     ("window + sinks", 4, 2, 3, {"sliding_window": 20, "sink_tokens": 4}),
+    ("window + sinks, GQA 8/2", 8, 2, 1, {"sliding_window": 20, "sink_tokens": 4}),
     ("soft cap + scale", 4, 2, 1, {"logits_soft_cap": 5.0, "scale": 0.3}),
 ]
 
