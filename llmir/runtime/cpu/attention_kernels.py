@@ -28,9 +28,11 @@ Measured choices (see the functions' docstrings):
   `llmir.runtime.cpu.simd`: the scores four rows by two tokens, ``P V``
   four rows by sixteen channels held in registers across the block.  A
   group of four reads the pool directly, converting each element once; more
-  rows convert a half block once into scratch first.  The next block is
-  prefetched as the scores go.  GQA decode 1.3-2x faster for halves and
-  1.1-1.4x for float32 than the paths below;
+  rows convert a half block once into scratch first (quantized blocks are
+  decoded into it).  The next block is prefetched as the scores go.  GQA
+  32/8 decode measured 1.1-2.7x faster in halves than the four-row register
+  tile this replaced, and 1.4-1.6x in float32 at block 16 than the scratch
+  path below (no gain at float32 block 64);
 * otherwise, with several rows (GQA, prefill), half blocks are decoded once
   into float32 scratch (float32 blocks are used in place); the first row of
   a float32 group streams the block from memory as above, and the other
@@ -70,7 +72,6 @@ from llmir.runtime.geometry import KEY, VALUE, layer_block_size_axis
 
 DEFAULT_PARTITION_SIZE = 512
 """Tokens per context partition when a long context is split (decode)."""
-
 
 DEFAULT_Q_TILE = 16
 """Queries per work item in prefill: enough rows to reuse each decoded block,
@@ -225,18 +226,13 @@ def _exp_nonpositive(x: Any) -> Any:
 
 @njit(inline="always", fastmath=_REORDER_SUMS, cache=True)
 def _soft_cap_and_max(scores: Any, lo: Any, hi: Any, soft_cap: Any) -> Any:
-    """Apply the soft cap (if any) to ``scores[lo:hi]``; return their max.
-
-    Slots are indexed unsigned: a signed index from `lo` may be negative as
-    far as LLVM knows, and the wraparound select it then needs keeps these
-    loops from vectorizing."""
+    """Apply the soft cap (if any) to ``scores[lo:hi]``; return their max."""
     if soft_cap > 0:
         for t in range(lo, hi):
-            u = np.uintp(t)
-            scores[u] = soft_cap * np.float32(math.tanh(scores[u] / soft_cap))
+            scores[t] = soft_cap * np.float32(math.tanh(scores[t] / soft_cap))
     block_max = scores[lo]
     for t in range(lo + 1, hi):
-        block_max = max(block_max, scores[np.uintp(t)])
+        block_max = max(block_max, scores[t])
     return block_max
 
 
@@ -319,12 +315,14 @@ def _block_weights(
     """Turn the logits ``scores[i, lo:hi]`` of query row `r` into its softmax
     weights in place, folding the block into the row's running max and sum.
 
-    The slots are unsigned so that the exponentials vectorize (as in
-    `_soft_cap_and_max`).  Indexing the 2D buffer rather than passing a row
-    view measured faster: 811 -> 640 ns for a four-row float32 tile over a
-    hot 16-token block (a view's reference counting is the likely cost; a
-    second microbenchmark, of quantized block decoding, found views no
-    slower than 2D indexing, so it is not a rule)."""
+    Slots are indexed unsigned: a signed index from `lo` may be negative as
+    far as LLVM knows, and the wraparound select it then needs kept the
+    exponentials from vectorizing.  Indexing the 2D buffer rather than
+    passing a row view (to `_soft_cap_and_max`) measured faster: 811 -> 640
+    ns for a four-row float32 tile over a hot 16-token block (a view's
+    reference counting is the likely cost; a second microbenchmark, of
+    quantized block decoding, found views no slower than 2D indexing, so it
+    is not a rule)."""
     if soft_cap > 0:
         for t in range(lo, hi):
             u = np.uintp(t)
