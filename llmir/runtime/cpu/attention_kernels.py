@@ -1065,6 +1065,8 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                                 scores, row_max, row_sum, acc, 0, soft_cap, kind_code,
                             )  # fmt: skip
                         continue
+                    if quantized:
+                        read_key_scales(stored_keys, meta, kind_code, quant[0])
                     if rows % ROWS == 0 and head_dim % CHANNELS == 0:
                         # Rows in fours through the vector tiles, if all rows
                         # share their bounds (a GQA group does; prefill rows of
@@ -1084,7 +1086,6 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                         ):
                             if quantized:
                                 # Codes are decoded once into float32 scratch.
-                                read_key_scales(stored_keys, meta, kind_code, quant[0])
                                 decode_codes(
                                     stored_keys, lo, hi, meta, key_scratch,
                                     value_scratch, kind_code, quant[0],
@@ -1121,16 +1122,14 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                         stored_values, value_scratch, kind_code, lo, hi
                     )
                     decoded = quantized and rows > 1
-                    if quantized:
-                        read_key_scales(stored_keys, meta, kind_code, quant[0])
-                        if decoded:
-                            # Several rows share the block but not in fours
-                            # with one set of bounds: decode it once, then
-                            # attend row by row as over f32.
-                            decode_codes(
-                                stored_keys, lo, hi, meta, keys, values,
-                                kind_code, quant[0],
-                            )  # fmt: skip
+                    if decoded:
+                        # Several rows share the block but not in fours with
+                        # one set of bounds: decode it once, then attend row by
+                        # row as over f32.
+                        decode_codes(
+                            stored_keys, lo, hi, meta, keys, values, kind_code,
+                            quant[0],
+                        )  # fmt: skip
                     for r in range(rows):
                         sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
                             lo, hi, first_pos + r // group - base, causal, window,
