@@ -175,181 +175,118 @@ def _vector_slots(builder: Any, count: int) -> list[Any]:
     return [cgutils.alloca_once(builder, _VEC) for _ in range(count)]
 
 
-def _qk_intrinsic(rows: int, tokens: int) -> Any:
-    """The ``Q K^T`` tile of `rows` query rows by `tokens` keys (8 vector
-    accumulators): ``scores[i, t + j] = q_rows[r + i] . keys[t + j]``."""
-    assert rows * tokens == LANES  # one vector of sums
+_TILE_KEYS = 2
+"""Keys of one ``Q K^T`` tile: with `ROWS` rows, eight dot products."""
 
-    @intrinsic
-    def qk(
-        typingctx: Any,
-        q_rows: Any,
-        r: Any,
-        keys: Any,
-        t: Any,
-        scores: Any,
-        element: Any,
-    ) -> Any:
-        stored = _element_format(element, _storage(keys))
-        if _storage(q_rows) != "f32" or _storage(scores) != "f32":
-            raise TypingError("q_rows and scores must be float32")
-        sig = types.void(q_rows, r, keys, t, scores, element)
-
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            q_type, r_type, k_type, t_type, s_type, _ = signature.args
-            q = _Rows(context, builder, q_type, args[0])
-            k = _Rows(context, builder, k_type, args[2])
-            s = _Rows(context, builder, s_type, args[4])
-            row = context.cast(builder, args[1], r_type, types.intp)
-            token = context.cast(builder, args[3], t_type, types.intp)
-            slots = [builder.add(token, k.index(j)) for j in range(tokens)]
-            # accumulators[tokens * i + j]: row i, token j
-            accumulators = _vector_slots(builder, LANES)
-            for slot in accumulators:
-                builder.store(ir.Constant(_VEC, [0.0] * LANES), slot)
-            loop = cgutils.for_range_slice(
-                builder, k.index(0), k.columns, k.index(LANES)
-            )
-            with loop as (d, _):
-                key_vectors = [_load_vector(builder, k, tk, d, stored) for tk in slots]
-                for i in range(rows):
-                    q_row = builder.add(row, q.index(i))
-                    q_i = _load_vector(builder, q, q_row, d, "f32")
-                    for j, k_j in enumerate(key_vectors):
-                        _accumulate(builder, accumulators[tokens * i + j], q_i, k_j)
-            sums = _sum_eight(builder, [builder.load(slot) for slot in accumulators])
-            for i in range(rows):
-                for j, tk in enumerate(slots):
-                    lane = ir.Constant(_I32, tokens * i + j)
-                    address = s.address(s.index(i), tk)
-                    builder.store(builder.extract_element(sums, lane), address)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return qk
+_TILE_VECTORS = CHANNELS // LANES
+"""Vectors per accumulator row of the ``P V`` tile."""
 
 
-def _pv_intrinsic(rows: int, vectors: int) -> Any:
-    """The ``P V`` tile of `rows` accumulator rows by ``vectors * 8``
-    channels, held in registers across tokens ``lo:hi``:
-    ``acc[r + i] += weights[i, lo:hi] @ values[lo:hi]``."""
+@intrinsic
+def _qk_tile(
+    typingctx: Any,
+    q_rows: Any,
+    r: Any,
+    keys: Any,
+    t: Any,
+    scores: Any,
+    element: Any,
+) -> Any:
+    """``scores[i, t + j] = q_rows[r + i] . keys[t + j]`` for i < 4, j < 2,
+    in eight vector accumulators over the channels."""
+    stored = _element_format(element, _storage(keys))
+    if _storage(q_rows) != "f32" or _storage(scores) != "f32":
+        raise TypingError("q_rows and scores must be float32")
+    sig = types.void(q_rows, r, keys, t, scores, element)
 
-    @intrinsic
-    def pv(
-        typingctx: Any,
-        weights: Any,
-        values: Any,
-        lo: Any,
-        hi: Any,
-        acc: Any,
-        r: Any,
-        element: Any,
-    ) -> Any:
-        stored = _element_format(element, _storage(values))
-        if _storage(weights) != "f32" or _storage(acc) != "f32":
-            raise TypingError("weights and acc must be float32")
-        sig = types.void(weights, values, lo, hi, acc, r, element)
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        q_type, r_type, k_type, t_type, s_type, _ = signature.args
+        q = _Rows(context, builder, q_type, args[0])
+        k = _Rows(context, builder, k_type, args[2])
+        s = _Rows(context, builder, s_type, args[4])
+        row = context.cast(builder, args[1], r_type, types.intp)
+        token = context.cast(builder, args[3], t_type, types.intp)
+        slots = [builder.add(token, k.index(j)) for j in range(_TILE_KEYS)]
+        # accumulators[_TILE_KEYS * i + j]: row i, key j
+        accumulators = _vector_slots(builder, ROWS * _TILE_KEYS)
+        for slot in accumulators:
+            builder.store(ir.Constant(_VEC, [0.0] * LANES), slot)
+        loop = cgutils.for_range_slice(builder, k.index(0), k.columns, k.index(LANES))
+        with loop as (d, _):
+            key_vectors = [_load_vector(builder, k, tk, d, stored) for tk in slots]
+            for i in range(ROWS):
+                q_i = _load_vector(builder, q, builder.add(row, q.index(i)), d, "f32")
+                for j, k_j in enumerate(key_vectors):
+                    _accumulate(builder, accumulators[_TILE_KEYS * i + j], q_i, k_j)
+        sums = _sum_eight(builder, [builder.load(slot) for slot in accumulators])
+        for i in range(ROWS):
+            for j, tk in enumerate(slots):
+                lane = ir.Constant(_I32, _TILE_KEYS * i + j)
+                address = s.address(s.index(i), tk)
+                builder.store(builder.extract_element(sums, lane), address)
+        return context.get_dummy_value()
 
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            w_type, v_type, lo_type, hi_type, acc_type, r_type, _ = signature.args
-            w = _Rows(context, builder, w_type, args[0])
-            v = _Rows(context, builder, v_type, args[1])
-            out = _Rows(context, builder, acc_type, args[4])
-            lo_value = context.cast(builder, args[2], lo_type, types.intp)
-            hi_value = context.cast(builder, args[3], hi_type, types.intp)
-            row = context.cast(builder, args[5], r_type, types.intp)
-            acc_rows = [builder.add(row, out.index(i)) for i in range(rows)]
-            # tile[vectors * i + c]: row i, channels d + 8 c
-            tile = _vector_slots(builder, rows * vectors)
-            chunks = cgutils.for_range_slice(
-                builder, v.index(0), v.columns, v.index(vectors * LANES)
-            )
-            with chunks as (d, _):
-                columns = [builder.add(d, v.index(LANES * c)) for c in range(vectors)]
-                for i in range(rows):
-                    for c, column in enumerate(columns):
-                        vector = _load_vector(builder, out, acc_rows[i], column, "f32")
-                        builder.store(vector, tile[vectors * i + c])
-                tokens = cgutils.for_range_slice(
-                    builder, lo_value, hi_value, v.index(1)
-                )
-                with tokens as (t, _):
-                    value_vectors = [
-                        _load_vector(builder, v, t, column, stored)
-                        for column in columns
-                    ]
-                    for i in range(rows):
-                        weight = builder.load(w.address(w.index(i), t))
-                        p = _splat(builder, weight)
-                        for c, value_vector in enumerate(value_vectors):
-                            _accumulate(builder, tile[vectors * i + c], p, value_vector)
-                for i in range(rows):
-                    for c, column in enumerate(columns):
-                        address = out.address(acc_rows[i], column, _VEC)
-                        tile_vector = builder.load(tile[vectors * i + c])
-                        builder.store(tile_vector, address, align=4)
-            return context.get_dummy_value()
-
-        return sig, codegen
-
-    return pv
+    return sig, codegen
 
 
-def _qk_by_element(qk: Any) -> Any:
-    """An overload typer calling intrinsic `qk` with the stored format: by
-    the stored dtype at compile time; the kind test of half pools is on a
-    constant of each kernel, so LLVM keeps one branch."""
+@intrinsic
+def _pv_tile(
+    typingctx: Any,
+    weights: Any,
+    values: Any,
+    lo: Any,
+    hi: Any,
+    acc: Any,
+    r: Any,
+    element: Any,
+) -> Any:
+    """``acc[r + i] += weights[i, lo:hi] @ values[lo:hi]`` for i < 4, with
+    `CHANNELS` channels of the four rows held in registers across the
+    tokens."""
+    stored = _element_format(element, _storage(values))
+    if _storage(weights) != "f32" or _storage(acc) != "f32":
+        raise TypingError("weights and acc must be float32")
+    sig = types.void(weights, values, lo, hi, acc, r, element)
 
-    def typer(q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any):
-        if keys.dtype == types.float32:
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        w_type, v_type, lo_type, hi_type, acc_type, r_type, _ = signature.args
+        w = _Rows(context, builder, w_type, args[0])
+        v = _Rows(context, builder, v_type, args[1])
+        out = _Rows(context, builder, acc_type, args[4])
+        lo_value = context.cast(builder, args[2], lo_type, types.intp)
+        hi_value = context.cast(builder, args[3], hi_type, types.intp)
+        row = context.cast(builder, args[5], r_type, types.intp)
+        acc_rows = [builder.add(row, out.index(i)) for i in range(ROWS)]
+        # tile[_TILE_VECTORS * i + c]: row i, channels d + 8 c
+        tile = _vector_slots(builder, ROWS * _TILE_VECTORS)
+        chunks = cgutils.for_range_slice(
+            builder, v.index(0), v.columns, v.index(CHANNELS)
+        )
+        with chunks as (d, _):
+            columns = [builder.add(d, v.index(LANES * c)) for c in range(_TILE_VECTORS)]
+            for i in range(ROWS):
+                for c, column in enumerate(columns):
+                    vector = _load_vector(builder, out, acc_rows[i], column, "f32")
+                    builder.store(vector, tile[_TILE_VECTORS * i + c])
+            tokens = cgutils.for_range_slice(builder, lo_value, hi_value, v.index(1))
+            with tokens as (t, _):
+                value_vectors = [
+                    _load_vector(builder, v, t, column, stored) for column in columns
+                ]
+                for i in range(ROWS):
+                    p = _splat(builder, builder.load(w.address(w.index(i), t)))
+                    for c, value_vector in enumerate(value_vectors):
+                        _accumulate(
+                            builder, tile[_TILE_VECTORS * i + c], p, value_vector
+                        )
+            for i in range(ROWS):
+                for c, column in enumerate(columns):
+                    address = out.address(acc_rows[i], column, _VEC)
+                    tile_vector = builder.load(tile[_TILE_VECTORS * i + c])
+                    builder.store(tile_vector, address, align=4)
+        return context.get_dummy_value()
 
-            def full(
-                q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any
-            ):
-                qk(q_rows, r, keys, t, scores, "f32")
-
-            return full
-
-        def half(q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any):
-            if kind_code == F16_CODE:
-                qk(q_rows, r, keys, t, scores, "f16")
-            else:
-                qk(q_rows, r, keys, t, scores, "bf16")
-
-        return half
-
-    return typer
-
-
-def _pv_by_element(pv: Any) -> Any:
-    """As `_qk_by_element`, for a ``P V`` intrinsic."""
-
-    def typer(
-        weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any, kind_code: Any
-    ):
-        if values.dtype == types.float32:
-
-            def full(
-                weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any,
-                kind_code: Any,
-            ):  # fmt: skip
-                pv(weights, values, lo, hi, acc, r, "f32")
-
-            return full
-
-        def half(
-            weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any,
-            kind_code: Any,
-        ):  # fmt: skip
-            if kind_code == F16_CODE:
-                pv(weights, values, lo, hi, acc, r, "f16")
-            else:
-                pv(weights, values, lo, hi, acc, r, "bf16")
-
-        return half
-
-    return typer
+    return sig, codegen
 
 
 def qk_tile(
@@ -358,6 +295,26 @@ def qk_tile(
     """``scores[i, t + j] = q_rows[r + i] . keys[t + j]`` for i < 4, j < 2,
     `keys` holding elements of `kind_code` (njit only)."""
     raise NotImplementedError("qk_tile is only callable from @njit code")
+
+
+@overload(qk_tile, inline="always")
+def _qk_tile_impl(q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any):
+    # By the stored dtype at compile time; the kind test of half pools is on
+    # a constant of each kernel, so LLVM keeps one branch.
+    if keys.dtype == types.float32:
+
+        def full(q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any):
+            _qk_tile(q_rows, r, keys, t, scores, "f32")  # pyright: ignore[reportCallIssue]
+
+        return full
+
+    def half(q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any):
+        if kind_code == F16_CODE:
+            _qk_tile(q_rows, r, keys, t, scores, "f16")  # pyright: ignore[reportCallIssue]
+        else:
+            _qk_tile(q_rows, r, keys, t, scores, "bf16")  # pyright: ignore[reportCallIssue]
+
+    return half
 
 
 def pv_tile(
@@ -369,5 +326,27 @@ def pv_tile(
     raise NotImplementedError("pv_tile is only callable from @njit code")
 
 
-overload(qk_tile, inline="always")(_qk_by_element(_qk_intrinsic(ROWS, 2)))
-overload(pv_tile, inline="always")(_pv_by_element(_pv_intrinsic(ROWS, 2)))
+@overload(pv_tile, inline="always")
+def _pv_tile_impl(
+    weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any, kind_code: Any
+):
+    # As for qk_tile.
+    if values.dtype == types.float32:
+
+        def full(
+            weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any,
+            kind_code: Any,
+        ):  # fmt: skip
+            _pv_tile(weights, values, lo, hi, acc, r, "f32")  # pyright: ignore[reportCallIssue]
+
+        return full
+
+    def half(
+        weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any, kind_code: Any
+    ):
+        if kind_code == F16_CODE:
+            _pv_tile(weights, values, lo, hi, acc, r, "f16")  # pyright: ignore[reportCallIssue]
+        else:
+            _pv_tile(weights, values, lo, hi, acc, r, "bf16")  # pyright: ignore[reportCallIssue]
+
+    return half
