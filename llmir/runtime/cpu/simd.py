@@ -1,4 +1,4 @@
-"""Vector micro-kernels of GQA attention, written as LLVM IR.
+"""Vector micro-kernels of the attention kernels, written as LLVM IR.
 
 A GQA group of four query rows shares every K/V block it reads, so its work
 per block is two small matrix products: ``S = Q K^T`` ([4, D] by [D,
@@ -17,19 +17,25 @@ out over ``<8 x float>`` vectors (one AVX2 register):
   is loaded and converted once per four rows, and the accumulator is read
   and written once per block.
 
-(Single-row tiles for MHA decode, one row by eight keys and by 32 channels,
-measured slower than the streaming loop of the kernel: a single row is
-bound by memory, not arithmetic, and reads best as one sequential stream.)
+`qk_row` and `pv_row` are the single-row forms (one row by eight keys, by
+32 channels).  Over float pools they measured slower than the streaming
+loop of the kernel (a single row is bound by memory and reads best as one
+sequential stream), so only quantized MHA decode uses them: there the
+codes' conversions make a row bound by arithmetic.
 
-The stored elements are float32, or IEEE half / bfloat16 bit patterns
-(uint16) converted on load: ``fpext`` from ``half`` (``vcvtph2ps`` with
-F16C) or a 16-bit shift.  Multiply-adds are ``llvm.fmuladd``: fused where
-the CPU has FMA, a multiply and an add elsewhere.  Sums are reordered
+The stored elements are float32, IEEE half / bfloat16 bit patterns
+(uint16) converted on load (``fpext`` from ``half``, ``vcvtph2ps`` with
+F16C, or a 16-bit shift), or the unsigned codes of a quantized block
+(uint8; i4: two per byte, `_load_nibbles`), whose scales and offsets the
+caller folds into the query rows and the weights (`pv_tile`'s `shifts`
+carry the value offsets).  `halves_to_f32` converts a quantized block's
+float16 scales, eight per load.  Multiply-adds are ``llvm.fmuladd``: fused
+where the CPU has FMA, a multiply and an add elsewhere.  Sums are reordered
 relative to a sequential loop, as the kernels' ``reassoc`` flag allows.
 
 Preconditions, checked by the callers: rows of every array are contiguous,
-the head dimension is a multiple of `CHANNELS`, and the rows and keys a
-tile names exist.
+the head dimension is a multiple of `CHANNELS` (of 32 for the single-row
+tiles and for i4 codes), and the rows and keys a tile names exist.
 """
 
 from __future__ import annotations
@@ -42,7 +48,15 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
 
-from llmir.runtime.dtypes import F16_CODE
+from llmir.runtime.dtypes import F16_CODE, I4, I8_CODE
+
+_I4_QUANT = I4.quant
+assert _I4_QUANT is not None and _I4_QUANT.value_group is not None
+I4_GROUP = _I4_QUANT.value_group
+"""Channels per value scale of i4 codes, a compile-time constant of the
+kernels (divisions by it become shifts: 1.4x faster than a runtime group in
+the earlier scalar i4 kernel); the ``P V`` tile reads one weight per
+group."""
 
 LANES = 8
 """float32 lanes of one vector: an AVX2 register."""
@@ -70,19 +84,27 @@ def _storage(array: Any) -> str:
         return "f32"
     if array.dtype == types.uint16:
         return "u16"
-    raise TypingError(f"expected float32 or uint16 elements, got {array.dtype}")
+    if array.dtype == types.uint8:
+        return "u8"
+    raise TypingError(f"expected float32, uint16 or uint8 elements, got {array.dtype}")
+
+
+_FORMATS = {"u16": ("f16", "bf16"), "u8": ("i8", "i4")}
+"""The formats each integer storage can hold, named by a string literal."""
 
 
 def _element_format(element: Any, storage: str) -> str:
     """The stored format: float32 storage is 'f32'; uint16 storage names its
-    format, 'f16' or 'bf16', as a string literal."""
+    format, 'f16' or 'bf16', and uint8 storage 'i8' or 'i4' (quantized
+    codes, `llmir.runtime.quantization`), as a string literal."""
     if storage == "f32":
         return "f32"
-    if not isinstance(element, types.StringLiteral) or element.literal_value not in (
-        "f16",
-        "bf16",
+    formats = _FORMATS[storage]
+    if (
+        not isinstance(element, types.StringLiteral)
+        or element.literal_value not in formats
     ):
-        raise TypingError(f"uint16 storage needs 'f16' or 'bf16', got {element}")
+        raise TypingError(f"{storage} storage needs one of {formats}, got {element}")
     return element.literal_value
 
 
@@ -111,11 +133,18 @@ class _Rows:
         return b.bitcast(b.gep(self.data, [offset]), pointee.as_pointer())
 
 
+_BYTES = ir.VectorType(ir.IntType(8), LANES)
+_WORDS = ir.VectorType(_I32, LANES)
+
+
 def _load_vector(builder: Any, rows: _Rows, row: Any, column: Any, element: str) -> Any:
     """Eight consecutive stored elements from ``[row, column]`` on, as
-    ``<8 x float>``."""
+    ``<8 x float>`` (i8: the unsigned codes, whose offset the caller adds)."""
     if element == "f32":
         return builder.load(rows.address(row, column, _VEC), align=4)
+    if element == "i8":
+        codes = builder.load(rows.address(row, column, _BYTES), align=1)
+        return builder.uitofp(builder.zext(codes, _WORDS), _VEC)
     bits_type = ir.VectorType(ir.IntType(16), LANES)
     bits = builder.load(rows.address(row, column, bits_type), align=2)
     if element == "f16":
@@ -125,6 +154,17 @@ def _load_vector(builder: Any, rows: _Rows, row: Any, column: Any, element: str)
     return builder.bitcast(
         builder.shl(wide, ir.Constant(wide.type, [16] * LANES)), _VEC
     )
+
+
+def _load_nibbles(builder: Any, rows: _Rows, row: Any, column: Any) -> Any:
+    """The i4 codes of eight consecutive bytes from ``[row, column]`` on, as
+    two ``<8 x float>``: the low nibbles, then the high ones."""
+    codes = builder.zext(
+        builder.load(rows.address(row, column, _BYTES), align=1), _WORDS
+    )
+    low = builder.and_(codes, ir.Constant(_WORDS, [0x0F] * LANES))
+    high = builder.lshr(codes, ir.Constant(_WORDS, [4] * LANES))
+    return builder.uitofp(low, _VEC), builder.uitofp(high, _VEC)
 
 
 def _splat(builder: Any, scalar: Any) -> Any:
@@ -175,178 +215,422 @@ def _vector_slots(builder: Any, count: int) -> list[Any]:
     return [cgutils.alloca_once(builder, _VEC) for _ in range(count)]
 
 
-_TILE_KEYS = 2
-"""Keys of one ``Q K^T`` tile: with `ROWS` rows, eight dot products."""
+def _qk_intrinsic(rows: int, keys: int) -> Any:
+    """The ``Q K^T`` tile of `rows` query rows by `keys` keys (``rows * keys
+    == LANES``: one shuffle tree reduces all the dot products)."""
 
-_TILE_VECTORS = CHANNELS // LANES
-"""Vectors per accumulator row of the ``P V`` tile."""
+    @intrinsic
+    def tile(
+        typingctx: Any,
+        q_rows: Any,
+        r: Any,
+        key_rows: Any,
+        t: Any,
+        scores: Any,
+        element: Any,
+    ) -> Any:
+        stored = _element_format(element, _storage(key_rows))
+        if _storage(q_rows) != "f32" or _storage(scores) != "f32":
+            raise TypingError("q_rows and scores must be float32")
+        sig = types.void(q_rows, r, key_rows, t, scores, element)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            q_type, r_type, k_type, t_type, s_type, _ = signature.args
+            q = _Rows(context, builder, q_type, args[0])
+            k = _Rows(context, builder, k_type, args[2])
+            s = _Rows(context, builder, s_type, args[4])
+            row = context.cast(builder, args[1], r_type, types.intp)
+            token = context.cast(builder, args[3], t_type, types.intp)
+            slots = [builder.add(token, k.index(j)) for j in range(keys)]
+            q_rows_at = [builder.add(row, q.index(i)) for i in range(rows)]
+            # accumulators[keys * i + j]: row i, key j
+            accumulators = _vector_slots(builder, rows * keys)
+            for slot in accumulators:
+                builder.store(ir.Constant(_VEC, [0.0] * LANES), slot)
+            # i4 codes: byte j holds channels j and j + D/2 (`_load_nibbles`).
+            half = builder.lshr(q.columns, q.index(1))
+            span = half if stored == "i4" else q.columns
+            loop = cgutils.for_range_slice(builder, q.index(0), span, q.index(LANES))
+            with loop as (d, _):
+                if stored == "i4":
+                    high_d = builder.add(d, half)
+                    key_vectors = [_load_nibbles(builder, k, tk, d) for tk in slots]
+                    for i, q_row in enumerate(q_rows_at):
+                        q_low = _load_vector(builder, q, q_row, d, "f32")
+                        q_high = _load_vector(builder, q, q_row, high_d, "f32")
+                        for j, (k_low, k_high) in enumerate(key_vectors):
+                            slot = accumulators[keys * i + j]
+                            _accumulate(builder, slot, q_low, k_low)
+                            _accumulate(builder, slot, q_high, k_high)
+                else:
+                    key_vectors = [
+                        _load_vector(builder, k, tk, d, stored) for tk in slots
+                    ]
+                    for i, q_row in enumerate(q_rows_at):
+                        q_i = _load_vector(builder, q, q_row, d, "f32")
+                        for j, k_j in enumerate(key_vectors):
+                            _accumulate(builder, accumulators[keys * i + j], q_i, k_j)
+            sums = _sum_eight(builder, [builder.load(slot) for slot in accumulators])
+            if rows == 1:
+                builder.store(sums, s.address(s.index(0), token, _VEC), align=4)
+                return context.get_dummy_value()
+            for i in range(rows):
+                for j, tk in enumerate(slots):
+                    lane = ir.Constant(_I32, keys * i + j)
+                    address = s.address(s.index(i), tk)
+                    builder.store(builder.extract_element(sums, lane), address)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_qk_tile = _qk_intrinsic(ROWS, 2)
+"""``scores[i, t + j] = q_rows[r + i] . keys[t + j]`` for i < 4, j < 2."""
+
+_qk_row = _qk_intrinsic(1, LANES)
+"""``scores[0, t + j] = q_rows[r] . keys[t + j]`` for j < 8."""
+
+
+def _pv_intrinsic(rows: int, vectors: int) -> Any:
+    """The ``P V`` tile of `rows` accumulator rows by ``vectors * LANES``
+    channels, held in registers across the tokens of a block."""
+    # An i4 chunk reads ``vectors / 2`` loads of eight bytes; its low and
+    # its high channels must each lie within one value group.
+    assert I4_GROUP % (LANES * vectors // 2) == 0
+
+    @intrinsic
+    def tile(
+        typingctx: Any,
+        weights: Any,
+        values: Any,
+        lo: Any,
+        hi: Any,
+        acc: Any,
+        r: Any,
+        base: Any,
+        shifts: Any,
+        element: Any,
+    ) -> Any:
+        stored = _element_format(element, _storage(values))
+        if any(_storage(array) != "f32" for array in (weights, acc, shifts)):
+            raise TypingError("weights, acc and shifts must be float32")
+        sig = types.void(weights, values, lo, hi, acc, r, base, shifts, element)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            arg_types = signature.args
+            w = _Rows(context, builder, arg_types[0], args[0])
+            v = _Rows(context, builder, arg_types[1], args[1])
+            out = _Rows(context, builder, arg_types[4], args[4])
+            offsets = _Rows(context, builder, arg_types[7], args[7])
+
+            def intp(position: int) -> Any:
+                return context.cast(
+                    builder, args[position], arg_types[position], types.intp
+                )
+
+            lo_value, hi_value, row, base_column = intp(2), intp(3), intp(5), intp(6)
+            acc_rows = [builder.add(row, out.index(i)) for i in range(rows)]
+            head_dim = out.columns
+            half = builder.lshr(head_dim, out.index(1))
+            quantized = stored in ("i8", "i4")
+            nibbles = stored == "i4"
+            # Per chunk: the code columns read (i4: each byte feeds a low and
+            # a high vector, which may lie in different value groups).
+            loads = vectors // 2 if nibbles else vectors
+            span = half if nibbles else head_dim
+            group_shift = out.index(I4_GROUP.bit_length() - 1)
+            groups = builder.lshr(head_dim, group_shift) if nibbles else out.index(1)
+            # tile[vectors * i + c]: row i, the channels of vector c
+            tile_slots = _vector_slots(builder, rows * vectors)
+            chunks = cgutils.for_range_slice(
+                builder, out.index(0), span, out.index(LANES * loads)
+            )
+            with chunks as (d, _):
+                columns = [builder.add(d, out.index(LANES * c)) for c in range(loads)]
+                channels = columns + (
+                    [builder.add(half, column) for column in columns] if nibbles else []
+                )
+                # The value group of each vector: i4 low ones, then high ones.
+                if nibbles:
+                    chunk_groups = [
+                        builder.lshr(channel, group_shift)
+                        for channel in (d, channels[loads])
+                    ]
+                else:
+                    chunk_groups = [out.index(0)]
+                vector_group = [c // loads if nibbles else 0 for c in range(vectors)]
+                for i in range(rows):
+                    # Quantized values: the block's offsets (the sum over
+                    # tokens of p * offset) enter with the accumulator.
+                    starts = (
+                        [
+                            _splat(
+                                builder,
+                                builder.load(offsets.address(out.index(i), group)),
+                            )
+                            for group in chunk_groups
+                        ]
+                        if quantized
+                        else []
+                    )
+                    for c, channel in enumerate(channels):
+                        vector = _load_vector(builder, out, acc_rows[i], channel, "f32")
+                        if quantized:
+                            vector = builder.fadd(vector, starts[vector_group[c]])
+                        builder.store(vector, tile_slots[vectors * i + c])
+                tokens = cgutils.for_range_slice(
+                    builder, lo_value, hi_value, v.index(1)
+                )
+                with tokens as (t, _):
+                    code_columns = [builder.add(base_column, c) for c in columns]
+                    if nibbles:
+                        pairs = [_load_nibbles(builder, v, t, c) for c in code_columns]
+                        value_vectors = [low for low, _ in pairs] + [
+                            high for _, high in pairs
+                        ]
+                    else:
+                        value_vectors = [
+                            _load_vector(builder, v, t, c, stored) for c in code_columns
+                        ]
+                    # weights[i, t * groups + group]
+                    first = builder.mul(t, groups)
+                    for i in range(rows):
+                        splats = [
+                            _splat(
+                                builder,
+                                builder.load(
+                                    w.address(w.index(i), builder.add(first, group))
+                                ),
+                            )
+                            for group in chunk_groups
+                        ]
+                        for c, value_vector in enumerate(value_vectors):
+                            _accumulate(
+                                builder,
+                                tile_slots[vectors * i + c],
+                                splats[vector_group[c]],
+                                value_vector,
+                            )
+                for i in range(rows):
+                    for c, channel in enumerate(channels):
+                        address = out.address(acc_rows[i], channel, _VEC)
+                        tile_vector = builder.load(tile_slots[vectors * i + c])
+                        builder.store(tile_vector, address, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_pv_tile = _pv_intrinsic(ROWS, CHANNELS // LANES)
+"""``acc[r + i] += weights[i, lo:hi] @ values[lo:hi]`` for i < 4, over
+`CHANNELS` channels per chunk."""
+
+_pv_row = _pv_intrinsic(1, 4)
+"""``acc[r] += weights[0, lo:hi] @ values[lo:hi]`` over 32 channels per
+chunk."""
 
 
 @intrinsic
-def _qk_tile(
+def _halves_to_f32(
     typingctx: Any,
-    q_rows: Any,
-    r: Any,
-    keys: Any,
-    t: Any,
-    scores: Any,
-    element: Any,
+    src: Any,
+    row: Any,
+    byte: Any,
+    stride: Any,
+    out: Any,
+    first: Any,
+    count: Any,
 ) -> Any:
-    """``scores[i, t + j] = q_rows[r + i] . keys[t + j]`` for i < 4, j < 2,
-    in eight vector accumulators over the channels."""
-    stored = _element_format(element, _storage(keys))
-    if _storage(q_rows) != "f32" or _storage(scores) != "f32":
-        raise TypingError("q_rows and scores must be float32")
-    sig = types.void(q_rows, r, keys, t, scores, element)
+    """``out[first + c]`` = the IEEE half at byte ``byte + 2 * stride * c`` of
+    row `row` of `src` (uint8), for c < `count` (`stride` a literal 1 or 2):
+    eight per vector load, the rest one by one."""
+    if _storage(src) != "u8":
+        raise TypingError(f"src must be a C-contiguous 2D uint8 array, got {src}")
+    if not (
+        isinstance(out, types.Array)
+        and out.ndim == 1
+        and out.layout == "C"
+        and out.dtype == types.float32
+    ):
+        raise TypingError(f"out must be a contiguous 1D float32 array, got {out}")
+    if not isinstance(stride, types.IntegerLiteral) or stride.literal_value not in (
+        1,
+        2,
+    ):
+        raise TypingError(f"stride must be a literal 1 or 2, got {stride}")
+    step = stride.literal_value
+    sig = types.void(src, row, byte, stride, out, first, count)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        q_type, r_type, k_type, t_type, s_type, _ = signature.args
-        q = _Rows(context, builder, q_type, args[0])
-        k = _Rows(context, builder, k_type, args[2])
-        s = _Rows(context, builder, s_type, args[4])
-        row = context.cast(builder, args[1], r_type, types.intp)
-        token = context.cast(builder, args[3], t_type, types.intp)
-        slots = [builder.add(token, k.index(j)) for j in range(_TILE_KEYS)]
-        # accumulators[_TILE_KEYS * i + j]: row i, key j
-        accumulators = _vector_slots(builder, ROWS * _TILE_KEYS)
-        for slot in accumulators:
-            builder.store(ir.Constant(_VEC, [0.0] * LANES), slot)
-        loop = cgutils.for_range_slice(builder, k.index(0), k.columns, k.index(LANES))
-        with loop as (d, _):
-            key_vectors = [_load_vector(builder, k, tk, d, stored) for tk in slots]
-            for i in range(ROWS):
-                q_i = _load_vector(builder, q, builder.add(row, q.index(i)), d, "f32")
-                for j, k_j in enumerate(key_vectors):
-                    _accumulate(builder, accumulators[_TILE_KEYS * i + j], q_i, k_j)
-        sums = _sum_eight(builder, [builder.load(slot) for slot in accumulators])
-        for i in range(ROWS):
-            for j, tk in enumerate(slots):
-                lane = ir.Constant(_I32, _TILE_KEYS * i + j)
-                address = s.address(s.index(i), tk)
-                builder.store(builder.extract_element(sums, lane), address)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def _pv_tile(
-    typingctx: Any,
-    weights: Any,
-    values: Any,
-    lo: Any,
-    hi: Any,
-    acc: Any,
-    r: Any,
-    element: Any,
-) -> Any:
-    """``acc[r + i] += weights[i, lo:hi] @ values[lo:hi]`` for i < 4, with
-    `CHANNELS` channels of the four rows held in registers across the
-    tokens."""
-    stored = _element_format(element, _storage(values))
-    if _storage(weights) != "f32" or _storage(acc) != "f32":
-        raise TypingError("weights and acc must be float32")
-    sig = types.void(weights, values, lo, hi, acc, r, element)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        w_type, v_type, lo_type, hi_type, acc_type, r_type, _ = signature.args
-        w = _Rows(context, builder, w_type, args[0])
-        v = _Rows(context, builder, v_type, args[1])
-        out = _Rows(context, builder, acc_type, args[4])
-        lo_value = context.cast(builder, args[2], lo_type, types.intp)
-        hi_value = context.cast(builder, args[3], hi_type, types.intp)
-        row = context.cast(builder, args[5], r_type, types.intp)
-        acc_rows = [builder.add(row, out.index(i)) for i in range(ROWS)]
-        # tile[_TILE_VECTORS * i + c]: row i, channels d + 8 c
-        tile = _vector_slots(builder, ROWS * _TILE_VECTORS)
-        chunks = cgutils.for_range_slice(
-            builder, v.index(0), v.columns, v.index(CHANNELS)
+        arg_types = signature.args
+        source = _Rows(context, builder, arg_types[0], args[0])
+        target = builder.bitcast(
+            context.make_array(arg_types[4])(context, builder, args[4]).data,
+            _F32.as_pointer(),
         )
-        with chunks as (d, _):
-            columns = [builder.add(d, v.index(LANES * c)) for c in range(_TILE_VECTORS)]
-            for i in range(ROWS):
-                for c, column in enumerate(columns):
-                    vector = _load_vector(builder, out, acc_rows[i], column, "f32")
-                    builder.store(vector, tile[_TILE_VECTORS * i + c])
-            tokens = cgutils.for_range_slice(builder, lo_value, hi_value, v.index(1))
-            with tokens as (t, _):
-                value_vectors = [
-                    _load_vector(builder, v, t, column, stored) for column in columns
-                ]
-                for i in range(ROWS):
-                    p = _splat(builder, builder.load(w.address(w.index(i), t)))
-                    for c, value_vector in enumerate(value_vectors):
-                        _accumulate(
-                            builder, tile[_TILE_VECTORS * i + c], p, value_vector
-                        )
-            for i in range(ROWS):
-                for c, column in enumerate(columns):
-                    address = out.address(acc_rows[i], column, _VEC)
-                    tile_vector = builder.load(tile[_TILE_VECTORS * i + c])
-                    builder.store(tile_vector, address, align=4)
+
+        def intp(position: int) -> Any:
+            return context.cast(
+                builder, args[position], arg_types[position], types.intp
+            )
+
+        row_at, byte_at, first_at, total = intp(1), intp(2), intp(5), intp(6)
+        whole = builder.and_(total, source.index(-LANES))
+        words = ir.VectorType(ir.IntType(16), LANES * step)
+        picked = ir.Constant(_LANE_INDICES, [step * c for c in range(LANES)])
+        halves = ir.VectorType(ir.HalfType(), LANES)
+
+        def source_address(c: Any, pointee: Any) -> Any:
+            at = builder.add(byte_at, builder.mul(c, source.index(2 * step)))
+            return source.address(row_at, at, pointee)
+
+        def target_address(c: Any, pointee: Any) -> Any:
+            element = builder.gep(target, [builder.add(first_at, c)])
+            return builder.bitcast(element, pointee.as_pointer())
+
+        vectors = cgutils.for_range_slice(
+            builder, source.index(0), whole, source.index(LANES)
+        )
+        with vectors as (c, _):
+            bits = builder.load(source_address(c, words), align=1)
+            if step > 1:
+                bits = builder.shuffle_vector(bits, ir.Constant(words, None), picked)
+            converted = builder.fpext(builder.bitcast(bits, halves), _VEC)
+            builder.store(converted, target_address(c, _VEC), align=4)
+        rest = cgutils.for_range_slice(builder, whole, total, source.index(1))
+        with rest as (c, _):
+            bits = builder.load(source_address(c, ir.IntType(16)), align=1)
+            converted = builder.fpext(builder.bitcast(bits, ir.HalfType()), _F32)
+            builder.store(converted, target_address(c, _F32))
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def halves_to_f32(
+    src: Any, row: int, byte: int, stride: int, out: Any, first: int, count: int
+) -> None:  # pragma: no cover - replaced by the overload inside @njit code
+    """``out[first + c]`` = the IEEE half at byte ``byte + 2 * stride * c``
+    of row `row` of the uint8 array `src`, for c < `count`; `stride` 1
+    (consecutive halves) or 2 (every other: the scales, or the minimums, of
+    (scale, minimum) pairs) (njit only)."""
+    raise NotImplementedError("halves_to_f32 is only callable from @njit code")
+
+
+@overload(halves_to_f32, inline="always")
+def _halves_to_f32_impl(
+    src: Any, row: Any, byte: Any, stride: Any, out: Any, first: Any, count: Any
+):
+    def convert(
+        src: Any, row: Any, byte: Any, stride: Any, out: Any, first: Any, count: Any
+    ):
+        if stride == 1:
+            _halves_to_f32(src, row, byte, 1, out, first, count)  # pyright: ignore[reportCallIssue]
+        else:
+            _halves_to_f32(src, row, byte, 2, out, first, count)  # pyright: ignore[reportCallIssue]
+
+    return convert
+
+
+def _formats(dtype: Any) -> tuple[str, str, int]:
+    """The two formats a storage dtype may hold and the element code that
+    picks the first (float32 holds one)."""
+    if dtype == types.uint16:
+        return "f16", "bf16", F16_CODE
+    if dtype == types.uint8:
+        return "i8", "i4", I8_CODE
+    return "f32", "f32", -1
+
+
+def _qk_overload(tile: Any) -> Any:
+    def implementation(
+        q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any
+    ) -> Any:
+        # By the stored dtype at compile time; the kind test is on a
+        # constant of each kernel, so LLVM keeps one branch.
+        first, second, first_code = _formats(keys.dtype)
+
+        def dispatch(
+            q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any
+        ):
+            if kind_code == first_code:
+                tile(q_rows, r, keys, t, scores, first)
+            else:
+                tile(q_rows, r, keys, t, scores, second)
+
+        return dispatch
+
+    return implementation
+
+
+def _pv_overload(tile: Any) -> Any:
+    def implementation(
+        weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any, base: Any,
+        shifts: Any, kind_code: Any,
+    ) -> Any:  # fmt: skip
+        first, second, first_code = _formats(values.dtype)
+
+        def dispatch(
+            weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any,
+            base: Any, shifts: Any, kind_code: Any,
+        ):  # fmt: skip
+            if kind_code == first_code:
+                tile(weights, values, lo, hi, acc, r, base, shifts, first)
+            else:
+                tile(weights, values, lo, hi, acc, r, base, shifts, second)
+
+        return dispatch
+
+    return implementation
 
 
 def qk_tile(
     q_rows: Any, r: int, keys: Any, t: int, scores: Any, kind_code: int
 ) -> None:  # pragma: no cover - replaced by the overload inside @njit code
     """``scores[i, t + j] = q_rows[r + i] . keys[t + j]`` for i < 4, j < 2,
-    `keys` holding elements of `kind_code` (njit only)."""
+    `keys` holding elements of `kind_code` (njit only).  Quantized keys are
+    a block's rows of codes (their offset left to the caller)."""
     raise NotImplementedError("qk_tile is only callable from @njit code")
 
 
-@overload(qk_tile, inline="always")
-def _qk_tile_impl(q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any):
-    # By the stored dtype at compile time; the kind test of half pools is on
-    # a constant of each kernel, so LLVM keeps one branch.
-    if keys.dtype == types.float32:
-
-        def full(q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any):
-            _qk_tile(q_rows, r, keys, t, scores, "f32")  # pyright: ignore[reportCallIssue]
-
-        return full
-
-    def half(q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any):
-        if kind_code == F16_CODE:
-            _qk_tile(q_rows, r, keys, t, scores, "f16")  # pyright: ignore[reportCallIssue]
-        else:
-            _qk_tile(q_rows, r, keys, t, scores, "bf16")  # pyright: ignore[reportCallIssue]
-
-    return half
+def qk_row(
+    q_rows: Any, r: int, keys: Any, t: int, scores: Any, kind_code: int
+) -> None:  # pragma: no cover - replaced by the overload inside @njit code
+    """``scores[0, t + j] = q_rows[r] . keys[t + j]`` for j < 8, as
+    `qk_tile` (njit only)."""
+    raise NotImplementedError("qk_row is only callable from @njit code")
 
 
 def pv_tile(
-    weights: Any, values: Any, lo: int, hi: int, acc: Any, r: int, kind_code: int
-) -> None:  # pragma: no cover - replaced by the overload inside @njit code
+    weights: Any, values: Any, lo: int, hi: int, acc: Any, r: int, base: int,
+    shifts: Any, kind_code: int,
+) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
     """``acc[r + i] += weights[i, lo:hi] @ values[lo:hi]`` for i < 4,
-    `values` holding elements of `kind_code`; the head dimension a multiple
-    of `CHANNELS` (njit only)."""
+    `values` holding elements of `kind_code` from column `base` on; the head
+    dimension a multiple of `CHANNELS` (njit only).
+
+    Quantized values are codes, scaled per token and value group (i8: one
+    group, the whole row): ``weights[i, t * groups + g]`` is row i's weight
+    of token t's codes in group g, and ``shifts[i, g]`` is added to each
+    channel of group g (the tokens' offsets, weighted); float values ignore
+    `shifts`."""
     raise NotImplementedError("pv_tile is only callable from @njit code")
 
 
-@overload(pv_tile, inline="always")
-def _pv_tile_impl(
-    weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any, kind_code: Any
-):
-    # As for qk_tile.
-    if values.dtype == types.float32:
+def pv_row(
+    weights: Any, values: Any, lo: int, hi: int, acc: Any, r: int, base: int,
+    shifts: Any, kind_code: int,
+) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
+    """`pv_tile` for the single row `r`, 32 channels per chunk: the head
+    dimension a multiple of 32 (njit only)."""
+    raise NotImplementedError("pv_row is only callable from @njit code")
 
-        def full(
-            weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any,
-            kind_code: Any,
-        ):  # fmt: skip
-            _pv_tile(weights, values, lo, hi, acc, r, "f32")  # pyright: ignore[reportCallIssue]
 
-        return full
-
-    def half(
-        weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any, kind_code: Any
-    ):
-        if kind_code == F16_CODE:
-            _pv_tile(weights, values, lo, hi, acc, r, "f16")  # pyright: ignore[reportCallIssue]
-        else:
-            _pv_tile(weights, values, lo, hi, acc, r, "bf16")  # pyright: ignore[reportCallIssue]
-
-    return half
+overload(qk_tile, inline="always")(_qk_overload(_qk_tile))
+overload(qk_row, inline="always")(_qk_overload(_qk_row))
+overload(pv_tile, inline="always")(_pv_overload(_pv_tile))
+overload(pv_row, inline="always")(_pv_overload(_pv_row))

@@ -8,7 +8,9 @@ from the causal diagonal and the window edge.  Head dimensions that are not
 a multiple of the tile's sixteen channels take the scratch path instead.
 The cases below put such items next to ones whose rows' bounds differ (and
 so go row by row), with lengths that do and do not fill the last block,
-windows, soft cap, context partitions and empty sequences.
+windows, soft cap, context partitions and empty sequences.  The tiles over
+quantized codes (and the float16 scale conversion) are checked alone here;
+through the kernel in tests/unit/runtime/test_quantized.py.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 from numba import njit
 
 from llmir.runtime.cpu.attention_kernels import run_paged_attention
-from llmir.runtime.cpu.simd import pv_tile, qk_tile
+from llmir.runtime.cpu.simd import halves_to_f32, pv_row, pv_tile, qk_row, qk_tile
 from llmir.runtime.dtypes import element_type
 from llmir.testing.reference import build_paged_pool, reference_paged_attention
 
@@ -138,7 +140,7 @@ def tiles(
     q_rows: Any, keys: Any, values: Any, weights: Any, scores: Any, acc: Any, kind: Any
 ) -> None:
     qk_tile(q_rows, 1, keys, 2, scores, kind)
-    pv_tile(weights, values, 1, 5, acc, 1, kind)
+    pv_tile(weights, values, 1, 5, acc, 1, 0, scores, kind)  # no shifts
 
 
 @pytest.mark.parametrize("kind_name", ["f16", "bf16", "f32"])
@@ -182,3 +184,86 @@ def test_large_logits_stay_finite_in_the_tile(kind_name: str):
     )
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, expected, rtol=HALF_TOL, atol=HALF_TOL)
+
+
+@njit(cache=True)
+def code_tiles(
+    q_rows: Any, block: Any, t: Any, scores: Any, weights: Any, lo: Any, hi: Any,
+    acc: Any, base: Any, shifts: Any, kind: Any, single: Any,
+) -> None:  # fmt: skip
+    if single:
+        qk_row(q_rows, 1, block, t, scores, kind)
+        pv_row(weights, block, lo, hi, acc, 1, base, shifts, kind)
+    else:
+        qk_tile(q_rows, 1, block, t, scores, kind)
+        pv_tile(weights, block, lo, hi, acc, 1, base, shifts, kind)
+
+
+def _codes(block: np.ndarray, column: int, head_dim: int, kind_name: str) -> Any:
+    """The codes of a block's rows from byte `column` on, as float64
+    channels (i4: byte j holds channel j low and channel j + D/2 high)."""
+    if kind_name == "i8":
+        return block[:, column : column + head_dim].astype(np.float64)
+    packed = block[:, column : column + head_dim // 2].astype(np.int64)
+    return np.concatenate([packed & 0x0F, packed >> 4], axis=1).astype(np.float64)
+
+
+@pytest.mark.parametrize("kind_name", ["i8", "i4"])
+@pytest.mark.parametrize("single", [True, False], ids=["row", "four rows"])
+def test_code_tiles_against_float64(kind_name: str, single: bool):
+    # The tiles over a quantized block's codes: the scores of raw codes, and
+    # P V with one weight per token and value group plus each group's shift.
+    rng = np.random.default_rng(11)
+    kind = element_type(kind_name)
+    head_dim, slots = 64, 16
+    code_bytes = head_dim if kind_name == "i8" else head_dim // 2
+    base = code_bytes + 5  # the value codes' column in a row
+    block = rng.integers(0, 256, (slots, base + code_bytes + 3), dtype=np.uint8)
+    rows, keys = (1, 8) if single else (4, 2)
+    groups = 1 if kind_name == "i8" else head_dim // 16
+    q_rows = rng.standard_normal((6, head_dim)).astype(np.float32)
+    weights = rng.random((rows, slots * groups)).astype(np.float32)
+    shifts = rng.standard_normal((rows, groups)).astype(np.float32)
+    scores = np.full((rows, slots), np.nan, np.float32)
+    acc = rng.standard_normal((6, head_dim)).astype(np.float32)
+    key_codes = _codes(block, 0, head_dim, kind_name)
+    value_codes = _codes(block, base, head_dim, kind_name)
+    lo, hi, t = 3, 14, 8
+    expected_acc = acc.astype(np.float64)
+    for i in range(rows):
+        for g in range(groups):
+            channels = slice(g * head_dim // groups, (g + 1) * head_dim // groups)
+            w = weights[i, g::groups][lo:hi].astype(np.float64)
+            expected_acc[1 + i, channels] += w @ value_codes[lo:hi, channels]
+            expected_acc[1 + i, channels] += shifts[i, g]
+    code_tiles(
+        q_rows, block, t, scores, weights, lo, hi, acc, base, shifts, kind.code,
+        single,
+    )  # fmt: skip
+    expected_scores = (
+        q_rows[1 : 1 + rows].astype(np.float64) @ key_codes[t : t + keys].T
+    )
+    np.testing.assert_allclose(scores[:, t : t + keys], expected_scores, rtol=1e-5)
+    assert np.isnan(np.delete(scores, np.s_[t : t + keys], axis=1)).all()
+    np.testing.assert_allclose(acc, expected_acc, rtol=1e-5, atol=1e-5)
+
+
+@njit(cache=True)
+def halves(
+    src: Any, row: Any, byte: Any, stride: Any, out: Any, first: Any, count: Any
+):
+    halves_to_f32(src, row, byte, stride, out, first, count)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("count", [1, 8, 13])
+def test_halves_to_f32_reads_every_stride_th_half(stride: int, count: int):
+    # Eight per vector, the rest one by one, from an odd byte offset.
+    rng = np.random.default_rng(count)
+    values = rng.standard_normal(64).astype(np.float16)
+    src = np.zeros((3, 140), np.uint8)
+    src[1, 3 : 3 + 128] = values.view(np.uint8)
+    out = np.full(20, np.nan, np.float32)
+    halves(src, 1, 3, stride, out, 2, count)
+    np.testing.assert_array_equal(out[2 : 2 + count], values[::stride][:count])
+    assert np.isnan(out[:2]).all() and np.isnan(out[2 + count :]).all()

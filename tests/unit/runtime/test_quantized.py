@@ -144,22 +144,33 @@ CASES = [
 ]
 
 
+# (head_dim, block): the vector tiles of the codes need head_dim % 32 == 0
+# and block % 8 == 0; other layouts are decoded into scratch first.
+GEOMETRIES = [(64, 16), (32, 64), (64, 4), (48, 8)]
+
+
 @pytest.mark.parametrize("kind", QUANTIZED)
 @pytest.mark.parametrize(("name", "hq", "heads", "tq", "options"), CASES)
+@pytest.mark.parametrize(("head_dim", "block"), GEOMETRIES)
 def test_kernel_matches_float64_over_the_stored_values(
-    kind: str, name: str, hq: int, heads: int, tq: int, options: dict
-) -> None:
+    kind: str, name: str, hq: int, heads: int, tq: int, options: dict,
+    head_dim: int, block: int,
+) -> None:  # fmt: skip
+    quant = element_type(kind).quant
+    assert quant is not None
+    if quant.layout_errors(head_dim, block):
+        pytest.skip(f"{kind} cannot hold head_dim {head_dim}")
     rng = np.random.default_rng(2)
-    cache = _cache(kind, heads=heads)
+    cache = _cache(kind, heads=heads, head_dim=head_dim, block=block)
     lens = [37, 90, 150]
     for seq, n in enumerate(lens):
-        k = rng.standard_normal((1, n, heads, 64)).astype(np.float32)
-        v = rng.standard_normal((1, n, heads, 64)).astype(np.float32)
+        k = rng.standard_normal((1, n, heads, head_dim)).astype(np.float32)
+        v = rng.standard_normal((1, n, heads, head_dim)).astype(np.float32)
         cache.append_kv(k[:, : n - 5], v[:, : n - 5], [seq])
         for t in range(n - 5, n):  # then decode steps, widening scales
             cache.append_kv(2 * k[:, t : t + 1], v[:, t : t + 1], [seq])
     table, seq_lens = cache.block_table([0, 1, 2])
-    q = rng.standard_normal((3, tq, hq, 64)).astype(np.float32)
+    q = rng.standard_normal((3, tq, hq, head_dim)).astype(np.float32)
     out = cache.paged_attention(q, table, seq_lens, **options)
     ref = reference_paged_attention(
         q, cache.kv_pool[0], cache.element_type, table, seq_lens, **options
