@@ -42,10 +42,11 @@ Measured choices (see the functions' docstrings):
 * quantized blocks (i8, i4) go through tiles of the same module over their
   codes, one query row (MHA decode) or four at a time, the key scales folded
   into the query and the value scales into the softmax weights, so no block
-  is decoded into memory (MHA decode at batch 8 x 8192 measured 1.7x (i8)
-  and 2.6x (i4) faster than the scalar code loops this replaced, GQA 32/8
-  1.4-2.0x); layouts the tiles do not fit (head_dim not a multiple of 32,
-  blocks under 8) are decoded once into float32 scratch;
+  is decoded into memory (at batch 8 x 8192, MHA decode measured 1.7-2.0x
+  (i8) and 2.7-2.9x (i4) faster than the scalar code loops this replaced,
+  GQA 32/8 1.8-2.0x and 1.4-1.5x faster than decoding into scratch);
+  layouts the tiles do not fit (head_dim not a multiple of 32, blocks
+  under 8) are decoded once into float32 scratch;
 * softmax weights use a polynomial float32 exp (no libm call);
 * the first cache lines of the next block are prefetched, since a block
   table scatters blocks where the hardware prefetcher cannot follow.
