@@ -41,10 +41,10 @@ Measured choices (see the functions' docstrings):
   blocks it reads with too little memory parallelism);
 * quantized blocks (i8, i4) go through tiles of the same module over their
   codes, one query row (MHA decode) or four at a time, the key scales folded
-  into the query and the value scales into the softmax weights, so no block
-  is decoded into memory (at batch 8 x 8192, MHA decode measured 1.7-2.0x
-  (i8) and 2.7-2.9x (i4) faster than the scalar code loops this replaced,
-  GQA 32/8 1.8-2.0x and 1.4-1.5x faster than decoding into scratch);
+  into the query and the values decoded in registers once for all rows, so
+  no block is decoded into memory (at batch 8 x 8192, MHA decode measured
+  1.6-1.9x (i8) and 3.2-3.5x (i4) faster than the scalar code loops this
+  replaced, GQA 32/8 2.0x and 2.6-2.8x faster than decoding into scratch);
   layouts the tiles do not fit (head_dim not a multiple of 32, blocks
   under 8) are decoded once into float32 scratch;
 * softmax weights use a polynomial float32 exp (no libm call);
@@ -509,7 +509,7 @@ def _attend_block_group(
 
     for i in range(ROWS):
         _block_weights(scores, i, lo, hi, soft_cap, row_max, row_sum, acc, r + i)
-    pv_tile(scores, values, lo, hi, acc, r, 0, scores, kind_code)  # no shifts
+    pv_tile(scores, values, lo, hi, acc, r, 0, row_sum, kind_code)  # no scales
 
 
 @njit(inline="always", cache=True)
@@ -580,10 +580,9 @@ def _record_block_mass(
 
 # A quantized pool (`llmir.runtime.quantization`) is uint8 ``[blocks, H,
 # block_size, row_bytes]`` per layer, K and V in one row: its codes are read
-# as they are by the vector tiles, the scales folded into the query and the
-# softmax weights (`attend_codes`), or, in layouts the tiles do not fit,
-# decoded once into float32 scratch (`decode_codes`); the float pools'
-# blocks are read in place or decoded as above.
+# as they are by the vector tiles (`attend_codes`), or, in layouts the tiles
+# do not fit, decoded once into float32 scratch (`decode_codes`); the float
+# pools' blocks are read in place or decoded as above.
 
 
 def stored_block(
@@ -727,24 +726,25 @@ def read_value_meta(
     groups, then their offsets (i8: one group, the whole row)."""
     if kind_code == I8_CODE:
         v_meta = 2 * head_dim + meta_row
+        halves_to_f32(block, lo, hi, v_meta, 1, value_meta, 2 * lo, 2, 1)
         for t in range(lo, hi):
-            halves_to_f32(block, t, v_meta, 1, value_meta, 2 * t, 1)
             value_meta[2 * t + 1] = np.float32(-128.0) * value_meta[2 * t]
         return
     groups = head_dim // I4_GROUP
     v_meta = head_dim + meta_row
-    for t in range(lo, hi):
-        first = 2 * groups * t
-        halves_to_f32(block, t, v_meta, 2, value_meta, first, groups)
-        halves_to_f32(block, t, v_meta + 2, 2, value_meta, first + groups, groups)
+    first = 2 * groups * lo
+    halves_to_f32(block, lo, hi, v_meta, 2, value_meta, first, 2 * groups, groups)
+    halves_to_f32(
+        block, lo, hi, v_meta + 2, 2, value_meta, first + groups, 2 * groups, groups
+    )
 
 
 @njit(fastmath=_REORDER_SUMS, error_model="numpy", cache=True)
 def _attend_codes_tile(
     q_rows: Any, block: Any, lo: Any, hi: Any, r: Any, rows: Any, scores: Any,
-    weights: Any, q_scaled: Any, value_meta: Any, shifts: Any, row_max: Any,
-    row_sum: Any, acc: Any, soft_cap: Any, key_meta: Any, kind_code: Any,
-    meta_row: Any, pool: Any, next_run: Any,
+    q_scaled: Any, biases: Any, value_meta: Any, row_max: Any, row_sum: Any,
+    acc: Any, soft_cap: Any, key_meta: Any, kind_code: Any, meta_row: Any,
+    pool: Any, next_run: Any,
 ) -> None:  # fmt: skip
     """Fold slots ``lo:hi`` (non-empty) of a quantized block into the
     online-softmax states of query rows ``r:r+rows`` (`rows` 1 or 4, sharing
@@ -755,9 +755,11 @@ def _attend_codes_tile(
     block's `key_meta`), so a logit is ``(q * scale) . code + q . offset``:
     the scales fold into the query rows once per block.  A value decodes as
     ``code * scale[t, g] + offset[t, g]`` per token and group
-    (`value_meta`), so ``P V`` is the tile over the codes with weights ``p *
-    scale``, plus ``sum p * offset`` per group, which the tile adds as it
-    loads the accumulator.
+    (`value_meta`), which the ``P V`` tile does in registers, once for all
+    its rows.  (Folding the value scales into the softmax weights instead,
+    ``p * scale`` per token and group, and adding ``sum p * offset`` once
+    per block, measured slower: the weights of i4's eight groups cost more
+    than the tile.)
 
     The score tiles start at a multiple of their width (8 keys for one row,
     2 for four), reading whole rows of the block below `lo` and above `hi`
@@ -766,7 +768,6 @@ def _attend_codes_tile(
     """
     head_dim = acc.shape[1]
     row_bytes = block.shape[1]
-    groups = shifts.shape[1]
     width = 8 if rows == 1 else 2
     for i in range(rows):
         bias = np.float32(0.0)
@@ -774,7 +775,7 @@ def _attend_codes_tile(
             q = q_rows[r + i, c]
             q_scaled[i, c] = q * key_meta[0, c]
             bias += q * key_meta[1, c]
-        shifts[i, 0] = bias  # borrowed until the weights
+        biases[i] = bias
     t = lo - lo % width
     while t < hi:
         _prefetch_rows(pool, next_run, t, width, row_bytes)
@@ -784,41 +785,22 @@ def _attend_codes_tile(
             qk_tile(q_scaled, 0, block, t, scores, kind_code)
         t += width
     for i in range(rows):
-        bias = shifts[i, 0]
+        bias = biases[i]
         for t in range(lo, hi):
             scores[i, np.uintp(t)] += bias
         _block_weights(scores, i, lo, hi, soft_cap, row_max, row_sum, acc, r + i)
-        # The tiles' weights, p times each group's scale, and the groups'
-        # offsets weighted by p.  (Plain signed slots here: unsigned ones,
-        # mixed with the signed sizes, made these loops 8x slower.)
-        if groups == 1:
-            shift = np.float32(0.0)
-            for t in range(lo, hi):
-                p = scores[i, t]
-                weights[i, t] = p * value_meta[2 * t]
-                shift += p * value_meta[2 * t + 1]
-            shifts[i, 0] = shift
-            continue
-        for g in range(groups):
-            shifts[i, g] = 0.0
-        for t in range(lo, hi):
-            p = scores[i, t]
-            first = 2 * groups * t
-            for g in range(groups):
-                weights[i, groups * t + g] = p * value_meta[first + g]
-                shifts[i, g] += p * value_meta[first + groups + g]
     v_codes = (head_dim if kind_code == I8_CODE else head_dim // 2) + meta_row
     if rows == 1:
-        pv_row(weights, block, lo, hi, acc, r, v_codes, shifts, kind_code)
+        pv_row(scores, block, lo, hi, acc, r, v_codes, value_meta, kind_code)
     else:
-        pv_tile(weights, block, lo, hi, acc, r, v_codes, shifts, kind_code)
+        pv_tile(scores, block, lo, hi, acc, r, v_codes, value_meta, kind_code)
 
 
 def attend_codes(
     q_rows: Any, block: Any, lo: int, hi: int, r: int, rows: int, scores: Any,
-    weights: Any, q_scaled: Any, value_meta: Any, shifts: Any, row_max: Any,
-    row_sum: Any, acc: Any, soft_cap: Any, key_meta: Any, kind_code: int,
-    meta_row: int, pool: Any, next_run: int,
+    q_scaled: Any, biases: Any, value_meta: Any, row_max: Any, row_sum: Any,
+    acc: Any, soft_cap: Any, key_meta: Any, kind_code: int, meta_row: int,
+    pool: Any, next_run: int,
 ) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
     """`_attend_codes_tile` for a quantized pool, nothing for a float one
     (so a float kernel compiles none of it)."""
@@ -828,15 +810,15 @@ def attend_codes(
 @overload(attend_codes, inline="always")
 def _attend_codes_impl(
     q_rows: Any, block: Any, lo: Any, hi: Any, r: Any, rows: Any, scores: Any,
-    weights: Any, q_scaled: Any, value_meta: Any, shifts: Any, row_max: Any,
-    row_sum: Any, acc: Any, soft_cap: Any, key_meta: Any, kind_code: Any,
-    meta_row: Any, pool: Any, next_run: Any,
+    q_scaled: Any, biases: Any, value_meta: Any, row_max: Any, row_sum: Any,
+    acc: Any, soft_cap: Any, key_meta: Any, kind_code: Any, meta_row: Any,
+    pool: Any, next_run: Any,
 ):  # fmt: skip
     if block.dtype != types.uint8:
 
         def nothing(
             q_rows: Any, block: Any, lo: Any, hi: Any, r: Any, rows: Any,
-            scores: Any, weights: Any, q_scaled: Any, value_meta: Any, shifts: Any,
+            scores: Any, q_scaled: Any, biases: Any, value_meta: Any,
             row_max: Any, row_sum: Any, acc: Any, soft_cap: Any, key_meta: Any,
             kind_code: Any, meta_row: Any, pool: Any, next_run: Any,
         ):  # fmt: skip
@@ -846,14 +828,14 @@ def _attend_codes_impl(
 
     def attend(
         q_rows: Any, block: Any, lo: Any, hi: Any, r: Any, rows: Any, scores: Any,
-        weights: Any, q_scaled: Any, value_meta: Any, shifts: Any, row_max: Any,
-        row_sum: Any, acc: Any, soft_cap: Any, key_meta: Any, kind_code: Any,
-        meta_row: Any, pool: Any, next_run: Any,
+        q_scaled: Any, biases: Any, value_meta: Any, row_max: Any, row_sum: Any,
+        acc: Any, soft_cap: Any, key_meta: Any, kind_code: Any, meta_row: Any,
+        pool: Any, next_run: Any,
     ):  # fmt: skip
         _attend_codes_tile(
-            q_rows, block, lo, hi, r, rows, scores, weights, q_scaled, value_meta,
-            shifts, row_max, row_sum, acc, soft_cap, key_meta, kind_code, meta_row,
-            pool, next_run,
+            q_rows, block, lo, hi, r, rows, scores, q_scaled, biases, value_meta,
+            row_max, row_sum, acc, soft_cap, key_meta, kind_code, meta_row, pool,
+            next_run,
         )  # fmt: skip
 
     return attend
@@ -961,9 +943,8 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
             value_scratch = np.empty((block_size, head_dim), dtype=np.float32)
             meta = np.empty((2, head_dim), dtype=np.float32)
             value_meta = np.empty(2 * value_groups * block_size, dtype=np.float32)
-            weights = np.empty((ROWS, block_size * value_groups), dtype=np.float32)
             q_scaled = np.empty((ROWS, head_dim), dtype=np.float32)
-            shifts = np.empty((ROWS, value_groups), dtype=np.float32)
+            biases = np.empty(ROWS, dtype=np.float32)
             mass_width = width if with_mass else 0
             contrib = np.zeros((max_rows, mass_width), dtype=np.float32)
             contrib_max = np.full((max_rows, mass_width), -np.inf, dtype=np.float32)
@@ -1068,9 +1049,9 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                                     if part_lo < part_hi:
                                         attend_codes(
                                             q_rows, stored_keys, part_lo, part_hi, r,
-                                            tile_rows, tile_scores, weights,
-                                            q_scaled, value_meta, shifts, row_max,
-                                            row_sum, acc, soft_cap, meta, kind_code,
+                                            tile_rows, tile_scores, q_scaled,
+                                            biases, value_meta, row_max, row_sum,
+                                            acc, soft_cap, meta, kind_code,
                                             quant[0], layer_pool, ahead,
                                         )  # fmt: skip
                             continue

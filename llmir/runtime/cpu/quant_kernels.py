@@ -118,12 +118,15 @@ def load_key_meta(
         return
     per_row = meta_row // entry
     stride = 1 if symmetric else 2
-    for t in range(min(block.shape[0], -(-head_dim // per_row))):
-        first = t * per_row
-        count = min(per_row, head_dim - first)
-        halves_to_f32(block, t, meta_col, stride, scales, first, count)
-        if not symmetric:
-            halves_to_f32(block, t, meta_col + 2, 2, offsets, first, count)
+    # Whole rows of entries, then the rest in the next row.
+    full = head_dim // per_row
+    rest = head_dim - full * per_row
+    tail = full * per_row
+    halves_to_f32(block, 0, full, meta_col, stride, scales, 0, per_row, per_row)
+    halves_to_f32(block, full, full + 1, meta_col, stride, scales, tail, 0, rest)
+    if not symmetric:
+        halves_to_f32(block, 0, full, meta_col + 2, 2, offsets, 0, per_row, per_row)
+        halves_to_f32(block, full, full + 1, meta_col + 2, 2, offsets, tail, 0, rest)
     if symmetric:
         for c in range(head_dim):
             offsets[c] = np.float32(-128.0) * scales[c]

@@ -27,8 +27,9 @@ The stored elements are float32, IEEE half / bfloat16 bit patterns
 (uint16) converted on load (``fpext`` from ``half``, ``vcvtph2ps`` with
 F16C, or a 16-bit shift), or the unsigned codes of a quantized block
 (uint8; i4: two per byte, `_load_nibbles`), whose scales and offsets the
-caller folds into the query rows and the weights (`pv_tile`'s `shifts`
-carry the value offsets).  `halves_to_f32` converts a quantized block's
+caller folds into the query rows (keys), or the ``P V`` tile applies as
+it loads them (values: per token and group, so decoded in registers once
+for all rows).  `halves_to_f32` converts a quantized block's
 float16 scales, eight per load.  Multiply-adds are ``llvm.fmuladd``: fused
 where the CPU has FMA, a multiply and an add elsewhere.  Sums are reordered
 relative to a sequential loop, as the kernels' ``reassoc`` flag allows.
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from llvmlite import ir
 from numba import types  # pyright: ignore[reportUnknownVariableType]
 from numba.core import cgutils
@@ -310,20 +312,27 @@ def _pv_intrinsic(rows: int, vectors: int) -> Any:
         acc: Any,
         r: Any,
         base: Any,
-        shifts: Any,
+        value_meta: Any,
         element: Any,
     ) -> Any:
         stored = _element_format(element, _storage(values))
-        if any(_storage(array) != "f32" for array in (weights, acc, shifts)):
-            raise TypingError("weights, acc and shifts must be float32")
-        sig = types.void(weights, values, lo, hi, acc, r, base, shifts, element)
+        if _storage(weights) != "f32" or _storage(acc) != "f32":
+            raise TypingError("weights and acc must be float32")
+        if not (
+            isinstance(value_meta, types.Array)
+            and value_meta.ndim == 1
+            and value_meta.layout == "C"
+            and value_meta.dtype == types.float32
+        ):
+            raise TypingError(f"value_meta must be 1D float32, got {value_meta}")
+        sig = types.void(weights, values, lo, hi, acc, r, base, value_meta, element)
 
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
             arg_types = signature.args
             w = _Rows(context, builder, arg_types[0], args[0])
             v = _Rows(context, builder, arg_types[1], args[1])
             out = _Rows(context, builder, arg_types[4], args[4])
-            offsets = _Rows(context, builder, arg_types[7], args[7])
+            meta = context.make_array(arg_types[7])(context, builder, args[7]).data
 
             def intp(position: int) -> Any:
                 return context.cast(
@@ -362,23 +371,8 @@ def _pv_intrinsic(rows: int, vectors: int) -> Any:
                     chunk_groups = [out.index(0)]
                 vector_group = [c // loads if nibbles else 0 for c in range(vectors)]
                 for i in range(rows):
-                    # Quantized values: the block's offsets (the sum over
-                    # tokens of p * offset) enter with the accumulator.
-                    starts = (
-                        [
-                            _splat(
-                                builder,
-                                builder.load(offsets.address(out.index(i), group)),
-                            )
-                            for group in chunk_groups
-                        ]
-                        if quantized
-                        else []
-                    )
                     for c, channel in enumerate(channels):
                         vector = _load_vector(builder, out, acc_rows[i], channel, "f32")
-                        if quantized:
-                            vector = builder.fadd(vector, starts[vector_group[c]])
                         builder.store(vector, tile_slots[vectors * i + c])
                 tokens = cgutils.for_range_slice(
                     builder, lo_value, hi_value, v.index(1)
@@ -394,24 +388,33 @@ def _pv_intrinsic(rows: int, vectors: int) -> Any:
                         value_vectors = [
                             _load_vector(builder, v, t, c, stored) for c in code_columns
                         ]
-                    # weights[i, t * groups + group]
-                    first = builder.mul(t, groups)
-                    for i in range(rows):
-                        splats = [
-                            _splat(
+                    if quantized:
+                        # Decode once for all rows: code * scale + offset of
+                        # the token's group (value_meta[t * 2 groups + g],
+                        # then the offsets, groups further on).
+                        first = builder.mul(t, builder.shl(groups, out.index(1)))
+                        scales, offsets = [], []
+                        for group in chunk_groups:
+                            at = builder.add(first, group)
+                            scale = builder.load(builder.gep(meta, [at]))
+                            at = builder.add(at, groups)
+                            offset = builder.load(builder.gep(meta, [at]))
+                            scales.append(_splat(builder, scale))
+                            offsets.append(_splat(builder, offset))
+                        value_vectors = [
+                            _fmuladd(
                                 builder,
-                                builder.load(
-                                    w.address(w.index(i), builder.add(first, group))
-                                ),
+                                vector,
+                                scales[vector_group[c]],
+                                offsets[vector_group[c]],
                             )
-                            for group in chunk_groups
+                            for c, vector in enumerate(value_vectors)
                         ]
+                    for i in range(rows):
+                        p = _splat(builder, builder.load(w.address(w.index(i), t)))
                         for c, value_vector in enumerate(value_vectors):
                             _accumulate(
-                                builder,
-                                tile_slots[vectors * i + c],
-                                splats[vector_group[c]],
-                                value_vector,
+                                builder, tile_slots[vectors * i + c], p, value_vector
                             )
                 for i in range(rows):
                     for c, channel in enumerate(channels):
@@ -438,16 +441,19 @@ chunk."""
 def _halves_to_f32(
     typingctx: Any,
     src: Any,
-    row: Any,
+    rows: Any,
     byte: Any,
     stride: Any,
     out: Any,
     first: Any,
+    spacing: Any,
     count: Any,
 ) -> Any:
-    """``out[first + c]`` = the IEEE half at byte ``byte + 2 * stride * c`` of
-    row `row` of `src` (uint8), for c < `count` (`stride` a literal 1 or 2):
-    eight per vector load, the rest one by one."""
+    """For each row ``t`` of the range `rows` (a ``(start, stop)`` tuple) of
+    `src` (uint8): ``out[first + (t - start) * spacing + c]`` = the IEEE half
+    at byte ``byte + 2 * stride * c`` of row ``t``, for c < `count`
+    (`stride` a literal 1 or 2); eight per vector load, the rest one by
+    one."""
     if _storage(src) != "u8":
         raise TypingError(f"src must be a C-contiguous 2D uint8 array, got {src}")
     if not (
@@ -462,8 +468,10 @@ def _halves_to_f32(
         2,
     ):
         raise TypingError(f"stride must be a literal 1 or 2, got {stride}")
+    if not (isinstance(rows, types.UniTuple) and rows.count == 2):
+        raise TypingError(f"rows must be a (start, stop) pair, got {rows}")
     step = stride.literal_value
-    sig = types.void(src, row, byte, stride, out, first, count)
+    sig = types.void(src, rows, byte, stride, out, first, spacing, count)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
         arg_types = signature.args
@@ -473,65 +481,81 @@ def _halves_to_f32(
             _F32.as_pointer(),
         )
 
-        def intp(position: int) -> Any:
-            return context.cast(
-                builder, args[position], arg_types[position], types.intp
-            )
+        def intp(value: Any, value_type: Any) -> Any:
+            return context.cast(builder, value, value_type, types.intp)
 
-        row_at, byte_at, first_at, total = intp(1), intp(2), intp(5), intp(6)
+        row_type = arg_types[1].dtype
+        start = intp(builder.extract_value(args[1], 0), row_type)
+        stop = intp(builder.extract_value(args[1], 1), row_type)
+        byte_at = intp(args[2], arg_types[2])
+        first_at = intp(args[5], arg_types[5])
+        spacing_at = intp(args[6], arg_types[6])
+        total = intp(args[7], arg_types[7])
         whole = builder.and_(total, source.index(-LANES))
         words = ir.VectorType(ir.IntType(16), LANES * step)
         picked = ir.Constant(_LANE_INDICES, [step * c for c in range(LANES)])
         halves = ir.VectorType(ir.HalfType(), LANES)
+        source_rows = cgutils.for_range_slice(builder, start, stop, source.index(1))
+        with source_rows as (row, _):
+            out_at = builder.add(
+                first_at, builder.mul(builder.sub(row, start), spacing_at)
+            )
 
-        def source_address(c: Any, pointee: Any) -> Any:
-            at = builder.add(byte_at, builder.mul(c, source.index(2 * step)))
-            return source.address(row_at, at, pointee)
+            def source_address(c: Any, pointee: Any) -> Any:
+                at = builder.add(byte_at, builder.mul(c, source.index(2 * step)))
+                return source.address(row, at, pointee)
 
-        def target_address(c: Any, pointee: Any) -> Any:
-            element = builder.gep(target, [builder.add(first_at, c)])
-            return builder.bitcast(element, pointee.as_pointer())
+            def target_address(c: Any, pointee: Any) -> Any:
+                element = builder.gep(target, [builder.add(out_at, c)])
+                return builder.bitcast(element, pointee.as_pointer())
 
-        vectors = cgutils.for_range_slice(
-            builder, source.index(0), whole, source.index(LANES)
-        )
-        with vectors as (c, _):
-            bits = builder.load(source_address(c, words), align=1)
-            if step > 1:
-                bits = builder.shuffle_vector(bits, ir.Constant(words, None), picked)
-            converted = builder.fpext(builder.bitcast(bits, halves), _VEC)
-            builder.store(converted, target_address(c, _VEC), align=4)
-        rest = cgutils.for_range_slice(builder, whole, total, source.index(1))
-        with rest as (c, _):
-            bits = builder.load(source_address(c, ir.IntType(16)), align=1)
-            converted = builder.fpext(builder.bitcast(bits, ir.HalfType()), _F32)
-            builder.store(converted, target_address(c, _F32))
+            vectors = cgutils.for_range_slice(
+                builder, source.index(0), whole, source.index(LANES)
+            )
+            with vectors as (c, _):
+                bits = builder.load(source_address(c, words), align=1)
+                if step > 1:
+                    bits = builder.shuffle_vector(
+                        bits, ir.Constant(words, None), picked
+                    )
+                converted = builder.fpext(builder.bitcast(bits, halves), _VEC)
+                builder.store(converted, target_address(c, _VEC), align=4)
+            rest = cgutils.for_range_slice(builder, whole, total, source.index(1))
+            with rest as (c, _):
+                bits = builder.load(source_address(c, ir.IntType(16)), align=1)
+                converted = builder.fpext(builder.bitcast(bits, ir.HalfType()), _F32)
+                builder.store(converted, target_address(c, _F32))
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 def halves_to_f32(
-    src: Any, row: int, byte: int, stride: int, out: Any, first: int, count: int
-) -> None:  # pragma: no cover - replaced by the overload inside @njit code
-    """``out[first + c]`` = the IEEE half at byte ``byte + 2 * stride * c``
-    of row `row` of the uint8 array `src`, for c < `count`; `stride` 1
-    (consecutive halves) or 2 (every other: the scales, or the minimums, of
-    (scale, minimum) pairs) (njit only)."""
+    src: Any, start: int, stop: int, byte: int, stride: int, out: Any, first: int,
+    spacing: int, count: int,
+) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
+    """For each row t in ``start:stop`` of the uint8 array `src`: ``out[first
+    + (t - start) * spacing + c]`` = the IEEE half at byte ``byte + 2 *
+    stride * c`` of row t, for c < `count`; `stride` 1 (consecutive halves)
+    or 2 (every other: the scales, or the minimums, of (scale, minimum)
+    pairs) (njit only)."""
     raise NotImplementedError("halves_to_f32 is only callable from @njit code")
 
 
 @overload(halves_to_f32, inline="always")
 def _halves_to_f32_impl(
-    src: Any, row: Any, byte: Any, stride: Any, out: Any, first: Any, count: Any
-):
+    src: Any, start: Any, stop: Any, byte: Any, stride: Any, out: Any, first: Any,
+    spacing: Any, count: Any,
+):  # fmt: skip
     def convert(
-        src: Any, row: Any, byte: Any, stride: Any, out: Any, first: Any, count: Any
-    ):
+        src: Any, start: Any, stop: Any, byte: Any, stride: Any, out: Any,
+        first: Any, spacing: Any, count: Any,
+    ):  # fmt: skip
+        rows = (np.intp(start), np.intp(stop))
         if stride == 1:
-            _halves_to_f32(src, row, byte, 1, out, first, count)  # pyright: ignore[reportCallIssue]
+            _halves_to_f32(src, rows, byte, 1, out, first, spacing, count)  # pyright: ignore[reportCallIssue]
         else:
-            _halves_to_f32(src, row, byte, 2, out, first, count)  # pyright: ignore[reportCallIssue]
+            _halves_to_f32(src, rows, byte, 2, out, first, spacing, count)  # pyright: ignore[reportCallIssue]
 
     return convert
 
@@ -570,18 +594,18 @@ def _qk_overload(tile: Any) -> Any:
 def _pv_overload(tile: Any) -> Any:
     def implementation(
         weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any, base: Any,
-        shifts: Any, kind_code: Any,
+        value_meta: Any, kind_code: Any,
     ) -> Any:  # fmt: skip
         first, second, first_code = _formats(values.dtype)
 
         def dispatch(
             weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any,
-            base: Any, shifts: Any, kind_code: Any,
+            base: Any, value_meta: Any, kind_code: Any,
         ):  # fmt: skip
             if kind_code == first_code:
-                tile(weights, values, lo, hi, acc, r, base, shifts, first)
+                tile(weights, values, lo, hi, acc, r, base, value_meta, first)
             else:
-                tile(weights, values, lo, hi, acc, r, base, shifts, second)
+                tile(weights, values, lo, hi, acc, r, base, value_meta, second)
 
         return dispatch
 
@@ -607,23 +631,22 @@ def qk_row(
 
 def pv_tile(
     weights: Any, values: Any, lo: int, hi: int, acc: Any, r: int, base: int,
-    shifts: Any, kind_code: int,
+    value_meta: Any, kind_code: int,
 ) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
     """``acc[r + i] += weights[i, lo:hi] @ values[lo:hi]`` for i < 4,
     `values` holding elements of `kind_code` from column `base` on; the head
     dimension a multiple of `CHANNELS` (njit only).
 
-    Quantized values are codes, scaled per token and value group (i8: one
-    group, the whole row): ``weights[i, t * groups + g]`` is row i's weight
-    of token t's codes in group g, and ``shifts[i, g]`` is added to each
-    channel of group g (the tokens' offsets, weighted); float values ignore
-    `shifts`."""
+    Quantized values are codes, decoded in registers once for all rows as
+    ``code * scale + offset`` of their token and value group (i8: one group,
+    the whole row): `value_meta` (1D float32) holds token t's group scales
+    from ``t * 2 * groups`` on, then its offsets; float values ignore it."""
     raise NotImplementedError("pv_tile is only callable from @njit code")
 
 
 def pv_row(
     weights: Any, values: Any, lo: int, hi: int, acc: Any, r: int, base: int,
-    shifts: Any, kind_code: int,
+    value_meta: Any, kind_code: int,
 ) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
     """`pv_tile` for the single row `r`, 32 channels per chunk: the head
     dimension a multiple of 32 (njit only)."""

@@ -140,7 +140,7 @@ def tiles(
     q_rows: Any, keys: Any, values: Any, weights: Any, scores: Any, acc: Any, kind: Any
 ) -> None:
     qk_tile(q_rows, 1, keys, 2, scores, kind)
-    pv_tile(weights, values, 1, 5, acc, 1, 0, scores, kind)  # no shifts
+    pv_tile(weights, values, 1, 5, acc, 1, 0, acc[0], kind)  # no scales
 
 
 @pytest.mark.parametrize("kind_name", ["f16", "bf16", "f32"])
@@ -189,14 +189,14 @@ def test_large_logits_stay_finite_in_the_tile(kind_name: str):
 @njit(cache=True)
 def code_tiles(
     q_rows: Any, block: Any, t: Any, scores: Any, weights: Any, lo: Any, hi: Any,
-    acc: Any, base: Any, shifts: Any, kind: Any, single: Any,
+    acc: Any, base: Any, value_meta: Any, kind: Any, single: Any,
 ) -> None:  # fmt: skip
     if single:
         qk_row(q_rows, 1, block, t, scores, kind)
-        pv_row(weights, block, lo, hi, acc, 1, base, shifts, kind)
+        pv_row(weights, block, lo, hi, acc, 1, base, value_meta, kind)
     else:
         qk_tile(q_rows, 1, block, t, scores, kind)
-        pv_tile(weights, block, lo, hi, acc, 1, base, shifts, kind)
+        pv_tile(weights, block, lo, hi, acc, 1, base, value_meta, kind)
 
 
 def _codes(block: np.ndarray, column: int, head_dim: int, kind_name: str) -> Any:
@@ -212,7 +212,7 @@ def _codes(block: np.ndarray, column: int, head_dim: int, kind_name: str) -> Any
 @pytest.mark.parametrize("single", [True, False], ids=["row", "four rows"])
 def test_code_tiles_against_float64(kind_name: str, single: bool):
     # The tiles over a quantized block's codes: the scores of raw codes, and
-    # P V with one weight per token and value group plus each group's shift.
+    # P V over the codes decoded with each token's group scales and offsets.
     rng = np.random.default_rng(11)
     kind = element_type(kind_name)
     head_dim, slots = 64, 16
@@ -222,23 +222,21 @@ def test_code_tiles_against_float64(kind_name: str, single: bool):
     rows, keys = (1, 8) if single else (4, 2)
     groups = 1 if kind_name == "i8" else head_dim // 16
     q_rows = rng.standard_normal((6, head_dim)).astype(np.float32)
-    weights = rng.random((rows, slots * groups)).astype(np.float32)
-    shifts = rng.standard_normal((rows, groups)).astype(np.float32)
+    weights = rng.random((rows, slots)).astype(np.float32)
+    # Token t's group scales, then its group offsets.
+    value_meta = rng.standard_normal((slots, 2, groups)).astype(np.float32)
     scores = np.full((rows, slots), np.nan, np.float32)
     acc = rng.standard_normal((6, head_dim)).astype(np.float32)
     key_codes = _codes(block, 0, head_dim, kind_name)
     value_codes = _codes(block, base, head_dim, kind_name)
+    per_channel = np.repeat(value_meta.astype(np.float64), head_dim // groups, axis=2)
+    values = value_codes * per_channel[:, 0] + per_channel[:, 1]
     lo, hi, t = 3, 14, 8
     expected_acc = acc.astype(np.float64)
-    for i in range(rows):
-        for g in range(groups):
-            channels = slice(g * head_dim // groups, (g + 1) * head_dim // groups)
-            w = weights[i, g::groups][lo:hi].astype(np.float64)
-            expected_acc[1 + i, channels] += w @ value_codes[lo:hi, channels]
-            expected_acc[1 + i, channels] += shifts[i, g]
+    expected_acc[1 : 1 + rows] += weights[:, lo:hi].astype(np.float64) @ values[lo:hi]
     code_tiles(
-        q_rows, block, t, scores, weights, lo, hi, acc, base, shifts, kind.code,
-        single,
+        q_rows, block, t, scores, weights, lo, hi, acc, base, value_meta.reshape(-1),
+        kind.code, single,
     )  # fmt: skip
     expected_scores = (
         q_rows[1 : 1 + rows].astype(np.float64) @ key_codes[t : t + keys].T
@@ -250,20 +248,26 @@ def test_code_tiles_against_float64(kind_name: str, single: bool):
 
 @njit(cache=True)
 def halves(
-    src: Any, row: Any, byte: Any, stride: Any, out: Any, first: Any, count: Any
-):
-    halves_to_f32(src, row, byte, stride, out, first, count)
+    src: Any, start: Any, stop: Any, byte: Any, stride: Any, out: Any, first: Any,
+    spacing: Any, count: Any,
+) -> None:  # fmt: skip
+    halves_to_f32(src, start, stop, byte, stride, out, first, spacing, count)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("count", [1, 8, 13])
 def test_halves_to_f32_reads_every_stride_th_half(stride: int, count: int):
-    # Eight per vector, the rest one by one, from an odd byte offset.
+    # Rows 1 and 2 of three, eight halves per vector and the rest one by
+    # one, from an odd byte offset, into slots `spacing` apart.
     rng = np.random.default_rng(count)
-    values = rng.standard_normal(64).astype(np.float16)
+    values = rng.standard_normal((3, 64)).astype(np.float16)
     src = np.zeros((3, 140), np.uint8)
-    src[1, 3 : 3 + 128] = values.view(np.uint8)
-    out = np.full(20, np.nan, np.float32)
-    halves(src, 1, 3, stride, out, 2, count)
-    np.testing.assert_array_equal(out[2 : 2 + count], values[::stride][:count])
-    assert np.isnan(out[:2]).all() and np.isnan(out[2 + count :]).all()
+    src[:, 3 : 3 + 128] = values.view(np.uint8)
+    spacing = count + 2
+    out = np.full(2 + 2 * spacing, np.nan, np.float32)
+    halves(src, 1, 3, 3, stride, out, 2, spacing, count)
+    expected = np.full_like(out, np.nan)
+    for t in (1, 2):
+        start = 2 + (t - 1) * spacing
+        expected[start : start + count] = values[t, ::stride][:count]
+    np.testing.assert_array_equal(out, expected)
