@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange  # pyright: ignore[reportUnknownVariableType]
 
 from llmir.runtime.cpu.codecs import f16_bits_to_f32, f32_to_f16_bits
-from llmir.runtime.cpu.simd import halves_to_f32
+from llmir.runtime.cpu.simd import halves_to_f32, span_range, widen_range
 
 # ---------------------------------------------------------------------------
 # float16 metadata and codes inside a block
@@ -185,11 +185,15 @@ def _code(x: Any, inv: Any, offset: Any, levels: Any, symmetric: Any) -> Any:
     """The stored code of `x` for step ``1 / inv`` (inv 0: a zero step).
     `levels` is float32, like every operand here: the CUDA kernels repeat
     this arithmetic type for type and give the same bytes."""
+    # Clamps as comparisons: Numba's min and max keep loops from
+    # vectorizing (the values are finite, so the result is the same).
     if symmetric:
         q = np.rint(x * inv)
-        return np.int32(min(max(q, -levels), levels)) + 128
+        q = q if q > -levels else -levels
+        return np.int32(q if q < levels else levels) + 128
     q = np.rint((x - offset) * inv)
-    return np.int32(min(max(q, 0.0), levels))
+    q = q if q > 0.0 else np.float32(0.0)
+    return np.int32(q if q < levels else levels)
 
 
 @njit(inline="always", cache=True)
@@ -217,8 +221,11 @@ def _inverse(scale: Any) -> Any:
 @njit(inline="always", cache=True)
 def _quantize_run(
     block: Any,  # uint8 [block_size, row_bytes]
-    keys: Any,  # f32 [n, D] (this run's tokens, this head)
+    keys: Any,  # f32 [N, H, D]: one layer's appended keys
     values: Any,
+    start: Any,  # this run's first token in `keys`
+    n: Any,  # its number of tokens
+    h: Any,  # the head
     lo: Any,
     bits: Any,
     symmetric: Any,
@@ -226,7 +233,7 @@ def _quantize_run(
     meta_row: Any,
     work: Any,  # f32 [6, D] scratch
 ) -> None:
-    n, head_dim = keys.shape
+    head_dim = keys.shape[2]
     code_bytes = head_dim * bits // 8
     meta_col = code_bytes
     v_codes = code_bytes + meta_row
@@ -241,13 +248,13 @@ def _quantize_run(
         work[4],
         work[5],
     )
-    # The new keys' range per channel, row by row (vectorized).
-    new_lo[:] = keys[0]
-    new_hi[:] = keys[0]
+    # The new keys' range per channel, row by row.
+    # (Rows indexed whole, ``keys[start + t, h]``, are contiguous by type, so
+    # the loops over them vectorize.)
+    new_lo[:] = keys[start, h]
+    new_hi[:] = keys[start, h]
     for t in range(1, n):
-        for c in range(head_dim):
-            new_lo[c] = min(new_lo[c], keys[t, c])
-            new_hi[c] = max(new_hi[c], keys[t, c])
+        widen_range(keys[start + t, h], new_lo, new_hi)
     widened = 0
     if lo > 0:
         load_key_meta(block, meta_col, meta_row, symmetric, old_scale, old_offset)
@@ -293,7 +300,7 @@ def _quantize_run(
         old_offset[c] = _inverse(scale[c])  # reused as the inverse step
     for t in range(n):
         row = block[lo + t]
-        x = keys[t]
+        x = keys[start + t, h]
         if bits == 8:
             for c in range(head_dim):
                 row[c] = np.uint8(_code(x[c], old_offset[c], offset[c], levels, True))
@@ -308,14 +315,10 @@ def _quantize_run(
     entry = 2 if symmetric else 4
     for t in range(n):
         row = block[lo + t]
-        x = values[t]
+        x = values[start + t, h]
         for g in range(head_dim // group):
             first = g * group
-            low = x[first]
-            high = x[first]
-            for c in range(first + 1, first + group):
-                low = min(low, x[c])
-                high = max(high, x[c])
+            low, high = span_range(x, first, first + group)
             s_bits, m_bits = _step_bits(low, high, levels, symmetric)
             at = v_meta + g * entry
             row[at] = np.uint8(s_bits & 0xFF)
@@ -356,11 +359,13 @@ def quantize_runs(
         r = rest % runs
         layer = rest // runs
         start = run_tokens[r]
-        stop = run_tokens[r + 1]
         _quantize_run(
             pool[layer, run_blocks[r], h],
-            keys[layer, start:stop, h],
-            values[layer, start:stop, h],
+            keys[layer],
+            values[layer],
+            start,
+            run_tokens[r + 1] - start,
+            h,
             run_offsets[r],
             bits,
             symmetric,

@@ -560,6 +560,163 @@ def _halves_to_f32_impl(
     return convert
 
 
+def _float_1d(array: Any) -> bool:
+    return (
+        isinstance(array, types.Array)
+        and array.ndim == 1
+        and array.dtype == types.float32
+    )
+
+
+def _min_max(builder: Any, kind: str, a: Any, b: Any) -> Any:
+    """``llvm.minnum``/``maxnum`` of two floats or float vectors (the
+    callers' values are finite: the caches refuse inf and NaN)."""
+    suffix = f"v{LANES}f32" if a.type == _VEC else "f32"
+    fnty = ir.FunctionType(a.type, [a.type, a.type])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.{kind}.{suffix}")
+    return builder.call(fn, [a, b])
+
+
+class _Elements:
+    """Addresses in a 1D float32 array of any stride."""
+
+    def __init__(self, context: Any, builder: Any, array_type: Any, value: Any):
+        array = context.make_array(array_type)(context, builder, value)
+        self.builder = builder
+        self.data = builder.bitcast(array.data, _I8_PTR)
+        self.size = builder.extract_value(array.shape, 0)
+        self.stride = builder.extract_value(array.strides, 0)
+
+    def address(self, index: Any, pointee: Any) -> Any:
+        b = self.builder
+        at = b.gep(self.data, [b.mul(index, self.stride)])
+        return b.bitcast(at, pointee.as_pointer())
+
+    def contiguous(self) -> Any:
+        return self.builder.icmp_signed(
+            "==", self.stride, ir.Constant(self.stride.type, 4)
+        )
+
+
+def _vector_end(builder: Any, start: Any, stop: Any, arrays: list[_Elements]) -> Any:
+    """Where the vector part of ``start:stop`` ends: eight lanes at a time
+    when every array is contiguous, else nowhere (all scalar)."""
+    whole = builder.add(
+        start,
+        builder.and_(builder.sub(stop, start), ir.Constant(start.type, -LANES)),
+    )
+    contiguous = arrays[0].contiguous()
+    for array in arrays[1:]:
+        contiguous = builder.and_(contiguous, array.contiguous())
+    return builder.select(contiguous, whole, start)
+
+
+@intrinsic
+def _widen_range(typingctx: Any, row: Any, low: Any, high: Any) -> Any:
+    """``low = min(low, row)``, ``high = max(high, row)`` element-wise over
+    1D float32 arrays of one length."""
+    if not all(_float_1d(array) for array in (row, low, high)):
+        raise TypingError("row, low and high must be 1D float32 arrays")
+    sig = types.void(row, low, high)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        arrays = [
+            _Elements(context, builder, t, v)
+            for t, v in zip(signature.args, args, strict=True)
+        ]
+        size = arrays[0].size
+        zero = ir.Constant(size.type, 0)
+        whole = _vector_end(builder, zero, size, arrays)
+
+        def update(index: Any, pointee: Any) -> None:
+            row_at, low_at, high_at = (a.address(index, pointee) for a in arrays)
+            value = builder.load(row_at, align=4)
+            smaller = _min_max(builder, "minnum", builder.load(low_at, align=4), value)
+            larger = _min_max(builder, "maxnum", builder.load(high_at, align=4), value)
+            builder.store(smaller, low_at, align=4)
+            builder.store(larger, high_at, align=4)
+
+        lanes, one = ir.Constant(size.type, LANES), ir.Constant(size.type, 1)
+        with cgutils.for_range_slice(builder, zero, whole, lanes) as (c, _):
+            update(c, _VEC)
+        with cgutils.for_range_slice(builder, whole, size, one) as (c, _):
+            update(c, _F32)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _span_range(typingctx: Any, row: Any, start: Any, stop: Any) -> Any:
+    """``(min, max)`` of ``row[start:stop]`` (non-empty), 1D float32."""
+    if not _float_1d(row):
+        raise TypingError(f"row must be a 1D float32 array, got {row}")
+    sig = types.UniTuple(types.float32, 2)(row, start, stop)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        elements = _Elements(context, builder, signature.args[0], args[0])
+        first = context.cast(builder, args[1], signature.args[1], types.intp)
+        last = context.cast(builder, args[2], signature.args[2], types.intp)
+        whole = _vector_end(builder, first, last, [elements])
+
+        def fold(slots: list[Any], value: Any) -> None:
+            for slot, kind in zip(slots, ("minnum", "maxnum"), strict=True):
+                builder.store(_min_max(builder, kind, builder.load(slot), value), slot)
+
+        seed = _splat(builder, builder.load(elements.address(first, _F32)))
+        vectors = [cgutils.alloca_once_value(builder, seed) for _ in range(2)]
+        lanes = ir.Constant(first.type, LANES)
+        with cgutils.for_range_slice(builder, first, whole, lanes) as (c, _):
+            fold(vectors, builder.load(elements.address(c, _VEC), align=4))
+        # The lanes' extremes, then the scalar rest.
+        ends = []
+        for slot, kind in zip(vectors, ("minnum", "maxnum"), strict=True):
+            vector = builder.load(slot)
+            end = builder.extract_element(vector, ir.Constant(_I32, 0))
+            for lane in range(1, LANES):
+                lane_value = builder.extract_element(vector, ir.Constant(_I32, lane))
+                end = _min_max(builder, kind, end, lane_value)
+            ends.append(cgutils.alloca_once_value(builder, end))
+        one = ir.Constant(first.type, 1)
+        with cgutils.for_range_slice(builder, whole, last, one) as (c, _):
+            fold(ends, builder.load(elements.address(c, _F32), align=4))
+        low, high = (builder.load(slot) for slot in ends)
+        return context.make_tuple(builder, signature.return_type, [low, high])
+
+    return sig, codegen
+
+
+def widen_range(row: Any, low: Any, high: Any) -> None:  # pragma: no cover
+    """``low = min(low, row)``, ``high = max(high, row)`` element-wise, eight
+    lanes per instruction where all three are contiguous (njit only; finite
+    values: LLVM's loop vectorizer leaves Numba's min/max loops scalar)."""
+    raise NotImplementedError("widen_range is only callable from @njit code")
+
+
+def span_range(
+    row: Any, start: int, stop: int
+) -> tuple[float, float]:  # pragma: no cover
+    """``(min, max)`` of ``row[start:stop]``, non-empty, eight lanes per
+    instruction where `row` is contiguous (njit only; finite values)."""
+    raise NotImplementedError("span_range is only callable from @njit code")
+
+
+@overload(widen_range, inline="always")
+def _widen_range_impl(row: Any, low: Any, high: Any):
+    def widen(row: Any, low: Any, high: Any):
+        _widen_range(row, low, high)  # pyright: ignore[reportCallIssue]
+
+    return widen
+
+
+@overload(span_range, inline="always")
+def _span_range_impl(row: Any, start: Any, stop: Any):
+    def span(row: Any, start: Any, stop: Any):
+        return _span_range(row, start, stop)  # pyright: ignore[reportCallIssue]
+
+    return span
+
+
 def _formats(dtype: Any) -> tuple[str, str, int]:
     """The two formats a storage dtype may hold and the element code that
     picks the first (float32 holds one)."""

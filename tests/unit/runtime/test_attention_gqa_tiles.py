@@ -22,7 +22,15 @@ import pytest
 from numba import njit
 
 from llmir.runtime.cpu.attention_kernels import run_paged_attention
-from llmir.runtime.cpu.simd import halves_to_f32, pv_row, pv_tile, qk_row, qk_tile
+from llmir.runtime.cpu.simd import (
+    halves_to_f32,
+    pv_row,
+    pv_tile,
+    qk_row,
+    qk_tile,
+    span_range,
+    widen_range,
+)
 from llmir.runtime.dtypes import element_type
 from llmir.testing.reference import build_paged_pool, reference_paged_attention
 
@@ -271,3 +279,30 @@ def test_halves_to_f32_reads_every_stride_th_half(stride: int, count: int):
         start = 2 + (t - 1) * spacing
         expected[start : start + count] = values[t, ::stride][:count]
     np.testing.assert_array_equal(out, expected)
+
+
+@njit(cache=True)
+def ranges(rows: Any, low: Any, high: Any, start: Any, stop: Any) -> Any:
+    low[:] = rows[0]
+    high[:] = rows[0]
+    for t in range(1, rows.shape[0]):
+        widen_range(rows[t], low, high)
+    return span_range(rows[1], start, stop)
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize(
+    ("width", "start", "stop"), [(37, 3, 30), (16, 0, 16), (5, 4, 5)]
+)
+def test_ranges_against_numpy(contiguous: bool, width: int, start: int, stop: int):
+    # Eight lanes at a time over contiguous rows, the rest (and any strided
+    # row) one by one.
+    rng = np.random.default_rng(width)
+    data = rng.standard_normal((4, width, 2)).astype(np.float32)
+    rows = np.ascontiguousarray(data[..., 0]) if contiguous else data[..., 0]
+    low = np.empty(width, np.float32)
+    high = np.empty(width, np.float32)
+    smallest, largest = ranges(rows, low, high, start, stop)
+    np.testing.assert_array_equal(low, rows.min(axis=0))
+    np.testing.assert_array_equal(high, rows.max(axis=0))
+    assert (smallest, largest) == (rows[1, start:stop].min(), rows[1, start:stop].max())
