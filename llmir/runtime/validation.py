@@ -602,7 +602,7 @@ def check_slots(
 
 
 @njit(parallel=True, cache=True)
-def _count_non_finite(flat: Any) -> int:  # pragma: no cover - njit
+def _count_non_finite(flat: Any) -> Any:  # pragma: no cover - njit
     """How many elements of a 1D float array are inf or NaN, in one parallel
     pass that allocates nothing (``np.isfinite(a).all()`` writes a boolean
     array first: 4.9 ms against 2.4 ms for 64 MiB of float32, two cores)."""
