@@ -332,9 +332,18 @@ def _quantize_run(
                 row[at + 2] = np.uint8(m_bits & 0xFF)
                 row[at + 3] = np.uint8(m_bits >> 8)
                 minimum = _decoded(m_bits)
-                for c in range(first, first + group):
-                    code = _code(x[c], inv, minimum, levels, False)
-                    _set_code(row, v_codes, c, bits, code, half)
+                # A group lies in one half of the row: all its codes go to
+                # low nibbles or all to high ones (branch-free loops).
+                if first < half:
+                    for c in range(first, first + group):
+                        code = _code(x[c], inv, minimum, levels, False)
+                        at = v_codes + c
+                        row[at] = np.uint8((np.int32(row[at]) & 0xF0) | code)
+                else:
+                    for c in range(first, first + group):
+                        code = _code(x[c], inv, minimum, levels, False)
+                        at = v_codes + c - half
+                        row[at] = np.uint8((np.int32(row[at]) & 0x0F) | (code << 4))
 
 
 @njit(parallel=True, cache=True)
