@@ -43,8 +43,9 @@ Measured choices (see the functions' docstrings):
   codes, one query row (MHA decode) or four at a time, the key scales folded
   into the query and the values decoded in registers once for all rows, so
   no block is decoded into memory (at batch 8 x 8192, MHA decode measured
-  1.6-1.9x (i8) and 3.2-3.5x (i4) faster than the scalar code loops this
-  replaced, GQA 32/8 2.0x and 2.6-2.8x faster than decoding into scratch);
+  1.6-2.0x (i8) and 3.3-4.0x (i4) faster than the scalar code loops this
+  replaced, GQA 32/8 1.5-2.2x and 1.7-2.9x faster than decoding into
+  scratch, in two pairs of runs);
   layouts the tiles do not fit (head_dim not a multiple of 32, blocks
   under 8) are decoded once into float32 scratch;
 * softmax weights use a polynomial float32 exp (no libm call);
