@@ -628,7 +628,7 @@ def read_block_meta(
 ) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
     """A quantized block's key scales and offsets per channel into
     ``key_meta[0]``/``key_meta[1]``, and those of the values of slots
-    ``lo:hi`` into `value_meta` (`read_value_meta`); nothing for float
+    ``lo:hi`` into `value_meta` (`_read_value_meta`); nothing for float
     pools."""
     raise NotImplementedError("read_block_meta is only callable from @njit code")
 
@@ -656,7 +656,7 @@ def _read_block_meta_impl(
         head_dim = key_meta.shape[1]
         meta_col = head_dim if symmetric else head_dim // 2
         load_key_meta(stored, meta_col, meta_row, symmetric, key_meta[0], key_meta[1])
-        read_value_meta(stored, lo, hi, value_meta, head_dim, kind_code, meta_row)
+        _read_value_meta(stored, lo, hi, value_meta, head_dim, kind_code, meta_row)
 
     return read
 
@@ -718,7 +718,7 @@ def _prefetch_rows(
 
 
 @njit(inline="always", cache=True)
-def read_value_meta(
+def _read_value_meta(
     block: Any, lo: Any, hi: Any, value_meta: Any, head_dim: Any, kind_code: Any,
     meta_row: Any,
 ) -> None:  # fmt: skip

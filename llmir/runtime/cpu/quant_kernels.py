@@ -250,7 +250,8 @@ def _quantize_run(
     )
     # The new keys' range per channel, row by row.
     # (Rows indexed whole, ``keys[start + t, h]``, are contiguous by type, so
-    # the loops over them vectorize.)
+    # LLVM can vectorize the loops over them; slicing a run out first gave
+    # rows of unknown stride.)
     new_lo[:] = keys[start, h]
     new_hi[:] = keys[start, h]
     for t in range(1, n):

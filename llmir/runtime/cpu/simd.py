@@ -57,8 +57,8 @@ assert _I4_QUANT is not None and _I4_QUANT.value_group is not None
 I4_GROUP = _I4_QUANT.value_group
 """Channels per value scale of i4 codes, a compile-time constant of the
 kernels (divisions by it become shifts: 1.4x faster than a runtime group in
-the earlier scalar i4 kernel); the ``P V`` tile reads one weight per
-group."""
+the earlier scalar i4 kernel); the ``P V`` tile reads one scale and offset
+per group and token."""
 
 LANES = 8
 """float32 lanes of one vector: an AVX2 register."""
