@@ -1035,10 +1035,16 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                         and sink_hi == last_sink_hi
                     )
                     if quantized:
-                        read_block_meta(
-                            stored_keys, lo, hi, meta, value_meta, kind_code, quant[0]
+                        tiled = codes_tiled and (
+                            rows == 1 or (rows % ROWS == 0 and shared)
                         )
-                        if codes_tiled and (rows == 1 or (rows % ROWS == 0 and shared)):
+                        # Value scales only for the tiles: the fallback below
+                        # decodes the block with its own.
+                        read_block_meta(
+                            stored_keys, lo, hi if tiled else lo, meta, value_meta,
+                            kind_code, quant[0],
+                        )  # fmt: skip
+                        if tiled:
                             # The codes through the vector tiles, one row or
                             # four at a time.
                             tile_rows = 1 if rows == 1 else ROWS
