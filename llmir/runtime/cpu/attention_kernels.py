@@ -79,11 +79,16 @@ from llmir.runtime.cpu.simd import (
     CHANNELS,
     I4_GROUP,
     ROWS,
+    exp_nonpositive,
     halves_to_f32,
     pv_row,
     pv_tile,
     qk_row,
     qk_tile,
+    row_exponential,
+    row_exponentials,
+    row_maxima,
+    row_maximum,
 )
 from llmir.runtime.dtypes import F16_CODE, F32_CODE, I4_CODE, I8_CODE
 from llmir.runtime.geometry import KEY, VALUE, layer_block_size_axis
@@ -92,8 +97,15 @@ DEFAULT_PARTITION_SIZE = 512
 """Tokens per context partition when a long context is split (decode)."""
 
 DEFAULT_Q_TILE = 16
-"""Queries per work item in prefill: enough rows to reuse each decoded block,
-few enough that every thread gets many items."""
+"""The fewest queries per work item in prefill: enough rows to reuse each
+decoded block, few enough that every thread gets many items."""
+
+TILE_ROWS = 64
+"""Query rows (queries times the GQA group) a prefill work item aims for:
+each block it reads is then used by that many rows while in L1.  MHA
+prefill (batch 1, 2048 tokens, f32 and bf16) ran 8-12% faster with 64
+queries per item than with 16; GQA 32/8 (64 rows at 16 queries) was level
+at 16, 32 and 64 queries."""
 
 # ---------------------------------------------------------------------------
 # Block access, specialized per storage dtype at compile time
@@ -177,29 +189,6 @@ def _element_f32_impl(stored: Any, t: Any, d: Any, kind_code: Any):
 _REORDER_SUMS = {"reassoc", "contract"}
 
 
-# exp on float32 without a libm call: exp(x) = 2**n * exp(r) with
-# n = round(x / ln 2) and r = x - n ln 2 (ln 2 split in two parts, Cody-Waite,
-# so r keeps full precision), |r| <= ln(2)/2, exp(r) by its degree-7 Taylor
-# polynomial (truncation error 5e-9): a few float32 ulps overall.
-# Straight-line code the CPU overlaps across tokens; it measured faster here
-# than both libm's expf and the float64 exp.
-_LOG2E = np.float32(1.4426950408889634)
-_LN2_HI = np.float32(0.693145751953125)  # 16 significant bits: n * hi is exact
-_LN2_LO = np.float32(1.4286068202862268e-06)  # ln 2 - _LN2_HI
-_EXP_COEFFS = tuple(np.float32(1.0 / math.factorial(k)) for k in range(7, -1, -1))
-_EXP_FLOOR = np.float32(-87.0)  # exp(-87) ~ 1.6e-38, still a normal float32
-
-
-@intrinsic
-def _f32_from_bits(typingctx: Any, bits: Any) -> Any:
-    sig = types.float32(types.int32)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return sig, codegen
-
-
 _CACHE_LINE_BYTES = 64
 
 
@@ -221,25 +210,6 @@ def _prefetch(typingctx: Any, array: Any, offset: Any) -> Any:
         return context.get_dummy_value()
 
     return sig, codegen
-
-
-@njit(inline="always", fastmath=_REORDER_SUMS, cache=True)
-def _exp_nonpositive(x: Any) -> Any:
-    """exp(x) for float32 x <= 0; inputs below -87 give exp(-87), which is
-    negligible next to the running sum (>= 1) it is added to."""
-    x = max(x, _EXP_FLOOR)
-    n = np.floor(x * _LOG2E + np.float32(0.5))
-    r = (x - n * _LN2_HI) - n * _LN2_LO
-    c = _EXP_COEFFS
-    p = c[0]
-    p = p * r + c[1]
-    p = p * r + c[2]
-    p = p * r + c[3]
-    p = p * r + c[4]
-    p = p * r + c[5]
-    p = p * r + c[6]
-    p = p * r + c[7]
-    return p * _f32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))  # pyright: ignore[reportCallIssue]
 
 
 @njit(inline="always", fastmath=_REORDER_SUMS, cache=True)
@@ -326,36 +296,43 @@ def _rescale_state(row_max: Any, row_sum: Any, acc: Any, r: Any, block_max: Any)
 
 
 @njit(inline="always", fastmath=_REORDER_SUMS, cache=True)
-def _block_weights(
-    scores: Any, i: Any, lo: Any, hi: Any, soft_cap: Any, row_max: Any,
+def _tile_weights(
+    scores: Any, rows: Any, lo: Any, hi: Any, soft_cap: Any, row_max: Any,
     row_sum: Any, acc: Any, r: Any,
 ) -> None:  # fmt: skip
-    """Turn the logits ``scores[i, lo:hi]`` of query row `r` into its softmax
-    weights in place, folding the block into the row's running max and sum.
+    """Turn the logits ``scores[i, lo:hi]`` of query rows ``r + i`` (i <
+    `rows`, 1 or 4) into their softmax weights in place, folding the block
+    into each row's running max and sum.
 
-    Slots are indexed unsigned: a signed index from `lo` may be negative as
-    far as LLVM knows, and the wraparound select it then needs kept the
-    exponentials from vectorizing.  Indexing the 2D buffer rather than
-    passing a row view (to `_soft_cap_and_max`) measured faster: 811 -> 640
-    ns for a four-row float32 tile over a hot 16-token block (a view's
-    reference counting is the likely cost; a second microbenchmark, of
-    quantized block decoding, found views no slower than 2D indexing, so it
-    is not a rule)."""
+    The four rows of a tile go side by side through the vector max and
+    exponentials of `llmir.runtime.cpu.simd`: one row's 16 exponentials are
+    two vectors whose long dependency chains the CPU cannot hide, four rows'
+    are eight.  Slots are indexed unsigned in the soft cap's loop: a signed
+    index from `lo` may be negative as far as LLVM knows, and the wraparound
+    select it then needs keeps a loop from vectorizing."""
     if soft_cap > 0:
-        for t in range(lo, hi):
-            u = np.uintp(t)
-            scores[i, u] = soft_cap * np.float32(math.tanh(scores[i, u] / soft_cap))
-    block_max = scores[i, lo]
-    for t in range(lo + 1, hi):
-        block_max = max(block_max, scores[i, np.uintp(t)])
-    new_max = _rescale_state(row_max, row_sum, acc, r, block_max)
-    block_sum = np.float32(0.0)
-    for t in range(lo, hi):
-        u = np.uintp(t)
-        p = _exp_nonpositive(scores[i, u] - new_max)
-        scores[i, u] = p
-        block_sum += p
-    row_sum[r] += block_sum
+        for i in range(rows):
+            for t in range(lo, hi):
+                u = np.uintp(t)
+                scores[i, u] = soft_cap * np.float32(math.tanh(scores[i, u] / soft_cap))
+    if rows == 1:
+        (block_max,) = row_maximum(scores, lo, hi)  # pyright: ignore[reportCallIssue]
+        shift = _rescale_state(row_max, row_sum, acc, r, block_max)
+        (block_sum,) = row_exponential(scores, lo, hi, (shift,))  # pyright: ignore[reportCallIssue]
+        row_sum[r] += block_sum
+        return
+    max0, max1, max2, max3 = row_maxima(scores, lo, hi)  # pyright: ignore[reportCallIssue]
+    shifts = (
+        _rescale_state(row_max, row_sum, acc, r, max0),
+        _rescale_state(row_max, row_sum, acc, r + 1, max1),
+        _rescale_state(row_max, row_sum, acc, r + 2, max2),
+        _rescale_state(row_max, row_sum, acc, r + 3, max3),
+    )
+    sum0, sum1, sum2, sum3 = row_exponentials(scores, lo, hi, shifts)  # pyright: ignore[reportCallIssue]
+    row_sum[r] += sum0
+    row_sum[r + 1] += sum1
+    row_sum[r + 2] += sum2
+    row_sum[r + 3] += sum3
 
 
 @njit(fastmath=_REORDER_SUMS, error_model="numpy", cache=True)
@@ -388,7 +365,7 @@ def _attend_block_streaming(
     head_dim = keys.shape[1]
     block_sum = np.float32(0.0)
     for t in range(lo, hi):
-        p = _exp_nonpositive(scores[t] - new_max)
+        p = exp_nonpositive(scores[t] - new_max)
         block_sum += p
         for d in range(head_dim):
             acc[r, d] += p * element_f32(values, t, d, kind_code)
@@ -419,10 +396,10 @@ def _attend_block_unrolled(
     block_sum = np.float32(0.0)
     t = lo
     while t + 4 <= hi:
-        p0 = _exp_nonpositive(scores[t] - new_max)
-        p1 = _exp_nonpositive(scores[t + 1] - new_max)
-        p2 = _exp_nonpositive(scores[t + 2] - new_max)
-        p3 = _exp_nonpositive(scores[t + 3] - new_max)
+        p0 = exp_nonpositive(scores[t] - new_max)
+        p1 = exp_nonpositive(scores[t + 1] - new_max)
+        p2 = exp_nonpositive(scores[t + 2] - new_max)
+        p3 = exp_nonpositive(scores[t + 3] - new_max)
         block_sum += (p0 + p1) + (p2 + p3)
         for d in range(head_dim):
             acc[r, d] += (
@@ -433,7 +410,7 @@ def _attend_block_unrolled(
             )
         t += 4
     while t < hi:
-        p = _exp_nonpositive(scores[t] - new_max)
+        p = exp_nonpositive(scores[t] - new_max)
         block_sum += p
         for d in range(head_dim):
             acc[r, d] += p * values[t, d]
@@ -508,8 +485,7 @@ def _attend_block_group(
             scores[3, t] = s3
         t += 2
 
-    for i in range(ROWS):
-        _block_weights(scores, i, lo, hi, soft_cap, row_max, row_sum, acc, r + i)
+    _tile_weights(scores, ROWS, lo, hi, soft_cap, row_max, row_sum, acc, r)
     pv_tile(scores, values, lo, hi, acc, r, 0, row_sum, kind_code)  # no scales
 
 
@@ -789,7 +765,7 @@ def _attend_codes_tile(
         bias = biases[i]
         for t in range(lo, hi):
             scores[i, np.uintp(t)] += bias
-        _block_weights(scores, i, lo, hi, soft_cap, row_max, row_sum, acc, r + i)
+    _tile_weights(scores, rows, lo, hi, soft_cap, row_max, row_sum, acc, r)
     v_codes = (head_dim if kind_code == I8_CODE else head_dim // 2) + meta_row
     if rows == 1:
         pv_row(scores, block, lo, hi, acc, r, v_codes, value_meta, kind_code)
@@ -1237,7 +1213,8 @@ def run_paged_attention(
 
     `partition_size` (a multiple of the block size) forces a context split;
     without it the split is planned by `plan_partition_size` unless
-    `auto_partition` is False.  `q_tile` overrides `DEFAULT_Q_TILE`.
+    `auto_partition` is False.  `q_tile` (queries per work item) overrides
+    the default: `TILE_ROWS` rows, at least `DEFAULT_Q_TILE` queries.
 
     `block_mass` (float32 ``[batch, H, width]``, C-contiguous), if given,
     receives per sequence, kv head and logical block the attention mass the
@@ -1255,7 +1232,7 @@ def run_paged_attention(
     num_heads = layer_pool.shape[1]
     block_size = layer_pool.shape[2 if layer_pool.ndim == 4 else 3]
     group = hq // num_heads
-    tile = min(tq, q_tile or DEFAULT_Q_TILE)
+    tile = min(tq, q_tile or max(DEFAULT_Q_TILE, TILE_ROWS // group))
     if block_mass is not None:
         tile, partition_size, auto_partition = tq, None, False
     q_tiles = -(-tq // tile)

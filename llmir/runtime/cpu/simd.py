@@ -41,11 +41,12 @@ tiles and for i4 codes), and the rows and keys a tile names exist.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 from llvmlite import ir
-from numba import types  # pyright: ignore[reportUnknownVariableType]
+from numba import njit, types  # pyright: ignore[reportUnknownVariableType]
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic, overload
@@ -177,10 +178,19 @@ def _splat(builder: Any, scalar: Any) -> Any:
     )
 
 
+def _float_call(builder: Any, name: str, *operands: Any) -> Any:
+    """``llvm.<name>`` on floats or float vectors (the operands' type); the
+    callers' values are finite (the caches refuse inf and NaN), so
+    ``minnum``/``maxnum`` need no NaN care."""
+    value_type = operands[0].type
+    suffix = f"v{LANES}f32" if value_type == _VEC else "f32"
+    fnty = ir.FunctionType(value_type, [value_type] * len(operands))
+    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.{name}.{suffix}")
+    return builder.call(fn, list(operands))
+
+
 def _fmuladd(builder: Any, a: Any, b: Any, c: Any) -> Any:
-    fnty = ir.FunctionType(_VEC, [_VEC, _VEC, _VEC])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.fmuladd.v8f32")
-    return builder.call(fn, [a, b, c])
+    return _float_call(builder, "fmuladd", a, b, c)
 
 
 def _accumulate(builder: Any, slot: Any, a: Any, b: Any) -> None:
@@ -584,22 +594,16 @@ def _halves_to_f32_impl(
     return convert
 
 
-def _min_max(builder: Any, kind: str, a: Any, b: Any) -> Any:
-    """``llvm.minnum``/``maxnum`` of two floats or float vectors (the
-    callers' values are finite: the caches refuse inf and NaN)."""
-    suffix = f"v{LANES}f32" if a.type == _VEC else "f32"
-    fnty = ir.FunctionType(a.type, [a.type, a.type])
-    fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.{kind}.{suffix}")
-    return builder.call(fn, [a, b])
+def _whole_vectors_end(builder: Any, start: Any, stop: Any) -> Any:
+    """Where the whole vectors of eight from `start` end, up to `stop`."""
+    span = builder.and_(builder.sub(stop, start), ir.Constant(start.type, -LANES))
+    return builder.add(start, span)
 
 
 def _vector_end(builder: Any, start: Any, stop: Any, arrays: list[_Elements]) -> Any:
     """Where the vector part of ``start:stop`` ends: eight lanes at a time
     when every array is contiguous, else nowhere (all scalar)."""
-    whole = builder.add(
-        start,
-        builder.and_(builder.sub(stop, start), ir.Constant(start.type, -LANES)),
-    )
+    whole = _whole_vectors_end(builder, start, stop)
     contiguous = arrays[0].contiguous()
     for array in arrays[1:]:
         contiguous = builder.and_(contiguous, array.contiguous())
@@ -626,8 +630,12 @@ def _widen_range(typingctx: Any, row: Any, low: Any, high: Any) -> Any:
         def update(index: Any, pointee: Any) -> None:
             row_at, low_at, high_at = (a.address(index, pointee) for a in arrays)
             value = builder.load(row_at, align=4)
-            smaller = _min_max(builder, "minnum", builder.load(low_at, align=4), value)
-            larger = _min_max(builder, "maxnum", builder.load(high_at, align=4), value)
+            smaller = _float_call(
+                builder, "minnum", builder.load(low_at, align=4), value
+            )
+            larger = _float_call(
+                builder, "maxnum", builder.load(high_at, align=4), value
+            )
             builder.store(smaller, low_at, align=4)
             builder.store(larger, high_at, align=4)
 
@@ -656,7 +664,9 @@ def _span_range(typingctx: Any, row: Any, start: Any, stop: Any) -> Any:
 
         def fold(slots: list[Any], value: Any) -> None:
             for slot, kind in zip(slots, ("minnum", "maxnum"), strict=True):
-                builder.store(_min_max(builder, kind, builder.load(slot), value), slot)
+                builder.store(
+                    _float_call(builder, kind, builder.load(slot), value), slot
+                )
 
         seed = _splat(builder, builder.load(elements.address(first, _F32)))
         vectors = [cgutils.alloca_once_value(builder, seed) for _ in range(2)]
@@ -670,7 +680,7 @@ def _span_range(typingctx: Any, row: Any, start: Any, stop: Any) -> Any:
             end = builder.extract_element(vector, ir.Constant(_I32, 0))
             for lane in range(1, LANES):
                 lane_value = builder.extract_element(vector, ir.Constant(_I32, lane))
-                end = _min_max(builder, kind, end, lane_value)
+                end = _float_call(builder, kind, end, lane_value)
             ends.append(cgutils.alloca_once_value(builder, end))
         one = ir.Constant(first.type, 1)
         with cgutils.for_range_slice(builder, whole, last, one) as (c, _):
@@ -710,6 +720,227 @@ def _span_range_impl(row: Any, start: Any, stop: Any):
         return _span_range(row, start, stop)  # pyright: ignore[reportCallIssue]
 
     return span
+
+
+# exp on float32 without a libm call: exp(x) = 2**n * exp(r) with
+# n = round(x / ln 2) and r = x - n ln 2 (ln 2 split in two parts, Cody-Waite,
+# so r keeps full precision), |r| <= ln(2)/2, exp(r) by its degree-7 Taylor
+# polynomial (truncation error 5e-9): a few float32 ulps overall.
+# Straight-line code the CPU overlaps across tokens; it measured faster here
+# than both libm's expf and the float64 exp.  `exp_nonpositive` is the
+# scalar form, `_exp_ir` the same steps in LLVM IR (scalar or vector).
+_LOG2E = np.float32(1.4426950408889634)
+_LN2_HI = np.float32(0.693145751953125)  # 16 significant bits: n * hi is exact
+_LN2_LO = np.float32(1.4286068202862268e-06)  # ln 2 - _LN2_HI
+_EXP_COEFFS = tuple(np.float32(1.0 / math.factorial(k)) for k in range(7, -1, -1))
+_EXP_FLOOR = np.float32(-87.0)  # exp(-87) ~ 1.6e-38, still a normal float32
+
+
+@intrinsic
+def _f32_from_bits(typingctx: Any, bits: Any) -> Any:
+    sig = types.float32(types.int32)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        return builder.bitcast(args[0], _F32)
+
+    return sig, codegen
+
+
+@njit(inline="always", fastmath={"reassoc", "contract"}, cache=True)
+def exp_nonpositive(x: Any) -> Any:
+    """exp(x) for float32 x <= 0; inputs below -87 give exp(-87), which is
+    negligible next to the running sum (>= 1) it is added to."""
+    x = max(x, _EXP_FLOOR)
+    n = np.floor(x * _LOG2E + np.float32(0.5))
+    r = (x - n * _LN2_HI) - n * _LN2_LO
+    c = _EXP_COEFFS
+    p = c[0]
+    p = p * r + c[1]
+    p = p * r + c[2]
+    p = p * r + c[3]
+    p = p * r + c[4]
+    p = p * r + c[5]
+    p = p * r + c[6]
+    p = p * r + c[7]
+    return p * _f32_from_bits((np.int32(n) + np.int32(127)) << np.int32(23))  # pyright: ignore[reportCallIssue]
+
+
+def _float_constant(like: Any, value: float | np.float32) -> Any:
+    """`value` as a float, or splatted over a vector, of `like`'s type."""
+    if like.type == _VEC:
+        return ir.Constant(_VEC, [float(value)] * LANES)
+    return ir.Constant(_F32, float(value))
+
+
+def _exp_ir(builder: Any, x: Any) -> Any:
+    """`exp_nonpositive` of a float or of each lane of a float vector."""
+
+    def const(value: float | np.float32) -> Any:
+        return _float_constant(x, value)
+
+    x = _float_call(builder, "maxnum", x, const(_EXP_FLOOR))
+    n = _float_call(
+        builder, "floor", _float_call(builder, "fmuladd", x, const(_LOG2E), const(0.5))
+    )
+    r = builder.fsub(
+        builder.fsub(x, builder.fmul(n, const(_LN2_HI))),
+        builder.fmul(n, const(_LN2_LO)),
+    )
+    p = const(_EXP_COEFFS[0])
+    for coefficient in _EXP_COEFFS[1:]:
+        p = _float_call(builder, "fmuladd", p, r, const(coefficient))
+    words = _WORDS if x.type == _VEC else _I32
+    exponent = builder.fptosi(n, words)
+    bias = ir.Constant(words, [127] * LANES) if x.type == _VEC else _I32(127)
+    shift = ir.Constant(words, [23] * LANES) if x.type == _VEC else _I32(23)
+    power = builder.bitcast(builder.shl(builder.add(exponent, bias), shift), x.type)
+    return builder.fmul(p, power)
+
+
+def _reduce_lanes(builder: Any, vector: Any, kind: str) -> Any:
+    """The lanes of `vector` folded into one float by `kind`, "fadd" or
+    "maxnum" (a tree: halves, quarters, pairs)."""
+    width = LANES
+    while width > 1:
+        width //= 2
+        upper = builder.shuffle_vector(
+            vector,
+            ir.Constant(_VEC, None),
+            ir.Constant(
+                _LANE_INDICES, list(range(width, 2 * width)) + [0] * (LANES - width)
+            ),
+        )
+        if kind == "fadd":
+            vector = builder.fadd(vector, upper)
+        else:
+            vector = _float_call(builder, kind, vector, upper)
+    return builder.extract_element(vector, ir.Constant(_I32, 0))
+
+
+def _rows_intrinsic_prologue(
+    context: Any, builder: Any, signature: Any, args: Any
+) -> tuple[_Rows, Any, Any, Any]:
+    """The rows of a ``(scores, lo, hi, ...)`` intrinsic, its bounds as
+    intp, and where the vector part of ``lo:hi`` ends."""
+    scores = _Rows(context, builder, signature.args[0], args[0])
+    lo, hi = (
+        context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 2)
+    )
+    return scores, lo, hi, _whole_vectors_end(builder, lo, hi)
+
+
+def _row_maxima_intrinsic(rows: int) -> Any:
+    """``max(scores[i, lo:hi])`` for each i < `rows`, as a tuple."""
+    result = types.UniTuple(types.float32, rows)
+
+    @intrinsic
+    def maxima(typingctx: Any, scores: Any, lo: Any, hi: Any) -> Any:
+        if _storage(scores) != "f32":
+            raise TypingError(f"scores must be float32, got {scores}")
+        sig = result(scores, lo, hi)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            s, lo, hi, whole = _rows_intrinsic_prologue(
+                context, builder, signature, args
+            )
+            largest = [
+                cgutils.alloca_once_value(
+                    builder, ir.Constant(_VEC, [-math.inf] * LANES)
+                )
+                for _ in range(rows)
+            ]
+
+            def fold(slot: Any, value: Any) -> None:
+                builder.store(
+                    _float_call(builder, "maxnum", builder.load(slot), value), slot
+                )
+
+            with cgutils.for_range_slice(builder, lo, whole, s.index(LANES)) as (t, _):
+                for i, slot in enumerate(largest):
+                    fold(slot, builder.load(s.address(s.index(i), t, _VEC), align=4))
+            ends = [
+                cgutils.alloca_once_value(
+                    builder,
+                    _reduce_lanes(builder, builder.load(slot), "maxnum"),
+                )
+                for slot in largest
+            ]
+            with cgutils.for_range_slice(builder, whole, hi, s.index(1)) as (t, _):
+                for i, slot in enumerate(ends):
+                    fold(slot, builder.load(s.address(s.index(i), t), align=4))
+            values = [builder.load(slot) for slot in ends]
+            return context.make_tuple(builder, result, values)
+
+        return sig, codegen
+
+    return maxima
+
+
+def _row_exponentials_intrinsic(rows: int) -> Any:
+    """``scores[i, t] = exp(scores[i, t] - shifts[i])`` for each i < `rows`
+    and t in ``lo:hi``; returns each row's sum, as a tuple.  The rows go
+    side by side, so their exponentials' long dependency chains overlap."""
+    result = types.UniTuple(types.float32, rows)
+
+    @intrinsic
+    def exponentials(typingctx: Any, scores: Any, lo: Any, hi: Any, shifts: Any) -> Any:
+        if _storage(scores) != "f32":
+            raise TypingError(f"scores must be float32, got {scores}")
+        if shifts != result:
+            raise TypingError(f"shifts must be {result}, got {shifts}")
+        sig = result(scores, lo, hi, shifts)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            s, lo, hi, whole = _rows_intrinsic_prologue(
+                context, builder, signature, args
+            )
+            shifts = [builder.extract_value(args[3], i) for i in range(rows)]
+            splats = [_splat(builder, shift) for shift in shifts]
+            totals = [
+                cgutils.alloca_once_value(builder, ir.Constant(_VEC, [0.0] * LANES))
+                for _ in range(rows)
+            ]
+
+            def step(slot: Any, address: Any, shift: Any) -> None:
+                x = builder.fsub(builder.load(address, align=4), shift)
+                p = _exp_ir(builder, x)
+                builder.store(p, address, align=4)
+                builder.store(builder.fadd(builder.load(slot), p), slot)
+
+            with cgutils.for_range_slice(builder, lo, whole, s.index(LANES)) as (t, _):
+                for i, slot in enumerate(totals):
+                    step(slot, s.address(s.index(i), t, _VEC), splats[i])
+            sums = [
+                cgutils.alloca_once_value(
+                    builder, _reduce_lanes(builder, builder.load(slot), "fadd")
+                )
+                for slot in totals
+            ]
+            with cgutils.for_range_slice(builder, whole, hi, s.index(1)) as (t, _):
+                for i, slot in enumerate(sums):
+                    step(slot, s.address(s.index(i), t), shifts[i])
+            values = [builder.load(slot) for slot in sums]
+            return context.make_tuple(builder, result, values)
+
+        return sig, codegen
+
+    return exponentials
+
+
+row_maxima = _row_maxima_intrinsic(ROWS)
+"""``(max(scores[i, lo:hi]) for i < 4)`` (``lo:hi`` non-empty; njit
+only)."""
+
+row_maximum = _row_maxima_intrinsic(1)
+"""``(max(scores[0, lo:hi]),)`` (njit only)."""
+
+row_exponentials = _row_exponentials_intrinsic(ROWS)
+"""``scores[i, t] = exp_nonpositive(scores[i, t] - shifts[i])`` for i < 4
+and t in ``lo:hi``, returning the four rows' sums (njit only; each shift
+at least every score of its row)."""
+
+row_exponential = _row_exponentials_intrinsic(1)
+"""`row_exponentials` of row 0 alone (njit only)."""
 
 
 def _formats(dtype: Any) -> tuple[str, str, int]:

@@ -28,6 +28,10 @@ from llmir.runtime.cpu.simd import (
     pv_tile,
     qk_row,
     qk_tile,
+    row_exponential,
+    row_exponentials,
+    row_maxima,
+    row_maximum,
     span_range,
     widen_range,
 )
@@ -306,3 +310,38 @@ def test_ranges_against_numpy(contiguous: bool, width: int, start: int, stop: in
     np.testing.assert_array_equal(low, rows.min(axis=0))
     np.testing.assert_array_equal(high, rows.max(axis=0))
     assert (smallest, largest) == (rows[1, start:stop].min(), rows[1, start:stop].max())
+
+
+@njit(cache=True)
+def softmax_parts(scores: Any, lo: Any, hi: Any, single: Any) -> Any:
+    if single:
+        (largest,) = row_maximum(scores, lo, hi)
+        (total,) = row_exponential(scores, lo, hi, (largest,))
+        return (largest, largest, largest, largest), (total, total, total, total)
+    maxima = row_maxima(scores, lo, hi)
+    return maxima, row_exponentials(scores, lo, hi, maxima)
+
+
+@pytest.mark.parametrize("single", [True, False])
+@pytest.mark.parametrize(("width", "lo", "hi"), [(16, 0, 16), (64, 3, 61), (16, 5, 9)])
+def test_row_softmax_against_float64(single: bool, width: int, lo: int, hi: int):
+    # Vectors over the first multiple of eight slots from lo, then the rest
+    # one by one; slots outside lo:hi are left alone.
+    rng = np.random.default_rng(width + lo)
+    scores = (rng.standard_normal((4, width)) * 30).astype(np.float32)
+    scores[:, lo] = -200.0  # below exp's floor: a tiny positive weight
+    original = scores.copy()
+    maxima, sums = softmax_parts(scores, lo, hi, single)
+    rows = 1 if single else 4
+    for i in range(rows):
+        want_max = original[i, lo:hi].max()
+        assert maxima[i] == want_max
+        # The shift is subtracted in float32, as the kernels do.
+        shifted = original[i, lo:hi] - want_max
+        want = np.exp(shifted.astype(np.float64))
+        np.testing.assert_allclose(scores[i, lo:hi], want, rtol=1e-6, atol=1e-37)
+        assert 0 < scores[i, lo] < 1e-37
+        np.testing.assert_allclose(sums[i], want.sum(), rtol=1e-6)
+    untouched = np.ones(scores.shape, bool)
+    untouched[:rows, lo:hi] = False
+    np.testing.assert_array_equal(scores[untouched], original[untouched])
