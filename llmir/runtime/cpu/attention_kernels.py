@@ -491,25 +491,73 @@ def _attend_block_group(
 
 @njit(inline="always", cache=True)
 def _attend_tiles(
-    q_rows: Any, keys: Any, values: Any, sink_lo: Any, sink_hi: Any, row_lo: Any,
-    row_hi: Any, scores: Any, row_max: Any, row_sum: Any, acc: Any, rows: Any,
-    soft_cap: Any, pool: Any, next_run: Any, kind_code: Any,
+    q_rows: Any, keys: Any, values: Any, lo: Any, hi: Any, pos: Any, rows: Any,
+    group: Any, causal: Any, window: Any, sinks: Any, tile_scores: Any,
+    scores: Any, row_max: Any, row_sum: Any, acc: Any, soft_cap: Any, pool: Any,
+    next_run: Any, kind_code: Any, stream_first: Any,
 ) -> None:  # fmt: skip
-    """`_attend_block_group` for every four of the `rows`, over the sinks
-    and then the window of a block (the bounds every row shares); the first
-    four rows prefetch the next block."""
+    """Fold slots ``lo:hi`` of a block into the `rows` query rows four at a
+    time: `_attend_block_group` over the sinks and then the window where the
+    four rows' bounds agree (a GQA group's always do, prefill rows of
+    different queries away from the causal diagonal), else `_attend_rows`
+    (`keys` and `values` then float32).  `pos` is the block-relative
+    position of row 0's query; the first four rows prefetch the next
+    block."""
     for r in range(0, rows, ROWS):
         ahead = next_run if r == 0 else -1
+        sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
+            lo, hi, pos + r // group, causal, window, sinks
+        )
+        last = _row_bounds(lo, hi, pos + (r + ROWS - 1) // group, causal, window, sinks)
+        if (sink_lo, sink_hi, row_lo, row_hi) != last:
+            _attend_rows(
+                q_rows, keys, values, lo, hi, pos, r, ROWS, group, causal, window,
+                sinks, scores, row_max, row_sum, acc, soft_cap, stream_first,
+            )  # fmt: skip
+            continue
         if sink_lo < sink_hi:
             _attend_block_group(
-                q_rows, keys, values, sink_lo, sink_hi, scores, row_max, row_sum,
-                acc, r, soft_cap, pool, ahead, kind_code,
+                q_rows, keys, values, sink_lo, sink_hi, tile_scores, row_max,
+                row_sum, acc, r, soft_cap, pool, ahead, kind_code,
             )  # fmt: skip
         if row_lo < row_hi:
             _attend_block_group(
-                q_rows, keys, values, row_lo, row_hi, scores, row_max, row_sum,
-                acc, r, soft_cap, pool, ahead, kind_code,
+                q_rows, keys, values, row_lo, row_hi, tile_scores, row_max,
+                row_sum, acc, r, soft_cap, pool, ahead, kind_code,
             )  # fmt: skip
+
+
+@njit(inline="always", cache=True)
+def _attend_rows(
+    q_rows: Any, keys: Any, values: Any, lo: Any, hi: Any, pos: Any, r: Any,
+    count: Any, group: Any, causal: Any, window: Any, sinks: Any, scores: Any,
+    row_max: Any, row_sum: Any, acc: Any, soft_cap: Any, stream_first: Any,
+) -> None:  # fmt: skip
+    """Fold slots ``lo:hi`` of a float32 block (a decoded one, or the pool's)
+    into query rows ``r:r+count`` one by one, each within its own bounds;
+    `pos` is the block-relative position of the query of row 0 (row i's is
+    ``pos + i // group``).  With `stream_first`, row 0 reads the block
+    as one stream (`_attend_block_streaming`: the block is still in
+    memory), the others four value rows per pass."""
+    for i in range(r, r + count):
+        sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
+            lo, hi, pos + i // group, causal, window, sinks
+        )
+        # The sinks (if any), then the window: two ranges of one online
+        # softmax.
+        for part_lo, part_hi in ((sink_lo, sink_hi), (row_lo, row_hi)):
+            if part_lo >= part_hi:
+                continue
+            if i == 0 and stream_first:
+                _attend_block_streaming(
+                    q_rows, keys, values, part_lo, part_hi, scores, row_max,
+                    row_sum, acc, i, soft_cap, F32_CODE,
+                )  # fmt: skip
+            else:
+                _attend_block_unrolled(
+                    q_rows, keys, values, part_lo, part_hi, scores, row_max,
+                    row_sum, acc, i, soft_cap,
+                )  # fmt: skip
 
 
 @njit(inline="always", cache=True)
@@ -818,6 +866,44 @@ def _attend_codes_impl(
     return attend
 
 
+@njit(inline="always", cache=True)
+def _attend_code_tiles(
+    q_rows: Any, block: Any, lo: Any, hi: Any, pos: Any, rows: Any, group: Any,
+    causal: Any, window: Any, sinks: Any, tile_scores: Any, scores: Any,
+    q_scaled: Any, biases: Any, value_meta: Any, row_max: Any, row_sum: Any,
+    acc: Any, soft_cap: Any, key_meta: Any, kind_code: Any, meta_row: Any,
+    pool: Any, next_run: Any, keys: Any, values: Any,
+) -> None:  # fmt: skip
+    """`_attend_tiles` for a quantized block read as codes (`attend_codes`),
+    one row (`rows` 1) or four at a time; four rows whose bounds differ
+    decode the block into `keys` and `values` (float32 scratch) once and go
+    one by one."""
+    decoded = False
+    step = 1 if rows == 1 else ROWS
+    for r in range(0, rows, step):
+        ahead = next_run if r == 0 else -1
+        sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
+            lo, hi, pos + r // group, causal, window, sinks
+        )
+        last = _row_bounds(lo, hi, pos + (r + step - 1) // group, causal, window, sinks)
+        if (sink_lo, sink_hi, row_lo, row_hi) != last:
+            if not decoded:
+                decode_codes(block, lo, hi, key_meta, keys, values, kind_code, meta_row)
+                decoded = True
+            _attend_rows(
+                q_rows, keys, values, lo, hi, pos, r, step, group, causal, window,
+                sinks, scores, row_max, row_sum, acc, soft_cap, False,
+            )  # fmt: skip
+            continue
+        for part_lo, part_hi in ((sink_lo, sink_hi), (row_lo, row_hi)):
+            if part_lo < part_hi:
+                attend_codes(
+                    q_rows, block, part_lo, part_hi, r, step, tile_scores, q_scaled,
+                    biases, value_meta, row_max, row_sum, acc, soft_cap, key_meta,
+                    kind_code, meta_row, pool, ahead,
+                )  # fmt: skip
+
+
 @cache
 def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
     """The paged-attention kernel of one element type, compiled on first use.
@@ -995,25 +1081,8 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                                 scores, row_max, row_sum, acc, 0, soft_cap, kind_code,
                             )  # fmt: skip
                         continue
-                    # The bounds of the first and the last row: rows are in query
-                    # order, so when these agree, all rows share them (a GQA
-                    # group does; prefill rows of different queries may not).
-                    sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
-                        lo, hi, first_pos - base, causal, window, sinks - base
-                    )
-                    _, last_sink_hi, last_lo, last_hi = _row_bounds(
-                        lo, hi, first_pos + (rows - 1) // group - base, causal,
-                        window, sinks - base,
-                    )  # fmt: skip
-                    shared = (
-                        row_lo == last_lo
-                        and row_hi == last_hi
-                        and sink_hi == last_sink_hi
-                    )
                     if quantized:
-                        tiled = codes_tiled and (
-                            rows == 1 or (rows % ROWS == 0 and shared)
-                        )
+                        tiled = codes_tiled and (rows == 1 or rows % ROWS == 0)
                         # Value scales only for the tiles: the fallback below
                         # decodes the block with its own.
                         read_block_meta(
@@ -1021,27 +1090,29 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                             kind_code, quant[0],
                         )  # fmt: skip
                         if tiled:
-                            # The codes through the vector tiles, one row or
-                            # four at a time.
-                            tile_rows = 1 if rows == 1 else ROWS
-                            for r in range(0, rows, tile_rows):
-                                ahead = next_run if r == 0 else -1
-                                for part_lo, part_hi in (
-                                    (sink_lo, sink_hi), (row_lo, row_hi),
-                                ):  # fmt: skip
-                                    if part_lo < part_hi:
-                                        attend_codes(
-                                            q_rows, stored_keys, part_lo, part_hi, r,
-                                            tile_rows, tile_scores, q_scaled,
-                                            biases, value_meta, row_max, row_sum,
-                                            acc, soft_cap, meta, kind_code,
-                                            quant[0], layer_pool, ahead,
-                                        )  # fmt: skip
+                            _attend_code_tiles(
+                                q_rows, stored_keys, lo, hi, first_pos - base,
+                                rows, group, causal, window, sinks - base,
+                                tile_scores, scores, q_scaled, biases, value_meta,
+                                row_max, row_sum, acc, soft_cap, meta, kind_code,
+                                quant[0], layer_pool, next_run, key_scratch,
+                                value_scratch,
+                            )  # fmt: skip
                             continue
-                    elif rows % ROWS == 0 and head_dim % CHANNELS == 0 and shared:
-                        # Float rows in fours through the vector tiles.
-                        if kind_code != F32_CODE and rows > ROWS:
-                            # Several tiles read the block: convert it once.
+                    elif rows % ROWS == 0 and head_dim % CHANNELS == 0:
+                        # Float rows in fours through the vector tiles, each
+                        # four with its own bounds where they agree.  Rows are
+                        # in query order, so when the first and the last row's
+                        # bounds agree, all rows share them.
+                        shared = _row_bounds(
+                            lo, hi, first_pos - base, causal, window, sinks - base
+                        ) == _row_bounds(
+                            lo, hi, first_pos + (rows - 1) // group - base, causal,
+                            window, sinks - base,
+                        )  # fmt: skip
+                        if kind_code != F32_CODE and (rows > ROWS or not shared):
+                            # Several tiles read the block, or rows one by one
+                            # do: convert it once.
                             keys = block_as_f32(
                                 stored_keys, key_scratch, kind_code, lo, hi
                             )
@@ -1049,16 +1120,18 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                                 stored_values, value_scratch, kind_code, lo, hi
                             )
                             _attend_tiles(
-                                q_rows, keys, values, sink_lo, sink_hi, row_lo,
-                                row_hi, tile_scores, row_max, row_sum, acc, rows,
-                                soft_cap, layer_pool, next_run, F32_CODE,
+                                q_rows, keys, values, lo, hi, first_pos - base,
+                                rows, group, causal, window, sinks - base,
+                                tile_scores, scores, row_max, row_sum, acc,
+                                soft_cap, layer_pool, next_run, F32_CODE, False,
                             )  # fmt: skip
                         else:
                             _attend_tiles(
-                                q_rows, stored_keys, stored_values, sink_lo,
-                                sink_hi, row_lo, row_hi, tile_scores, row_max,
-                                row_sum, acc, rows, soft_cap, layer_pool,
-                                next_run, kind_code,
+                                q_rows, stored_keys, stored_values, lo, hi,
+                                first_pos - base, rows, group, causal, window,
+                                sinks - base, tile_scores, scores, row_max,
+                                row_sum, acc, soft_cap, layer_pool, next_run,
+                                kind_code, kind_code == F32_CODE,
                             )  # fmt: skip
                         continue
                     keys = block_as_f32(stored_keys, key_scratch, kind_code, lo, hi)
@@ -1070,26 +1143,11 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                     decode_codes(
                         stored_keys, lo, hi, meta, keys, values, kind_code, quant[0]
                     )
-                    for r in range(rows):
-                        sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
-                            lo, hi, first_pos + r // group - base, causal, window,
-                            sinks - base,
-                        )  # fmt: skip
-                        # The sinks (if any), then the window: two ranges of
-                        # one online softmax.
-                        for part_lo, part_hi in ((sink_lo, sink_hi), (row_lo, row_hi)):
-                            if part_lo >= part_hi:
-                                continue
-                            if r == 0 and kind_code == F32_CODE:
-                                _attend_block_streaming(
-                                    q_rows, keys, values, part_lo, part_hi, scores,
-                                    row_max, row_sum, acc, r, soft_cap, F32_CODE,
-                                )  # fmt: skip
-                            else:
-                                _attend_block_unrolled(
-                                    q_rows, keys, values, part_lo, part_hi, scores,
-                                    row_max, row_sum, acc, r, soft_cap,
-                                )  # fmt: skip
+                    _attend_rows(
+                        q_rows, keys, values, lo, hi, first_pos - base, 0, rows,
+                        group, causal, window, sinks - base, scores, row_max,
+                        row_sum, acc, soft_cap, kind_code == F32_CODE,
+                    )  # fmt: skip
 
             if with_mass:
                 if previous >= 0:

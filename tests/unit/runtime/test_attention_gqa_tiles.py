@@ -157,14 +157,25 @@ def tiles(
 
 @pytest.mark.parametrize("kind_name", ["f16", "bf16", "f32"])
 @pytest.mark.parametrize(
-    ("q_heads", "num_heads", "q_tile"), [(2, 2, 4), (4, 2, 2), (8, 2, 1), (8, 2, 3)]
+    ("q_heads", "num_heads", "q_tile"),
+    [(2, 2, 4), (2, 2, 8), (4, 2, 2), (8, 2, 1), (8, 2, 3)],
 )
-@pytest.mark.parametrize("options", [{}, {"sliding_window": 6}, {"causal": False}])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"sliding_window": 6},
+        {"sliding_window": 6, "sink_tokens": 2},
+        {"causal": False},
+    ],
+)
 def test_prefill_tiles_of_four_rows(
     kind_name: str, q_heads: int, num_heads: int, q_tile: int, options: Any
 ):
     # Rows of different queries share a block's bounds only away from the
-    # causal diagonal and the window edge; elsewhere the item goes row by row.
+    # causal diagonal and the window edge; elsewhere those four rows go one
+    # by one (2/2 with eight queries per item: some fours of a block tile,
+    # others do not).
     rng = np.random.default_rng(q_heads * 10 + q_tile)
     out, expected = attend(
         rng, kind_name, [9, 30, 0], 9, q_heads, num_heads, 4, q_tile=q_tile, **options

@@ -138,6 +138,10 @@ CASES = [
     ("decode MHA", 2, 2, 1, {}),
     ("decode GQA 8/2", 8, 2, 1, {}),
     ("prefill GQA", 8, 2, 19, {}),
+    # Fours of MHA prefill rows tile where their bounds agree, else go one
+    # by one over the decoded block.
+    ("prefill MHA", 2, 2, 12, {}),
+    ("prefill MHA, window + sinks", 2, 2, 12, {"sliding_window": 9, "sink_tokens": 3}),
     ("window + sinks", 4, 2, 3, {"sliding_window": 20, "sink_tokens": 4}),
     ("window + sinks, GQA 8/2", 8, 2, 1, {"sliding_window": 20, "sink_tokens": 4}),
     ("soft cap + scale", 4, 2, 1, {"logits_soft_cap": 5.0, "scale": 0.3}),
