@@ -17,6 +17,13 @@ out over ``<8 x float>`` vectors (one AVX2 register):
   is loaded and converted once per four rows, and the accumulator is read
   and written once per block.
 
+Prefill reads each block with many fours of rows, so it transposes the
+block's keys once (`transpose_block`, 8 x 8 shuffles) and takes the scores
+from `qk_columns`: four rows by 16 keys lying across the lanes, one
+multiply-add per channel and no horizontal sum.  The softmax of a tile
+runs its rows side by side: `row_maxima` and `row_exponentials` (the same
+float32 exp as the scalar `exp_nonpositive`, eight lanes at a time).
+
 `qk_row` and `pv_row` are the single-row forms (one row by eight keys, by
 32 channels).  Over float pools they measured slower than the streaming
 loop of the kernel (a single row is bound by memory and reads best as one
@@ -342,6 +349,133 @@ _qk_tile = _qk_intrinsic(ROWS, 2)
 
 _qk_row = _qk_intrinsic(1, LANES)
 """``scores[0, t + j] = q_rows[r] . keys[t + j]`` for j < 8."""
+
+
+def _qk_columns_intrinsic(rows: int, vectors: int) -> Any:
+    """The ``Q K^T`` tile of `rows` query rows by ``vectors * LANES``
+    consecutive keys of a transposed block (``[D, tokens]``, float32): the
+    keys lie across the lanes, so each channel is one multiply-add per row
+    and vector, and no dot product ends in a horizontal sum."""
+
+    @intrinsic
+    def tile(
+        typingctx: Any, q_rows: Any, r: Any, keys_t: Any, t: Any, scores: Any
+    ) -> Any:
+        if not all(_storage(a) == "f32" for a in (q_rows, keys_t, scores)):
+            raise TypingError("q_rows, keys_t and scores must be float32")
+        sig = types.void(q_rows, r, keys_t, t, scores)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            q_type, r_type, k_type, t_type, s_type = signature.args
+            q = _Rows(context, builder, q_type, args[0])
+            k = _Rows(context, builder, k_type, args[2])
+            s = _Rows(context, builder, s_type, args[4])
+            row = context.cast(builder, args[1], r_type, types.intp)
+            token = context.cast(builder, args[3], t_type, types.intp)
+            q_rows_at = [builder.add(row, q.index(i)) for i in range(rows)]
+            columns = [builder.add(token, k.index(LANES * c)) for c in range(vectors)]
+            # accumulators[vectors * i + c]: row i, keys of vector c
+            accumulators = _vector_slots(builder, rows * vectors)
+            for slot in accumulators:
+                builder.store(ir.Constant(_VEC, [0.0] * LANES), slot)
+            loop = cgutils.for_range_slice(builder, q.index(0), q.columns, q.index(1))
+            with loop as (d, _):
+                key_vectors = [
+                    builder.load(k.address(d, column, _VEC), align=4)
+                    for column in columns
+                ]
+                for i, q_row in enumerate(q_rows_at):
+                    q_i = _splat(builder, builder.load(q.address(q_row, d), align=4))
+                    for c, key_vector in enumerate(key_vectors):
+                        _accumulate(
+                            builder, accumulators[vectors * i + c], q_i, key_vector
+                        )
+            for i in range(rows):
+                for c, column in enumerate(columns):
+                    address = s.address(s.index(i), column, _VEC)
+                    vector = builder.load(accumulators[vectors * i + c])
+                    builder.store(vector, address, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+def _transpose_eight(builder: Any, rows: list[Any]) -> list[Any]:
+    """The 8 x 8 transpose of eight vectors (unpacks, in-lane shuffles, then
+    128-bit lane swaps: 24 shuffles)."""
+
+    def shuffle(a: Any, b: Any, lanes: list[int]) -> Any:
+        return builder.shuffle_vector(a, b, ir.Constant(_LANE_INDICES, lanes))
+
+    low, high = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+    pairs = []
+    for j in range(0, 8, 2):
+        pairs += [
+            shuffle(rows[j], rows[j + 1], low),
+            shuffle(rows[j], rows[j + 1], high),
+        ]
+    # pairs[4k + h]: rows 2k, 2k+1 (k < 2), h 0: channels 0 1 4 5, 1: 2 3 6 7
+    evens, odds = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    quads = []
+    for base in (0, 4):
+        for h in (0, 1):
+            a, b = pairs[base + h], pairs[base + 2 + h]
+            quads += [shuffle(a, b, evens), shuffle(a, b, odds)]
+    # quads[4m + c]: rows 4m..4m+3, channels c and c + 4 (c < 4)
+    first, second = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+    columns = [shuffle(quads[c], quads[4 + c], first) for c in range(4)]
+    return columns + [shuffle(quads[c], quads[4 + c], second) for c in range(4)]
+
+
+@intrinsic
+def transpose_block(typingctx: Any, keys: Any, lo: Any, hi: Any, keys_t: Any) -> Any:
+    """``keys_t[:, t] = keys[t]`` for the slots of ``lo:hi`` widened to whole
+    eights (float32 ``[tokens, D]`` into ``[D, tokens]``; both dimensions
+    multiples of eight; njit only)."""
+    if _storage(keys) != "f32" or _storage(keys_t) != "f32":
+        raise TypingError("keys and keys_t must be float32")
+    sig = types.void(keys, lo, hi, keys_t)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        source = _Rows(context, builder, signature.args[0], args[0])
+        target = _Rows(context, builder, signature.args[3], args[3])
+        first, last = (
+            context.cast(builder, args[k], signature.args[k], types.intp)
+            for k in (1, 2)
+        )
+        eight = source.index(LANES)
+        start = builder.and_(first, source.index(-LANES))
+        stop = builder.and_(
+            builder.add(last, source.index(LANES - 1)), source.index(-LANES)
+        )
+        with cgutils.for_range_slice(builder, start, stop, eight) as (t, _):
+            channels = cgutils.for_range_slice(
+                builder, source.index(0), source.columns, eight
+            )
+            with channels as (d, _):
+                rows = [
+                    builder.load(
+                        source.address(builder.add(t, source.index(j)), d, _VEC),
+                        align=4,
+                    )
+                    for j in range(LANES)
+                ]
+                for m, column in enumerate(_transpose_eight(builder, rows)):
+                    channel = builder.add(d, source.index(m))
+                    builder.store(column, target.address(channel, t, _VEC), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+COLUMN_KEYS = 2 * LANES
+"""Keys of one `qk_columns` tile."""
+
+qk_columns = _qk_columns_intrinsic(ROWS, COLUMN_KEYS // LANES)
+"""``scores[i, t:t + 16] = q_rows[r + i] @ keys_t[:, t:t + 16]`` for i < 4,
+`keys_t` a transposed float32 block (njit only)."""
 
 
 def _pv_intrinsic(rows: int, vectors: int) -> Any:

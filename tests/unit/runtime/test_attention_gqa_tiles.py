@@ -26,6 +26,7 @@ from llmir.runtime.cpu.simd import (
     halves_to_f32,
     pv_row,
     pv_tile,
+    qk_columns,
     qk_row,
     qk_tile,
     row_exponential,
@@ -33,6 +34,7 @@ from llmir.runtime.cpu.simd import (
     row_maxima,
     row_maximum,
     span_range,
+    transpose_block,
     widen_range,
 )
 from llmir.runtime.dtypes import element_type
@@ -145,6 +147,43 @@ def test_tiles_against_float64(kind_name: str):
     np.testing.assert_allclose(scores[:, 2:4], expected_scores, rtol=1e-5, atol=1e-5)
     assert np.isnan(scores[:, [0, 1, 4, 5]]).all()  # nothing else written
     np.testing.assert_allclose(acc, expected_acc, rtol=1e-5, atol=1e-5)
+
+
+@njit(cache=True)
+def column_tiles(q_rows: Any, keys: Any, keys_t: Any, scores: Any) -> None:
+    transpose_block(keys, 9, 30, keys_t)  # widened to slots 8:32
+    qk_columns(q_rows, 1, keys_t, 16, scores)
+
+
+def test_column_tiles_against_float64():
+    # Scores of four rows by sixteen keys from a transposed block; the
+    # transpose covers whole eights of slots and nothing else.
+    rng = np.random.default_rng(11)
+    head_dim, slots = 48, 32
+    keys = rng.standard_normal((slots, head_dim), dtype=np.float32)
+    q_rows = rng.standard_normal((6, head_dim), dtype=np.float32)
+    keys_t = np.full((head_dim, slots), np.nan, np.float32)
+    scores = np.full((4, slots), np.nan, np.float32)
+    column_tiles(q_rows, keys, keys_t, scores)
+    np.testing.assert_array_equal(keys_t[:, 8:32], keys[8:32].T)
+    assert np.isnan(keys_t[:, :8]).all()
+    expected = q_rows[1:5].astype(np.float64) @ keys[16:32].T.astype(np.float64)
+    np.testing.assert_allclose(scores[:, 16:32], expected, rtol=1e-5, atol=1e-5)
+    assert np.isnan(scores[:, :16]).all()
+
+
+@pytest.mark.parametrize("kind_name", ["f32", "bf16"])
+@pytest.mark.parametrize(
+    "options", [{}, {"sliding_window": 21, "sink_tokens": 3}, {"causal": False}]
+)
+def test_prefill_column_tiles(kind_name: str, options: Any):
+    # Blocks of 16 read by several fours: scores from the transposed keys.
+    rng = np.random.default_rng(5)
+    out, expected = attend(
+        rng, kind_name, [40, 75, 0], 33, 2, 2, 16, q_tile=12, **options
+    )
+    tolerance = F32_TOL if kind_name == "f32" else HALF_TOL
+    np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance)
 
 
 @njit(cache=True)
