@@ -486,18 +486,6 @@ def _attend_block_group(
     ``r:r+4``, which must share those bounds; `scores` is a ``[4,
     block_size]`` buffer.
 
-    With `keys_t` non-empty (the block's keys transposed by
-    `_transpose_keys`, float32 ``[D, block_size]``, block_size a multiple of
-    16), the scores are `qk_columns` of 16 keys instead: no horizontal sums
-    (16 query rows by a hot 16-key block: 939 -> 647 ns, the transpose 106
-    ns, done once for all the rows of a prefill item).
-
-    Inlined into the kernel: as a call it cost 12-24% of decode GQA and
-    19-26% of prefill (one kv head, 2048 tokens, one thread, f32 and bf16:
-    GQA decode 0.128 -> 0.114 ms and 0.122 -> 0.098 ms, 64 prefill rows
-    1.29 -> 1.03 and 1.17 -> 0.99 ms), for a kernel that compiles ~40%
-    longer (f32 34 -> 47 s, f16 61 -> 93 s, cached afterwards).
-
     The scores are `qk_tile`s of four rows by two tokens and ``P V`` one
     `pv_tile` (`llmir.runtime.cpu.simd`), so each element of the block is
     loaded and converted once per four rows.  While the scores are computed,
@@ -505,6 +493,19 @@ def _attend_block_group(
     `pool`; -1: none) is prefetched two tokens per tile, so its misses
     overlap this block's arithmetic (1.3-1.4x faster than without in a
     microbenchmark, at blocks of 16 and 64).
+
+    With `keys_t` non-empty (the block's keys transposed by
+    `_transpose_keys`, float32 ``[D, block_size]``, block_size a multiple of
+    16), the scores are `qk_columns` of 16 keys instead: no horizontal sums
+    (16 query rows by a hot 16-key block: 939 -> 647 ns, the transpose 106
+    ns, done once for all the rows of a prefill item).
+
+    Inlined into the kernel: as a call it made GQA decode 1.12-1.24x and
+    prefill 1.19-1.25x slower (one kv head, 2048 tokens, one thread, f32
+    and bf16: GQA decode 0.128 -> 0.114 ms and 0.122 -> 0.098 ms, 64
+    prefill rows 1.29 -> 1.03 and 1.17 -> 0.99 ms), for a kernel that
+    compiles ~40% longer (f32 34 -> 47 s, f16 61 -> 93 s, cached
+    afterwards).
     """
     head_dim = keys.shape[1]
     t = lo
