@@ -510,11 +510,10 @@ def _attend_block_group(
     head_dim = keys.shape[1]
     t = lo
     if keys_t.size > 0:
-        t = hi  # no tiles of two
-        start = lo - lo % COLUMN_KEYS
-        for t_columns in range(start, hi, COLUMN_KEYS):
+        for t_columns in range(lo - lo % COLUMN_KEYS, hi, COLUMN_KEYS):
             _prefetch_slots(pool, next_run, t_columns, COLUMN_KEYS, head_dim)
             qk_columns(q_rows, r, keys_t, t_columns, scores)  # pyright: ignore[reportCallIssue]
+        t = hi  # every score is in: no tiles of two below
     while t < hi:
         _prefetch_slots(pool, next_run, t, 2, head_dim)
         if t + 2 <= hi:
@@ -558,11 +557,10 @@ def _attend_tiles(
     columns = rows > ROWS and keys.shape[0] % COLUMN_KEYS == 0
     for r in range(0, rows, ROWS):
         ahead = next_run if r == 0 else -1
-        sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
-            lo, hi, pos + r // group, causal, window, sinks
+        sink_lo, sink_hi, row_lo, row_hi, shared = _shared_bounds(
+            lo, hi, pos, r, ROWS, group, causal, window, sinks
         )
-        last = _row_bounds(lo, hi, pos + (r + ROWS - 1) // group, causal, window, sinks)
-        if (sink_lo, sink_hi, row_lo, row_hi) != last:
+        if not shared:
             _attend_rows(
                 q_rows, keys, values, lo, hi, pos, r, ROWS, group, causal, window,
                 sinks, scores, row_max, row_sum, acc, soft_cap, stream_first,
@@ -628,6 +626,23 @@ def _row_bounds(
         row_lo = max(row_lo, pos - window + 1)
     sink_hi = min(hi, sinks, row_lo, pos + 1)
     return lo, sink_hi, row_lo, row_hi
+
+
+@njit(inline="always", cache=True)
+def _shared_bounds(
+    lo: Any, hi: Any, pos: Any, r: Any, count: Any, group: Any, causal: Any,
+    window: Any, sinks: Any,
+) -> Any:  # fmt: skip
+    """The `_row_bounds` of row `r` (its query at block-relative position
+    ``pos + r // group``), then whether rows ``r:r+count`` all share them:
+    rows are in query order, so it is enough that the last one does.  (A
+    flat tuple: Numba's parallel array analysis fails on nested ones.)"""
+    sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
+        lo, hi, pos + r // group, causal, window, sinks
+    )
+    last = _row_bounds(lo, hi, pos + (r + count - 1) // group, causal, window, sinks)
+    shared = (sink_lo, sink_hi, row_lo, row_hi) == last
+    return sink_lo, sink_hi, row_lo, row_hi, shared
 
 
 @njit(inline="always", cache=True)
@@ -934,11 +949,10 @@ def _attend_code_tiles(
     step = 1 if rows == 1 else ROWS
     for r in range(0, rows, step):
         ahead = next_run if r == 0 else -1
-        sink_lo, sink_hi, row_lo, row_hi = _row_bounds(
-            lo, hi, pos + r // group, causal, window, sinks
+        sink_lo, sink_hi, row_lo, row_hi, shared = _shared_bounds(
+            lo, hi, pos, r, step, group, causal, window, sinks
         )
-        last = _row_bounds(lo, hi, pos + (r + step - 1) // group, causal, window, sinks)
-        if (sink_lo, sink_hi, row_lo, row_hi) != last:
+        if not shared:
             if not decoded:
                 decode_codes(block, lo, hi, key_meta, keys, values, kind_code, meta_row)
                 decoded = True
@@ -1154,13 +1168,9 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                             continue
                     elif rows % ROWS == 0 and head_dim % CHANNELS == 0:
                         # Float rows in fours through the vector tiles, each
-                        # four with its own bounds where they agree.  Rows are
-                        # in query order, so when the first and the last row's
-                        # bounds agree, all rows share them.
-                        shared = _row_bounds(
-                            lo, hi, first_pos - base, causal, window, sinks - base
-                        ) == _row_bounds(
-                            lo, hi, first_pos + (rows - 1) // group - base, causal,
+                        # four with its own bounds where they agree.
+                        _, _, _, _, shared = _shared_bounds(
+                            lo, hi, first_pos - base, 0, rows, group, causal,
                             window, sinks - base,
                         )  # fmt: skip
                         if kind_code != F32_CODE and (rows > ROWS or not shared):

@@ -273,6 +273,19 @@ class _Elements:
         )
 
 
+def _score_operands(
+    context: Any, builder: Any, signature: Any, args: Any
+) -> tuple[_Rows, _Rows, _Rows, Any, Any]:
+    """The operands of a ``(q_rows, r, keys, t, scores, ...)`` score tile:
+    the three arrays' rows, then `r` and `t` as intp."""
+    arg_types = signature.args
+    q, k, s = (_Rows(context, builder, arg_types[i], args[i]) for i in (0, 2, 4))
+    row, token = (
+        context.cast(builder, args[i], arg_types[i], types.intp) for i in (1, 3)
+    )
+    return q, k, s, row, token
+
+
 def _qk_intrinsic(rows: int, keys: int) -> Any:
     """The ``Q K^T`` tile of `rows` query rows by `keys` keys (``rows * keys
     == LANES``: one shuffle tree reduces all the dot products)."""
@@ -293,12 +306,7 @@ def _qk_intrinsic(rows: int, keys: int) -> Any:
         sig = types.void(q_rows, r, key_rows, t, scores, element)
 
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            q_type, r_type, k_type, t_type, s_type, _ = signature.args
-            q = _Rows(context, builder, q_type, args[0])
-            k = _Rows(context, builder, k_type, args[2])
-            s = _Rows(context, builder, s_type, args[4])
-            row = context.cast(builder, args[1], r_type, types.intp)
-            token = context.cast(builder, args[3], t_type, types.intp)
+            q, k, s, row, token = _score_operands(context, builder, signature, args)
             slots = [builder.add(token, k.index(j)) for j in range(keys)]
             q_rows_at = [builder.add(row, q.index(i)) for i in range(rows)]
             # accumulators[keys * i + j]: row i, key j
@@ -366,12 +374,7 @@ def _qk_columns_intrinsic(rows: int, vectors: int) -> Any:
         sig = types.void(q_rows, r, keys_t, t, scores)
 
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            q_type, r_type, k_type, t_type, s_type = signature.args
-            q = _Rows(context, builder, q_type, args[0])
-            k = _Rows(context, builder, k_type, args[2])
-            s = _Rows(context, builder, s_type, args[4])
-            row = context.cast(builder, args[1], r_type, types.intp)
-            token = context.cast(builder, args[3], t_type, types.intp)
+            q, k, s, row, token = _score_operands(context, builder, signature, args)
             q_rows_at = [builder.add(row, q.index(i)) for i in range(rows)]
             columns = [builder.add(token, k.index(LANES * c)) for c in range(vectors)]
             # accumulators[vectors * i + c]: row i, keys of vector c
