@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit, prange  # pyright: ignore[reportUnknownVariableType]
 
 from llmir.runtime.cpu.codecs import f16_bits_to_f32, f32_to_f16_bits
-from llmir.runtime.cpu.simd import halves_to_f32, span_range, widen_range
+from llmir.runtime.cpu.simd import I4_GROUP, group_ranges, halves_to_f32, widen_range
 
 # ---------------------------------------------------------------------------
 # float16 metadata and codes inside a block
@@ -63,24 +63,44 @@ def key_channel_meta(
 @njit(inline="always", cache=True)
 def _write_key_meta(
     block: Any,
-    c: Any,
     meta_col: Any,
     meta_row: Any,
     symmetric: Any,
-    s_bits: Any,
-    m_bits: Any,
-) -> None:
+    wider: Any,  # bool [D]: the channels to write
+    step_bits: Any,  # int32 [2, D]: float16 bits of (scale, minimum)
+) -> Any:
+    """Write the key metadata of the `wider` channels; returns how many."""
+    head_dim = wider.shape[0]
     entry = 2 if symmetric else 4
-    j = c * entry
-    r, col = _meta_byte_pos(j, meta_col, meta_row)
-    block[r, col] = np.uint8(s_bits & 0xFF)
-    r, col = _meta_byte_pos(j + 1, meta_col, meta_row)
-    block[r, col] = np.uint8(s_bits >> 8)
-    if not symmetric:
-        r, col = _meta_byte_pos(j + 2, meta_col, meta_row)
-        block[r, col] = np.uint8(m_bits & 0xFF)
-        r, col = _meta_byte_pos(j + 3, meta_col, meta_row)
-        block[r, col] = np.uint8(m_bits >> 8)
+    written = 0
+    if meta_row % entry:
+        for c in range(head_dim):
+            if wider[c]:
+                written += 1
+                j = c * entry
+                for k in range(entry):
+                    r, col = _meta_byte_pos(j + k, meta_col, meta_row)
+                    word = step_bits[0, c] if k < 2 else step_bits[1, c]
+                    block[r, col] = np.uint8((word >> (8 * (k % 2))) & 0xFF)
+        return written
+    # Whole entries per row, as in every power-of-two block up to 64: row
+    # by row, with no division per channel (those took a third of an i8
+    # append).
+    per_row = meta_row // entry
+    for r in range(-(-head_dim // per_row)):
+        first = r * per_row
+        entries = block[r, meta_col:]
+        for k in range(min(per_row, head_dim - first)):
+            c = first + k
+            if wider[c]:
+                written += 1
+                s_bits, m_bits = step_bits[0, c], step_bits[1, c]
+                entries[k * entry] = np.uint8(s_bits & 0xFF)
+                entries[k * entry + 1] = np.uint8(s_bits >> 8)
+                if not symmetric:
+                    entries[k * entry + 2] = np.uint8(m_bits & 0xFF)
+                    entries[k * entry + 3] = np.uint8(m_bits >> 8)
+    return written
 
 
 @njit(cache=True)
@@ -171,12 +191,10 @@ def _f16_down(x: Any) -> Any:
     """The bits of the largest float16 <= x (finite)."""
     bits = np.int32(f32_to_f16_bits(x))
     if f16_bits_to_f32(np.uint16(bits)) > x:
-        if bits == 0:
-            bits = 0x8001  # the smallest negative subnormal
-        elif bits & 0x8000:
-            bits += 1  # more negative
-        else:
-            bits -= 1
+        # 0x8001: the smallest negative subnormal; a negative one grows
+        # more negative with its bits.
+        further = bits + 1 if bits & 0x8000 else bits - 1
+        bits = 0x8001 if bits == 0 else further
     return bits
 
 
@@ -202,7 +220,9 @@ def _step_bits(low: Any, high: Any, levels: Any, symmetric: Any) -> Any:
     as `levels`): the scale rounded up and the minimum down, so every value
     stays in range."""
     if symmetric:
-        return _f16_up(max(-low, high) / levels), 0
+        # max(-low, high), as a select that vectorizes (Numba's max does not).
+        top = -low if -low >= high else high
+        return _f16_up(top / levels), 0
     m_bits = _f16_down(low)
     offset = f16_bits_to_f32(np.uint16(m_bits))
     return _f16_up((high - offset) / levels), m_bits
@@ -219,6 +239,77 @@ def _inverse(scale: Any) -> Any:
 
 
 @njit(inline="always", cache=True)
+def _encode_row(
+    row: Any, base: Any, x: Any, inverse: Any, offset: Any, bits: Any, levels: Any
+) -> None:
+    """The codes of one token's channels `x` at ``row[base:]``, channel c with
+    step ``1 / inverse[c]`` and offset ``offset[c]``: i8 symmetric, i4
+    asymmetric with channels c and ``c + D/2`` in one byte.  (Per-channel
+    arrays, and indices LLVM can see are not negative, keep the loops ones
+    it vectorizes: ``row[base + c]`` made it wrap negative indices, one
+    value at a time.)"""
+    codes = row[base:]
+    if bits == 8:
+        for c in range(x.shape[0]):
+            codes[c] = np.uint8(_code(x[c], inverse[c], offset[c], levels, True))
+        return
+    half = x.shape[0] // 2
+    for j in range(half):
+        low_code = _code(x[j], inverse[j], offset[j], levels, False)
+        high_code = _code(
+            x[j + half], inverse[j + half], offset[j + half], levels, False
+        )
+        codes[j] = np.uint8(low_code | (high_code << 4))
+
+
+@njit(inline="always", cache=True)
+def _encode_nibbles(
+    codes: Any, low: Any, high: Any, count: Any, steps: Any, levels: Any
+) -> None:
+    """``codes[j]`` = the i4 codes of ``low[j]`` and ``high[j]`` (low and high
+    nibble) for j < `count`; `steps`: (inverse, minimum) of each half."""
+    low_inverse, low_minimum, high_inverse, high_minimum = steps
+    for j in range(count):
+        low_code = _code(low[j], low_inverse, low_minimum, levels, False)
+        high_code = _code(high[j], high_inverse, high_minimum, levels, False)
+        codes[j] = np.uint8(low_code | (high_code << 4))
+
+
+@njit(inline="always", cache=True)
+def _encode_groups(
+    row: Any,
+    base: Any,
+    x: Any,
+    inverse: Any,
+    minimum: Any,
+    group: Any,
+    bits: Any,
+    levels: Any,
+) -> None:
+    """The codes of one token's values `x` at ``row[base:]``, group g of
+    `group` channels with step ``1 / inverse[g]`` and minimum ``minimum[g]``
+    (i4; i8 is symmetric).  Loops over one group at a time, through views
+    (see `_encode_row`); i4's groups of `I4_GROUP` loop a constant count,
+    which LLVM vectorizes where 16 at run time stayed scalar."""
+    if bits == 8:
+        for g in range(x.shape[0] // group):
+            codes, xs = row[base + g * group :], x[g * group :]
+            for c in range(group):
+                codes[c] = np.uint8(_code(xs[c], inverse[g], 0.0, levels, True))
+        return
+    half = x.shape[0] // 2
+    pairs = half // group
+    for g in range(pairs):
+        first = g * group
+        codes, low, high = row[base + first :], x[first:], x[half + first :]
+        steps = (inverse[g], minimum[g], inverse[g + pairs], minimum[g + pairs])
+        if group == I4_GROUP:
+            _encode_nibbles(codes, low, high, I4_GROUP, steps, levels)
+        else:
+            _encode_nibbles(codes, low, high, group, steps, levels)
+
+
+@njit(inline="always", cache=True)
 def _quantize_run(
     block: Any,  # uint8 [block_size, row_bytes]
     keys: Any,  # f32 [N, H, D]: one layer's appended keys
@@ -231,7 +322,9 @@ def _quantize_run(
     symmetric: Any,
     group: Any,
     meta_row: Any,
-    work: Any,  # f32 [6, D] scratch
+    work: Any,  # f32 [6, W] scratch, W >= D and >= block_size * groups
+    step_bits: Any,  # int32 [2, W] scratch
+    wider: Any,  # bool [D] scratch
 ) -> None:
     head_dim = keys.shape[2]
     code_bytes = head_dim * bits // 8
@@ -241,12 +334,12 @@ def _quantize_run(
     levels = np.float32(127 if symmetric else (1 << bits) - 1)
     half = head_dim // 2
     new_lo, new_hi, scale, offset, old_scale, old_offset = (
-        work[0],
-        work[1],
-        work[2],
-        work[3],
-        work[4],
-        work[5],
+        work[0, :head_dim],
+        work[1, :head_dim],
+        work[2, :head_dim],
+        work[3, :head_dim],
+        work[4, :head_dim],
+        work[5, :head_dim],
     )
     # The new keys' range per channel, row by row.
     # (Rows indexed whole, ``keys[start + t, h]``, are contiguous by type, so
@@ -256,39 +349,40 @@ def _quantize_run(
     new_hi[:] = keys[start, h]
     for t in range(1, n):
         widen_range(keys[start + t, h], new_lo, new_hi)
-    widened = 0
+    # Each channel's range widened to what the block's codes cover, and
+    # whether the new keys fall outside it.  These loops and the next are
+    # branch-free so that LLVM vectorizes them (one channel at a time, they
+    # took 10 ns a channel: a quarter of an i8 append).
     if lo > 0:
         load_key_meta(block, meta_col, meta_row, symmetric, old_scale, old_offset)
-    for c in range(head_dim):
-        if lo > 0:
-            # The range the block's codes of this channel cover.
+        for c in range(head_dim):
             if symmetric:
                 old_hi = old_scale[c] * levels
                 old_lo = -old_hi
             else:
                 old_lo = old_offset[c]
                 old_hi = old_offset[c] + old_scale[c] * levels
-            wider = new_lo[c] < old_lo or new_hi[c] > old_hi
-            low = min(new_lo[c], old_lo)
-            high = max(new_hi[c], old_hi)
-        else:
-            low, high, wider = new_lo[c], new_hi[c], True
-        if wider:
-            s_bits, m_bits = _step_bits(low, high, levels, symmetric)
-            _write_key_meta(block, c, meta_col, meta_row, symmetric, s_bits, m_bits)
-            scale[c] = _decoded(s_bits)
-            offset[c] = np.float32(-128.0) * scale[c] if symmetric else _decoded(m_bits)
-            widened += 1
-        else:
-            scale[c] = old_scale[c]
-            offset[c] = old_offset[c]
-            old_scale[c] = -1.0  # marks "kept": nothing to requantise
+            low, high = new_lo[c], new_hi[c]
+            wider[c] = (low < old_lo) | (high > old_hi)
+            new_lo[c] = low if low <= old_lo else old_lo
+            new_hi[c] = high if high >= old_hi else old_hi
+    else:
+        wider[:] = True
+    # The widened channels' float16 steps; the others keep theirs.
+    for c in range(head_dim):
+        s_bits, m_bits = _step_bits(new_lo[c], new_hi[c], levels, symmetric)
+        step_bits[0, c], step_bits[1, c] = s_bits, m_bits
+        new_scale = _decoded(s_bits)
+        new_offset = np.float32(-128.0) * new_scale if symmetric else _decoded(m_bits)
+        scale[c] = new_scale if wider[c] else old_scale[c]
+        offset[c] = new_offset if wider[c] else old_offset[c]
+    widened = _write_key_meta(block, meta_col, meta_row, symmetric, wider, step_bits)
     if lo > 0 and widened:
         # Requantise what the block held, in the widened channels.
         for t in range(lo):
             row = block[t]
             for c in range(head_dim):
-                if old_scale[c] >= 0:
+                if wider[c]:
                     # In float64, where code * scale is exact: a fused
                     # multiply-add (as a GPU may use) rounds the same.
                     old = np.float64(get_code(row, 0, c, bits, half)) * np.float64(
@@ -297,54 +391,41 @@ def _quantize_run(
                     code = _code(old, _inverse(scale[c]), offset[c], levels, symmetric)
                     _set_code(row, 0, c, bits, code, half)
     # The new keys: inverse steps once, then whole rows.
+    inverse = old_offset  # free again
     for c in range(head_dim):
-        old_offset[c] = _inverse(scale[c])  # reused as the inverse step
+        inverse[c] = _inverse(scale[c])
     for t in range(n):
-        row = block[lo + t]
-        x = keys[start + t, h]
-        if bits == 8:
-            for c in range(head_dim):
-                row[c] = np.uint8(_code(x[c], old_offset[c], offset[c], levels, True))
-        else:
-            for j in range(half):
-                low_code = _code(x[j], old_offset[j], offset[j], levels, False)
-                high_code = _code(
-                    x[j + half], old_offset[j + half], offset[j + half], levels, False
-                )
-                row[j] = np.uint8(low_code | (high_code << 4))
-    # Values: per token, per group of `group` channels.
+        _encode_row(block[lo + t], 0, keys[start + t, h], inverse, offset, bits, levels)
+    # Values: per token, per group of `group` channels.  The ranges of all
+    # the run's groups, then their steps in one loop across groups and
+    # tokens (one that LLVM vectorizes: per token, eight i4 groups were too
+    # few), then per token the groups' metadata and codes.
     entry = 2 if symmetric else 4
+    groups = head_dim // group
+    count = n * groups
+    lows, highs = work[0, :count], work[1, :count]  # free again
+    for t in range(n):
+        at = t * groups
+        group_ranges(values[start + t, h], group, lows[at:], highs[at:])
+    for i in range(count):
+        s_bits, m_bits = _step_bits(lows[i], highs[i], levels, symmetric)
+        step_bits[0, i], step_bits[1, i] = s_bits, m_bits
+        lows[i] = _inverse(_decoded(s_bits))
+        highs[i] = np.float32(0.0) if symmetric else _decoded(m_bits)
     for t in range(n):
         row = block[lo + t]
+        meta = row[v_meta:]
+        for g in range(groups):
+            i = t * groups + g
+            s_bits, m_bits = step_bits[0, i], step_bits[1, i]
+            meta[g * entry] = np.uint8(s_bits & 0xFF)
+            meta[g * entry + 1] = np.uint8(s_bits >> 8)
+            if not symmetric:
+                meta[g * entry + 2] = np.uint8(m_bits & 0xFF)
+                meta[g * entry + 3] = np.uint8(m_bits >> 8)
+        at = t * groups
         x = values[start + t, h]
-        for g in range(head_dim // group):
-            first = g * group
-            low, high = span_range(x, first, first + group)
-            s_bits, m_bits = _step_bits(low, high, levels, symmetric)
-            at = v_meta + g * entry
-            row[at] = np.uint8(s_bits & 0xFF)
-            row[at + 1] = np.uint8(s_bits >> 8)
-            step = _decoded(s_bits)
-            inv = _inverse(step)
-            if symmetric:
-                for c in range(first, first + group):
-                    row[v_codes + c] = np.uint8(_code(x[c], inv, 0.0, levels, True))
-            else:
-                row[at + 2] = np.uint8(m_bits & 0xFF)
-                row[at + 3] = np.uint8(m_bits >> 8)
-                minimum = _decoded(m_bits)
-                # A group lies in one half of the row: all its codes go to
-                # low nibbles or all to high ones (branch-free loops).
-                if first < half:
-                    for c in range(first, first + group):
-                        code = _code(x[c], inv, minimum, levels, False)
-                        at = v_codes + c
-                        row[at] = np.uint8((np.int32(row[at]) & 0xF0) | code)
-                else:
-                    for c in range(first, first + group):
-                        code = _code(x[c], inv, minimum, levels, False)
-                        at = v_codes + c - half
-                        row[at] = np.uint8((np.int32(row[at]) & 0x0F) | (code << 4))
+        _encode_groups(row, v_codes, x, lows[at:], highs[at:], group, bits, levels)
 
 
 @njit(parallel=True, cache=True)
@@ -363,6 +444,8 @@ def quantize_runs(
     layers = keys.shape[0]
     heads = keys.shape[2]
     runs = run_blocks.shape[0]
+    head_dim = keys.shape[3]
+    width = max(head_dim, pool.shape[3] * (head_dim // group))
     for item in prange(layers * runs * heads):
         h = item % heads
         rest = item // heads
@@ -381,7 +464,9 @@ def quantize_runs(
             symmetric,
             group,
             meta_row,
-            np.empty((6, keys.shape[3]), np.float32),
+            np.empty((6, width), np.float32),
+            np.empty((2, width), np.int32),
+            np.empty(keys.shape[3], np.bool_),
         )
 
 

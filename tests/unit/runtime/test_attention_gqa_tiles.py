@@ -23,6 +23,7 @@ from numba import njit
 
 from llmir.runtime.cpu.attention_kernels import run_paged_attention
 from llmir.runtime.cpu.simd import (
+    group_ranges,
     halves_to_f32,
     pv_row,
     pv_tile,
@@ -360,6 +361,33 @@ def test_ranges_against_numpy(contiguous: bool, width: int, start: int, stop: in
     np.testing.assert_array_equal(low, rows.min(axis=0))
     np.testing.assert_array_equal(high, rows.max(axis=0))
     assert (smallest, largest) == (rows[1, start:stop].min(), rows[1, start:stop].max())
+
+
+@njit(cache=True)
+def ranges_of_groups(row: Any, group: Any, lows: Any, highs: Any) -> None:
+    group_ranges(row, group, lows, highs)
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+@pytest.mark.parametrize(
+    ("width", "group"),
+    # Groups of 16 eight at a time, then one by one (two, six, 17 groups);
+    # other widths (and strided rows) through the general span.
+    [(128, 16), (32, 16), (96, 16), (272, 16), (128, 128), (40, 8), (15, 5)],
+)
+def test_group_ranges_against_numpy(contiguous: bool, width: int, group: int):
+    rng = np.random.default_rng(width + group)
+    data = rng.standard_normal((width, 2)).astype(np.float32)
+    row = np.ascontiguousarray(data[:, 0]) if contiguous else data[:, 0]
+    groups = width // group
+    # One spare entry each: nothing past the last group is written.
+    lows = np.full(groups + 1, np.nan, np.float32)
+    highs = np.full(groups + 1, np.nan, np.float32)
+    ranges_of_groups(row, group, lows, highs)
+    by_group = row.reshape(groups, group)
+    np.testing.assert_array_equal(lows[:groups], by_group.min(axis=1))
+    np.testing.assert_array_equal(highs[:groups], by_group.max(axis=1))
+    assert np.isnan(lows[groups]) and np.isnan(highs[groups])
 
 
 @njit(cache=True)
