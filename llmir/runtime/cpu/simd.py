@@ -37,7 +37,10 @@ F16C, or a 16-bit shift), or the unsigned codes of a quantized block
 caller folds into the query rows (keys), or the ``P V`` tile applies as
 it loads them (values: per token and group, so decoded in registers once
 for all rows).  `halves_to_f32` converts a quantized block's
-float16 scales, eight per load.  Multiply-adds are ``llvm.fmuladd``: fused
+float16 scales, eight per load; `widen_range`, `span_range` and
+`group_ranges` give the extremes that quantising an append needs (per
+channel over tokens, over a span, per group of a row: eight groups of 16
+folded at once).  Multiply-adds are ``llvm.fmuladd``: fused
 where the CPU has FMA, a multiply and an add elsewhere.  Sums are reordered
 relative to a sequential loop, as the kernels' ``reassoc`` flag allows.
 
