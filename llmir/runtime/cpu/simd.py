@@ -37,12 +37,12 @@ F16C, or a 16-bit shift), or the unsigned codes of a quantized block
 caller folds into the query rows (keys), or the ``P V`` tile applies as
 it loads them (values: per token and group, so decoded in registers once
 for all rows).  `halves_to_f32` converts a quantized block's
-float16 scales, eight per load; `widen_range`, `span_range` and
-`group_ranges` give the extremes that quantising an append needs (per
-channel over tokens, over a span, per group of a row: eight groups of 16
-folded at once).  Multiply-adds are ``llvm.fmuladd``: fused
-where the CPU has FMA, a multiply and an add elsewhere.  Sums are reordered
-relative to a sequential loop, as the kernels' ``reassoc`` flag allows.
+float16 scales, eight per load; `widen_range` and `group_ranges` give the
+extremes that quantising an append needs (per channel over tokens, per
+group of a row: eight groups of 16 folded at once).  Multiply-adds are
+``llvm.fmuladd``: fused where the CPU has FMA, a multiply and an add
+elsewhere.  Sums are reordered relative to a sequential loop, as the
+kernels' ``reassoc`` flag allows.
 
 Preconditions, checked by the callers: rows of every array are contiguous,
 the head dimension is a multiple of `CHANNELS` (of 32 for the single-row
@@ -813,25 +813,6 @@ def _span_ir(builder: Any, elements: _Elements, first: Any, last: Any) -> Any:
 
 
 @intrinsic
-def _span_range(typingctx: Any, row: Any, start: Any, stop: Any) -> Any:
-    """``(min, max)`` of ``row[start:stop]`` (non-empty), 1D float32."""
-    if not _float_1d(row):
-        raise TypingError(f"row must be a 1D float32 array, got {row}")
-    sig = types.UniTuple(types.float32, 2)(row, start, stop)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        elements = _Elements(context, builder, signature.args[0], args[0])
-        first, last = (
-            context.cast(builder, args[k], signature.args[k], types.intp)
-            for k in (1, 2)
-        )
-        low, high = _span_ir(builder, elements, first, last)
-        return context.make_tuple(builder, signature.return_type, [low, high])
-
-    return sig, codegen
-
-
-@intrinsic
 def _group_ranges(typingctx: Any, row: Any, group: Any, lows: Any, highs: Any) -> Any:
     """``lows[g], highs[g]`` = the extremes of ``row[g * group:][:group]``
     for every whole group of `row`."""
@@ -863,7 +844,7 @@ def _group_ranges(typingctx: Any, row: Any, group: Any, lows: Any, highs: Any) -
             with sixteen:
                 # Eight groups of 16 at a time: each group's two vectors
                 # folded lane-wise, then the eight folded across lanes at
-                # once (i4 values: about half the time of a span per group).
+                # once (i4 values: about half the time of one span per group).
                 eights = builder.and_(groups, ir.Constant(width.type, -LANES))
                 step = ir.Constant(width.type, LANES)
                 with cgutils.for_range_slice(builder, zero, eights, step) as (g, _):
@@ -908,14 +889,6 @@ def group_ranges(
     raise NotImplementedError("group_ranges is only callable from @njit code")
 
 
-def span_range(
-    row: Any, start: int, stop: int
-) -> tuple[float, float]:  # pragma: no cover
-    """``(min, max)`` of ``row[start:stop]``, non-empty, eight lanes per
-    instruction where `row` is contiguous (njit only; finite values)."""
-    raise NotImplementedError("span_range is only callable from @njit code")
-
-
 @overload(widen_range, inline="always")
 def _widen_range_impl(row: Any, low: Any, high: Any):
     def widen(row: Any, low: Any, high: Any):
@@ -930,14 +903,6 @@ def _group_ranges_impl(row: Any, group: Any, lows: Any, highs: Any):
         _group_ranges(row, group, lows, highs)  # pyright: ignore[reportCallIssue]
 
     return ranges
-
-
-@overload(span_range, inline="always")
-def _span_range_impl(row: Any, start: Any, stop: Any):
-    def span(row: Any, start: Any, stop: Any):
-        return _span_range(row, start, stop)  # pyright: ignore[reportCallIssue]
-
-    return span
 
 
 # exp on float32 without a libm call: exp(x) = 2**n * exp(r) with

@@ -34,7 +34,6 @@ from llmir.runtime.cpu.simd import (
     row_exponentials,
     row_maxima,
     row_maximum,
-    span_range,
     transpose_block,
     widen_range,
 )
@@ -337,19 +336,16 @@ def test_halves_to_f32_reads_every_stride_th_half(stride: int, count: int):
 
 
 @njit(cache=True)
-def ranges(rows: Any, low: Any, high: Any, start: Any, stop: Any) -> Any:
+def ranges(rows: Any, low: Any, high: Any) -> None:
     low[:] = rows[0]
     high[:] = rows[0]
     for t in range(1, rows.shape[0]):
         widen_range(rows[t], low, high)
-    return span_range(rows[1], start, stop)
 
 
 @pytest.mark.parametrize("contiguous", [True, False])
-@pytest.mark.parametrize(
-    ("width", "start", "stop"), [(37, 3, 30), (16, 0, 16), (5, 4, 5)]
-)
-def test_ranges_against_numpy(contiguous: bool, width: int, start: int, stop: int):
+@pytest.mark.parametrize("width", [37, 16, 5])
+def test_ranges_against_numpy(contiguous: bool, width: int):
     # Eight lanes at a time over contiguous rows, the rest (and any strided
     # row) one by one.
     rng = np.random.default_rng(width)
@@ -357,10 +353,9 @@ def test_ranges_against_numpy(contiguous: bool, width: int, start: int, stop: in
     rows = np.ascontiguousarray(data[..., 0]) if contiguous else data[..., 0]
     low = np.empty(width, np.float32)
     high = np.empty(width, np.float32)
-    smallest, largest = ranges(rows, low, high, start, stop)
+    ranges(rows, low, high)
     np.testing.assert_array_equal(low, rows.min(axis=0))
     np.testing.assert_array_equal(high, rows.max(axis=0))
-    assert (smallest, largest) == (rows[1, start:stop].min(), rows[1, start:stop].max())
 
 
 @njit(cache=True)
