@@ -61,6 +61,19 @@ def key_channel_meta(
 
 
 @njit(inline="always", cache=True)
+def _write_entry(
+    entries: Any, at: Any, s_bits: Any, m_bits: Any, symmetric: Any
+) -> None:
+    """One metadata entry at ``entries[at:]``: the float16 bits of the scale,
+    and of the minimum if asymmetric, low byte first."""
+    entries[at] = np.uint8(s_bits & 0xFF)
+    entries[at + 1] = np.uint8(s_bits >> 8)
+    if not symmetric:
+        entries[at + 2] = np.uint8(m_bits & 0xFF)
+        entries[at + 3] = np.uint8(m_bits >> 8)
+
+
+@njit(inline="always", cache=True)
 def _write_key_meta(
     block: Any,
     meta_col: Any,
@@ -95,11 +108,7 @@ def _write_key_meta(
             if wider[c]:
                 written += 1
                 s_bits, m_bits = step_bits[0, c], step_bits[1, c]
-                entries[k * entry] = np.uint8(s_bits & 0xFF)
-                entries[k * entry + 1] = np.uint8(s_bits >> 8)
-                if not symmetric:
-                    entries[k * entry + 2] = np.uint8(m_bits & 0xFF)
-                    entries[k * entry + 3] = np.uint8(m_bits >> 8)
+                _write_entry(entries, k * entry, s_bits, m_bits, symmetric)
     return written
 
 
@@ -418,11 +427,7 @@ def _quantize_run(
         for g in range(groups):
             i = t * groups + g
             s_bits, m_bits = step_bits[0, i], step_bits[1, i]
-            meta[g * entry] = np.uint8(s_bits & 0xFF)
-            meta[g * entry + 1] = np.uint8(s_bits >> 8)
-            if not symmetric:
-                meta[g * entry + 2] = np.uint8(m_bits & 0xFF)
-                meta[g * entry + 3] = np.uint8(m_bits >> 8)
+            _write_entry(meta, g * entry, s_bits, m_bits, symmetric)
         at = t * groups
         x = values[start + t, h]
         _encode_groups(row, v_codes, x, lows[at:], highs[at:], group, bits, levels)
