@@ -533,6 +533,8 @@ def _pv_intrinsic(rows: int, vectors: int) -> Any:
             groups = builder.lshr(head_dim, group_shift) if nibbles else out.index(1)
             # tile[vectors * i + c]: row i, the channels of vector c
             tile_slots = _vector_slots(builder, rows * vectors)
+            folded = stored == "i8" and rows == 1
+            offset_sum = cgutils.alloca_once(builder, _F32)
             chunks = cgutils.for_range_slice(
                 builder, out.index(0), span, out.index(LANES * loads)
             )
@@ -554,6 +556,8 @@ def _pv_intrinsic(rows: int, vectors: int) -> Any:
                     for c, channel in enumerate(channels):
                         vector = _load_vector(builder, out, acc_rows[i], channel, "f32")
                         builder.store(vector, tile_slots[vectors * i + c])
+                if folded:
+                    builder.store(ir.Constant(_F32, 0.0), offset_sum)
                 tokens = cgutils.for_range_slice(
                     builder, lo_value, hi_value, v.index(1)
                 )
@@ -568,7 +572,21 @@ def _pv_intrinsic(rows: int, vectors: int) -> Any:
                         value_vectors = [
                             _load_vector(builder, v, t, c, stored) for c in code_columns
                         ]
-                    if quantized:
+                    row_weights = [
+                        builder.load(w.address(w.index(i), t)) for i in range(rows)
+                    ]
+                    if folded:
+                        # One row and one value group per token: the scale
+                        # goes into the weight and the offset into a sum
+                        # added once per chunk, ``p (code s + o) = (p s) code
+                        # + p o`` (a multiply-add per vector fewer).
+                        first = builder.shl(t, out.index(1))
+                        scale = builder.load(meta.address(first, _F32))
+                        at = builder.add(first, out.index(1))
+                        offset = builder.load(meta.address(at, _F32))
+                        _accumulate(builder, offset_sum, row_weights[0], offset)
+                        row_weights = [builder.fmul(row_weights[0], scale)]
+                    elif quantized:
                         # Decode once for all rows: code * scale + offset of
                         # the token's group (value_meta[t * 2 groups + g],
                         # then the offsets, groups further on).
@@ -590,12 +608,18 @@ def _pv_intrinsic(rows: int, vectors: int) -> Any:
                             )
                             for c, vector in enumerate(value_vectors)
                         ]
-                    for i in range(rows):
-                        p = _splat(builder, builder.load(w.address(w.index(i), t)))
+                    for i, weight in enumerate(row_weights):
+                        p = _splat(builder, weight)
                         for c, value_vector in enumerate(value_vectors):
                             _accumulate(
                                 builder, tile_slots[vectors * i + c], p, value_vector
                             )
+                if folded:
+                    offsets_added = _splat(builder, builder.load(offset_sum))
+                    for slot in tile_slots:
+                        builder.store(
+                            builder.fadd(builder.load(slot), offsets_added), slot
+                        )
                 for i in range(rows):
                     for c, channel in enumerate(channels):
                         address = out.address(acc_rows[i], channel, _VEC)
