@@ -36,7 +36,8 @@ F16C, or a 16-bit shift), or the unsigned codes of a quantized block
 (uint8; i4: two per byte, `_load_nibbles`), whose scales and offsets the
 caller folds into the query rows (keys), or the ``P V`` tile applies as
 it loads them (values: per token and group, so decoded in registers once
-for all rows).  `halves_to_f32` converts a quantized block's
+for all rows; one i8 row folds the scale into its weight instead).
+`halves_to_f32` converts a quantized block's
 float16 scales, eight per load; `widen_range` and `group_ranges` give the
 extremes that quantising an append needs (per channel over tokens, per
 group of a row: eight groups of 16 folded at once).  Multiply-adds are
