@@ -294,3 +294,32 @@ def test_polynomial_exp_is_accurate():
     assert np.max(np.abs(got / want - 1)) < 5e-7
     # Far below the floor: tiny, never 0/0 material like NaN.
     assert 0 < exp_nonpositive(np.float32(-1e4)) < 2e-38
+
+
+def test_the_prefetched_blocks_follow_the_walk():
+    """`_following_block` names the block the kernel reads next (the walk
+    jumps from the sink blocks to the window's first), -1 at a hole or past
+    the last block: what the kernel prefetches one and two blocks ahead."""
+    from llmir.runtime.cpu.attention_kernels import _following_block
+
+    table = np.array([[10, 11, 12, -1, 14, 15, 16, 17]], np.int32)
+
+    def walk(start: int, last: int, sink_end: int, window_block: int) -> list:
+        steps = []
+        for logical in range(start, last + 1):
+            following, block = _following_block(
+                table, 0, logical, last, 16, sink_end, window_block
+            )
+            steps.append((int(following), int(block)))
+        return steps
+
+    # No sinks or window: every next block, the hole and the end as -1.
+    assert walk(0, 7, 0, 0) == [
+        (1, 11), (2, 12), (3, -1), (4, 14), (5, 15), (6, 16), (7, 17), (8, -1)
+    ]  # fmt: skip
+    # One sink block (tokens 0-15), the window from block 5 on: after the
+    # sink the walk jumps to block 5.
+    assert walk(0, 7, 16, 5)[0] == (5, 15)
+    assert walk(5, 7, 16, 5) == [(6, 16), (7, 17), (8, -1)]
+    # The last block of a partition ends the walk there.
+    assert walk(4, 5, 0, 0) == [(5, 15), (6, -1)]
