@@ -1,5 +1,6 @@
-"""Decode attention side by side with Intel's IPEX PagedAttention, and
-against a plain sum over the very same pool bytes.
+"""Decode and prefill attention side by side with Intel's IPEX
+PagedAttention, decode also against a plain sum over the very same pool
+bytes.
 
     bash scripts/ipex_venv.sh           # once: torch 2.8 + IPEX 2.8 in .ipex-venv
     python -m benchmarks.bench_ipex     # runs itself in .ipex-venv
@@ -17,7 +18,9 @@ medians (±IQR/2), IPEX's time / ours (above 1.00x we are faster), the sum's
 time / ours (1.00 is the read limit for this very data), and the largest
 difference between the two outputs relative to the output's scale (IPEX
 returns the cache's dtype, so for halves this is its output's rounding: bf16
-keeps 8 bits).
+keeps 8 bits).  Prefill (batch 1, 2048 tokens, causal) runs against
+``PagedAttention.flash_attn_varlen_func``, IPEX's paged prefill, on the same
+block table.
 """
 
 from __future__ import annotations
@@ -31,7 +34,14 @@ from typing import Any
 import numba
 import numpy as np
 
-from benchmarks.bench_attention import HEAD_DIM, Shape, Workload, make_workload, ours
+from benchmarks.bench_attention import (
+    HEAD_DIM,
+    PREFILL_TOKENS,
+    Shape,
+    Workload,
+    make_workload,
+    ours,
+)
 from benchmarks.common import (
     Table,
     Timing,
@@ -55,8 +65,10 @@ def ipex_available() -> bool:
     return importlib.util.find_spec("intel_extension_for_pytorch") is not None
 
 
-class IpexDecode:
-    """IPEX's decode attention over a copy of a workload's K/V in its layout."""
+class IpexCall:
+    """A workload's K/V copied into IPEX's layout (``[blocks, H, block, D]``
+    key and value caches, the same block table) and its queries in the
+    cache's dtype."""
 
     def __init__(self, work: Workload) -> None:
         import intel_extension_for_pytorch as ipex  # pyright: ignore[reportMissingImports]
@@ -71,34 +83,71 @@ class IpexDecode:
             pool = pool.view(dtype)
         self.key_cache = pool[:, :, KEY].contiguous()
         self.value_cache = pool[:, :, VALUE].contiguous()
-        self.query = torch.from_numpy(work.query[:, 0]).to(dtype).contiguous()
+        # [batch, queries, Hq, D] -> [batch * queries, Hq, D]: IPEX's tokens.
+        self.query = (
+            torch.from_numpy(work.query.reshape(-1, s.q_heads, HEAD_DIM))
+            .to(dtype)
+            .contiguous()
+        )
         self.out = torch.empty_like(self.query)
-        group = s.q_heads // s.kv_heads
-        self.head_mapping = torch.arange(
-            s.kv_heads, dtype=torch.int32
-        ).repeat_interleave(group)
         self.block_table = torch.from_numpy(work.block_table)
         self.seq_lens = torch.from_numpy(work.seq_lens)
-        self.block_size = s.block_size
         self.max_len = int(work.seq_lens.max())
         self.scale = float(HEAD_DIM**-0.5)
-        self._attention = (
-            ipex.llm.modules.PagedAttention.single_query_cached_kv_attention
-        )
+        self.shape = s
+        self._ops = ipex.llm.modules.PagedAttention
         self._torch = torch
+
+    def result(self) -> np.ndarray[Any, Any]:
+        """The last output as float32 ``[batch, queries, Hq, D]``."""
+        s = self.shape
+        return self.out.float().numpy().reshape(s.batch, s.queries, s.q_heads, -1)
+
+
+class IpexDecode(IpexCall):
+    """IPEX's decode attention (``single_query_cached_kv_attention``)."""
+
+    def __init__(self, work: Workload) -> None:
+        super().__init__(work)
+        s = work.shape
+        group = s.q_heads // s.kv_heads
+        self.head_mapping = self._torch.arange(
+            s.kv_heads, dtype=self._torch.int32
+        ).repeat_interleave(group)
 
     def __call__(self) -> Any:
         with self._torch.inference_mode():
-            self._attention(
+            self._ops.single_query_cached_kv_attention(
                 self.out, self.query, self.key_cache, self.value_cache,
                 self.head_mapping, self.scale, self.block_table, self.seq_lens,
-                self.block_size, self.max_len, None,
+                self.shape.block_size, self.max_len, None,
             )  # fmt: skip
         return self.out
 
-    def result(self) -> np.ndarray[Any, Any]:
-        """The last output as float32 ``[batch, 1, Hq, D]``."""
-        return self.out.float().numpy()[:, None]
+
+class IpexPrefill(IpexCall):
+    """IPEX's paged prefill (``flash_attn_varlen_func``, causal): each
+    sequence's queries are the last of its tokens, as in ours."""
+
+    def __init__(self, work: Workload) -> None:
+        super().__init__(work)
+        torch = self._torch
+        s = work.shape
+        queries = torch.full((s.batch,), s.queries, dtype=torch.int32)
+        zero = torch.zeros(1, dtype=torch.int32)
+        self.cu_seqlens_q = torch.cat([zero, queries.cumsum(0, dtype=torch.int32)])
+        self.cu_seqlens_kv = torch.cat(
+            [zero, self.seq_lens.cumsum(0, dtype=torch.int32)]
+        )
+
+    def __call__(self) -> Any:
+        with self._torch.inference_mode():
+            self._ops.flash_attn_varlen_func(
+                self.out, self.query, self.key_cache, self.value_cache,
+                self.cu_seqlens_q, self.cu_seqlens_kv, self.shape.queries,
+                self.max_len, self.scale, True, self.block_table, None,
+            )  # fmt: skip
+        return self.out
 
 
 def sum_over_pool(work: Workload) -> Timing:
@@ -139,6 +188,33 @@ def decode_rows(shapes: list[Shape], repeats: int) -> Table:
     return table
 
 
+def prefill_rows(shapes: list[Shape], repeats: int) -> Table:
+    rng = np.random.default_rng(1)
+    table = Table(
+        f"prefill ({PREFILL_TOKENS} tokens, causal, D = 128) vs IPEX 2.8",
+        ["batch", "tokens", "Hq/H", "block", "dtype", "ms", "IPEX ms", "vs IPEX",
+         "max diff"],
+    )  # fmt: skip
+    for index, shape in enumerate(shapes):
+        progress(f"  prefill {index + 1}/{len(shapes)}")
+        work = make_workload(shape, rng)
+        call = ours(work)
+        ipex = IpexPrefill(work)
+        mine, theirs = measure_alternated([call, ipex], repeats)
+        our_out = np.asarray(call(), np.float32)
+        ipex()
+        scale = float(np.abs(our_out).max()) or 1.0
+        diff = float(np.abs(ipex.result() - our_out).max()) / scale
+        table.add(
+            batch=shape.batch, tokens=shape.context, **{"Hq/H": shape.label},
+            block=shape.block_size, dtype=shape.kind.name, ms=mine,
+            **{"IPEX ms": theirs, "vs IPEX": f"{theirs.median / mine.median:.2f}x",
+               "max diff": f"{diff:.1e}"},
+        )  # fmt: skip
+        del work, ipex
+    return table
+
+
 def run(args: Any) -> list[Table]:
     import torch
 
@@ -158,12 +234,20 @@ def run(args: Any) -> list[Table]:
     print(
         f"threads: {numba.get_num_threads()}; torch {torch.__version__}, "
         f"IPEX {ipex.__version__}, CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}; medians of 9 alternated "
-        "runs ±IQR/2"
+        f"{torch.backends.cpu.get_cpu_capability()}; medians of alternated runs "
+        "(decode 9, prefill 5) ±IQR/2"
     )
     table = decode_rows(shapes, repeats=9)
     table.print()
-    return [table]
+    prefill_shapes = [
+        Shape(1, PREFILL_TOKENS, hq, h, bs, element_type(kind), queries=PREFILL_TOKENS)
+        for hq, h in ((16, 16), (32, 8))
+        for bs in ((16,) if args.quick else (16, 64))
+        for kind in ("f32", "f16", "bf16")
+    ]
+    prefill = prefill_rows(prefill_shapes, repeats=5)
+    prefill.print()
+    return [table, prefill]
 
 
 def main() -> None:
