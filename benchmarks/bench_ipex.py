@@ -28,6 +28,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,10 @@ class IpexCall:
         self._ops = ipex.llm.modules.PagedAttention
         self._torch = torch
 
+    def __call__(self) -> Any:
+        """One call of IPEX's kernel, writing `out`."""
+        raise NotImplementedError
+
     def result(self) -> np.ndarray[Any, Any]:
         """The last output as float32 ``[batch, queries, Hq, D]``."""
         s = self.shape
@@ -150,6 +155,15 @@ class IpexPrefill(IpexCall):
         return self.out
 
 
+def largest_difference(call: Callable[[], Any], ipex: IpexCall) -> float:
+    """The largest difference between our output and IPEX's, relative to
+    our output's largest magnitude."""
+    our_out = np.asarray(call(), np.float32)
+    ipex()
+    scale = float(np.abs(our_out).max()) or 1.0
+    return float(np.abs(ipex.result() - our_out).max()) / scale
+
+
 def sum_over_pool(work: Workload) -> Timing:
     """The fastest of `read_probes` over the pool's own bytes."""
     flat = work.layer_pool.reshape(-1).view(np.float32)
@@ -171,10 +185,7 @@ def decode_rows(shapes: list[Shape], repeats: int) -> Table:
         ipex = IpexDecode(work)
         mine, theirs = measure_alternated([call, ipex], repeats)
         plain_sum = sum_over_pool(work)
-        our_out = np.asarray(call(), np.float32)
-        ipex()
-        scale = float(np.abs(our_out).max()) or 1.0
-        diff = float(np.abs(ipex.result() - our_out).max()) / scale
+        diff = largest_difference(call, ipex)
         table.add(
             batch=shape.batch, context=shape.context, **{"Hq/H": shape.label},
             block=shape.block_size, dtype=shape.kind.name, ms=mine,
@@ -201,10 +212,7 @@ def prefill_rows(shapes: list[Shape], repeats: int) -> Table:
         call = ours(work)
         ipex = IpexPrefill(work)
         mine, theirs = measure_alternated([call, ipex], repeats)
-        our_out = np.asarray(call(), np.float32)
-        ipex()
-        scale = float(np.abs(our_out).max()) or 1.0
-        diff = float(np.abs(ipex.result() - our_out).max()) / scale
+        diff = largest_difference(call, ipex)
         table.add(
             batch=shape.batch, tokens=shape.context, **{"Hq/H": shape.label},
             block=shape.block_size, dtype=shape.kind.name, ms=mine,
