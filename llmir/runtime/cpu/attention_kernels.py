@@ -488,11 +488,15 @@ def _attend_block_group(
     next_run: Any,
     kind_code: Any,
     keys_t: Any,
+    ends: Any,
 ) -> None:
     """Fold slots ``lo:hi`` (non-empty) of one block (`kind_code` elements,
     converted on load) into the online-softmax states of the four query rows
-    ``r:r+4``, which must share those bounds; `scores` is a ``[4,
-    block_size]`` buffer.
+    ``r:r+4``; `scores` is a ``[4, block_size]`` buffer.  Row ``r + i``
+    attends slots ``lo:ends[i]`` (each non-empty, `hi` their largest: the
+    causal diagonal, where each row of a prefill tile ends one query
+    further; without a soft cap): the slots past its end are scored with
+    the others, then masked out of the row's max and weights.
 
     The scores are `qk_tile`s of four rows by two tokens and ``P V`` one
     `pv_tile` (`llmir.runtime.cpu.simd`), so each element of the block is
@@ -540,7 +544,18 @@ def _attend_block_group(
             scores[3, t] = s3
         t += 2
 
+    masked = ends[0] < hi  # row 0 ends first
+    if masked:
+        for i in range(ROWS):
+            for t in range(ends[i], hi):
+                scores[i, t] = -np.inf
     _tile_weights(scores, ROWS, lo, hi, soft_cap, row_max, row_sum, acc, r)
+    if masked:
+        # A masked slot's weight came out as exp(-87), not 0 (the
+        # exponential's floor): make it exact, whatever its value row holds.
+        for i in range(ROWS):
+            for t in range(ends[i], hi):
+                scores[i, t] = np.float32(0.0)
     pv_tile(scores, values, lo, hi, acc, r, 0, row_sum, kind_code)  # no scales
 
 
@@ -554,8 +569,11 @@ def _attend_tiles(
     """Fold slots ``lo:hi`` of a block into the `rows` query rows four at a
     time: `_attend_block_group` over the sinks and then the window where the
     four rows' bounds agree (a GQA group's always do, prefill rows of
-    different queries away from the causal diagonal), else `_attend_rows`
-    (`keys` and `values` then float32).  `pos` is the block-relative
+    different queries away from the causal diagonal) or differ only in
+    their causal ends (on the diagonal, without a soft cap: each row's
+    later slots masked; MHA prefill at block 64 measured 1.05-1.1x faster
+    on one thread than row by row), else `_attend_rows` (`keys` and
+    `values` then float32).  `pos` is the block-relative
     position of row 0's query; the first four rows prefetch the next
     block.  Float32 keys read by several fours are first transposed into
     `keys_t` where the block has whole sixteens (`_attend_block_group`)."""
@@ -568,6 +586,13 @@ def _attend_tiles(
         sink_lo, sink_hi, row_lo, row_hi, shared = _shared_bounds(
             lo, hi, pos, r, ROWS, group, causal, window, sinks
         )
+        ends = (row_hi, row_hi, row_hi, row_hi)
+        if not shared and soft_cap <= 0:
+            shared, end0, end1, end2, end3 = _diagonal_ends(
+                lo, hi, pos, r, group, causal, window, sinks
+            )
+            ends = (end0, end1, end2, end3)
+            row_hi = end3
         if not shared:
             _attend_rows(
                 q_rows, keys, values, lo, hi, pos, r, ROWS, group, causal, window,
@@ -582,6 +607,8 @@ def _attend_tiles(
                 _attend_block_group(
                     q_rows, keys, values, part_lo, part_hi, tile_scores, row_max,
                     row_sum, acc, r, soft_cap, pool, ahead, kind_code, transposed,
+                    # (the sinks' part, before the diagonal, ends alike)
+                    ends if part_lo == row_lo else (sink_hi, sink_hi, sink_hi, sink_hi),
                 )  # fmt: skip
 
 
@@ -651,6 +678,30 @@ def _shared_bounds(
     last = _row_bounds(lo, hi, pos + (r + count - 1) // group, causal, window, sinks)
     shared = (sink_lo, sink_hi, row_lo, row_hi) == last
     return sink_lo, sink_hi, row_lo, row_hi, shared
+
+
+@njit(inline="always", cache=True)
+def _diagonal_ends(
+    lo: Any, hi: Any, pos: Any, r: Any, group: Any, causal: Any, window: Any,
+    sinks: Any,
+) -> Any:  # fmt: skip
+    """Whether rows ``r:r+4`` differ only where the causal diagonal cuts
+    the block: no sinks below the window for any of them, one start, and
+    each row's slots non-empty; then each row's end (rows are in query
+    order, so the last ends furthest), as a flat tuple."""
+    first = _row_bounds(lo, hi, pos + r // group, causal, window, sinks)
+    second = _row_bounds(lo, hi, pos + (r + 1) // group, causal, window, sinks)
+    third = _row_bounds(lo, hi, pos + (r + 2) // group, causal, window, sinks)
+    last = _row_bounds(lo, hi, pos + (r + 3) // group, causal, window, sinks)
+    ends = (first[3], second[3], third[3], last[3])  # a flat tuple, as above
+    # _row_bounds: (lo, sink_hi, row_lo, row_hi); no sinks: sink_hi <= lo.
+    diagonal = (
+        causal
+        and max(first[1], last[1]) <= lo
+        and first[2] == last[2]
+        and first[2] < first[3]
+    )
+    return diagonal, ends[0], ends[1], ends[2], ends[3]
 
 
 @njit(inline="always", cache=True)

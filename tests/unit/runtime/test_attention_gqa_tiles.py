@@ -211,16 +211,41 @@ def tiles(
 def test_prefill_tiles_of_four_rows(
     kind_name: str, q_heads: int, num_heads: int, q_tile: int, options: Any
 ):
-    # Rows of different queries share a block's bounds only away from the
-    # causal diagonal and the window edge; elsewhere those four rows go one
-    # by one (2/2 with eight queries per item: some fours of a block tile,
-    # others do not).
+    # Rows of different queries share a block's bounds away from the causal
+    # diagonal and the window edge; on the diagonal alone the four rows tile
+    # with the slots past each row's end masked, at a window edge or beside
+    # sinks they go one by one (2/2 with eight queries per item: some fours
+    # of a block tile, others do not).
     rng = np.random.default_rng(q_heads * 10 + q_tile)
     out, expected = attend(
         rng, kind_name, [9, 30, 0], 9, q_heads, num_heads, 4, q_tile=q_tile, **options
     )
     tolerance = F32_TOL if kind_name == "f32" else HALF_TOL
     np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("block_size", [16, 32])
+def test_slots_past_the_diagonal_weigh_nothing(block_size: int):
+    # A causal prefill whose token 3 holds huge values: queries 0-2 tile
+    # with query 3 over slots 0-3 and must not see it.  Masked slots get
+    # exactly zero weight (the exponential's floor, exp(-87) ~ 1.6e-38,
+    # would add ~0.1 of 1e37 here).
+    rng = np.random.default_rng(5)
+    tokens, head_dim = block_size, 32
+    keys = rng.standard_normal((tokens, 1, head_dim))
+    values = rng.standard_normal((tokens, 1, head_dim))
+    values[3] *= 1e37
+    kind = element_type("f32")
+    pool = build_paged_pool([keys], [values], block_size, kind, rng)
+    query = rng.standard_normal((1, tokens, 1, head_dim)).astype(np.float32)
+    out = np.full(query.shape, np.nan, dtype=np.float32)
+    args = (query, pool.kv_pool[0], kind, pool.block_table, pool.seq_lens)
+    run_paged_attention(*args[:2], kind.code, *args[3:], out, scale=head_dim**-0.5)
+    expected = reference_paged_attention(*args, scale=head_dim**-0.5)
+    np.testing.assert_allclose(out[:, :3], expected[:, :3], rtol=F32_TOL, atol=F32_TOL)
+    # The later rows weigh token 3's values in: relative to their scale.
+    scale = np.abs(expected[:, 3:]).max()
+    np.testing.assert_allclose(out[:, 3:], expected[:, 3:], atol=F32_TOL * scale)
 
 
 @pytest.mark.parametrize("kind_name", ["f16", "bf16"])
