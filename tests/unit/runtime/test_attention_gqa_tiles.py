@@ -239,13 +239,14 @@ def test_slots_past_the_diagonal_weigh_nothing(block_size: int):
     pool = build_paged_pool([keys], [values], block_size, kind, rng)
     query = rng.standard_normal((1, tokens, 1, head_dim)).astype(np.float32)
     out = np.full(query.shape, np.nan, dtype=np.float32)
-    args = (query, pool.kv_pool[0], kind, pool.block_table, pool.seq_lens)
-    run_paged_attention(*args[:2], kind.code, *args[3:], out, scale=head_dim**-0.5)
-    expected = reference_paged_attention(*args, scale=head_dim**-0.5)
+    layer, table, lens = pool.kv_pool[0], pool.block_table, pool.seq_lens
+    scale = head_dim**-0.5
+    run_paged_attention(query, layer, kind.code, table, lens, out, scale=scale)
+    expected = reference_paged_attention(query, layer, kind, table, lens, scale=scale)
     np.testing.assert_allclose(out[:, :3], expected[:, :3], rtol=F32_TOL, atol=F32_TOL)
-    # The later rows weigh token 3's values in: relative to their scale.
-    scale = np.abs(expected[:, 3:]).max()
-    np.testing.assert_allclose(out[:, 3:], expected[:, 3:], atol=F32_TOL * scale)
+    # The later rows weigh token 3's values in: relative to their size.
+    size = np.abs(expected[:, 3:]).max()
+    np.testing.assert_allclose(out[:, 3:], expected[:, 3:], atol=F32_TOL * size)
 
 
 @pytest.mark.parametrize("kind_name", ["f16", "bf16"])
