@@ -164,6 +164,21 @@ def largest_difference(call: Callable[[], Any], ipex: IpexCall) -> float:
     return float(np.abs(ipex.result() - our_out).max()) / scale
 
 
+def against_ipex(
+    work: Workload, ipex: IpexCall, repeats: int
+) -> tuple[Timing, dict[str, Any]]:
+    """Ours and `ipex` alternated on `work`: our timing, and the columns
+    that compare the two (times, IPEX's time / ours, the outputs' largest
+    difference)."""
+    call = ours(work)
+    mine, theirs = measure_alternated([call, ipex], repeats)
+    diff = largest_difference(call, ipex)
+    return mine, {
+        "ms": mine, "IPEX ms": theirs,
+        "vs IPEX": f"{theirs.median / mine.median:.2f}x", "max diff": f"{diff:.1e}",
+    }  # fmt: skip
+
+
 def sum_over_pool(work: Workload) -> Timing:
     """The fastest of `read_probes` over the pool's own bytes."""
     flat = work.layer_pool.reshape(-1).view(np.float32)
@@ -181,21 +196,16 @@ def decode_rows(shapes: list[Shape], repeats: int) -> Table:
     for index, shape in enumerate(shapes):
         progress(f"  decode {index + 1}/{len(shapes)}")
         work = make_workload(shape, rng)
-        call = ours(work)
-        ipex = IpexDecode(work)
-        mine, theirs = measure_alternated([call, ipex], repeats)
+        mine, compared = against_ipex(work, IpexDecode(work), repeats)
         plain_sum = sum_over_pool(work)
-        diff = largest_difference(call, ipex)
         table.add(
             batch=shape.batch, context=shape.context, **{"Hq/H": shape.label},
-            block=shape.block_size, dtype=shape.kind.name, ms=mine,
-            **{"IPEX ms": theirs, "vs IPEX": f"{theirs.median / mine.median:.2f}x",
-               "sum ms": plain_sum,
-               "of sum speed": f"{plain_sum.median / mine.median:.2f}",
-               "max diff": f"{diff:.1e}"},
+            block=shape.block_size, dtype=shape.kind.name, **compared,
+            **{"sum ms": plain_sum,
+               "of sum speed": f"{plain_sum.median / mine.median:.2f}"},
             working_set_bytes=work.kv_bytes,
         )  # fmt: skip
-        del work, ipex
+        del work
     return table
 
 
@@ -209,17 +219,12 @@ def prefill_rows(shapes: list[Shape], repeats: int) -> Table:
     for index, shape in enumerate(shapes):
         progress(f"  prefill {index + 1}/{len(shapes)}")
         work = make_workload(shape, rng)
-        call = ours(work)
-        ipex = IpexPrefill(work)
-        mine, theirs = measure_alternated([call, ipex], repeats)
-        diff = largest_difference(call, ipex)
+        _, compared = against_ipex(work, IpexPrefill(work), repeats)
         table.add(
             batch=shape.batch, tokens=shape.context, **{"Hq/H": shape.label},
-            block=shape.block_size, dtype=shape.kind.name, ms=mine,
-            **{"IPEX ms": theirs, "vs IPEX": f"{theirs.median / mine.median:.2f}x",
-               "max diff": f"{diff:.1e}"},
+            block=shape.block_size, dtype=shape.kind.name, **compared,
         )  # fmt: skip
-        del work, ipex
+        del work
     return table
 
 

@@ -693,7 +693,6 @@ def _diagonal_ends(
     second = _row_bounds(lo, hi, pos + (r + 1) // group, causal, window, sinks)
     third = _row_bounds(lo, hi, pos + (r + 2) // group, causal, window, sinks)
     last = _row_bounds(lo, hi, pos + (r + 3) // group, causal, window, sinks)
-    ends = (first[3], second[3], third[3], last[3])  # a flat tuple, as above
     # _row_bounds: (lo, sink_hi, row_lo, row_hi); no sinks: sink_hi <= lo.
     diagonal = (
         causal
@@ -701,7 +700,7 @@ def _diagonal_ends(
         and first[2] == last[2]
         and first[2] < first[3]
     )
-    return diagonal, ends[0], ends[1], ends[2], ends[3]
+    return diagonal, first[3], second[3], third[3], last[3]
 
 
 @njit(inline="always", cache=True)

@@ -535,7 +535,7 @@ def _pv_intrinsic(rows: int, vectors: int) -> Any:
             # tile[vectors * i + c]: row i, the channels of vector c
             tile_slots = _vector_slots(builder, rows * vectors)
             folded = stored == "i8" and rows == 1
-            offset_sum = cgutils.alloca_once(builder, _F32)
+            offset_sum = cgutils.alloca_once(builder, _F32) if folded else None
             chunks = cgutils.for_range_slice(
                 builder, out.index(0), span, out.index(LANES * loads)
             )
