@@ -25,7 +25,8 @@ import numpy as np
 from numba import njit, prange  # pyright: ignore[reportUnknownVariableType]
 
 from llmir.runtime.cpu.codecs import f16_bits_to_f32, f32_to_f16_bits
-from llmir.runtime.cpu.simd import I4_GROUP, group_ranges, halves_to_f32, widen_range
+from llmir.runtime.cpu.quant_simd import encode_rows, write_entries
+from llmir.runtime.cpu.simd import group_ranges, halves_to_f32, widen_range
 
 # ---------------------------------------------------------------------------
 # float16 metadata and codes inside a block
@@ -61,19 +62,6 @@ def key_channel_meta(
 
 
 @njit(inline="always", cache=True)
-def _write_entry(
-    entries: Any, at: Any, s_bits: Any, m_bits: Any, symmetric: Any
-) -> None:
-    """One metadata entry at ``entries[at:]``: the float16 bits of the scale,
-    and of the minimum if asymmetric, low byte first."""
-    entries[at] = np.uint8(s_bits & 0xFF)
-    entries[at + 1] = np.uint8(s_bits >> 8)
-    if not symmetric:
-        entries[at + 2] = np.uint8(m_bits & 0xFF)
-        entries[at + 3] = np.uint8(m_bits >> 8)
-
-
-@njit(inline="always", cache=True)
 def _write_key_meta(
     block: Any,
     meta_col: Any,
@@ -98,17 +86,12 @@ def _write_key_meta(
         return written
     # Whole entries per row, as in every power-of-two block up to 64: row
     # by row, with no division per channel (those took a third of an i8
-    # append).
+    # append), stored 16 bits at a time.
     per_row = meta_row // entry
-    for r in range(-(-head_dim // per_row)):
-        first = r * per_row
-        entries = block[r, meta_col:]
-        for k in range(min(per_row, head_dim - first)):
-            c = first + k
-            if wider[c]:
-                written += 1
-                s_bits, m_bits = step_bits[0, c], step_bits[1, c]
-                _write_entry(entries, k * entry, s_bits, m_bits, symmetric)
+    rows = -(-head_dim // per_row)
+    write_entries(block, 0, rows, meta_col, step_bits, per_row, entry, wider, head_dim)
+    for c in range(head_dim):
+        written += np.int64(wider[c])
     return written
 
 
@@ -248,77 +231,6 @@ def _inverse(scale: Any) -> Any:
 
 
 @njit(inline="always", cache=True)
-def _encode_row(
-    row: Any, base: Any, x: Any, inverse: Any, offset: Any, bits: Any, levels: Any
-) -> None:
-    """The codes of one token's channels `x` at ``row[base:]``, channel c with
-    step ``1 / inverse[c]`` and offset ``offset[c]``: i8 symmetric, i4
-    asymmetric with channels c and ``c + D/2`` in one byte.  (Per-channel
-    arrays, and indices LLVM can see are not negative, keep the loops ones
-    it vectorizes: ``row[base + c]`` made it wrap negative indices, one
-    value at a time.)"""
-    codes = row[base:]
-    if bits == 8:
-        for c in range(x.shape[0]):
-            codes[c] = np.uint8(_code(x[c], inverse[c], offset[c], levels, True))
-        return
-    half = x.shape[0] // 2
-    for j in range(half):
-        low_code = _code(x[j], inverse[j], offset[j], levels, False)
-        high_code = _code(
-            x[j + half], inverse[j + half], offset[j + half], levels, False
-        )
-        codes[j] = np.uint8(low_code | (high_code << 4))
-
-
-@njit(inline="always", cache=True)
-def _encode_nibbles(
-    codes: Any, low: Any, high: Any, count: Any, steps: Any, levels: Any
-) -> None:
-    """``codes[j]`` = the i4 codes of ``low[j]`` and ``high[j]`` (low and high
-    nibble) for j < `count`; `steps`: (inverse, minimum) of each half."""
-    low_inverse, low_minimum, high_inverse, high_minimum = steps
-    for j in range(count):
-        low_code = _code(low[j], low_inverse, low_minimum, levels, False)
-        high_code = _code(high[j], high_inverse, high_minimum, levels, False)
-        codes[j] = np.uint8(low_code | (high_code << 4))
-
-
-@njit(inline="always", cache=True)
-def _encode_groups(
-    row: Any,
-    base: Any,
-    x: Any,
-    inverse: Any,
-    minimum: Any,
-    group: Any,
-    bits: Any,
-    levels: Any,
-) -> None:
-    """The codes of one token's values `x` at ``row[base:]``, group g of
-    `group` channels with step ``1 / inverse[g]`` and minimum ``minimum[g]``
-    (i4; i8 is symmetric).  Loops over one group at a time, through views
-    (see `_encode_row`); i4's groups of `I4_GROUP` loop a constant count,
-    which LLVM vectorizes where 16 at run time stayed scalar."""
-    if bits == 8:
-        for g in range(x.shape[0] // group):
-            codes, xs = row[base + g * group :], x[g * group :]
-            for c in range(group):
-                codes[c] = np.uint8(_code(xs[c], inverse[g], 0.0, levels, True))
-        return
-    half = x.shape[0] // 2
-    pairs = half // group
-    for g in range(pairs):
-        first = g * group
-        codes, low, high = row[base + first :], x[first:], x[half + first :]
-        steps = (inverse[g], minimum[g], inverse[g + pairs], minimum[g + pairs])
-        if group == I4_GROUP:
-            _encode_nibbles(codes, low, high, I4_GROUP, steps, levels)
-        else:
-            _encode_nibbles(codes, low, high, group, steps, levels)
-
-
-@njit(inline="always", cache=True)
 def _quantize_run(
     block: Any,  # uint8 [block_size, row_bytes]
     keys: Any,  # f32 [N, H, D]: one layer's appended keys
@@ -403,8 +315,7 @@ def _quantize_run(
     inverse = old_offset  # free again
     for c in range(head_dim):
         inverse[c] = _inverse(scale[c])
-    for t in range(n):
-        _encode_row(block[lo + t], 0, keys[start + t, h], inverse, offset, bits, levels)
+    encode_rows(keys, start, n, h, block, lo, 0, inverse, offset, 0, bits)
     # Values: per token, per group of `group` channels.  The ranges of all
     # the run's groups, then their steps in one loop across groups and
     # tokens (one that LLVM vectorizes: per token, eight i4 groups were too
@@ -421,19 +332,11 @@ def _quantize_run(
         step_bits[0, i], step_bits[1, i] = s_bits, m_bits
         lows[i] = _inverse(_decoded(s_bits))
         highs[i] = np.float32(0.0) if symmetric else _decoded(m_bits)
-    for t in range(n):
-        row = block[lo + t]
-        meta = row[v_meta:]
-        for g in range(groups):
-            i = t * groups + g
-            s_bits, m_bits = step_bits[0, i], step_bits[1, i]
-            _write_entry(meta, g * entry, s_bits, m_bits, symmetric)
-        at = t * groups
-        x = values[start + t, h]
-        _encode_groups(row, v_codes, x, lows[at:], highs[at:], group, bits, levels)
+    write_entries(block, lo, n, v_meta, step_bits, groups, entry, None, count)
+    encode_rows(values, start, n, h, block, lo, v_codes, lows, highs, group, bits)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, error_model="numpy")
 def quantize_runs(
     pool: Any,  # uint8 [L', blocks, H, block_size, row_bytes]
     keys: Any,  # f32 [L', N, H, D]

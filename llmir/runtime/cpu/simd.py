@@ -204,6 +204,19 @@ def _fmuladd(builder: Any, a: Any, b: Any, c: Any) -> Any:
     return _float_call(builder, "fmuladd", a, b, c)
 
 
+def _combine(builder: Any, kind: str, a: Any, b: Any) -> Any:
+    """`a` and `b` folded by `kind`: "fadd"; "min" and "max" as a compare
+    and a select (one ``vminps``/``vmaxps``: the finite values of an append's
+    ranges need none of the NaN fix-ups LLVM adds around ``minnum``, which
+    tripled the dependency chain of a range); or an ``llvm.<kind>`` call."""
+    if kind == "fadd":
+        return builder.fadd(a, b)
+    if kind in ("min", "max"):
+        keep_a = builder.fcmp_ordered("<" if kind == "min" else ">", a, b)
+        return builder.select(keep_a, a, b)
+    return _float_call(builder, kind, a, b)
+
+
 def _accumulate(builder: Any, slot: Any, a: Any, b: Any) -> None:
     """``*slot += a * b`` (an alloca that LLVM keeps in a register)."""
     builder.store(_fmuladd(builder, a, b, builder.load(slot)), slot)
@@ -211,14 +224,12 @@ def _accumulate(builder: Any, slot: Any, a: Any, b: Any) -> None:
 
 def _fold_eight(builder: Any, vectors: list[Any], kind: str = "fadd") -> Any:
     """One vector whose lane i folds the lanes of ``vectors[i]`` by `kind`
-    ("fadd", "minnum" or "maxnum"): a transposing tree of shuffles."""
+    (a `_combine` kind): a transposing tree of shuffles."""
 
     def fold(a: Any, b: Any, first: list[int], second: list[int]) -> Any:
         left = builder.shuffle_vector(a, b, ir.Constant(_LANE_INDICES, first))
         right = builder.shuffle_vector(a, b, ir.Constant(_LANE_INDICES, second))
-        if kind == "fadd":
-            return builder.fadd(left, right)
-        return _float_call(builder, kind, left, right)
+        return _combine(builder, kind, left, right)
 
     evens, odds = [0, 8, 2, 10, 4, 12, 6, 14], [1, 9, 3, 11, 5, 13, 7, 15]
     pairs = [fold(vectors[i], vectors[i + 1], evens, odds) for i in range(0, 8, 2)]
@@ -791,12 +802,8 @@ def _widen_range(typingctx: Any, row: Any, low: Any, high: Any) -> Any:
         def update(index: Any, pointee: Any) -> None:
             row_at, low_at, high_at = (a.address(index, pointee) for a in arrays)
             value = builder.load(row_at, align=4)
-            smaller = _float_call(
-                builder, "minnum", builder.load(low_at, align=4), value
-            )
-            larger = _float_call(
-                builder, "maxnum", builder.load(high_at, align=4), value
-            )
+            smaller = _combine(builder, "min", builder.load(low_at, align=4), value)
+            larger = _combine(builder, "max", builder.load(high_at, align=4), value)
             builder.store(smaller, low_at, align=4)
             builder.store(larger, high_at, align=4)
 
@@ -815,8 +822,8 @@ def _span_ir(builder: Any, elements: _Elements, first: Any, last: Any) -> Any:
     whole = _vector_end(builder, first, last, [elements])
 
     def fold(slots: list[Any], value: Any) -> None:
-        for slot, kind in zip(slots, ("minnum", "maxnum"), strict=True):
-            builder.store(_float_call(builder, kind, builder.load(slot), value), slot)
+        for slot, kind in zip(slots, ("min", "max"), strict=True):
+            builder.store(_combine(builder, kind, builder.load(slot), value), slot)
 
     seed = _splat(builder, builder.load(elements.address(first, _F32)))
     vectors = [cgutils.alloca_once_value(builder, seed) for _ in range(2)]
@@ -829,7 +836,7 @@ def _span_ir(builder: Any, elements: _Elements, first: Any, last: Any) -> Any:
         cgutils.alloca_once_value(
             builder, _reduce_lanes(builder, builder.load(slot), kind)
         )
-        for slot, kind in zip(vectors, ("minnum", "maxnum"), strict=True)
+        for slot, kind in zip(vectors, ("min", "max"), strict=True)
     ]
     one = ir.Constant(first.type, 1)
     with cgutils.for_range_slice(builder, whole, last, one) as (c, _):
@@ -856,7 +863,7 @@ def _group_ranges(typingctx: Any, row: Any, group: Any, lows: Any, highs: Any) -
             builder.icmp_signed("==", width, ir.Constant(width.type, CHANNELS)),
             x.contiguous(),
         )
-        outputs = ((lows_at, "minnum"), (highs_at, "maxnum"))
+        outputs = ((lows_at, "min"), (highs_at, "max"))
 
         def halves_of_sixteen(g: Any) -> tuple[Any, Any]:
             at = builder.mul(g, ir.Constant(g.type, CHANNELS))
@@ -878,13 +885,13 @@ def _group_ranges(typingctx: Any, row: Any, group: Any, lows: Any, highs: Any) -
                         for k in range(LANES)
                     ]
                     for out, kind in outputs:
-                        lanes = [_float_call(builder, kind, a, b) for a, b in pairs]
+                        lanes = [_combine(builder, kind, a, b) for a, b in pairs]
                         folded = _fold_eight(builder, lanes, kind)
                         builder.store(folded, out.address(g, _VEC), align=4)
                 with cgutils.for_range_slice(builder, eights, groups, one) as (g, _):
                     a, b = halves_of_sixteen(g)
                     for out, kind in outputs:
-                        lane = _float_call(builder, kind, a, b)
+                        lane = _combine(builder, kind, a, b)
                         value = _reduce_lanes(builder, lane, kind)
                         builder.store(value, out.address(g, _F32), align=4)
             with other, cgutils.for_range_slice(builder, zero, groups, one) as (g, _):
@@ -1006,8 +1013,8 @@ def _exp_ir(builder: Any, x: Any) -> Any:
 
 
 def _reduce_lanes(builder: Any, vector: Any, kind: str) -> Any:
-    """The lanes of `vector` folded into one float by `kind`, "fadd",
-    "minnum" or "maxnum" (a tree: halves, quarters, pairs)."""
+    """The lanes of `vector` folded into one float by `kind` (a `_combine`
+    kind; a tree: halves, quarters, pairs)."""
     width = LANES
     while width > 1:
         width //= 2
@@ -1018,10 +1025,7 @@ def _reduce_lanes(builder: Any, vector: Any, kind: str) -> Any:
                 _LANE_INDICES, list(range(width, 2 * width)) + [0] * (LANES - width)
             ),
         )
-        if kind == "fadd":
-            vector = builder.fadd(vector, upper)
-        else:
-            vector = _float_call(builder, kind, vector, upper)
+        vector = _combine(builder, kind, vector, upper)
     return builder.extract_element(vector, ir.Constant(_I32, 0))
 
 
