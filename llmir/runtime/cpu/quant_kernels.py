@@ -26,7 +26,7 @@ from numba import njit, prange  # pyright: ignore[reportUnknownVariableType]
 
 from llmir.runtime.cpu.codecs import f16_bits_to_f32, f32_to_f16_bits
 from llmir.runtime.cpu.quant_simd import encode_rows, write_entries
-from llmir.runtime.cpu.simd import group_ranges, halves_to_f32, widen_range
+from llmir.runtime.cpu.simd import halves_to_f32, token_group_ranges, token_ranges
 
 # ---------------------------------------------------------------------------
 # float16 metadata and codes inside a block
@@ -262,14 +262,8 @@ def _quantize_run(
         work[4, :head_dim],
         work[5, :head_dim],
     )
-    # The new keys' range per channel, row by row.
-    # (Rows indexed whole, ``keys[start + t, h]``, are contiguous by type, so
-    # LLVM can vectorize the loops over them; slicing a run out first gave
-    # rows of unknown stride.)
-    new_lo[:] = keys[start, h]
-    new_hi[:] = keys[start, h]
-    for t in range(1, n):
-        widen_range(keys[start + t, h], new_lo, new_hi)
+    # The new keys' range per channel.
+    token_ranges(keys, start, n, h, new_lo, new_hi)
     # Each channel's range widened to what the block's codes cover, and
     # whether the new keys fall outside it.  These loops and the next are
     # branch-free so that LLVM vectorizes them (one channel at a time, they
@@ -324,9 +318,7 @@ def _quantize_run(
     groups = head_dim // group
     count = n * groups
     lows, highs = work[0, :count], work[1, :count]  # free again
-    for t in range(n):
-        at = t * groups
-        group_ranges(values[start + t, h], group, lows[at:], highs[at:])
+    token_group_ranges(values, start, n, h, group, lows, highs)
     for i in range(count):
         s_bits, m_bits = _step_bits(lows[i], highs[i], levels, symmetric)
         step_bits[0, i], step_bits[1, i] = s_bits, m_bits

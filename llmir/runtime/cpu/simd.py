@@ -37,10 +37,11 @@ F16C, or a 16-bit shift), or the unsigned codes of a quantized block
 caller folds into the query rows (keys), or the ``P V`` tile applies as
 it loads them (values: per token and group, so decoded in registers once
 for all rows; one i8 row folds the scale into its weight instead).
-`halves_to_f32` converts a quantized block's
-float16 scales, eight per load; `widen_range` and `group_ranges` give the
-extremes that quantising an append needs (per channel over tokens, per
-group of a row: eight groups of 16 folded at once).  Multiply-adds are
+`halves_to_f32` converts a quantized block's float16 scales, eight per
+load; `token_ranges` and `token_group_ranges` give the extremes that
+quantising an append needs (per channel over a run's tokens, per group of
+each token: eight groups of 16 folded at once), addressing the tokens'
+rows in place.  Multiply-adds are
 ``llvm.fmuladd``: fused where the CPU has FMA, a multiply and an add
 elsewhere.  Sums are reordered relative to a sequential loop, as the
 kernels' ``reassoc`` flag allows.
@@ -270,6 +271,38 @@ class _Elements:
         )
         self.size = builder.extract_value(array.shape, 0)
         self.stride = builder.extract_value(array.strides, 0)
+
+    @classmethod
+    def token_row(
+        cls, context: Any, builder: Any, array_type: Any, value: Any, token: Any,
+        head: Any,
+    ) -> _Elements:  # fmt: skip
+        """Row ``[token, head, :]`` of a C-contiguous 3D float32 array,
+        addressed in place (no view: a view is a reference count)."""
+        array = context.make_array(array_type)(context, builder, value)
+        strides = cgutils.unpack_tuple(builder, array.strides)
+        offset = builder.add(
+            builder.mul(token, strides[0]), builder.mul(head, strides[1])
+        )
+        start = builder.gep(builder.bitcast(array.data, _I8_PTR), [offset])
+        size = builder.extract_value(array.shape, 2)
+        return cls._unit(builder, builder.bitcast(start, _F32.as_pointer()), size)
+
+    @classmethod
+    def _unit(cls, builder: Any, data: Any, size: Any) -> _Elements:
+        elements = cls.__new__(cls)
+        elements.builder = builder
+        elements.unit_stride = True
+        elements.data = data
+        elements.size = size
+        elements.stride = ir.Constant(size.type, 4)
+        return elements
+
+    def shifted(self, first: Any) -> _Elements:
+        """Elements ``first ..`` of a contiguous array."""
+        assert self.unit_stride
+        rest = self.builder.sub(self.size, first)
+        return self._unit(self.builder, self.builder.gep(self.data, [first]), rest)
 
     def address(self, index: Any, pointee: Any) -> Any:
         b = self.builder
@@ -782,36 +815,77 @@ def _vector_end(builder: Any, start: Any, stop: Any, arrays: list[_Elements]) ->
     return builder.select(contiguous, whole, start)
 
 
+def _float_3d(array: Any) -> bool:
+    return (
+        isinstance(array, types.Array)
+        and array.ndim == 3
+        and array.dtype == types.float32
+        and array.layout == "C"
+    )
+
+
+def _token_operands(
+    context: Any, builder: Any, signature: Any, args: Any
+) -> tuple[Any, Any, Any, Any]:
+    """`first`, `n` and `head` of a ``(src, first, n, head, ...)``
+    intrinsic as intp, and a function giving token t's row of `src`."""
+    first, n, head = (
+        context.cast(builder, args[k], signature.args[k], types.intp) for k in (1, 2, 3)
+    )
+
+    def row(t: Any) -> _Elements:
+        token = builder.add(first, t)
+        return _Elements.token_row(
+            context, builder, signature.args[0], args[0], token, head
+        )
+
+    return first, n, head, row
+
+
 @intrinsic
-def _widen_range(typingctx: Any, row: Any, low: Any, high: Any) -> Any:
-    """``low = min(low, row)``, ``high = max(high, row)`` element-wise over
-    1D float32 arrays of one length."""
-    if not all(_float_1d(array) for array in (row, low, high)):
-        raise TypingError("row, low and high must be 1D float32 arrays")
-    sig = types.void(row, low, high)
+def _token_ranges(
+    typingctx: Any, src: Any, first: Any, n: Any, head: Any, low: Any, high: Any
+) -> Any:
+    """See `token_ranges`."""
+    if not _float_3d(src) or not all(_float_1d(a, True) for a in (low, high)):
+        raise TypingError("src must be 3D float32, low and high 1D, all contiguous")
+    sig = types.void(src, first, n, head, low, high)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        arrays = [
-            _Elements(context, builder, t, v)
-            for t, v in zip(signature.args, args, strict=True)
-        ]
-        size = arrays[0].size
+        _first, count, _head, row = _token_operands(context, builder, signature, args)
+        low_at, high_at = (
+            _Elements(context, builder, signature.args[k], args[k]) for k in (4, 5)
+        )
+        size = low_at.size
         zero = ir.Constant(size.type, 0)
-        whole = _vector_end(builder, zero, size, arrays)
-
-        def update(index: Any, pointee: Any) -> None:
-            row_at, low_at, high_at = (a.address(index, pointee) for a in arrays)
-            value = builder.load(row_at, align=4)
-            smaller = _combine(builder, "min", builder.load(low_at, align=4), value)
-            larger = _combine(builder, "max", builder.load(high_at, align=4), value)
-            builder.store(smaller, low_at, align=4)
-            builder.store(larger, high_at, align=4)
-
         lanes, one = ir.Constant(size.type, LANES), ir.Constant(size.type, 1)
-        with cgutils.for_range_slice(builder, zero, whole, lanes) as (c, _):
-            update(c, _VEC)
-        with cgutils.for_range_slice(builder, whole, size, one) as (c, _):
-            update(c, _F32)
+        whole = _whole_vectors_end(builder, zero, size)
+
+        def channels(update: Any) -> None:
+            with cgutils.for_range_slice(builder, zero, whole, lanes) as (c, _):
+                update(c, _VEC)
+            with cgutils.for_range_slice(builder, whole, size, one) as (c, _):
+                update(c, _F32)
+
+        seed = row(zero)
+
+        def start(index: Any, pointee: Any) -> None:
+            value = builder.load(seed.address(index, pointee), align=4)
+            builder.store(value, low_at.address(index, pointee), align=4)
+            builder.store(value, high_at.address(index, pointee), align=4)
+
+        channels(start)
+        with cgutils.for_range_slice(builder, one, count, one) as (t, _):
+            x = row(t)
+
+            def widen(index: Any, pointee: Any) -> None:
+                value = builder.load(x.address(index, pointee), align=4)
+                for out, kind in ((low_at, "min"), (high_at, "max")):
+                    at = out.address(index, pointee)
+                    held = builder.load(at, align=4)
+                    builder.store(_combine(builder, kind, held, value), at, align=4)
+
+            channels(widen)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -845,94 +919,119 @@ def _span_ir(builder: Any, elements: _Elements, first: Any, last: Any) -> Any:
 
 
 @intrinsic
-def _group_ranges(typingctx: Any, row: Any, group: Any, lows: Any, highs: Any) -> Any:
-    """``lows[g], highs[g]`` = the extremes of ``row[g * group:][:group]``
-    for every whole group of `row`."""
-    if not _float_1d(row) or not all(_float_1d(a, True) for a in (lows, highs)):
-        raise TypingError("row, lows and highs must be 1D float32 arrays")
-    sig = types.void(row, group, lows, highs)
+def _token_group_ranges(
+    typingctx: Any, src: Any, first: Any, n: Any, head: Any, group: Any, lows: Any,
+    highs: Any,
+) -> Any:  # fmt: skip
+    """See `token_group_ranges`."""
+    if not _float_3d(src) or not all(_float_1d(a, True) for a in (lows, highs)):
+        raise TypingError("src must be 3D float32, lows and highs 1D, all contiguous")
+    sig = types.void(src, first, n, head, group, lows, highs)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        x, lows_at, highs_at = (
-            _Elements(context, builder, signature.args[k], args[k]) for k in (0, 2, 3)
+        _first, count, _head, row = _token_operands(context, builder, signature, args)
+        all_lows, all_highs = (
+            _Elements(context, builder, signature.args[k], args[k]) for k in (5, 6)
         )
-        width = context.cast(builder, args[1], signature.args[1], types.intp)
-        groups = builder.sdiv(x.size, width)
-        zero, one = ir.Constant(width.type, 0), ir.Constant(width.type, 1)
-        sixteens = builder.and_(
-            builder.icmp_signed("==", width, ir.Constant(width.type, CHANNELS)),
-            x.contiguous(),
-        )
-        outputs = ((lows_at, "min"), (highs_at, "max"))
-
-        def halves_of_sixteen(g: Any) -> tuple[Any, Any]:
-            at = builder.mul(g, ir.Constant(g.type, CHANNELS))
-            second = builder.add(at, ir.Constant(g.type, LANES))
-            return tuple(  # pyright: ignore[reportReturnType]
-                builder.load(x.address(k, _VEC), align=4) for k in (at, second)
-            )
-
-        with builder.if_else(sixteens) as (sixteen, other):
-            with sixteen:
-                # Eight groups of 16 at a time: each group's two vectors
-                # folded lane-wise, then the eight folded across lanes at
-                # once (i4 values: about half the time of one span per group).
-                eights = builder.and_(groups, ir.Constant(width.type, -LANES))
-                step = ir.Constant(width.type, LANES)
-                with cgutils.for_range_slice(builder, zero, eights, step) as (g, _):
-                    pairs = [
-                        halves_of_sixteen(builder.add(g, ir.Constant(g.type, k)))
-                        for k in range(LANES)
-                    ]
-                    for out, kind in outputs:
-                        lanes = [_combine(builder, kind, a, b) for a, b in pairs]
-                        folded = _fold_eight(builder, lanes, kind)
-                        builder.store(folded, out.address(g, _VEC), align=4)
-                with cgutils.for_range_slice(builder, eights, groups, one) as (g, _):
-                    a, b = halves_of_sixteen(g)
-                    for out, kind in outputs:
-                        lane = _combine(builder, kind, a, b)
-                        value = _reduce_lanes(builder, lane, kind)
-                        builder.store(value, out.address(g, _F32), align=4)
-            with other, cgutils.for_range_slice(builder, zero, groups, one) as (g, _):
-                first = builder.mul(g, width)
-                ends = _span_ir(builder, x, first, builder.add(first, width))
-                for (out, _kind), value in zip(outputs, ends, strict=True):
-                    builder.store(value, out.address(g, _F32), align=4)
+        width = context.cast(builder, args[4], signature.args[4], types.intp)
+        with cgutils.for_range(builder, count) as tokens:
+            x = row(tokens.index)
+            groups = builder.sdiv(x.size, width)
+            at = builder.mul(tokens.index, groups)
+            lows_at, highs_at = all_lows.shifted(at), all_highs.shifted(at)
+            _row_group_ranges(builder, x, width, groups, lows_at, highs_at)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-def widen_range(row: Any, low: Any, high: Any) -> None:  # pragma: no cover
-    """``low = min(low, row)``, ``high = max(high, row)`` element-wise, eight
-    lanes per instruction where all three are contiguous (njit only; finite
-    values: LLVM's loop vectorizer leaves Numba's min/max loops scalar)."""
-    raise NotImplementedError("widen_range is only callable from @njit code")
+def _row_group_ranges(
+    builder: Any, x: _Elements, width: Any, groups: Any, lows_at: _Elements,
+    highs_at: _Elements,
+) -> None:  # fmt: skip
+    """``lows_at[g], highs_at[g]`` = the extremes of group g of the row
+    `x`, for its `groups` whole groups of `width`."""
+    zero, one = ir.Constant(width.type, 0), ir.Constant(width.type, 1)
+    sixteens = builder.and_(
+        builder.icmp_signed("==", width, ir.Constant(width.type, CHANNELS)),
+        x.contiguous(),
+    )
+    outputs = ((lows_at, "min"), (highs_at, "max"))
+
+    def halves_of_sixteen(g: Any) -> tuple[Any, Any]:
+        at = builder.mul(g, ir.Constant(g.type, CHANNELS))
+        second = builder.add(at, ir.Constant(g.type, LANES))
+        return tuple(  # pyright: ignore[reportReturnType]
+            builder.load(x.address(k, _VEC), align=4) for k in (at, second)
+        )
+
+    with builder.if_else(sixteens) as (sixteen, other):
+        with sixteen:
+            # Eight groups of 16 at a time: each group's two vectors
+            # folded lane-wise, then the eight folded across lanes at
+            # once (i4 values: about half the time of one span per group).
+            eights = builder.and_(groups, ir.Constant(width.type, -LANES))
+            step = ir.Constant(width.type, LANES)
+            with cgutils.for_range_slice(builder, zero, eights, step) as (g, _):
+                pairs = [
+                    halves_of_sixteen(builder.add(g, ir.Constant(g.type, k)))
+                    for k in range(LANES)
+                ]
+                for out, kind in outputs:
+                    lanes = [_combine(builder, kind, a, b) for a, b in pairs]
+                    folded = _fold_eight(builder, lanes, kind)
+                    builder.store(folded, out.address(g, _VEC), align=4)
+            with cgutils.for_range_slice(builder, eights, groups, one) as (g, _):
+                a, b = halves_of_sixteen(g)
+                for out, kind in outputs:
+                    lane = _combine(builder, kind, a, b)
+                    value = _reduce_lanes(builder, lane, kind)
+                    builder.store(value, out.address(g, _F32), align=4)
+        with other, cgutils.for_range_slice(builder, zero, groups, one) as (g, _):
+            first = builder.mul(g, width)
+            ends = _span_ir(builder, x, first, builder.add(first, width))
+            for (out, _kind), value in zip(outputs, ends, strict=True):
+                builder.store(value, out.address(g, _F32), align=4)
 
 
-def group_ranges(
-    row: Any, group: int, lows: Any, highs: Any
+def token_ranges(
+    src: Any, first: int, n: int, head: int, low: Any, high: Any
 ) -> None:  # pragma: no cover
-    """``lows[g]``, ``highs[g]`` = ``(min, max)`` of ``row[g * group:(g + 1)
-    * group]`` for every whole group of `row`; groups of 16 over a
-    contiguous row eight at a time (njit only; finite values; `lows` and
-    `highs` contiguous)."""
-    raise NotImplementedError("group_ranges is only callable from @njit code")
+    """``low``, ``high`` = the element-wise ``(min, max)`` of the rows
+    ``src[first + t, head]`` for t < `n` (n >= 1): the per-channel range of
+    a run of keys, eight lanes per instruction (njit only; finite values:
+    LLVM's loop vectorizer leaves Numba's min/max loops scalar)."""
+    raise NotImplementedError("token_ranges is only callable from @njit code")
 
 
-@overload(widen_range, inline="always")
-def _widen_range_impl(row: Any, low: Any, high: Any):
-    def widen(row: Any, low: Any, high: Any):
-        _widen_range(row, low, high)  # pyright: ignore[reportCallIssue]
+def token_group_ranges(
+    src: Any, first: int, n: int, head: int, group: int, lows: Any, highs: Any
+) -> None:  # pragma: no cover
+    """``lows[t * G + g]``, ``highs[t * G + g]`` = ``(min, max)`` of group g
+    (channels ``g * group`` .. ``(g + 1) * group``) of the row ``src[first
+    + t, head]``, for t < `n` and each of its ``G = D // group`` groups;
+    groups of 16 eight at a time (njit only; finite values)."""
+    raise NotImplementedError("token_group_ranges is only callable from @njit code")
 
-    return widen
+
+@overload(token_ranges, inline="always")
+def _token_ranges_impl(
+    src: Any, first: Any, n: Any, head: Any, low: Any, high: Any
+):  # fmt: skip
+    def ranges(src: Any, first: Any, n: Any, head: Any, low: Any, high: Any):
+        _token_ranges(src, first, n, head, low, high)  # pyright: ignore[reportCallIssue]
+
+    return ranges
 
 
-@overload(group_ranges, inline="always")
-def _group_ranges_impl(row: Any, group: Any, lows: Any, highs: Any):
-    def ranges(row: Any, group: Any, lows: Any, highs: Any):
-        _group_ranges(row, group, lows, highs)  # pyright: ignore[reportCallIssue]
+@overload(token_group_ranges, inline="always")
+def _token_group_ranges_impl(
+    src: Any, first: Any, n: Any, head: Any, group: Any, lows: Any, highs: Any
+):  # fmt: skip
+    def ranges(
+        src: Any, first: Any, n: Any, head: Any, group: Any, lows: Any, highs: Any
+    ):  # fmt: skip
+        _token_group_ranges(src, first, n, head, group, lows, highs)  # pyright: ignore[reportCallIssue]
 
     return ranges
 

@@ -23,7 +23,6 @@ from numba import njit
 
 from llmir.runtime.cpu.attention_kernels import run_paged_attention
 from llmir.runtime.cpu.simd import (
-    group_ranges,
     halves_to_f32,
     pv_row,
     pv_tile,
@@ -34,8 +33,9 @@ from llmir.runtime.cpu.simd import (
     row_exponentials,
     row_maxima,
     row_maximum,
+    token_group_ranges,
+    token_ranges,
     transpose_block,
-    widen_range,
 )
 from llmir.runtime.dtypes import element_type
 from llmir.testing.reference import build_paged_pool, reference_paged_attention
@@ -362,53 +362,51 @@ def test_halves_to_f32_reads_every_stride_th_half(stride: int, count: int):
 
 
 @njit(cache=True)
-def ranges(rows: Any, low: Any, high: Any) -> None:
-    low[:] = rows[0]
-    high[:] = rows[0]
-    for t in range(1, rows.shape[0]):
-        widen_range(rows[t], low, high)
+def ranges(src: Any, first: Any, n: Any, head: Any, low: Any, high: Any) -> None:
+    token_ranges(src, first, n, head, low, high)
 
 
-@pytest.mark.parametrize("contiguous", [True, False])
 @pytest.mark.parametrize("width", [37, 16, 5])
-def test_ranges_against_numpy(contiguous: bool, width: int):
-    # Eight lanes at a time over contiguous rows, the rest (and any strided
-    # row) one by one.
+@pytest.mark.parametrize("n", [1, 4])
+def test_ranges_against_numpy(width: int, n: int):
+    # Eight lanes at a time, the rest one by one; tokens 1 .. 1 + n of
+    # head 2 of a [tokens, heads, channels] input, addressed in place.
     rng = np.random.default_rng(width)
-    data = rng.standard_normal((4, width, 2)).astype(np.float32)
-    rows = np.ascontiguousarray(data[..., 0]) if contiguous else data[..., 0]
-    low = np.empty(width, np.float32)
-    high = np.empty(width, np.float32)
-    ranges(rows, low, high)
+    src = rng.standard_normal((6, 3, width)).astype(np.float32)
+    low = np.full(width, np.nan, np.float32)
+    high = np.full(width, np.nan, np.float32)
+    ranges(src, 1, n, 2, low, high)
+    rows = src[1 : 1 + n, 2]
     np.testing.assert_array_equal(low, rows.min(axis=0))
     np.testing.assert_array_equal(high, rows.max(axis=0))
 
 
 @njit(cache=True)
-def ranges_of_groups(row: Any, group: Any, lows: Any, highs: Any) -> None:
-    group_ranges(row, group, lows, highs)
+def ranges_of_groups(
+    src: Any, first: Any, n: Any, head: Any, group: Any, lows: Any, highs: Any
+) -> None:
+    token_group_ranges(src, first, n, head, group, lows, highs)
 
 
-@pytest.mark.parametrize("contiguous", [True, False])
 @pytest.mark.parametrize(
     ("width", "group"),
     # Groups of 16 eight at a time, then one by one (two, six, 17 groups);
-    # other widths (and strided rows) through the general span.
+    # other widths through the general span.
     [(128, 16), (32, 16), (96, 16), (272, 16), (128, 128), (40, 8), (15, 5)],
 )
-def test_group_ranges_against_numpy(contiguous: bool, width: int, group: int):
+def test_group_ranges_against_numpy(width: int, group: int):
     rng = np.random.default_rng(width + group)
-    data = rng.standard_normal((width, 2)).astype(np.float32)
-    row = np.ascontiguousarray(data[:, 0]) if contiguous else data[:, 0]
+    src = rng.standard_normal((5, 2, width)).astype(np.float32)
     groups = width // group
-    # One spare entry each: nothing past the last group is written.
-    lows = np.full(groups + 1, np.nan, np.float32)
-    highs = np.full(groups + 1, np.nan, np.float32)
-    ranges_of_groups(row, group, lows, highs)
-    by_group = row.reshape(groups, group)
-    np.testing.assert_array_equal(lows[:groups], by_group.min(axis=1))
-    np.testing.assert_array_equal(highs[:groups], by_group.max(axis=1))
-    assert np.isnan(lows[groups]) and np.isnan(highs[groups])
+    # Tokens 1 .. 4 of head 1, token t's groups at t * groups; one spare
+    # entry each: nothing past the last group is written.
+    lows = np.full(3 * groups + 1, np.nan, np.float32)
+    highs = np.full(3 * groups + 1, np.nan, np.float32)
+    ranges_of_groups(src, 1, 3, 1, group, lows, highs)
+    by_group = src[1:4, 1].reshape(3 * groups, group)
+    np.testing.assert_array_equal(lows[:-1], by_group.min(axis=1))
+    np.testing.assert_array_equal(highs[:-1], by_group.max(axis=1))
+    assert np.isnan(lows[-1]) and np.isnan(highs[-1])
 
 
 @njit(cache=True)
