@@ -328,6 +328,18 @@ def _rescale_state(row_max: Any, row_sum: Any, acc: Any, r: Any, block_max: Any)
     return new_max
 
 
+@njit(inline="always", cache=True)
+def _cap_scores(scores: Any, rows: Any, lo: Any, hi: Any, soft_cap: Any) -> None:
+    """The soft cap of ``scores[i, lo:hi]``, i < `rows`: ``cap * tanh(s /
+    cap)``.  Slots are indexed unsigned: a signed index from `lo` may be
+    negative as far as LLVM knows, and the wraparound select it then needs
+    keeps the loop from vectorizing."""
+    for i in range(rows):
+        for t in range(lo, hi):
+            u = np.uintp(t)
+            scores[i, u] = soft_cap * np.float32(math.tanh(scores[i, u] / soft_cap))
+
+
 @njit(inline="always", fastmath=_REORDER_SUMS, cache=True)
 def _tile_weights(
     scores: Any, rows: Any, lo: Any, hi: Any, soft_cap: Any, row_max: Any,
@@ -340,14 +352,9 @@ def _tile_weights(
     The four rows of a tile go side by side through the vector max and
     exponentials of `llmir.runtime.cpu.simd`: one row's 16 exponentials are
     two vectors whose long dependency chains the CPU cannot hide, four rows'
-    are eight.  Slots are indexed unsigned in the soft cap's loop: a signed
-    index from `lo` may be negative as far as LLVM knows, and the wraparound
-    select it then needs keeps a loop from vectorizing."""
+    are eight."""
     if soft_cap > 0:
-        for i in range(rows):
-            for t in range(lo, hi):
-                u = np.uintp(t)
-                scores[i, u] = soft_cap * np.float32(math.tanh(scores[i, u] / soft_cap))
+        _cap_scores(scores, rows, lo, hi, soft_cap)
     if rows == 1:
         (block_max,) = row_maximum(scores, lo, hi)  # pyright: ignore[reportCallIssue]
         shift = _rescale_state(row_max, row_sum, acc, r, block_max)
@@ -488,15 +495,18 @@ def _attend_block_group(
     next_run: Any,
     kind_code: Any,
     keys_t: Any,
+    starts: Any,
     ends: Any,
 ) -> None:
     """Fold slots ``lo:hi`` (non-empty) of one block (`kind_code` elements,
     converted on load) into the online-softmax states of the four query rows
     ``r:r+4``; `scores` is a ``[4, block_size]`` buffer.  Row ``r + i``
-    attends slots ``lo:ends[i]`` (each non-empty, `hi` their largest: the
-    causal diagonal, where each row of a prefill tile ends one query
-    further; without a soft cap): the slots past its end are scored with
-    the others, then masked out of the row's max and weights.
+    attends slots ``starts[i]:ends[i]`` (each non-empty; `lo` the smallest
+    start, `hi` the largest end): on the causal diagonal each row of a
+    prefill tile ends one query further, at a sliding window's edge it
+    starts one further.  The slots outside a row's range are scored with
+    the others, then, after the soft cap if any, masked out of the row's
+    max and weights.
 
     The scores are `qk_tile`s of four rows by two tokens and ``P V`` one
     `pv_tile` (`llmir.runtime.cpu.simd`), so each element of the block is
@@ -544,16 +554,25 @@ def _attend_block_group(
             scores[3, t] = s3
         t += 2
 
-    masked = ends[0] < hi  # row 0 ends first
+    masked = ends[0] < hi or starts[ROWS - 1] > lo  # row 0 ends first, 3 starts last
+    cap = soft_cap
     if masked:
+        if soft_cap > 0:
+            # Capped first: tanh would turn a masked -inf into -cap.
+            _cap_scores(scores, ROWS, lo, hi, soft_cap)
+            cap = soft_cap - soft_cap  # none left to apply, in its own type
         for i in range(ROWS):
+            for t in range(lo, starts[i]):
+                scores[i, t] = -np.inf
             for t in range(ends[i], hi):
                 scores[i, t] = -np.inf
-    _tile_weights(scores, ROWS, lo, hi, soft_cap, row_max, row_sum, acc, r)
+    _tile_weights(scores, ROWS, lo, hi, cap, row_max, row_sum, acc, r)
     if masked:
         # A masked slot's weight came out as exp(-87), not 0 (the
         # exponential's floor): make it exact, whatever its value row holds.
         for i in range(ROWS):
+            for t in range(lo, starts[i]):
+                scores[i, t] = np.float32(0.0)
             for t in range(ends[i], hi):
                 scores[i, t] = np.float32(0.0)
     pv_tile(scores, values, lo, hi, acc, r, 0, row_sum, kind_code)  # no scales
@@ -570,9 +589,10 @@ def _attend_tiles(
     time: `_attend_block_group` over the sinks and then the window where the
     four rows' bounds agree (a GQA group's always do, prefill rows of
     different queries away from the causal diagonal) or differ only in
-    their causal ends (on the diagonal, without a soft cap: each row's
-    later slots masked; MHA prefill at block 64 measured 1.05-1.1x faster
-    on one thread than row by row), else `_attend_rows` (`keys` and
+    their window (on the causal diagonal, at a sliding window's edge:
+    each row's other slots masked; MHA prefill at block 64 measured
+    1.05-1.1x faster on one thread than row by row), else `_attend_rows`
+    (with sinks below the window, or a row with no slots; `keys` and
     `values` then float32).  `pos` is the block-relative
     position of row 0's query; the first four rows prefetch the next
     block.  Float32 keys read by several fours are first transposed into
@@ -586,13 +606,15 @@ def _attend_tiles(
         sink_lo, sink_hi, row_lo, row_hi, shared = _shared_bounds(
             lo, hi, pos, r, ROWS, group, causal, window, sinks
         )
+        starts = (row_lo, row_lo, row_lo, row_lo)
         ends = (row_hi, row_hi, row_hi, row_hi)
-        if not shared and soft_cap <= 0:
-            shared, end0, end1, end2, end3 = _diagonal_ends(
-                lo, hi, pos, r, group, causal, window, sinks
+        if not shared:
+            shared, start0, start1, start2, start3, end0, end1, end2, end3 = (
+                _edge_bounds(lo, hi, pos, r, group, causal, window, sinks)
             )
+            starts = (start0, start1, start2, start3)
             ends = (end0, end1, end2, end3)
-            row_hi = end3
+            row_lo, row_hi = start0, end3
         if not shared:
             _attend_rows(
                 q_rows, keys, values, lo, hi, pos, r, ROWS, group, causal, window,
@@ -602,14 +624,19 @@ def _attend_tiles(
         if columns and transposed.size == 0:
             _transpose_keys(keys, lo, hi, keys_t)
             transposed = keys_t
-        for part_lo, part_hi in ((sink_lo, sink_hi), (row_lo, row_hi)):
-            if part_lo < part_hi:
-                _attend_block_group(
-                    q_rows, keys, values, part_lo, part_hi, tile_scores, row_max,
-                    row_sum, acc, r, soft_cap, pool, ahead, kind_code, transposed,
-                    # (the sinks' part, before the diagonal, ends alike)
-                    ends if part_lo == row_lo else (sink_hi, sink_hi, sink_hi, sink_hi),
-                )  # fmt: skip
+        if sink_lo < sink_hi:  # the sinks: every row alike
+            _attend_block_group(
+                q_rows, keys, values, sink_lo, sink_hi, tile_scores, row_max,
+                row_sum, acc, r, soft_cap, pool, ahead, kind_code, transposed,
+                (sink_lo, sink_lo, sink_lo, sink_lo),
+                (sink_hi, sink_hi, sink_hi, sink_hi),
+            )  # fmt: skip
+        if row_lo < row_hi:
+            _attend_block_group(
+                q_rows, keys, values, row_lo, row_hi, tile_scores, row_max,
+                row_sum, acc, r, soft_cap, pool, ahead, kind_code, transposed,
+                starts, ends,
+            )  # fmt: skip
 
 
 @njit(inline="always", cache=True)
@@ -681,26 +708,32 @@ def _shared_bounds(
 
 
 @njit(inline="always", cache=True)
-def _diagonal_ends(
+def _edge_bounds(
     lo: Any, hi: Any, pos: Any, r: Any, group: Any, causal: Any, window: Any,
     sinks: Any,
 ) -> Any:  # fmt: skip
-    """Whether rows ``r:r+4`` differ only where the causal diagonal cuts
-    the block: no sinks below the window for any of them, one start, and
-    each row's slots non-empty; then each row's end (rows are in query
-    order, so the last ends furthest), as a flat tuple."""
+    """Whether rows ``r:r+4`` can tile with masks: no sinks below the
+    window for any of them and each row's slots non-empty; then each row's
+    start and end (rows are in query order, so starts and ends only grow:
+    the union is row 0's start to row 3's end), as a flat tuple."""
     first = _row_bounds(lo, hi, pos + r // group, causal, window, sinks)
     second = _row_bounds(lo, hi, pos + (r + 1) // group, causal, window, sinks)
     third = _row_bounds(lo, hi, pos + (r + 2) // group, causal, window, sinks)
     last = _row_bounds(lo, hi, pos + (r + 3) // group, causal, window, sinks)
-    # _row_bounds: (lo, sink_hi, row_lo, row_hi); no sinks: sink_hi <= lo.
-    diagonal = (
-        causal
-        and max(first[1], last[1]) <= lo
-        and first[2] == last[2]
+    # _row_bounds: (lo, sink_hi, row_lo, row_hi); no sinks: sink_hi <= lo
+    # (it grows with the query, so the last row's decides).
+    tiles = (
+        last[1] <= lo
         and first[2] < first[3]
+        and second[2] < second[3]
+        and third[2] < third[3]
+        and last[2] < last[3]
     )
-    return diagonal, first[3], second[3], third[3], last[3]
+    return (
+        tiles,
+        first[2], second[2], third[2], last[2],
+        first[3], second[3], third[3], last[3],
+    )  # fmt: skip
 
 
 @njit(inline="always", cache=True)

@@ -205,6 +205,7 @@ def tiles(
         {},
         {"sliding_window": 6},
         {"sliding_window": 6, "sink_tokens": 2},
+        {"sliding_window": 6, "logits_soft_cap": 2.0},
         {"causal": False},
     ],
 )
@@ -212,10 +213,10 @@ def test_prefill_tiles_of_four_rows(
     kind_name: str, q_heads: int, num_heads: int, q_tile: int, options: Any
 ):
     # Rows of different queries share a block's bounds away from the causal
-    # diagonal and the window edge; on the diagonal alone the four rows tile
-    # with the slots past each row's end masked, at a window edge or beside
-    # sinks they go one by one (2/2 with eight queries per item: some fours
-    # of a block tile, others do not).
+    # diagonal and the window edge; on the diagonal and at the window edge
+    # the four rows tile with each row's other slots masked (after the soft
+    # cap), beside sinks they go one by one (2/2 with eight queries per
+    # item: some fours of a block tile, others do not).
     rng = np.random.default_rng(q_heads * 10 + q_tile)
     out, expected = attend(
         rng, kind_name, [9, 30, 0], 9, q_heads, num_heads, 4, q_tile=q_tile, **options
@@ -247,6 +248,36 @@ def test_slots_past_the_diagonal_weigh_nothing(block_size: int):
     # The later rows weigh token 3's values in: relative to their size.
     size = np.abs(expected[:, 3:]).max()
     np.testing.assert_allclose(out[:, 3:], expected[:, 3:], atol=F32_TOL * size)
+
+
+@pytest.mark.parametrize("soft_cap", [None, 5.0])
+def test_slots_before_the_window_weigh_nothing(soft_cap: float | None):
+    # A causal prefill with a window of 2 whose token 1 holds huge values:
+    # queries 0-3 tile over slots 0-3 (query q attends q-1 and q), so
+    # queries 0 (its end) and 3 (its window) must not see token 1, soft cap
+    # or not (capped, a masked -inf would turn into -cap and weigh
+    # exp(-2 cap) instead of nothing).
+    rng = np.random.default_rng(6)
+    tokens, head_dim = 16, 32
+    keys = rng.standard_normal((tokens, 1, head_dim))
+    values = rng.standard_normal((tokens, 1, head_dim))
+    values[1] *= 1e37
+    kind = element_type("f32")
+    pool = build_paged_pool([keys], [values], 16, kind, rng)
+    query = rng.standard_normal((1, tokens, 1, head_dim)).astype(np.float32)
+    out = np.full(query.shape, np.nan, dtype=np.float32)
+    layer, table, lens = pool.kv_pool[0], pool.block_table, pool.seq_lens
+    options: dict[str, Any] = {"scale": head_dim**-0.5, "sliding_window": 2}
+    if soft_cap is not None:
+        options["logits_soft_cap"] = soft_cap
+    run_paged_attention(query, layer, kind.code, table, lens, out, **options)
+    expected = reference_paged_attention(query, layer, kind, table, lens, **options)
+    blind = [0, *range(3, tokens)]
+    np.testing.assert_allclose(
+        out[:, blind], expected[:, blind], rtol=F32_TOL, atol=F32_TOL
+    )
+    size = np.abs(expected[:, 1:3]).max()
+    np.testing.assert_allclose(out[:, 1:3], expected[:, 1:3], atol=F32_TOL * size)
 
 
 @pytest.mark.parametrize("kind_name", ["f16", "bf16"])
