@@ -23,6 +23,8 @@ from numba import njit
 
 from llmir.runtime.cpu.attention_kernels import run_paged_attention
 from llmir.runtime.cpu.simd import (
+    cap_row,
+    cap_rows,
     halves_to_f32,
     pv_row,
     pv_tile,
@@ -278,6 +280,40 @@ def test_slots_before_the_window_weigh_nothing(soft_cap: float | None):
     )
     size = np.abs(expected[:, 1:3]).max()
     np.testing.assert_allclose(out[:, 1:3], expected[:, 1:3], atol=F32_TOL * size)
+
+
+@njit(cache=True)
+def soft_capped(scores: Any, lo: Any, hi: Any, cap: Any, four: Any) -> None:
+    if four:
+        cap_rows(scores, lo, hi, cap)
+    else:
+        cap_row(scores, lo, hi, cap)
+
+
+@pytest.mark.parametrize("cap", [1.0, 30.0])
+def test_soft_cap_tanh_within_a_few_ulps(cap: float):
+    # Both sides of the series' end (|y| = 0.25), tiny and saturated
+    # values, zero and signs, in the vector lanes and the scalar rest.
+    y = np.concatenate(
+        [
+            np.linspace(-12, 12, 20001),
+            np.geomspace(1e-8, 3, 10001),
+            -np.geomspace(1e-8, 3, 1001),
+            [0.0, 0.25, -0.25, 0.2499999, 100.0, -100.0],
+        ]
+    )
+    scores = np.tile((y * cap).astype(np.float32), (4, 1))
+    expected = cap * np.tanh(scores.astype(np.float64) / cap)
+    soft_capped(scores, 0, scores.shape[1], np.float32(cap), True)
+    error = np.abs(scores - expected) / np.maximum(np.abs(expected), 1e-30)
+    assert error.max() < 4e-7  # measured 1.9e-7 and 2.3e-7: ~3 float32 ulps
+    np.testing.assert_array_equal(np.sign(scores), np.sign(expected))
+    row = (y * cap).astype(np.float32)[None, :].copy()
+    soft_capped(row, 3, row.shape[1] - 2, np.float32(cap), False)
+    original = (y * cap).astype(np.float32)
+    assert np.array_equal(row[0, :3], original[:3])  # outside lo:hi untouched
+    assert np.array_equal(row[0, -2:], original[-2:])
+    np.testing.assert_allclose(row[0, 3:-2], expected[0, 3:-2], rtol=4e-7, atol=0)
 
 
 @pytest.mark.parametrize("kind_name", ["f16", "bf16"])
