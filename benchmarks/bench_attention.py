@@ -10,8 +10,10 @@ GB/s of K+V it reads, that as % of the limit, and how many times faster it is
 than torch SDPA on contiguous (unpaged) K/V of the same dtype (for GQA the
 faster of `enable_gqa` and the groups folded into the query length) and than numpy
 (gather the blocks, then f32 matmul + softmax); then prefill of 2048 tokens
-against torch SDPA with a causal mask; last, the fixed cost of a call (its
-checks and launch) on a one-block context.  The torch columns are empty, with a
+against torch SDPA with a causal mask; then what a soft cap of 30 and a
+sliding window of 512 cost against plain causal attention (prefill, and
+GQA decode at batch 8); last, the fixed cost of a call (its checks and
+launch) on a one-block context.  The torch columns are empty, with a
 one-line hint, when torch (the ``bench`` extra) is not installed.  Both
 libraries run with the same thread count as Numba.  Rows whose K/V are not
 much larger than the last-level cache are marked cache-resident.
@@ -246,6 +248,50 @@ def prefill_rows(shapes: list[Shape], repeats: int) -> Table:
     return table
 
 
+OPTIONS: dict[str, dict[str, Any]] = {
+    "causal": {},
+    "soft cap 30": {"logits_soft_cap": 30.0},
+    "window 512": {"sliding_window": 512},
+}
+"""The attention options timed against plain causal attention (Gemma 2
+caps its logits at 50, Mistral's window is 4096: 30 and 512 put the cap's
+tanh to work and the window's edge inside a 2048-token prompt)."""
+
+
+def option_rows(shapes: list[Shape], repeats: int) -> Table:
+    """What an option costs: the same workload with and without it, timed
+    in turns."""
+    rng = np.random.default_rng(3)
+    table = Table(
+        "options (causal, D = 128): time against plain causal attention",
+        ["batch", "context", "queries", "Hq/H", "dtype", "option", "ms", "x causal"],
+    )
+    for index, shape in enumerate(shapes):
+        progress(f"  options {index + 1}/{len(shapes)}")
+        work = make_workload(shape, rng)
+        out = np.empty(work.query.shape, np.float32)
+
+        def call(
+            options: dict[str, Any],
+            w: Workload = work,
+            o: npt.NDArray[np.float32] = out,
+        ) -> Callable[[], Any]:
+            return lambda: paged_attention(
+                w.query, w.cache, w.block_table, w.seq_lens, out=o, **options
+            )
+
+        calls = [call(options) for options in OPTIONS.values()]
+        timings = measure_alternated(calls, repeats=repeats)
+        for name, timing in zip(OPTIONS, timings, strict=True):
+            table.add(
+                batch=shape.batch, context=shape.context, queries=shape.queries,
+                **{"Hq/H": shape.label}, dtype=shape.kind.name, option=name, ms=timing,
+                **{"x causal": timing.median / timings[0].median},
+            )  # fmt: skip
+        del work
+    return table
+
+
 def fixed_cost_rows(repeats: int) -> Table:
     """What one call costs besides its arithmetic: `paged_attention` on a
     one-block context (the checks, the planning, Numba's dispatch) against
@@ -313,9 +359,16 @@ def run(args: Any) -> list[Table]:
     ]
     prefill = prefill_rows(prefill_shapes, repeats=7)
     prefill.print()
+    option_shapes = [
+        Shape(1, PREFILL_TOKENS, hq, h, 16, kind, queries=PREFILL_TOKENS)
+        for hq, h in heads
+        for kind in (kinds[:1] if args.quick else kinds[::2])
+    ] + [Shape(8, 2048, 32, 8, 16, kind) for kind in kinds[::2]]
+    options = option_rows(option_shapes, repeats=5)
+    options.print()
     fixed = fixed_cost_rows(repeats)
     fixed.print()
-    return [decode, prefill, fixed]
+    return [decode, prefill, options, fixed]
 
 
 def main() -> None:

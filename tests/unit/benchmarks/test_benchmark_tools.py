@@ -126,6 +126,19 @@ def test_fixed_cost_row_times_the_call_and_the_bare_kernel() -> None:
     )
 
 
+def test_option_rows_time_each_option_against_plain_causal() -> None:
+    from benchmarks.bench_attention import OPTIONS, Shape, option_rows
+    from llmir.runtime.dtypes import element_type
+
+    shape = Shape(1, 32, 4, 2, 16, element_type("f32"), queries=32)
+    table = option_rows([shape], repeats=1)
+    assert [row["option"] for row in table.rows] == list(OPTIONS)
+    causal = table.rows[0]["ms"].median
+    for row in table.rows:
+        assert row["x causal"] == pytest.approx(row["ms"].median / causal)
+        assert (row["batch"], row["context"], row["queries"]) == (1, 32, 32)
+
+
 def test_ipex_benchmark_without_ipex_says_how_to_get_it(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
