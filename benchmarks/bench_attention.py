@@ -363,7 +363,10 @@ def run(args: Any) -> list[Table]:
         Shape(1, PREFILL_TOKENS, hq, h, 16, kind, queries=PREFILL_TOKENS)
         for hq, h in heads
         for kind in (kinds[:1] if args.quick else kinds[::2])
-    ] + [Shape(8, 2048, 32, 8, 16, kind) for kind in kinds[::2]]
+    ] + [
+        Shape(8, 2048, 32, 8, 16, kind)
+        for kind in (kinds[:1] if args.quick else kinds[::2])
+    ]
     options = option_rows(option_shapes, repeats=5)
     options.print()
     fixed = fixed_cost_rows(repeats)

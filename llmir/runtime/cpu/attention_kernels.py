@@ -333,7 +333,7 @@ def _rescale_state(row_max: Any, row_sum: Any, acc: Any, r: Any, block_max: Any)
 def _cap_scores(scores: Any, rows: Any, lo: Any, hi: Any, soft_cap: Any) -> None:
     """The soft cap of ``scores[i, lo:hi]``, i < `rows` (1 or 4): ``cap *
     tanh(s / cap)``, eight lanes at a time (`simd.cap_rows`; libm's tanhf,
-    one call per score, made a soft-capped prefill 2.5x slower than an
+    one call per score, made a soft-capped prefill about 2.2x slower than an
     uncapped one)."""
     if rows == ROWS:
         cap_rows(scores, lo, hi, soft_cap)  # pyright: ignore[reportCallIssue]
@@ -348,7 +348,8 @@ def _tile_weights(
 ) -> None:  # fmt: skip
     """Turn the logits ``scores[i, lo:hi]`` of query rows ``r + i`` (i <
     `rows`, 1 or 4) into their softmax weights in place, folding the block
-    into each row's running max and sum.
+    into each row's running max and sum, after the soft cap if `soft_cap`
+    is positive (`_cap_scores`).
 
     The four rows of a tile go side by side through the vector max and
     exponentials of `llmir.runtime.cpu.simd`: one row's 16 exponentials are

@@ -312,7 +312,7 @@ def _quantize_run(
     # Values: per token, per group of `group` channels.  The ranges of all
     # the run's groups, then their steps in one loop across groups and
     # tokens (one that LLVM vectorizes: per token, eight i4 groups were too
-    # few), then per token the groups' metadata and codes.
+    # few), then the run's metadata entries, then its codes.
     entry = 2 if symmetric else 4
     groups = head_dim // group
     count = n * groups

@@ -15,8 +15,11 @@ compare-and-select; no fused multiply-add), so the codes are the same bytes
 as the scalar kernels' and the CUDA kernels'.
 
 Preconditions, checked by the callers: the arrays are C-contiguous, the
-rows named exist, and `group` is 0 (a scale per channel) or a multiple of
-16 or the whole head dimension (a scale per token and group).
+rows named exist, and `group` is 0 (a scale per channel) or divides the
+head dimension (i4: divides D/2, as `QuantScheme.layout_errors` requires).
+The codes' symmetry follows `bits` (i8 symmetric, i4 asymmetric), as in
+every scheme of `llmir.runtime.quantization`: a scheme pairing them
+otherwise needs `_code` here and the kernels' `levels` to agree.
 """
 
 from __future__ import annotations
@@ -132,7 +135,7 @@ def _encode_rows(
         def intp(k: int) -> Any:
             return context.cast(builder, args[k], arg_types[k], types.intp)
 
-        start, count, h, dst_row, dst_column, width = (
+        start, count, h, dst_row, dst_column, group_size = (
             intp(k) for k in (1, 2, 3, 5, 6, 9)
         )
         intp_type = start.type
@@ -146,7 +149,7 @@ def _encode_rows(
         half = builder.sdiv(head_dim, const(2))
         span = head_dim if code_bits == 8 else half
         whole = builder.and_(span, const(-WIDTH))
-        per_channel = builder.icmp_signed("==", width, const(0))
+        per_channel = builder.icmp_signed("==", group_size, const(0))
         vector = ir.VectorType(_F32, WIDTH)
 
         def splat(value: Any) -> Any:
@@ -219,46 +222,48 @@ def _encode_rows(
         def grouped_rows() -> None:
             # Whole vectors per group: no division per vector (a 64-bit
             # division per 16 channels would cost as much as their codes).
-            groups = builder.sdiv(head_dim, width)
-            spans = builder.sdiv(span, width)  # groups in a row's bytes
-            per_group = builder.sdiv(width, const(WIDTH))
+            groups = builder.sdiv(head_dim, group_size)
+            spans = builder.sdiv(span, group_size)  # groups in a row's bytes
+            per_group = builder.sdiv(group_size, const(WIDTH))
             with cgutils.for_range(builder, count) as tokens:
                 t = tokens.index
-                first = builder.mul(t, groups)
+                token_base = builder.mul(t, groups)
                 with cgutils.for_range(builder, spans) as group_loop:
                     g = group_loop.index
-                    low = group_steps(builder.add(first, g), WIDTH)
+                    low = group_steps(builder.add(token_base, g), WIDTH)
                     high = (
-                        group_steps(builder.add(first, builder.add(g, spans)), WIDTH)
+                        group_steps(
+                            builder.add(token_base, builder.add(g, spans)), WIDTH
+                        )
                         if code_bits == 4
                         else low
                     )
                     with cgutils.for_range(builder, per_group) as vectors:
                         j = builder.add(
-                            builder.mul(g, width),
+                            builder.mul(g, group_size),
                             builder.mul(vectors.index, const(WIDTH)),
                         )
                         store(t, j, WIDTH, lambda: low, lambda: high)
 
         def any_rows() -> None:
-            # Any group: a division per channel (no scheme of today's types
-            # lands here; kept so that every layout is correct).
-            groups = builder.sdiv(head_dim, width)
+            # Any group: a division per channel (i8 values whose head_dim
+            # is no multiple of 16 land here).
+            groups = builder.sdiv(head_dim, group_size)
             with cgutils.for_range(builder, count) as tokens:
                 t = tokens.index
-                first = builder.mul(t, groups)
+                token_base = builder.mul(t, groups)
                 with cgutils.for_range(builder, span) as channels:
                     j = channels.index
-                    low_at = builder.add(first, builder.sdiv(j, width))
-                    high_at = builder.sdiv(builder.add(j, half), width)
+                    low_at = builder.add(token_base, builder.sdiv(j, group_size))
+                    high_at = builder.sdiv(builder.add(j, half), group_size)
                     store(
                         t, j, 1,
                         lambda: group_steps(low_at, 1),
-                        lambda: group_steps(builder.add(first, high_at), 1),
+                        lambda: group_steps(builder.add(token_base, high_at), 1),
                     )  # fmt: skip
 
         vectors_per_group = builder.icmp_signed(
-            "==", builder.srem(width, const(WIDTH)), const(0)
+            "==", builder.srem(group_size, const(WIDTH)), const(0)
         )
         with builder.if_else(per_channel) as (channels, grouped):
             with channels:

@@ -1,13 +1,14 @@
 """The vector tiles of the CPU kernels (`llmir.runtime.cpu.simd`) against the
 float64 reference, alone and through the kernel.
 
-The tiles serve items whose query rows come in fours and share their bounds:
-a GQA group of four or eight in decode, and in prefill four queries of one
-kv head (group 1, q_tile 4) or two queries of a group of two (q_tile 2) away
-from the causal diagonal and the window edge.  Head dimensions that are not
-a multiple of the tile's sixteen channels take the scratch path instead.
-The cases below put such items next to ones whose rows' bounds differ (and
-so go row by row), with lengths that do and do not fill the last block,
+The tiles serve items whose query rows come in fours: a GQA group of four
+or eight in decode, and in prefill four queries of one kv head (group 1,
+q_tile 4) or two queries of a group of two (q_tile 2); on the causal
+diagonal and at a window's edge each row's other slots are masked.  Fours
+beside attention sinks, or with a row that has no slot in the block, go
+row by row; head dimensions that are not a multiple of the tile's sixteen
+channels take the scratch path.  The cases below put such items next to
+each other, with lengths that do and do not fill the last block,
 windows, soft cap, context partitions and empty sequences.  The tiles over
 quantized codes (and the float16 scale conversion) are checked alone here;
 through the kernel in tests/unit/runtime/test_quantized.py.
@@ -252,20 +253,22 @@ def test_slots_past_the_diagonal_weigh_nothing(block_size: int):
     np.testing.assert_allclose(out[:, 3:], expected[:, 3:], atol=F32_TOL * size)
 
 
+@pytest.mark.parametrize("block_size", [16, 8])
 @pytest.mark.parametrize("soft_cap", [None, 5.0])
-def test_slots_before_the_window_weigh_nothing(soft_cap: float | None):
+def test_slots_before_the_window_weigh_nothing(soft_cap: float | None, block_size: int):
     # A causal prefill with a window of 2 whose token 1 holds huge values:
     # queries 0-3 tile over slots 0-3 (query q attends q-1 and q), so
     # queries 0 (its end) and 3 (its window) must not see token 1, soft cap
     # or not (capped, a masked -inf would turn into -cap and weigh
-    # exp(-2 cap) instead of nothing).
+    # exp(-2 cap) instead of nothing).  Blocks of 16 take the scores from
+    # the transposed keys (`qk_columns`), blocks of 8 from `qk_tile`.
     rng = np.random.default_rng(6)
     tokens, head_dim = 16, 32
     keys = rng.standard_normal((tokens, 1, head_dim))
     values = rng.standard_normal((tokens, 1, head_dim))
     values[1] *= 1e37
     kind = element_type("f32")
-    pool = build_paged_pool([keys], [values], 16, kind, rng)
+    pool = build_paged_pool([keys], [values], block_size, kind, rng)
     query = rng.standard_normal((1, tokens, 1, head_dim)).astype(np.float32)
     out = np.full(query.shape, np.nan, dtype=np.float32)
     layer, table, lens = pool.kv_pool[0], pool.block_table, pool.seq_lens
@@ -435,7 +438,7 @@ def ranges(src: Any, first: Any, n: Any, head: Any, low: Any, high: Any) -> None
 
 @pytest.mark.parametrize("width", [37, 16, 5])
 @pytest.mark.parametrize("n", [1, 4])
-def test_ranges_against_numpy(width: int, n: int):
+def test_token_ranges_against_numpy(width: int, n: int):
     # Eight lanes at a time, the rest one by one; tokens 1 .. 1 + n of
     # head 2 of a [tokens, heads, channels] input, addressed in place.
     rng = np.random.default_rng(width)
@@ -461,7 +464,7 @@ def ranges_of_groups(
     # other widths through the general span.
     [(128, 16), (32, 16), (96, 16), (272, 16), (128, 128), (40, 8), (15, 5)],
 )
-def test_group_ranges_against_numpy(width: int, group: int):
+def test_token_group_ranges_against_numpy(width: int, group: int):
     rng = np.random.default_rng(width + group)
     src = rng.standard_normal((5, 2, width)).astype(np.float32)
     groups = width // group

@@ -1,0 +1,115 @@
+"""The IR that writes an append's codes (`llmir.runtime.cpu.quant_simd`)
+against the scalar arithmetic it repeats (`quant_kernels._code`), byte for
+byte: the vector part, the scalar rest and the element-by-element groups,
+with offsets into every array."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from numba import njit
+
+from llmir.runtime.cpu.quant_kernels import _code  # pyright: ignore[reportPrivateUsage]
+from llmir.runtime.cpu.quant_simd import encode_rows, write_entries
+
+
+@njit(cache=True)
+def encode(
+    src: Any, first: Any, n: Any, head: Any, dst: Any, row: Any, column: Any,
+    inverse: Any, offset: Any, group: Any, bits: Any,
+) -> None:  # fmt: skip
+    encode_rows(src, first, n, head, dst, row, column, inverse, offset, group, bits)
+
+
+@njit(cache=True)
+def entries(
+    dst: Any, row: Any, n: Any, column: Any, step_bits: Any, per_row: Any,
+    entry: Any, mask: Any, total: Any,
+) -> None:  # fmt: skip
+    write_entries(dst, row, n, column, step_bits, per_row, entry, mask, total)
+
+
+@njit(cache=True)
+def entries_unmasked(
+    dst: Any, row: Any, n: Any, column: Any, step_bits: Any, per_row: Any,
+    entry: Any, total: Any,
+) -> None:  # fmt: skip
+    write_entries(dst, row, n, column, step_bits, per_row, entry, None, total)
+
+
+def expected_codes(
+    src: Any, first: int, n: int, head: int, inverse: Any, offset: Any, group: int,
+    bits: int,
+) -> Any:  # fmt: skip
+    """The bytes `encode_rows` must write, one `_code` at a time."""
+    d = src.shape[2]
+    levels = np.float32(127 if bits == 8 else 15)
+    codes = np.zeros((n, d), np.int64)
+    for t in range(n):
+        for c in range(d):
+            at = c if group == 0 else t * (d // group) + c // group
+            codes[t, c] = _code(
+                src[first + t, head, c], inverse[at], offset[at], levels, bits == 8
+            )
+    if bits == 8:
+        return codes.astype(np.uint8)
+    half = d // 2
+    return (codes[:, :half] | (codes[:, half:] << 4)).astype(np.uint8)
+
+
+CASES = [
+    # (bits, head_dim, group): keys (group 0) and values; 40 and 48 leave a
+    # scalar rest after the vectors of 16, i8 values of 40 go element by
+    # element (a group no multiple of 16).
+    (8, 32, 0), (8, 40, 0), (8, 64, 0), (8, 32, 32), (8, 40, 40), (8, 48, 48),
+    (4, 32, 0), (4, 40, 0), (4, 48, 0), (4, 64, 0), (4, 32, 16), (4, 64, 16),
+    (4, 64, 32),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("bits", "head_dim", "group"), CASES)
+def test_codes_are_the_scalar_codes(bits: int, head_dim: int, group: int):
+    rng = np.random.default_rng(bits * 1000 + head_dim + group)
+    n, first, head = 3, 2, 1
+    src = (rng.standard_normal((7, 3, head_dim)) * 4).astype(np.float32)
+    scales = head_dim if group == 0 else n * (head_dim // group)
+    inverse = rng.uniform(0.5, 40.0, scales).astype(np.float32)
+    offset = rng.uniform(-6.0, 0.0, scales).astype(np.float32)
+    if group == 0:
+        # Exact halves (round half to even) and values past both clamps.
+        src[first, head, :4] = (np.arange(4) + 0.5) / inverse[:4] + offset[:4]
+        src[first + 1, head, 4:6] = (1e4, -1e4)
+    code_bytes = head_dim * bits // 8
+    dst = np.full((6, code_bytes + 9), 0xAB, np.uint8)
+    encode(src, first, n, head, dst, 2, 5, inverse, offset, group, bits)
+    want = expected_codes(src, first, n, head, inverse, offset, group, bits)
+    np.testing.assert_array_equal(dst[2 : 2 + n, 5 : 5 + code_bytes], want)
+    # Nothing outside those rows and bytes is written.
+    untouched = np.ones(dst.shape, bool)
+    untouched[2 : 2 + n, 5 : 5 + code_bytes] = False
+    assert (dst[untouched] == 0xAB).all()
+
+
+@pytest.mark.parametrize("entry", [2, 4])
+@pytest.mark.parametrize("masked", [False, True])
+def test_entries_land_where_the_layout_puts_them(entry: int, masked: bool):
+    rng = np.random.default_rng(entry)
+    per_row, rows, total = 3, 4, 10  # the last row holds one entry
+    step_bits = rng.integers(0, 1 << 16, (2, 16)).astype(np.int32)
+    mask = rng.random(16) < 0.5
+    dst = np.zeros((6, 20), np.uint8)
+    if masked:
+        entries(dst, 1, rows, 4, step_bits, per_row, entry, mask, total)
+    else:
+        entries_unmasked(dst, 1, rows, 4, step_bits, per_row, entry, total)
+    want = np.zeros_like(dst)
+    for i in range(total):
+        if masked and not mask[i]:
+            continue
+        r, at = 1 + i // per_row, 4 + (i % per_row) * entry
+        for k in range(entry // 2):
+            word = int(step_bits[k, i]) & 0xFFFF
+            want[r, at + 2 * k : at + 2 * k + 2] = (word & 0xFF, word >> 8)
+    np.testing.assert_array_equal(dst, want)
