@@ -228,6 +228,34 @@ def test_prefill_tiles_of_four_rows(
     np.testing.assert_allclose(out, expected, rtol=tolerance, atol=tolerance)
 
 
+def check_huge_value_rows(
+    rng: np.random.Generator, tokens: int, block_size: int, huge: int,
+    sees: list[int], **options: Any,
+) -> None:  # fmt: skip
+    """A causal f32 prefill of `tokens` tokens (one head, D = 32) whose
+    token `huge` holds values of ~1e37: the queries in `sees` weigh them in
+    (checked relative to their size), every other query must match the
+    float64 reference as if they were not there."""
+    head_dim = 32
+    keys = rng.standard_normal((tokens, 1, head_dim))
+    values = rng.standard_normal((tokens, 1, head_dim))
+    values[huge] *= 1e37
+    kind = element_type("f32")
+    pool = build_paged_pool([keys], [values], block_size, kind, rng)
+    query = rng.standard_normal((1, tokens, 1, head_dim)).astype(np.float32)
+    out = np.full(query.shape, np.nan, dtype=np.float32)
+    layer, table, lens = pool.kv_pool[0], pool.block_table, pool.seq_lens
+    options["scale"] = head_dim**-0.5
+    run_paged_attention(query, layer, kind.code, table, lens, out, **options)
+    expected = reference_paged_attention(query, layer, kind, table, lens, **options)
+    blind = [q for q in range(tokens) if q not in sees]
+    np.testing.assert_allclose(
+        out[:, blind], expected[:, blind], rtol=F32_TOL, atol=F32_TOL
+    )
+    size = np.abs(expected[:, sees]).max()
+    np.testing.assert_allclose(out[:, sees], expected[:, sees], atol=F32_TOL * size)
+
+
 @pytest.mark.parametrize("block_size", [16, 32])
 def test_slots_past_the_diagonal_weigh_nothing(block_size: int):
     # A causal prefill whose token 3 holds huge values: queries 0-2 tile
@@ -235,22 +263,7 @@ def test_slots_past_the_diagonal_weigh_nothing(block_size: int):
     # exactly zero weight (the exponential's floor, exp(-87) ~ 1.6e-38,
     # would add ~0.1 of 1e37 here).
     rng = np.random.default_rng(5)
-    tokens, head_dim = block_size, 32
-    keys = rng.standard_normal((tokens, 1, head_dim))
-    values = rng.standard_normal((tokens, 1, head_dim))
-    values[3] *= 1e37
-    kind = element_type("f32")
-    pool = build_paged_pool([keys], [values], block_size, kind, rng)
-    query = rng.standard_normal((1, tokens, 1, head_dim)).astype(np.float32)
-    out = np.full(query.shape, np.nan, dtype=np.float32)
-    layer, table, lens = pool.kv_pool[0], pool.block_table, pool.seq_lens
-    scale = head_dim**-0.5
-    run_paged_attention(query, layer, kind.code, table, lens, out, scale=scale)
-    expected = reference_paged_attention(query, layer, kind, table, lens, scale=scale)
-    np.testing.assert_allclose(out[:, :3], expected[:, :3], rtol=F32_TOL, atol=F32_TOL)
-    # The later rows weigh token 3's values in: relative to their size.
-    size = np.abs(expected[:, 3:]).max()
-    np.testing.assert_allclose(out[:, 3:], expected[:, 3:], atol=F32_TOL * size)
+    check_huge_value_rows(rng, block_size, block_size, 3, list(range(3, block_size)))
 
 
 @pytest.mark.parametrize("block_size", [16, 8])
@@ -263,26 +276,10 @@ def test_slots_before_the_window_weigh_nothing(soft_cap: float | None, block_siz
     # exp(-2 cap) instead of nothing).  Blocks of 16 take the scores from
     # the transposed keys (`qk_columns`), blocks of 8 from `qk_tile`.
     rng = np.random.default_rng(6)
-    tokens, head_dim = 16, 32
-    keys = rng.standard_normal((tokens, 1, head_dim))
-    values = rng.standard_normal((tokens, 1, head_dim))
-    values[1] *= 1e37
-    kind = element_type("f32")
-    pool = build_paged_pool([keys], [values], block_size, kind, rng)
-    query = rng.standard_normal((1, tokens, 1, head_dim)).astype(np.float32)
-    out = np.full(query.shape, np.nan, dtype=np.float32)
-    layer, table, lens = pool.kv_pool[0], pool.block_table, pool.seq_lens
-    options: dict[str, Any] = {"scale": head_dim**-0.5, "sliding_window": 2}
+    options: dict[str, Any] = {"sliding_window": 2}
     if soft_cap is not None:
         options["logits_soft_cap"] = soft_cap
-    run_paged_attention(query, layer, kind.code, table, lens, out, **options)
-    expected = reference_paged_attention(query, layer, kind, table, lens, **options)
-    blind = [0, *range(3, tokens)]
-    np.testing.assert_allclose(
-        out[:, blind], expected[:, blind], rtol=F32_TOL, atol=F32_TOL
-    )
-    size = np.abs(expected[:, 1:3]).max()
-    np.testing.assert_allclose(out[:, 1:3], expected[:, 1:3], atol=F32_TOL * size)
+    check_huge_value_rows(rng, 16, block_size, 1, [1, 2], **options)
 
 
 @njit(cache=True)
