@@ -13,9 +13,13 @@ Per row, in one process on identical data: our decode attention, IPEX's on
 the same K/V copied into its layout (``[blocks, H, block, D]`` key and value
 caches, the same block table), and the time of a parallel sum over our
 pool's bytes (the best of a Numba sum, numpy sums in threads and torch.sum:
-the fairest ceiling for a kernel that must read every byte once). Columns:
-medians (±IQR/2), IPEX's time / ours (above 1.00x we are faster), the sum's
-time / ours (1.00 is the read limit for this very data), and the largest
+the fairest ceiling for a kernel that must read every byte once), and the
+time of a sum over the pool's runs as a paged kernel reads them
+(`benchmarks.common.paged_read`: each sequence's blocks of one head in
+table order, where the prefetchers lose the stream at every block).
+Columns: medians (±IQR/2), IPEX's time / ours (above 1.00x we are faster),
+the sums' times / ours (1.00 is the read limit for this very data, read
+whole or paged), and the largest
 difference between the two outputs relative to the output's scale (IPEX
 returns the cache's dtype, so for halves this is its output's rounding: bf16
 keeps 8 bits).  Prefill (batch 1, 2048 tokens, causal) runs against
@@ -49,6 +53,7 @@ from benchmarks.common import (
     benchmark_main,
     measure,
     measure_alternated,
+    paged_read,
     progress,
     read_probes,
 )
@@ -191,18 +196,22 @@ def decode_rows(shapes: list[Shape], repeats: int) -> Table:
     table = Table(
         "decode (Tq = 1, D = 128) vs IPEX 2.8",
         ["batch", "context", "Hq/H", "block", "dtype", "ms", "IPEX ms", "vs IPEX",
-         "sum ms", "of sum speed", "max diff"],
+         "sum ms", "of sum speed", "paged ms", "of paged speed", "max diff"],
     )  # fmt: skip
     for index, shape in enumerate(shapes):
         progress(f"  decode {index + 1}/{len(shapes)}")
         work = make_workload(shape, rng)
         mine, compared = against_ipex(work, IpexDecode(work), repeats)
         plain_sum = sum_over_pool(work)
+        blocks_per_seq = -(-work.seq_lens // shape.block_size)
+        _, paged = paged_read(work.layer_pool, work.block_table, blocks_per_seq)
         table.add(
             batch=shape.batch, context=shape.context, **{"Hq/H": shape.label},
             block=shape.block_size, dtype=shape.kind.name, **compared,
             **{"sum ms": plain_sum,
-               "of sum speed": f"{plain_sum.median / mine.median:.2f}"},
+               "of sum speed": f"{plain_sum.median / mine.median:.2f}",
+               "paged ms": paged,
+               "of paged speed": f"{paged.median / mine.median:.2f}"},
             working_set_bytes=work.kv_bytes,
         )  # fmt: skip
         del work

@@ -9,7 +9,11 @@ Three tables, the machine's limits measured in the same run:
   block 16 and 64): f16, i8 and i4 caches holding the same tokens, timed in
   turns (`measure_alternated`) so each sees the same moments of a shared
   machine; GB/s counts the bytes the kernel reads (codes and scales of the
-  sequences' blocks), % of the read limit, and the speedup over f16;
+  sequences' blocks), % of the read limit, the bandwidth of a plain sum
+  over the very runs the kernel reads in its order (`paged_read`: the
+  ceiling of a paged kernel, whose runs are too short for the hardware's
+  prefetchers to stream) and the kernel's % of it, and the speedup over
+  f16;
 * pool bytes per element (codes, key scales, value scales) at block 16 and
   64, head_dim 64 and 128, as a fraction of f16;
 * append: prefilling 8 sequences of 2048 tokens (one layer, 8 kv heads),
@@ -28,6 +32,7 @@ from benchmarks.common import (
     copy_limit,
     measure,
     measure_alternated,
+    paged_read,
     progress,
     read_limit,
 )
@@ -76,10 +81,15 @@ def decode_rows(table: Table, quick: bool, repeats: int, limit_gbs: float) -> No
             for kind, cache, timing in zip(KINDS, caches, timings, strict=True):
                 read = batch * -(-context // block) * cache.geometry.bytes_per_block
                 gbs = read / timing.median / 1e9
+                table_, lens = cache.block_table(list(range(batch)))
+                paged_gbs, _ = paged_read(
+                    cache.kv_pool[0], table_, -(-lens // block), repeats
+                )
                 table.add(
                     **{"Hq/H": f"{q_heads}/{kv_heads}"}, block=block, dtype=kind,
                     ms=timing, MiB=read / 2**20, **{"GB/s": gbs,
-                    "% limit": 100 * gbs / limit_gbs,
+                    "% limit": 100 * gbs / limit_gbs, "paged GB/s": paged_gbs,
+                    "% paged": 100 * gbs / paged_gbs,
                     "speedup vs f16": f16_time / timing.median},
                     working_set_bytes=read,
                 )  # fmt: skip
@@ -144,8 +154,9 @@ def run(args: Any) -> list[Table]:
     decode = Table(
         "Quantized decode (D = 128, times taken in turns; GB/s of codes and "
         f"scales read; read limit {limit.describe()})",
-        ["Hq/H", "block", "dtype", "ms", "MiB", "GB/s", "% limit", "speedup vs f16"],
-    )
+        ["Hq/H", "block", "dtype", "ms", "MiB", "GB/s", "% limit", "paged GB/s",
+         "% paged", "speedup vs f16"],
+    )  # fmt: skip
     decode_rows(decode, quick, repeats, limit.gbs)
     sizes = Table(
         "Pool bytes per element (K and V averaged): codes and scales",

@@ -7,6 +7,9 @@
   same run, as the best of several probes (a Numba prange loop, numpy in
   threads, torch when installed) over a working set far larger than the
   last-level cache: the limit a kernel is compared against.
+* `paged_read` measures the read bandwidth over the scattered runs of a
+  paged pool that decode attention reads, in its order: a paged kernel's
+  own ceiling, below `read_limit` where runs are short.
 * `Table` prints a table once, keeps its rows for JSON, and marks a row
   whose working set is not much larger than the last-level cache as
   cache-resident (its "% of limit" may then exceed 100).
@@ -205,6 +208,51 @@ def read_probes(a: np.ndarray[Any, Any]) -> dict[str, Callable[[], Any]]:
     if torch_sum is not None:
         probes["torch.sum"] = torch_sum
     return probes
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def paged_sum(runs: Any, block_table: Any, blocks_per_seq: Any) -> Any:
+    """The sum of every (block, head) run that decode attention over
+    `block_table` reads, one (sequence, head) per parallel item, its blocks
+    in table order: the pool's bytes as `paged_read` reads them (`runs` is
+    ``[blocks, heads, elements]`` float32)."""
+    batch = block_table.shape[0]
+    heads = runs.shape[1]
+    totals = np.zeros(batch * heads, dtype=np.float32)
+    for item in prange(batch * heads):
+        b = item // heads
+        h = item % heads
+        acc = np.float32(0.0)
+        for j in range(blocks_per_seq[b]):
+            block = block_table[b, j]
+            for x in range(runs.shape[2]):
+                acc += runs[block, h, x]
+        totals[item] = acc
+    return totals.sum()
+
+
+def paged_read(
+    layer_pool: np.ndarray[Any, Any], block_table: np.ndarray[Any, Any],
+    blocks_per_seq: np.ndarray[Any, Any], repeats: int = 7,
+) -> tuple[float, Timing]:  # fmt: skip
+    """Read bandwidth (GB/s) over the scattered runs a decode reads: each
+    sequence's blocks of one layer's pool (``[blocks, heads, ...]``, any
+    element type), one run of contiguous bytes per block and head, as
+    `paged_sum` walks them; and its timing.  A paged kernel reads the same
+    runs in the same order, so this is its memory ceiling; the hardware's
+    prefetchers lose the stream at each run's end, which the plain
+    `read_limit` never sees."""
+    blocks, heads = layer_pool.shape[:2]
+    run_bytes = layer_pool[0, 0].nbytes
+    flat = layer_pool.reshape(blocks, heads, run_bytes // layer_pool.itemsize)
+    usable = run_bytes - run_bytes % 4  # whole float32 words of each run
+    raw = flat.view(np.uint8)[:, :, :usable]
+    runs = raw.view(np.float32)
+    timing = measure(
+        lambda: paged_sum(runs, block_table, blocks_per_seq), repeats, warmup=1
+    )
+    read = int(blocks_per_seq.sum()) * heads * usable
+    return read / timing.median / 1e9, timing
 
 
 def read_limit(nbytes: int = LIMIT_BYTES, repeats: int = 5) -> Limit:

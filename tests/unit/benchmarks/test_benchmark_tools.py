@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.common import (
@@ -16,6 +17,8 @@ from benchmarks.common import (
     cache_resident,
     last_level_cache_bytes,
     measure,
+    paged_read,
+    paged_sum,
 )
 
 ROOT = Path(__file__).parents[3]
@@ -42,6 +45,36 @@ def test_cache_resident_is_about_the_last_level_cache() -> None:
     llc = last_level_cache_bytes()
     assert llc >= 1 << 20
     assert cache_resident(llc // 2) and not cache_resident(4 * llc)
+
+
+def test_paged_sum_reads_exactly_the_runs_of_the_sequences_blocks() -> None:
+    rng = np.random.default_rng(0)
+    pool = rng.standard_normal((12, 3, 2, 4, 8)).astype(np.float32)
+    table = np.array([[5, 0, 7, -1], [2, 11, -1, -1]], dtype=np.int32)
+    blocks_per_seq = np.array([3, 2], dtype=np.int32)
+    used = [5, 0, 7, 2, 11]
+    runs = pool.reshape(12, 3, -1)
+    want = pool[used].astype(np.float64).sum()
+    assert paged_sum(runs, table, blocks_per_seq) == pytest.approx(want, rel=1e-5)
+    # A block outside the sequences' counts changes nothing.
+    pool[3] += 1.0
+    assert paged_sum(runs, table, blocks_per_seq) == pytest.approx(want, rel=1e-5)
+    pool[11, 2] += 1.0
+    got = paged_sum(runs, table, blocks_per_seq)
+    assert got == pytest.approx(want + 64, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_paged_read_counts_the_whole_words_of_each_run(dtype: type) -> None:
+    # Runs of 3 x 7 elements: 21, 42 and 84 bytes, of which the float32
+    # words read are 20, 40 and 84 bytes.
+    pool = np.ones((6, 2, 3, 7), dtype=dtype)
+    table = np.array([[1, 4, 2]], dtype=np.int32)
+    gbs, timing = paged_read(pool, table, np.array([3], np.int32), repeats=3)
+    run_bytes = pool[0, 0].nbytes
+    words = run_bytes - run_bytes % 4
+    assert gbs * 1e9 * timing.median == pytest.approx(3 * 2 * words, rel=1e-9)
+    assert len(timing.samples) == 3
 
 
 def test_table_prints_each_row_once_with_notes(
