@@ -30,6 +30,8 @@ import numba
 import numpy as np
 from numba import njit, prange  # pyright: ignore[reportUnknownVariableType]
 
+from llmir.runtime.cpu.attention_kernels import prefetch_line
+
 UNSTABLE_SPREAD = 0.10
 """A row whose interquartile range exceeds this fraction of its median is
 flagged: on a shared machine its digits are not to be trusted."""
@@ -210,22 +212,39 @@ def read_probes(a: np.ndarray[Any, Any]) -> dict[str, Callable[[], Any]]:
     return probes
 
 
+_AHEAD_LINES = 8
+"""Cache lines of the next run that `paged_sum` prefetches (with `ahead`):
+measured here, 8 lines made an i8 or f16 walk 5-10% faster than none, and
+prefetching whole runs, one or two ahead, no faster than none."""
+
+
 @njit(parallel=True, fastmath=True, cache=True)
-def paged_sum(runs: Any, block_table: Any, blocks_per_seq: Any) -> Any:
+def paged_sum(
+    runs: Any, block_table: Any, blocks_per_seq: Any, pool_bytes: Any, ahead: Any
+) -> Any:
     """The sum of every (block, head) run that decode attention over
     `block_table` reads, one (sequence, head) per parallel item, its blocks
-    in table order: the pool's bytes as `paged_read` reads them (`runs` is
-    ``[blocks, heads, elements]`` float32)."""
+    in table order (`runs` is ``[blocks, heads, elements]`` float32).  With
+    `ahead`, the first lines of the next run are prefetched into L2 as each
+    run begins (`pool_bytes`: the pool's bytes, flat), which starts the
+    hardware's stream there early."""
     batch = block_table.shape[0]
     heads = runs.shape[1]
+    n = runs.shape[2]
+    run_bytes = pool_bytes.size // (runs.shape[0] * heads)
     totals = np.zeros(batch * heads, dtype=np.float32)
     for item in prange(batch * heads):
         b = item // heads
         h = item % heads
         acc = np.float32(0.0)
-        for j in range(blocks_per_seq[b]):
+        count = blocks_per_seq[b]
+        for j in range(count):
             block = block_table[b, j]
-            for x in range(runs.shape[2]):
+            if ahead and j + 1 < count:
+                following = (block_table[b, j + 1] * heads + h) * run_bytes
+                for line in range(min(_AHEAD_LINES * 64, run_bytes) // 64):
+                    prefetch_line(pool_bytes, following + 64 * line)  # pyright: ignore[reportCallIssue]
+            for x in range(n):
                 acc += runs[block, h, x]
         totals[item] = acc
     return totals.sum()
@@ -238,18 +257,29 @@ def paged_read(
     """Read bandwidth (GB/s) over the scattered runs a decode reads: each
     sequence's blocks of one layer's pool (``[blocks, heads, ...]``, any
     element type), one run of contiguous bytes per block and head, as
-    `paged_sum` walks them; and its timing.  A paged kernel reads the same
-    runs in the same order, so this is its memory ceiling; the hardware's
-    prefetchers lose the stream at each run's end, which the plain
-    `read_limit` never sees."""
+    `paged_sum` walks them, the better of without and with the next run
+    prefetched; and its timing.  A paged kernel reads the same runs in the
+    same order, so this is its memory ceiling: the hardware's prefetchers
+    lose the stream at each run's end, which the plain `read_limit` never
+    sees."""
     blocks, heads = layer_pool.shape[:2]
     run_bytes = layer_pool[0, 0].nbytes
-    flat = layer_pool.reshape(blocks, heads, run_bytes // layer_pool.itemsize)
+    pool_bytes = layer_pool.reshape(-1).view(np.uint8)
     usable = run_bytes - run_bytes % 4  # whole float32 words of each run
-    raw = flat.view(np.uint8)[:, :, :usable]
-    runs = raw.view(np.float32)
-    timing = measure(
-        lambda: paged_sum(runs, block_table, blocks_per_seq), repeats, warmup=1
+    runs = pool_bytes.reshape(blocks, heads, run_bytes)[:, :, :usable]
+    runs = runs.view(np.float32)
+    timing = min(
+        (
+            measure(
+                lambda a=ahead: paged_sum(
+                    runs, block_table, blocks_per_seq, pool_bytes, a
+                ),
+                repeats,
+                warmup=1,
+            )
+            for ahead in (False, True)
+        ),
+        key=lambda t: t.median,
     )
     read = int(blocks_per_seq.sum()) * heads * usable
     return read / timing.median / 1e9, timing

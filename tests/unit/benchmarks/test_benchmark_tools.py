@@ -47,21 +47,28 @@ def test_cache_resident_is_about_the_last_level_cache() -> None:
     assert cache_resident(llc // 2) and not cache_resident(4 * llc)
 
 
-def test_paged_sum_reads_exactly_the_runs_of_the_sequences_blocks() -> None:
+@pytest.mark.parametrize("ahead", [False, True])
+def test_paged_sum_reads_exactly_the_runs_of_the_sequences_blocks(
+    ahead: bool,
+) -> None:
     rng = np.random.default_rng(0)
     pool = rng.standard_normal((12, 3, 2, 4, 8)).astype(np.float32)
     table = np.array([[5, 0, 7, -1], [2, 11, -1, -1]], dtype=np.int32)
     blocks_per_seq = np.array([3, 2], dtype=np.int32)
     used = [5, 0, 7, 2, 11]
     runs = pool.reshape(12, 3, -1)
+    flat = pool.reshape(-1).view(np.uint8)
+
+    def total() -> float:
+        return float(paged_sum(runs, table, blocks_per_seq, flat, ahead))
+
     want = pool[used].astype(np.float64).sum()
-    assert paged_sum(runs, table, blocks_per_seq) == pytest.approx(want, rel=1e-5)
+    assert total() == pytest.approx(want, rel=1e-5)
     # A block outside the sequences' counts changes nothing.
     pool[3] += 1.0
-    assert paged_sum(runs, table, blocks_per_seq) == pytest.approx(want, rel=1e-5)
+    assert total() == pytest.approx(want, rel=1e-5)
     pool[11, 2] += 1.0
-    got = paged_sum(runs, table, blocks_per_seq)
-    assert got == pytest.approx(want + 64, rel=1e-5)
+    assert total() == pytest.approx(want + 64, rel=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
