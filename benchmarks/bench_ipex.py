@@ -16,7 +16,9 @@ pool's bytes (the best of a Numba sum, numpy sums in threads and torch.sum:
 the fairest ceiling for a kernel that must read every byte once), and the
 time of a sum over the pool's runs as a paged kernel reads them
 (`benchmarks.common.paged_read`: each sequence's blocks of one head in
-table order, where the prefetchers lose the stream at every block).
+table order, where the prefetchers lose the stream at every block; the
+better of two walks, without and with the next run's first lines
+prefetched).
 Columns: medians (±IQR/2), IPEX's time / ours (above 1.00x we are faster),
 the sums' times / ours (1.00 is the read limit for this very data, read
 whole or paged), and the largest
