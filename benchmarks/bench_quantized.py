@@ -68,20 +68,20 @@ def decode_rows(table: Table, quick: bool, repeats: int, limit_gbs: float) -> No
             ]
             query = rng.standard_normal((batch, 1, q_heads, HEAD_DIM), np.float32)
             out = np.empty_like(query)
-            calls = []
-            for cache in caches:
-                table_, lens = cache.block_table(list(range(batch)))
-                calls.append(
-                    lambda c=cache, t=table_, n=lens, q=query, o=out: c.paged_attention(
-                        q, t, n, out=o
-                    )
+            tables = [cache.block_table(list(range(batch))) for cache in caches]
+            calls = [
+                lambda c=cache, t=table_, n=lens, q=query, o=out: c.paged_attention(
+                    q, t, n, out=o
                 )
+                for cache, (table_, lens) in zip(caches, tables, strict=True)
+            ]
             timings = measure_alternated(calls, repeats=repeats)
             f16_time = timings[0].median
-            for kind, cache, timing in zip(KINDS, caches, timings, strict=True):
+            for kind, cache, (table_, lens), timing in zip(
+                KINDS, caches, tables, timings, strict=True
+            ):
                 read = batch * -(-context // block) * cache.geometry.bytes_per_block
                 gbs = read / timing.median / 1e9
-                table_, lens = cache.block_table(list(range(batch)))
                 paged_gbs, _ = paged_read(
                     cache.kv_pool[0], table_, -(-lens // block), repeats
                 )
