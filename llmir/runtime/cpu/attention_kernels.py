@@ -76,6 +76,7 @@ from numba import njit, prange, types  # pyright: ignore[reportUnknownVariableTy
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from llmir.runtime.cpu import amx, amx_attention
 from llmir.runtime.cpu.codecs import bf16_bits_to_f32, f16_bits_to_f32
 from llmir.runtime.cpu.quant_kernels import decode_block_rows, load_key_meta
 from llmir.runtime.cpu.simd import (
@@ -98,7 +99,7 @@ from llmir.runtime.cpu.simd import (
     row_maximum,
     transpose_block,
 )
-from llmir.runtime.dtypes import F16_CODE, F32_CODE, I4_CODE, I8_CODE
+from llmir.runtime.dtypes import BF16_CODE, F16_CODE, F32_CODE, I4_CODE, I8_CODE
 from llmir.runtime.geometry import KEY, VALUE, layer_block_size_axis
 
 DEFAULT_PARTITION_SIZE = 512
@@ -763,6 +764,108 @@ def _record_block_mass(
         contrib_max[r, logical] = row_max[r]
 
 
+_LOWEST = np.float32(-3.4028235e38)
+
+
+@njit(inline="always", cache=True)
+def _masked_ranges(
+    lo: Any, hi: Any, start: Any, stop: Any, pos: Any, causal: Any, window: Any,
+    sinks: Any,
+) -> Any:  # fmt: skip
+    """The slots of ``start:stop`` a query at block-relative `pos` does not
+    attend (`_row_bounds` of ``lo:hi``), as three ranges in slot order:
+    below its sinks, between its sinks and its window, past its window."""
+    sink_lo, sink_hi, row_lo, row_hi = _row_bounds(lo, hi, pos, causal, window, sinks)
+    if sink_hi <= sink_lo:  # no sinks: the window alone
+        sink_lo = sink_hi = row_lo
+    row_hi = max(row_hi, row_lo)
+    # In slot order; clamped, as a window may start past the block and a
+    # causal row end before it.
+    sink_lo, sink_hi, row_lo, row_hi = (
+        min(max(sink_lo, start), stop),
+        min(max(sink_hi, start), stop),
+        min(max(row_lo, start), stop),
+        min(max(row_hi, start), stop),
+    )
+    return start, sink_lo, sink_hi, row_lo, row_hi, stop
+
+
+@njit(inline="always", cache=True)
+def _fill_masked(
+    scores: Any, i: Any, value: Any, ranges: Any
+) -> None:  # fmt: skip
+    a0, a1, b0, b1, c0, c1 = ranges
+    for t in range(a0, a1):
+        scores[i, t] = value
+    for t in range(b0, b1):
+        scores[i, t] = value
+    for t in range(c0, c1):
+        scores[i, t] = value
+
+
+@njit(fastmath=_REORDER_SUMS, error_model="numpy", cache=True)
+def _attend_block_amx(
+    q_high: Any, q_low: Any, with_low: Any, keys: Any, values: Any, lo: Any,
+    hi: Any, pos: Any, rows: Any, group: Any, causal: Any, window: Any,
+    sinks: Any, soft_cap: Any, key_pairs: Any, value_pairs: Any, scores: Any,
+    p_high: Any, p_low: Any, row_max: Any, row_sum: Any, acc: Any,
+) -> None:  # fmt: skip
+    """Fold slots ``lo:hi`` of a stored bf16 block into the online-softmax
+    states of the `rows` query rows (`q_high` + `q_low`: their bf16 parts,
+    padded to sixteens, as are the states) through the AMX tiles of
+    `amx_attention`, sixteen rows at a time, each within its own bounds
+    (`_row_bounds`: causal diagonal, window, sinks, any mix).
+
+    The tiles cover ``lo:hi`` widened to whole steps of
+    `amx_attention.PAIR_TOKENS` (a block of 16: to 16, its weights and value
+    pairs padded with zeros to 32); each row's slots outside its bounds are
+    scored with the others, then, after the soft cap if any, set to -inf
+    before its max and to exactly 0 after its exponentials.  A row with no
+    slot in the block shifts by the lowest float instead of -inf, so its
+    weights come out 0, not NaN."""
+    block_size = keys.shape[0]
+    tokens = amx_attention.PAIR_TOKENS
+    start = lo - lo % tokens
+    stop = min(block_size, hi + (-hi) % tokens)
+    padded = stop + (-stop) % tokens
+    amx_attention.key_pairs(keys, start, stop, key_pairs)
+    amx_attention.value_pairs(values, start, stop, lo, hi, value_pairs)
+    for r in range(0, rows, amx_attention.ROWS):
+        amx_attention.scores(q_high, q_low, with_low, r, key_pairs, start, stop, scores)
+        for i in range(0, amx_attention.ROWS, ROWS):
+            four = scores[i : i + ROWS]
+            if soft_cap > 0:
+                _cap_scores(four, ROWS, start, stop, soft_cap)
+            for j in range(i, i + ROWS):
+                ranges = _masked_ranges(
+                    lo, hi, start, stop, pos + (r + j) // group, causal, window,
+                    sinks,
+                )  # fmt: skip
+                _fill_masked(scores, j, -np.inf, ranges)
+            max0, max1, max2, max3 = row_maxima(four, start, stop)  # pyright: ignore[reportCallIssue]
+            shifts = (
+                max(_rescale_state(row_max, row_sum, acc, r + i, max0), _LOWEST),
+                max(_rescale_state(row_max, row_sum, acc, r + i + 1, max1), _LOWEST),
+                max(_rescale_state(row_max, row_sum, acc, r + i + 2, max2), _LOWEST),
+                max(_rescale_state(row_max, row_sum, acc, r + i + 3, max3), _LOWEST),
+            )
+            sum0, sum1, sum2, sum3 = row_exponentials(four, start, stop, shifts)  # pyright: ignore[reportCallIssue]
+            row_sum[r + i] += sum0
+            row_sum[r + i + 1] += sum1
+            row_sum[r + i + 2] += sum2
+            row_sum[r + i + 3] += sum3
+            for j in range(i, i + ROWS):
+                ranges = _masked_ranges(
+                    lo, hi, start, stop, pos + (r + j) // group, causal, window,
+                    sinks,
+                )  # fmt: skip
+                _fill_masked(scores, j, np.float32(0.0), ranges)
+        amx_attention.split_bf16(  # pyright: ignore[reportCallIssue]
+            scores, amx_attention.ROWS, start, stop, p_high, p_low
+        )
+        amx_attention.accumulate(p_high, p_low, value_pairs, start, padded, acc, r)
+
+
 # A quantized pool (`llmir.runtime.quantization`) is uint8 ``[blocks, H,
 # block_size, row_bytes]`` per layer, K and V in one row: its codes are read
 # as they are by the vector tiles (`attend_codes`), or, in layouts the tiles
@@ -1080,7 +1183,9 @@ def _attend_code_tiles(
 
 
 @cache
-def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
+def attention_kernel(
+    kind_code: int, with_mass: bool = False, use_amx: bool = False
+) -> Any:
     """The paged-attention kernel of one element type, compiled on first use.
 
     The element-type code is a constant of each kernel (a closure value,
@@ -1089,10 +1194,13 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
     with the f16 and bf16 paths together and about half that apart.  So is
     `with_mass` (whether the kernel records each block's attention mass, for
     heavy-hitter pruning): Numba prunes the branches on it, and a cache that
-    never asks for the mass never compiles that code.
+    never asks for the mass never compiles that code.  `use_amx` (bf16
+    only, where `amx.enabled`) sends the blocks of items with more than four
+    rows through the AMX tiles (`_attend_block_amx`).
     """
 
     quantized = kind_code in (I8_CODE, I4_CODE)
+    use_amx = use_amx and kind_code == BF16_CODE
 
     @njit(parallel=True, fastmath=_REORDER_SUMS, cache=True)
     def kernel(
@@ -1134,6 +1242,12 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
         # channels for one row) and their score tiles (8 slots) fit.
         codes_tiled = head_dim % 32 == 0 and block_size % 8 == 0
         value_groups = head_dim // I4_GROUP if kind_code == I4_CODE else 1
+        amx_shaped = use_amx and amx_attention.supports(head_dim, block_size)
+        # The AMX path's states cover its rows padded to whole sixteens.
+        tile_rows = amx_attention.ROWS
+        state_rows = q_tile * group
+        if use_amx:
+            state_rows = (state_rows + tile_rows - 1) // tile_rows * tile_rows
 
         for item in prange(items):
             part = item % num_partitions
@@ -1172,9 +1286,28 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                         q_rows[i * group + g, d] = (
                             query[b, q0 + i, h * group + g, d] * scale
                         )
-            row_max = np.full(max_rows, -np.inf, dtype=np.float32)
-            row_sum = np.zeros(max_rows, dtype=np.float32)
-            acc = np.zeros((max_rows, head_dim), dtype=np.float32)
+            row_max = np.full(state_rows, -np.inf, dtype=np.float32)
+            row_sum = np.zeros(state_rows, dtype=np.float32)
+            acc = np.zeros((state_rows, head_dim), dtype=np.float32)
+            amx_item = amx_shaped and rows > ROWS
+            amx_rows = state_rows if amx_item else 0
+            amx_tokens = 0
+            if amx_item:
+                amx_tokens = max(block_size, amx_attention.PAIR_TOKENS)
+            q_high = np.zeros((amx_rows, head_dim), dtype=np.uint16)
+            q_low = np.zeros((amx_rows, head_dim), dtype=np.uint16)
+            key_pairs = np.empty((head_dim // 2, amx_tokens), dtype=np.uint32)
+            # Zeros: a block of 16 leaves the padding to 32 as it is.
+            value_pairs = np.zeros((amx_tokens // 2, head_dim), dtype=np.uint32)
+            amx_scores = np.empty((tile_rows, amx_tokens), dtype=np.float32)
+            p_high = np.zeros((tile_rows, amx_tokens), dtype=np.uint16)
+            p_low = np.zeros((tile_rows, amx_tokens), dtype=np.uint16)
+            with_low = False
+            if amx_item:
+                with_low = amx_attention.split_bf16(  # pyright: ignore[reportCallIssue]
+                    q_rows, rows, 0, head_dim, q_high, q_low
+                )
+                amx_attention.configure()
             scores = np.empty(block_size, dtype=np.float32)
             tile_scores = np.empty((4, block_size), dtype=np.float32)
             key_scratch = np.empty((block_size, head_dim), dtype=np.float32)
@@ -1249,6 +1382,14 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                     hi = min(t_end, base + block_size) - base
                     stored_keys = stored_block(layer_pool, block, h, KEY)
                     stored_values = stored_block(layer_pool, block, h, VALUE)
+                    if amx_item:
+                        _attend_block_amx(
+                            q_high, q_low, with_low, stored_keys, stored_values,
+                            lo, hi, first_pos - base, rows, group, causal, window,
+                            sinks - base, soft_cap, key_pairs, value_pairs,
+                            amx_scores, p_high, p_low, row_max, row_sum, acc,
+                        )  # fmt: skip
+                        continue
                     if rows == 1 and not quantized:
                         # One query row (MHA decode): every element is used once,
                         # so read the pool directly, decoding halves on the fly.
@@ -1333,6 +1474,8 @@ def attention_kernel(kind_code: int, with_mass: bool = False) -> Any:
                         row_sum, acc, soft_cap, kind_code == F32_CODE,
                     )  # fmt: skip
 
+            if amx_item:
+                amx.release()  # pyright: ignore[reportCallIssue]
             if with_mass:
                 if previous >= 0:
                     _record_block_mass(
@@ -1448,6 +1591,7 @@ def run_paged_attention(
     block_mass: npt.NDArray[np.float32] | None = None,
     max_len: int | None = None,
     quant: npt.NDArray[np.int64] | None = None,
+    use_amx: bool | None = None,
 ) -> None:
     """Write attention of `query` over `layer_pool` into `out` (both float32
     ``[batch, Tq, Hq, D]``, C-contiguous).  Arguments must be valid (see
@@ -1466,7 +1610,9 @@ def run_paged_attention(
 
     `max_len` is ``max(seq_lens)`` when the caller knows it (a checked
     `BlockTable` does).  `quant` (quantized pools): int64 ``[K metadata bytes per
-    row]`` of the pool's layout.
+    row]`` of the pool's layout.  `use_amx` (default `amx.enabled()`) lets a
+    bf16 pool take the AMX tiles where the CPU has them; False forces the
+    AVX-512 path.
     """
     if query.size == 0:
         return
@@ -1495,7 +1641,9 @@ def run_paged_attention(
     else:  # unused by the kernel; only the ranks must match
         part_max = part_sum = _NO_PARTITION_STATE
         part_acc = _NO_PARTITION_ACC
-    attention_kernel(kind_code, block_mass is not None)(
+    if use_amx is None:
+        use_amx = amx.enabled()
+    attention_kernel(kind_code, block_mass is not None, use_amx and amx.available())(
         query,
         layer_pool,
         block_table,
