@@ -261,8 +261,13 @@ def run(args: Any) -> list[Table]:
         f"{torch.backends.cpu.get_cpu_capability()}; medians of alternated runs "
         "(decode 9, prefill 5) ±IQR/2"
     )
-    table = decode_rows(shapes, repeats=9)
-    table.print()
+    tables: list[Table] = []
+    if args.only != "prefill":
+        table = decode_rows(shapes, repeats=9)
+        table.print()
+        tables.append(table)
+    if args.only == "decode":
+        return tables
     prefill_shapes = [
         Shape(1, PREFILL_TOKENS, hq, h, bs, element_type(kind), queries=PREFILL_TOKENS)
         for hq, h in ((16, 16), (32, 8))
@@ -271,7 +276,13 @@ def run(args: Any) -> list[Table]:
     ]
     prefill = prefill_rows(prefill_shapes, repeats=5)
     prefill.print()
-    return [table, prefill]
+    return [*tables, prefill]
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument(
+        "--only", choices=("decode", "prefill"), help="run one of the two tables"
+    )
 
 
 def main() -> None:
@@ -285,7 +296,7 @@ def main() -> None:
             )
         print(HINT)
         return
-    benchmark_main((__doc__ or "").split("\n\n")[0], run)
+    benchmark_main((__doc__ or "").split("\n\n")[0], run, add_arguments)
 
 
 if __name__ == "__main__":
