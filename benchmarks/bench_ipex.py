@@ -59,6 +59,7 @@ from benchmarks.common import (
     progress,
     read_probes,
 )
+from llmir.runtime.cpu import amx
 from llmir.runtime.dtypes import element_type
 from llmir.runtime.geometry import KEY, VALUE
 
@@ -258,7 +259,8 @@ def run(args: Any) -> list[Table]:
     print(
         f"threads: {numba.get_num_threads()}; torch {torch.__version__}, "
         f"IPEX {ipex.__version__}, CPU capability "
-        f"{torch.backends.cpu.get_cpu_capability()}; medians of alternated runs "
+        f"{torch.backends.cpu.get_cpu_capability()}; llmir's AMX tiles "
+        f"{'on' if amx.enabled() else 'off'}; medians of alternated runs "
         "(decode 9, prefill 5) ±IQR/2"
     )
     tables: list[Table] = []

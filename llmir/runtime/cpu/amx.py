@@ -3,10 +3,10 @@ product needs, and whether this process may use them.
 
 AMX (Sapphire Rapids and later) adds eight tile registers of up to 16 rows
 by 64 bytes and ``tdpbf16ps``, which multiplies a 16 x 32 bfloat16 tile by
-a 32 x 16 one into a 16 x 16 float32 tile in one instruction: 16 times the
-multiply-adds of one AVX-512 FMA.  A bf16 prefill spends its time in two
-such products per block (``S = Q K^T`` and ``acc += P V``), which is where
-`llmir.runtime.cpu.amx_attention` uses them.
+a 32 x 16 one into a 16 x 16 float32 tile: 8192 multiply-adds in one
+instruction, where an AVX-512 FMA does 16.  A prefill spends its time in
+two such products per block (``S = Q K^T`` and ``acc += P V``), which is
+where `llmir.runtime.cpu.amx_attention` uses them.
 
 Using the tiles takes three things:
 
@@ -16,7 +16,7 @@ Using the tiles takes three things:
   process that asked for it (``arch_prctl(ARCH_REQ_XCOMP_PERM,
   XFEATURE_XTILEDATA)``), once, for all its threads;
 * a tile configuration loaded in each thread before its first tile
-  instruction (`tile_config`; `tile_release` after the last).
+  instruction (`load_config`; `release` after the last).
 
 `enabled()` says whether all three hold, unless ``LLMIR_CPU_AMX=0`` turns
 the tiles off (the kernels then take their AVX-512 path; the tests force
@@ -24,8 +24,8 @@ it to check both).  Where the tiles are off, the intrinsics below compile
 to nothing: a CPU without AMX cannot select their instructions, and the
 kernels only reach them behind a compile-time flag that is then false.
 
-Tile operands are 2-D C-contiguous arrays addressed by (row, column); a
-tile's rows are read ``array.strides[0]`` bytes apart.
+Tile operands are 2-D arrays whose rows are contiguous, addressed by (row,
+column); a tile's rows are read ``array.strides[0]`` bytes apart.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import platform
 from functools import cache
 from typing import Any
 
-import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import types  # pyright: ignore[reportUnknownVariableType]
@@ -89,22 +88,6 @@ def enabled() -> bool:
     return os.environ.get("LLMIR_CPU_AMX", "1") != "0" and available()
 
 
-def tile_config(rows_and_bytes: list[tuple[int, int]]) -> np.ndarray[Any, Any]:
-    """The 64-byte configuration (`tile_config`'s argument) of tiles 0, 1,
-    ... with the given (rows, bytes per row) each: palette 1."""
-    if len(rows_and_bytes) > 8:
-        raise ValueError(f"AMX has 8 tiles, got {len(rows_and_bytes)}")
-    config = np.zeros(64, np.uint8)
-    config[0] = 1
-    for tile, (rows, row_bytes) in enumerate(rows_and_bytes):
-        if not (1 <= rows <= TILE_ROWS and 4 <= row_bytes <= TILE_BYTES):
-            raise ValueError(f"tile {tile}: {rows} rows of {row_bytes} bytes")
-        config[16 + 2 * tile] = row_bytes & 0xFF
-        config[17 + 2 * tile] = row_bytes >> 8
-        config[48 + tile] = rows
-    return config
-
-
 def _call(builder: Any, name: str, arguments: list[Any]) -> None:
     if not available():
         return  # unreachable where the tiles are off (see the module doc)
@@ -127,7 +110,9 @@ def _tile_number(tile: Any) -> int | None:
 
 @intrinsic
 def load_config(typingctx: Any, config: Any) -> Any:
-    """Load a `tile_config` (uint8[64]) into this thread's tile registers."""
+    """Load a tile configuration into this thread's tile registers: 64
+    bytes, the palette (1) in byte 0, tile t's bytes per row at ``16 + 2t``
+    (16-bit) and its rows at ``48 + t``."""
     if not (isinstance(config, types.Array) and config.dtype == types.uint8):
         raise TypingError(f"config must be a uint8 array, got {config}")
 

@@ -481,9 +481,12 @@ def _transpose_eight(builder: Any, rows: list[Any]) -> list[Any]:
 @intrinsic
 def transpose_block(typingctx: Any, keys: Any, lo: Any, hi: Any, keys_t: Any) -> Any:
     """``keys_t[:, t] = keys[t]`` for the slots of ``lo:hi`` widened to whole
-    eights (float32 ``[tokens, D]`` into ``[D, tokens]``; both dimensions
-    multiples of eight; njit only)."""
-    if _storage(keys) != "f32" or _storage(keys_t) != "f32":
+    eights (float32 ``[tokens, D]`` into ``[D, tokens]``, whose rows may lie
+    apart; both dimensions multiples of eight; njit only)."""
+    # keys_t may be a view of a wider array (columns of a span of blocks):
+    # its rows are addressed by their stride.
+    target = keys_t.copy(layout="C") if isinstance(keys_t, types.Array) else keys_t
+    if _storage(keys) != "f32" or _storage(target) != "f32":
         raise TypingError("keys and keys_t must be float32")
     sig = types.void(keys, lo, hi, keys_t)
 

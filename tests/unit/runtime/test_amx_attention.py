@@ -1,4 +1,4 @@
-"""The AMX path of bf16 attention (`llmir.runtime.cpu.amx_attention`):
+"""The AMX path of f16 and bf16 attention (`llmir.runtime.cpu.amx_attention`):
 its pieces against numpy, and the kernel through it against the float64
 reference and against its AVX-512 fallback (forced with ``use_amx=False``,
 which every CPU runs; the AMX cases skip where the CPU or the OS has no
@@ -83,9 +83,15 @@ def products(
     amx_attention.configure()
     amx_attention.key_pairs(keys, 0, block_size, key_pairs)
     amx_attention.value_pairs(values, 0, block_size, lo, hi, value_pairs)
-    amx_attention.scores(q_high, q_low, with_low, 0, key_pairs, 0, block_size, scores)
+    amx_attention.scores(
+        q_high, q_low, with_low, 0, key_pairs, key_pairs, False, 0, block_size,
+        scores,
+    )  # fmt: skip
     amx_attention.split_bf16(weights, 16, 0, block_size, p_high, p_low)  # pyright: ignore[reportCallIssue]
-    amx_attention.accumulate(p_high, p_low, value_pairs, 0, max(block_size, 32), acc, 0)
+    amx_attention.accumulate(
+        p_high, p_low, value_pairs, value_pairs, False, 0, max(block_size, 32), acc,
+        0,
+    )  # fmt: skip
     amx.release()  # pyright: ignore[reportCallIssue]
 
 
@@ -118,12 +124,13 @@ def test_tile_products_against_float64(block_size: int):
 
 
 def attend(
-    seed: int, lens: list[int], tq: int, q_heads: int, num_heads: int,
-    block_size: int, use_amx: bool, head_dim: int = 64, **options: Any,
+    seed: int, kind_name: str, lens: list[int], tq: int, q_heads: int,
+    num_heads: int, block_size: int, use_amx: bool, head_dim: int = 64,
+    **options: Any,
 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(kernel output, float64 reference) for random bf16 K/V and queries."""
+    """(kernel output, float64 reference) for random K/V and queries."""
     rng = np.random.default_rng(seed)
-    kind = element_type("bf16")
+    kind = element_type(kind_name)
     keys = [rng.standard_normal((n, num_heads, head_dim)) for n in lens]
     values = [rng.standard_normal((n, num_heads, head_dim)) for n in lens]
     pool = build_paged_pool(keys, values, block_size, kind, rng)
@@ -153,19 +160,21 @@ PREFILL_OPTIONS = [
 ]
 
 
+@pytest.mark.parametrize("kind_name", ["bf16", "f16"])
 @pytest.mark.parametrize("use_amx", [pytest.param(True, marks=needs_amx), False])
 @pytest.mark.parametrize("block_size", [16, 32, 64])
 @pytest.mark.parametrize(("q_heads", "num_heads"), [(2, 2), (8, 2)])
 @pytest.mark.parametrize("options", PREFILL_OPTIONS)
 def test_prefill_against_float64(
-    use_amx: bool, block_size: int, q_heads: int, num_heads: int, options: Any
-):
+    kind_name: str, use_amx: bool, block_size: int, q_heads: int, num_heads: int,
+    options: Any,
+):  # fmt: skip
     # Chunked prefill (33 new queries on contexts of 40-150 tokens: blocks
     # cut at both ends of an item's range, rows padded to sixteen, NaN in
     # every unwritten slot), an empty sequence, GQA groups of one and four.
     out, expected = attend(
-        block_size, [40, 150, 0, 77], 33, q_heads, num_heads, block_size, use_amx,
-        **dict(options),
+        block_size, kind_name, [40, 150, 0, 77], 33, q_heads, num_heads,
+        block_size, use_amx, **dict(options),
     )  # fmt: skip
     np.testing.assert_allclose(out, expected, rtol=HALF_TOL, atol=HALF_TOL)
     assert not out[2].any()  # the empty sequence gives zeros
@@ -180,7 +189,7 @@ def test_masked_slots_weigh_nothing_in_the_tiles(options: Any):
     # is exactly 0, not the exponential's floor.
     rng = np.random.default_rng(8)
     tokens, head_dim = 48, 64
-    kind = element_type("bf16")
+    kind = element_type("bf16")  # (f16 tops out at 65504: nothing to see)
     keys = rng.standard_normal((tokens, 1, head_dim))
     values = rng.standard_normal((tokens, 1, head_dim))
     values[1] *= 1e37
@@ -201,11 +210,12 @@ def test_masked_slots_weigh_nothing_in_the_tiles(options: Any):
 
 
 @needs_amx
-def test_tiles_and_fallback_agree_closely():
-    # Both hold float32 accuracy on the stored values: far closer to each
-    # other than the bf16 tolerance.
-    amx_out, expected = attend(4, [300, 129], 64, 8, 2, 64, True)
-    fallback, _ = attend(4, [300, 129], 64, 8, 2, 64, False)
+@pytest.mark.parametrize("kind_name", ["bf16", "f16"])
+def test_tiles_and_fallback_agree_closely(kind_name: str):
+    # Both are within a few 1e-6 of float32 arithmetic on the stored
+    # values: far closer to each other than the half-precision tolerance.
+    amx_out, expected = attend(4, kind_name, [300, 129], 64, 8, 2, 64, True)
+    fallback, _ = attend(4, kind_name, [300, 129], 64, 8, 2, 64, False)
     np.testing.assert_allclose(amx_out, fallback, rtol=0, atol=5e-5)
     np.testing.assert_allclose(amx_out, expected, rtol=0, atol=5e-5)
 
@@ -215,3 +225,29 @@ def test_environment_turns_the_tiles_off(monkeypatch: pytest.MonkeyPatch):
     assert not amx.enabled()
     monkeypatch.setenv("LLMIR_CPU_AMX", "1")
     assert amx.enabled() == amx.available()
+
+
+@pytest.mark.parametrize("kind_name", ["bf16", "f16"])
+@pytest.mark.parametrize("use_amx", [pytest.param(True, marks=needs_amx), False])
+def test_holes_break_the_spans(kind_name: str, use_amx: bool):
+    # Blocks of 16 go four at a time; a pruned block (a hole in the table)
+    # ends a span and is read by no one.
+    rng = np.random.default_rng(9)
+    kind = element_type(kind_name)
+    lens, head_dim = [150, 90], 64
+    keys = [rng.standard_normal((n, 2, head_dim)) for n in lens]
+    values = [rng.standard_normal((n, 2, head_dim)) for n in lens]
+    pool = build_paged_pool(keys, values, 16, kind, rng)
+    table = pool.block_table.copy()
+    table[0, [1, 5, 6]] = -1
+    table[1, 3] = -1
+    query = rng.standard_normal((2, 40, 8, head_dim)).astype(np.float32)
+    out = np.full(query.shape, np.nan, dtype=np.float32)
+    layer, seq_lens = pool.kv_pool[0], pool.seq_lens
+    run_paged_attention(
+        query, layer, kind.code, table, seq_lens, out, scale=0.125, use_amx=use_amx
+    )
+    expected = reference_paged_attention(
+        query, layer, kind, table, seq_lens, scale=0.125
+    )
+    np.testing.assert_allclose(out, expected, rtol=HALF_TOL, atol=HALF_TOL)
