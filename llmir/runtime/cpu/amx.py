@@ -167,47 +167,38 @@ def _operand_check(array: Any) -> None:
         raise TypingError(f"a tile operand must be a 2-D array, got {array}")
 
 
-@intrinsic
-def load(typingctx: Any, tile: Any, array: Any, row: Any, col: Any) -> Any:
-    """Load `tile` from ``array[row:, col:]``, its rows one array row apart."""
-    number = _tile_number(tile)
-    if number is None:
-        return None
-    _operand_check(array)
+def _memory_intrinsic(name: str, doc: str) -> Any:
+    """An intrinsic ``(tile, array, row, col)`` calling `name` (a tile load
+    or store) on ``array[row:, col:]``, its rows one array row apart."""
 
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        pointer, stride = _row_address(
-            context, builder, signature.args[1], args[1],
-            (signature.args[2], args[2]), (signature.args[3], args[3]),
-        )  # fmt: skip
-        _call(
-            builder, "llvm.x86.tileloadd64", [ir.Constant(_I8, number), pointer, stride]
-        )
-        return context.get_dummy_value()
+    def typer(typingctx: Any, tile: Any, array: Any, row: Any, col: Any) -> Any:
+        number = _tile_number(tile)
+        if number is None:
+            return None
+        _operand_check(array)
 
-    return types.void(tile, array, row, col), codegen
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            pointer, stride = _row_address(
+                context, builder, signature.args[1], args[1],
+                (signature.args[2], args[2]), (signature.args[3], args[3]),
+            )  # fmt: skip
+            _call(builder, name, [ir.Constant(_I8, number), pointer, stride])
+            return context.get_dummy_value()
+
+        return types.void(tile, array, row, col), codegen
+
+    typer.__doc__ = doc
+    return intrinsic(typer)
 
 
-@intrinsic
-def store(typingctx: Any, tile: Any, array: Any, row: Any, col: Any) -> Any:
-    """Store `tile` to ``array[row:, col:]``, its rows one array row apart."""
-    number = _tile_number(tile)
-    if number is None:
-        return None
-    _operand_check(array)
-
-    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        pointer, stride = _row_address(
-            context, builder, signature.args[1], args[1],
-            (signature.args[2], args[2]), (signature.args[3], args[3]),
-        )  # fmt: skip
-        _call(
-            builder, "llvm.x86.tilestored64",
-            [ir.Constant(_I8, number), pointer, stride],
-        )  # fmt: skip
-        return context.get_dummy_value()
-
-    return types.void(tile, array, row, col), codegen
+load = _memory_intrinsic(
+    "llvm.x86.tileloadd64",
+    "Load `tile` from ``array[row:, col:]``, its rows one array row apart.",
+)
+store = _memory_intrinsic(
+    "llvm.x86.tilestored64",
+    "Store `tile` to ``array[row:, col:]``, its rows one array row apart.",
+)
 
 
 @intrinsic
