@@ -1083,21 +1083,18 @@ def _read_value_meta(
     meta_row: Any,
 ) -> None:  # fmt: skip
     """The value scales and offsets of slots ``lo:hi`` of a quantized block,
-    slot ``t``'s from ``value_meta[2 * groups * t]`` on: the scales of its
-    groups, then their offsets (i8: one group, the whole row)."""
+    slot ``t``'s from ``value_meta[2 * groups * t]`` on, a (scale, offset)
+    pair per group (i8: one group, the whole row): the order of the row's
+    own entries, so an i4 row converts in one stream of halves."""
     if kind_code == I8_CODE:
         v_meta = 2 * head_dim + meta_row
         halves_to_f32(block, lo, hi, v_meta, 1, value_meta, 2 * lo, 2, 1)
         for t in range(lo, hi):
             value_meta[2 * t + 1] = np.float32(-128.0) * value_meta[2 * t]
         return
-    groups = head_dim // I4_GROUP
+    entries = 2 * (head_dim // I4_GROUP)
     v_meta = head_dim + meta_row
-    first = 2 * groups * lo
-    halves_to_f32(block, lo, hi, v_meta, 2, value_meta, first, 2 * groups, groups)
-    halves_to_f32(
-        block, lo, hi, v_meta + 2, 2, value_meta, first + groups, 2 * groups, groups
-    )
+    halves_to_f32(block, lo, hi, v_meta, 1, value_meta, entries * lo, entries, entries)
 
 
 @njit(inline="always", cache=True)

@@ -638,14 +638,14 @@ def _pv_intrinsic(rows: int, vectors: int) -> Any:
                         row_weights = [builder.fmul(row_weights[0], scale)]
                     elif quantized:
                         # Decode once for all rows: code * scale + offset of
-                        # the token's group (value_meta[t * 2 groups + g],
-                        # then the offsets, groups further on).
-                        first = builder.mul(t, builder.shl(groups, out.index(1)))
+                        # the token's group (the pair at value_meta[2 (t
+                        # groups + g)]).
+                        first = builder.mul(t, groups)
                         scales, offsets = [], []
                         for group in chunk_groups:
-                            at = builder.add(first, group)
+                            at = builder.shl(builder.add(first, group), out.index(1))
                             scale = builder.load(meta.address(at, _F32))
-                            at = builder.add(at, groups)
+                            at = builder.add(at, out.index(1))
                             offset = builder.load(meta.address(at, _F32))
                             scales.append(_splat(builder, scale))
                             offsets.append(_splat(builder, offset))
@@ -1409,8 +1409,9 @@ def pv_tile(
 
     Quantized values are codes, decoded in registers once for all rows as
     ``code * scale + offset`` of their token and value group (i8: one group,
-    the whole row): `value_meta` (1D float32) holds token t's group scales
-    from ``t * 2 * groups`` on, then its offsets; float values ignore it."""
+    the whole row): `value_meta` (1D float32) holds token t's (scale,
+    offset) pairs, group by group, from ``t * 2 * groups`` on; float values
+    ignore it."""
     raise NotImplementedError("pv_tile is only callable from @njit code")
 
 

@@ -154,7 +154,7 @@ def test_tiles_against_float64(kind_name: str):
 
 @njit(cache=True)
 def column_tiles(q_rows: Any, keys: Any, keys_t: Any, scores: Any) -> None:
-    transpose_block(keys, 9, 30, keys_t)  # widened to slots 8:32
+    transpose_block(keys, 9, 30, keys_t)  # pyright: ignore[reportCallIssue]  # widened to slots 8:32
     qk_columns(q_rows, 1, keys_t, 16, scores)
 
 
@@ -378,14 +378,14 @@ def test_code_tiles_against_float64(kind_name: str, single: bool):
     groups = 1 if kind_name == "i8" else head_dim // 16
     q_rows = rng.standard_normal((6, head_dim)).astype(np.float32)
     weights = rng.random((rows, slots)).astype(np.float32)
-    # Token t's group scales, then its group offsets.
-    value_meta = rng.standard_normal((slots, 2, groups)).astype(np.float32)
+    # Token t's (scale, offset) pairs, group by group.
+    value_meta = rng.standard_normal((slots, groups, 2)).astype(np.float32)
     scores = np.full((rows, slots), np.nan, np.float32)
     acc = rng.standard_normal((6, head_dim)).astype(np.float32)
     key_codes = _codes(block, 0, head_dim, kind_name)
     value_codes = _codes(block, base, head_dim, kind_name)
-    per_channel = np.repeat(value_meta.astype(np.float64), head_dim // groups, axis=2)
-    values = value_codes * per_channel[:, 0] + per_channel[:, 1]
+    per_channel = np.repeat(value_meta.astype(np.float64), head_dim // groups, axis=1)
+    values = value_codes * per_channel[:, :, 0] + per_channel[:, :, 1]
     lo, hi, t = 3, 14, 8
     expected_acc = acc.astype(np.float64)
     expected_acc[1 : 1 + rows] += weights[:, lo:hi].astype(np.float64) @ values[lo:hi]
