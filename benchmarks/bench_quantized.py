@@ -3,7 +3,7 @@ quantising on append.
 
     python -m benchmarks.bench_quantized [--quick] [--json PATH]
 
-Three tables, the machine's limits measured in the same run:
+Four tables, the machine's limits measured in the same run:
 
 * decode (batch 8, context 8192, head_dim 128, MHA 16/16 and GQA 32/8,
   block 16 and 64): f16, i8 and i4 caches holding the same tokens, timed in
@@ -14,6 +14,12 @@ Three tables, the machine's limits measured in the same run:
   ceiling of a paged kernel, whose runs are too short for the hardware's
   prefetchers to stream) and the kernel's % of it, and the speedup over
   f16;
+* hot decode: the cost of a token's codes and scales once they are in
+  cache (one thread, 8 kv heads, MHA and GQA 4 rows per kv head, block 16
+  and 64: ns per token and kv head, the time of a 512-token context less
+  that of a 128-token one, so a call's fixed cost drops out; pools of at
+  most 2 MiB, within or near L2), every kind and length timed in turns:
+  what the kernels' arithmetic and per-block work cost, apart from memory;
 * pool bytes per element (codes, key scales, value scales) at block 16 and
   64, head_dim 64 and 128, as a fraction of f16;
 * append: prefilling 8 sequences of 2048 tokens (one layer, 8 kv heads),
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 
 from benchmarks.common import (
@@ -96,6 +103,50 @@ def decode_rows(table: Table, quick: bool, repeats: int, limit_gbs: float) -> No
             del caches
 
 
+HOT_HEADS = 8
+HOT_CONTEXTS = (128, 512)
+
+
+def hot_rows(table: Table, repeats: int) -> None:
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        for group in (1, 4):
+            for block in (16, 64):
+                progress(f"  hot decode, group {group}, block {block} ...")
+                rng = np.random.default_rng(2)
+                calls: list[Any] = []
+                for kind in KINDS:
+                    for context in HOT_CONTEXTS:
+                        cache = _filled(kind, 1, context, HOT_HEADS, block, rng)
+                        query = rng.standard_normal(
+                            (1, 1, group * HOT_HEADS, HEAD_DIM), np.float32
+                        )
+                        table_, lens = cache.block_table([0])
+                        calls.append(
+                            lambda c=cache, t=table_, n=lens, q=query: (
+                                c.paged_attention(q, t, n, out=np.empty_like(q))
+                            )
+                        )
+                timings = measure_alternated(calls, repeats=repeats, min_time=0.02)
+                tokens = (HOT_CONTEXTS[1] - HOT_CONTEXTS[0]) * HOT_HEADS
+                per_token = [
+                    (timings[2 * i + 1].median - timings[2 * i].median) / tokens
+                    for i in range(len(KINDS))
+                ]
+                for kind, seconds, longer in zip(
+                    KINDS, per_token, timings[1::2], strict=True
+                ):
+                    table.add(
+                        **{"Hq/H": f"{group * HOT_HEADS}/{HOT_HEADS}"}, block=block,
+                        dtype=kind, **{"ns/token": seconds * 1e9,
+                        "spread %": 100 * longer.spread,
+                        "x f16": per_token[0] / seconds},
+                    )  # fmt: skip
+    finally:
+        numba.set_num_threads(threads)
+
+
 def bytes_rows(table: Table) -> None:
     for head_dim in (64, 128):
         for block in (16, 64):
@@ -158,6 +209,13 @@ def run(args: Any) -> list[Table]:
          "% paged", "speedup vs f16"],
     )  # fmt: skip
     decode_rows(decode, quick, repeats, limit.gbs)
+    progress("hot decode ...")
+    hot = Table(
+        "Hot decode (one thread, pool in cache: ns per token and kv head, "
+        f"{HOT_CONTEXTS[1]} tokens less {HOT_CONTEXTS[0]}; spread: of the longer)",
+        ["Hq/H", "block", "dtype", "ns/token", "spread %", "x f16"],
+    )
+    hot_rows(hot, repeats)
     sizes = Table(
         "Pool bytes per element (K and V averaged): codes and scales",
         ["head_dim", "block", "dtype", "bytes/elem", "codes", "K scales",
@@ -170,9 +228,9 @@ def run(args: Any) -> list[Table]:
         ["dtype", "tokens", "ms", "input GB/s", "% copy limit"],
     )
     append_rows(appends, quick, repeats, copies.gbs)
-    for table in (decode, sizes, appends):
+    for table in (decode, hot, sizes, appends):
         table.print()
-    return [decode, sizes, appends]
+    return [decode, hot, sizes, appends]
 
 
 def main() -> None:
