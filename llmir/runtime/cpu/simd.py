@@ -40,13 +40,14 @@ caller folds into the query rows (keys), or the ``P V`` tile applies as
 it loads them (values: per token and group, so decoded in registers once
 for all rows; one i8 row folds the scale into its weight instead).
 `halves_to_f32` converts a quantized block's float16 scales, eight per
-load; `token_ranges` and `token_group_ranges` give the extremes that
-quantising an append needs (per channel over a run's tokens, per group of
-each token: eight groups of 16 folded at once), addressing the tokens'
-rows in place.  Multiply-adds are
-``llvm.fmuladd``: fused where the CPU has FMA, a multiply and an add
-elsewhere.  Sums are reordered relative to a sequential loop, as the
-kernels' ``reassoc`` flag allows.
+load (`band_to_f32` the key scales of blocks whose rows hold two or four,
+eight rows at a time); `token_ranges` and `token_group_ranges` give the
+extremes that quantising an append needs (per channel over a run's tokens,
+per group of each token: eight groups of 16 folded at once), addressing
+the tokens' rows in place.  Multiply-adds are ``llvm.fmuladd``: fused
+where the CPU has FMA, a multiply and an add elsewhere.  Sums are
+reordered relative to a sequential loop, as the kernels' ``reassoc`` flag
+allows.
 
 Preconditions, checked by the callers: rows of every array are contiguous,
 the head dimension is a multiple of `CHANNELS` (of 32 for the single-row
@@ -772,6 +773,115 @@ def _halves_to_f32(
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+@intrinsic
+def _band_to_f32(
+    typingctx: Any,
+    src: Any,
+    rows: Any,
+    byte: Any,
+    even: Any,
+    odd: Any,
+    width: Any,
+    paired: Any,
+) -> Any:
+    """The `width` IEEE halves (a literal 1, 2 or 4) at byte `byte` of rows
+    ``0:rows`` of `src` (uint8, `rows` a multiple of 8), in row order, as
+    float32: all into `even` (`paired` a literal False), or the even ones
+    into `even` and the odd ones into `odd` (True: (scale, offset) pairs).
+    Eight rows per vector: each row's halves are one 16-, 32- or 64-bit
+    load."""
+    if _storage(src) != "u8":
+        raise TypingError(f"src must be a C-contiguous 2D uint8 array, got {src}")
+    for name, array in (("even", even), ("odd", odd)):
+        if not _float_1d(array, contiguous=True):
+            raise TypingError(f"{name} must be a contiguous 1D float32 array")
+    if not isinstance(width, types.IntegerLiteral) or width.literal_value not in (
+        1,
+        2,
+        4,
+    ):
+        raise TypingError(f"width must be a literal 1, 2 or 4, got {width}")
+    if not isinstance(paired, types.BooleanLiteral) or (
+        paired.literal_value and width.literal_value == 1
+    ):
+        raise TypingError(
+            f"paired must be a literal bool (False at width 1), got {paired}"
+        )
+    halves = width.literal_value
+    pairs = paired.literal_value
+    sig = types.void(src, rows, byte, even, odd, width, paired)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        arg_types = signature.args
+        source = _Rows(context, builder, arg_types[0], args[0])
+        targets = [_Elements(context, builder, arg_types[i], args[i]) for i in (3, 4)]
+        count = context.cast(builder, args[1], arg_types[1], types.intp)
+        byte_at = context.cast(builder, args[2], arg_types[2], types.intp)
+        row_bits = ir.IntType(16 * halves)
+        gathered = ir.VectorType(row_bits, LANES)
+        values = LANES * halves
+        as_halves = ir.VectorType(ir.HalfType(), values)
+        wide = ir.VectorType(_F32, values)
+        narrow = ir.VectorType(_F32, values // 2)
+        row_groups = cgutils.for_range_slice(
+            builder, source.index(0), count, source.index(LANES)
+        )
+        with row_groups as (first, _):
+            vector = ir.Constant(gathered, None)
+            for lane in range(LANES):
+                row = builder.add(first, source.index(lane))
+                bits = builder.load(source.address(row, byte_at, row_bits), align=1)
+                vector = builder.insert_element(vector, bits, ir.Constant(_I32, lane))
+            floats = builder.fpext(builder.bitcast(vector, as_halves), wide)
+            at = builder.mul(first, source.index(halves))
+            if not pairs:
+                builder.store(floats, targets[0].address(at, wide), align=4)
+            else:
+                at = builder.lshr(at, source.index(1))
+                for parity, target in enumerate(targets):
+                    lanes = ir.Constant(
+                        ir.VectorType(_I32, values // 2),
+                        list(range(parity, values, 2)),
+                    )
+                    picked = builder.shuffle_vector(floats, floats, lanes)
+                    builder.store(picked, target.address(at, narrow), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def band_to_f32(
+    src: Any, rows: int, byte: int, even: Any, odd: Any, width: int, paired: bool
+) -> None:  # pragma: no cover - replaced by the overload inside @njit code
+    """`_band_to_f32`: a block's spread key metadata of `width` halves per
+    row (1, 2 or 4, unpaired at 1), which `halves_to_f32` would convert one
+    half at a time (njit only)."""
+    raise NotImplementedError("band_to_f32 is only callable from @njit code")
+
+
+@overload(band_to_f32, inline="always")
+def _band_to_f32_impl(
+    src: Any, rows: Any, byte: Any, even: Any, odd: Any, width: Any, paired: Any
+):  # fmt: skip
+    def convert(
+        src: Any, rows: Any, byte: Any, even: Any, odd: Any, width: Any, paired: Any
+    ):  # fmt: skip
+        count = np.intp(rows)
+        if width == 1:
+            _band_to_f32(src, count, byte, even, odd, 1, False)  # pyright: ignore[reportCallIssue]
+        elif width == 2:
+            if paired:
+                _band_to_f32(src, count, byte, even, odd, 2, True)  # pyright: ignore[reportCallIssue]
+            else:
+                _band_to_f32(src, count, byte, even, odd, 2, False)  # pyright: ignore[reportCallIssue]
+        elif paired:
+            _band_to_f32(src, count, byte, even, odd, 4, True)  # pyright: ignore[reportCallIssue]
+        else:
+            _band_to_f32(src, count, byte, even, odd, 4, False)  # pyright: ignore[reportCallIssue]
+
+    return convert
 
 
 def halves_to_f32(

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 from numba import njit
 
-from llmir.runtime.cpu.quant_kernels import _code  # pyright: ignore[reportPrivateUsage]
+from llmir.runtime.cpu.quant_kernels import (
+    _code,  # pyright: ignore[reportPrivateUsage]
+    load_key_meta,
+)
 from llmir.runtime.cpu.quant_simd import encode_rows, write_entries
 
 
@@ -29,6 +32,14 @@ def entries(
     entry: Any, mask: Any, total: Any,
 ) -> None:  # fmt: skip
     write_entries(dst, row, n, column, step_bits, per_row, entry, mask, total)
+
+
+@njit(cache=True)
+def key_meta(
+    block: Any, meta_col: Any, meta_row: Any, symmetric: Any, scales: Any,
+    offsets: Any,
+) -> None:  # fmt: skip
+    load_key_meta(block, meta_col, meta_row, symmetric, scales, offsets)
 
 
 @njit(cache=True)
@@ -113,3 +124,32 @@ def test_entries_land_where_the_layout_puts_them(entry: int, masked: bool):
             word = int(step_bits[k, i]) & 0xFFFF
             want[r, at + 2 * k : at + 2 * k + 2] = (word & 0xFF, word >> 8)
     np.testing.assert_array_equal(dst, want)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("block_size", [16, 32, 64, 128])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["i8", "i4"])
+def test_key_scales_read_where_the_layout_spreads_them(
+    head_dim: int, block_size: int, symmetric: bool
+):
+    # A block's key entries run along each row's metadata bytes and on into
+    # the next row: eight or more halves a row go by vector loads, two or
+    # four (blocks of 64 and up, i4 of 32) eight rows at a time, fewer one
+    # by one; every way must read the same (scale, offset) per channel.
+    rng = np.random.default_rng(block_size)
+    entry = 2 if symmetric else 4
+    meta_row = -(-head_dim * entry // block_size)
+    meta_col = 7  # an odd column: no load is aligned
+    scales = rng.uniform(0.01, 2.0, head_dim).astype(np.float16)
+    minimums = rng.uniform(-3.0, 0.0, head_dim).astype(np.float16)
+    pairs = np.stack([scales, minimums], axis=1)
+    entries = (scales if symmetric else pairs).reshape(-1).view(np.uint8)
+    block = rng.integers(0, 256, (block_size, meta_col + meta_row + 3), np.uint8)
+    for j, byte in enumerate(entries):
+        block[j // meta_row, meta_col + j % meta_row] = byte
+    got_scales = np.full(head_dim, np.nan, np.float32)
+    got_offsets = np.full(head_dim, np.nan, np.float32)
+    key_meta(block, meta_col, meta_row, symmetric, got_scales, got_offsets)
+    np.testing.assert_array_equal(got_scales, scales.astype(np.float32))
+    want_offsets = -128.0 * scales.astype(np.float32) if symmetric else minimums
+    np.testing.assert_array_equal(got_offsets, np.asarray(want_offsets, np.float32))
