@@ -40,7 +40,7 @@ caller folds into the query rows (keys), or the ``P V`` tile applies as
 it loads them (values: per token and group, so decoded in registers once
 for all rows; one i8 row folds the scale into its weight instead).
 `halves_to_f32` converts a quantized block's float16 scales, eight per
-load (`band_to_f32` the key scales of blocks whose rows hold two or four,
+load (`band_to_f32` the key scales of blocks whose rows hold one to four,
 eight rows at a time); `token_ranges` and `token_group_ranges` give the
 extremes that quantising an append needs (per channel over a run's tokens,
 per group of each token: eight groups of 16 folded at once), addressing
