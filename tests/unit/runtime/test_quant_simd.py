@@ -133,9 +133,10 @@ def test_key_scales_read_where_the_layout_spreads_them(
     head_dim: int, block_size: int, symmetric: bool
 ):
     # A block's key entries run along each row's metadata bytes and on into
-    # the next row: eight or more halves a row go by vector loads, two or
-    # four (blocks of 64 and up, i4 of 32) eight rows at a time, fewer one
-    # by one; every way must read the same (scale, offset) per channel.
+    # the next row: rows of one, two or four halves go eight rows at a time
+    # (`band_to_f32`), the others by `halves_to_f32` (eight halves a load,
+    # the rest one by one); every way must read the same (scale, offset)
+    # per channel.
     rng = np.random.default_rng(block_size)
     entry = 2 if symmetric else 4
     meta_row = -(-head_dim * entry // block_size)
