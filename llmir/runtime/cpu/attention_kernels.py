@@ -103,6 +103,7 @@ from llmir.runtime.cpu.simd import (
     row_exponentials,
     row_maxima,
     row_maximum,
+    rows_to_f32,
     transpose_block,
 )
 from llmir.runtime.dtypes import BF16_CODE, F16_CODE, F32_CODE, I4_CODE, I8_CODE
@@ -1094,6 +1095,13 @@ def _read_value_meta(
         return
     entries = 2 * (head_dim // I4_GROUP)
     v_meta = head_dim + meta_row
+    if entries in (8, 16):
+        # D = 64 or 128: the row's pairs in one load.
+        rows_to_f32(
+            block, lo, hi, v_meta, value_meta, value_meta, entries * lo, entries,
+            False,
+        )  # fmt: skip
+        return
     halves_to_f32(block, lo, hi, v_meta, 1, value_meta, entries * lo, entries, entries)
 
 

@@ -29,6 +29,7 @@ from llmir.runtime.cpu.quant_simd import encode_rows, write_entries
 from llmir.runtime.cpu.simd import (
     band_to_f32,
     halves_to_f32,
+    rows_to_f32,
     token_group_ranges,
     token_ranges,
 )
@@ -148,6 +149,16 @@ def load_key_meta(
         # went one half at a time (meta_row 2 holds no whole i4 entry).
         halves = meta_row // 2
         band_to_f32(block, full, meta_col, scales, offsets, halves, not symmetric)
+        if symmetric:
+            for c in range(head_dim):
+                offsets[c] = np.float32(-128.0) * scales[c]
+        return
+    if rest == 0 and meta_row in (16, 32):
+        # Eight or sixteen halves a row (D = 128: i8 and i4 blocks of 16,
+        # i4 of 32): one load a row, where the loops below ran one or two
+        # vectors and an empty remainder per row.
+        halves = meta_row // 2
+        rows_to_f32(block, 0, full, meta_col, scales, offsets, 0, halves, not symmetric)
         if symmetric:
             for c in range(head_dim):
                 offsets[c] = np.float32(-128.0) * scales[c]

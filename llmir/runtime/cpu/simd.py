@@ -884,6 +884,118 @@ def _band_to_f32_impl(
     return convert
 
 
+@intrinsic
+def _rows_to_f32(
+    typingctx: Any,
+    src: Any,
+    rows: Any,
+    byte: Any,
+    even: Any,
+    odd: Any,
+    first: Any,
+    width: Any,
+    paired: Any,
+) -> Any:
+    """For each row ``t`` of the range `rows` (a ``(start, stop)`` tuple) of
+    `src` (uint8), the `width` IEEE halves (a literal 8 or 16) at byte
+    `byte`, as float32: into ``even[first + (t - start) * width:]``
+    (`paired` a literal False), or the even ones into `even` and the odd
+    ones into `odd` from ``first + (t - start) * width // 2`` on (True:
+    (scale, offset) pairs).  One vector load per row and no inner loop."""
+    if _storage(src) != "u8":
+        raise TypingError(f"src must be a C-contiguous 2D uint8 array, got {src}")
+    for name, array in (("even", even), ("odd", odd)):
+        if not _float_1d(array, contiguous=True):
+            raise TypingError(f"{name} must be a contiguous 1D float32 array")
+    if not isinstance(width, types.IntegerLiteral) or width.literal_value not in (
+        8,
+        16,
+    ):
+        raise TypingError(f"width must be a literal 8 or 16, got {width}")
+    if not isinstance(paired, types.BooleanLiteral):
+        raise TypingError(f"paired must be a literal bool, got {paired}")
+    if not (isinstance(rows, types.UniTuple) and rows.count == 2):
+        raise TypingError(f"rows must be a (start, stop) pair, got {rows}")
+    halves = width.literal_value
+    pairs = paired.literal_value
+    sig = types.void(src, rows, byte, even, odd, first, width, paired)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        arg_types = signature.args
+        source = _Rows(context, builder, arg_types[0], args[0])
+        targets = [_Elements(context, builder, arg_types[i], args[i]) for i in (3, 4)]
+        row_type = arg_types[1].dtype
+        start, stop = (
+            context.cast(
+                builder, builder.extract_value(args[1], k), row_type, types.intp
+            )
+            for k in (0, 1)
+        )
+        byte_at = context.cast(builder, args[2], arg_types[2], types.intp)
+        first_at = context.cast(builder, args[5], arg_types[5], types.intp)
+        bits_type = ir.VectorType(ir.IntType(16), halves)
+        wide = ir.VectorType(_F32, halves)
+        narrow = ir.VectorType(_F32, halves // 2)
+        per_target = halves // 2 if pairs else halves
+        source_rows = cgutils.for_range_slice(builder, start, stop, source.index(1))
+        with source_rows as (row, _):
+            bits = builder.load(source.address(row, byte_at, bits_type), align=1)
+            floats = builder.fpext(
+                builder.bitcast(bits, ir.VectorType(ir.HalfType(), halves)), wide
+            )
+            at = builder.add(
+                first_at,
+                builder.mul(builder.sub(row, start), source.index(per_target)),
+            )
+            if not pairs:
+                builder.store(floats, targets[0].address(at, wide), align=4)
+            else:
+                for parity, target in enumerate(targets):
+                    lanes = ir.Constant(
+                        ir.VectorType(_I32, halves // 2),
+                        list(range(parity, halves, 2)),
+                    )
+                    picked = builder.shuffle_vector(floats, floats, lanes)
+                    builder.store(picked, target.address(at, narrow), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def rows_to_f32(
+    src: Any, start: int, stop: int, byte: int, even: Any, odd: Any, first: int,
+    width: int, paired: bool,
+) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
+    """`_rows_to_f32`: rows of eight or sixteen halves (the key scales of
+    small blocks, the value scales of an i4 row), one load per row where
+    `halves_to_f32` runs a loop of one or two vectors and its remainder
+    loop per row (njit only)."""
+    raise NotImplementedError("rows_to_f32 is only callable from @njit code")
+
+
+@overload(rows_to_f32, inline="always")
+def _rows_to_f32_impl(
+    src: Any, start: Any, stop: Any, byte: Any, even: Any, odd: Any, first: Any,
+    width: Any, paired: Any,
+):  # fmt: skip
+    def convert(
+        src: Any, start: Any, stop: Any, byte: Any, even: Any, odd: Any,
+        first: Any, width: Any, paired: Any,
+    ):  # fmt: skip
+        rows = (np.intp(start), np.intp(stop))
+        if width == 8:
+            if paired:
+                _rows_to_f32(src, rows, byte, even, odd, first, 8, True)  # pyright: ignore[reportCallIssue]
+            else:
+                _rows_to_f32(src, rows, byte, even, odd, first, 8, False)  # pyright: ignore[reportCallIssue]
+        elif paired:
+            _rows_to_f32(src, rows, byte, even, odd, first, 16, True)  # pyright: ignore[reportCallIssue]
+        else:
+            _rows_to_f32(src, rows, byte, even, odd, first, 16, False)  # pyright: ignore[reportCallIssue]
+
+    return convert
+
+
 def halves_to_f32(
     src: Any, start: int, stop: int, byte: int, stride: int, out: Any, first: int,
     spacing: int, count: int,

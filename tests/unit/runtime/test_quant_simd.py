@@ -16,6 +16,7 @@ from llmir.runtime.cpu.quant_kernels import (
     load_key_meta,
 )
 from llmir.runtime.cpu.quant_simd import encode_rows, write_entries
+from llmir.runtime.cpu.simd import rows_to_f32
 
 
 @njit(cache=True)
@@ -40,6 +41,14 @@ def key_meta(
     offsets: Any,
 ) -> None:  # fmt: skip
     load_key_meta(block, meta_col, meta_row, symmetric, scales, offsets)
+
+
+@njit(cache=True)
+def row_halves(
+    src: Any, start: Any, stop: Any, byte: Any, even: Any, odd: Any, first: Any,
+    width: Any, paired: Any,
+) -> None:  # fmt: skip
+    rows_to_f32(src, start, stop, byte, even, odd, first, width, paired)
 
 
 @njit(cache=True)
@@ -134,9 +143,10 @@ def test_key_scales_read_where_the_layout_spreads_them(
 ):
     # A block's key entries run along each row's metadata bytes and on into
     # the next row: rows of one, two or four halves go eight rows at a time
-    # (`band_to_f32`), the others by `halves_to_f32` (eight halves a load,
-    # the rest one by one); every way must read the same (scale, offset)
-    # per channel.
+    # (`band_to_f32`), rows of eight or sixteen one load a row
+    # (`rows_to_f32`: i8 at block 16 and D = 128, i4 at blocks 16 and 32),
+    # the others by `halves_to_f32` (eight halves a load, the rest one by
+    # one); every way must read the same (scale, offset) per channel.
     rng = np.random.default_rng(block_size)
     entry = 2 if symmetric else 4
     meta_row = -(-head_dim * entry // block_size)
@@ -154,3 +164,31 @@ def test_key_scales_read_where_the_layout_spreads_them(
     np.testing.assert_array_equal(got_scales, scales.astype(np.float32))
     want_offsets = -128.0 * scales.astype(np.float32) if symmetric else minimums
     np.testing.assert_array_equal(got_offsets, np.asarray(want_offsets, np.float32))
+
+
+@pytest.mark.parametrize("width", [8, 16])
+@pytest.mark.parametrize("paired", [False, True])
+def test_row_halves_land_in_row_order(width: int, paired: bool):
+    # Rows 3..9 of a block, halves from an odd byte on: each row's halves
+    # go on where the previous row's ended (`first` on), split into even
+    # and odd ones where paired; nothing else of the targets is written.
+    rng = np.random.default_rng(width + paired)
+    rows, start, stop, byte, first = 12, 3, 9, 5, 2
+    halves = rng.uniform(-4.0, 4.0, (rows, width)).astype(np.float16)
+    block = rng.integers(0, 256, (rows, byte + 2 * width + 3), np.uint8)
+    block[:, byte : byte + 2 * width] = halves.view(np.uint8)
+    size = first + (stop - start) * width + 4
+    even = np.full(size, np.nan, np.float32)
+    odd = np.full(size, np.nan, np.float32)
+    row_halves(block, start, stop, byte, even, odd, first, width, paired)
+    read = halves[start:stop].astype(np.float32)
+    want_even = np.full(size, np.nan, np.float32)
+    want_odd = np.full(size, np.nan, np.float32)
+    if paired:
+        count = (stop - start) * width // 2
+        want_even[first : first + count] = read[:, 0::2].reshape(-1)
+        want_odd[first : first + count] = read[:, 1::2].reshape(-1)
+    else:
+        want_even[first : first + read.size] = read.reshape(-1)
+    np.testing.assert_array_equal(even, want_even)
+    np.testing.assert_array_equal(odd, want_odd)
