@@ -1,7 +1,9 @@
 """The IR that writes an append's codes (`llmir.runtime.cpu.quant_simd`)
 against the scalar arithmetic it repeats (`quant_kernels._code`), byte for
 byte: the vector part, the scalar rest and the element-by-element groups,
-with offsets into every array."""
+with offsets into every array; and the once-per-block work of quantized
+attention (`llmir.runtime.cpu.simd`): a block's float16 scales read where
+the layout spreads them, and the query rows scaled per channel."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from llmir.runtime.cpu.quant_kernels import (
     load_key_meta,
 )
 from llmir.runtime.cpu.quant_simd import encode_rows, write_entries
-from llmir.runtime.cpu.simd import rows_to_f32
+from llmir.runtime.cpu.simd import rows_to_f32, scale_query_rows
 
 
 @njit(cache=True)
@@ -192,3 +194,31 @@ def test_row_halves_land_in_row_order(width: int, paired: bool):
         want_even[first : first + read.size] = read.reshape(-1)
     np.testing.assert_array_equal(even, want_even)
     np.testing.assert_array_equal(odd, want_odd)
+
+
+@njit(cache=True)
+def scaled_rows(
+    q_rows: Any, r: Any, rows: Any, scales: Any, offsets: Any, q_scaled: Any,
+    biases: Any,
+) -> None:  # fmt: skip
+    scale_query_rows(q_rows, r, rows, scales, offsets, q_scaled, biases)
+
+
+@pytest.mark.parametrize("head_dim", [8, 40, 64, 128])
+@pytest.mark.parametrize(("r", "rows"), [(0, 1), (3, 1), (2, 4)])
+def test_query_rows_scale_per_channel(head_dim: int, r: int, rows: int):
+    # Rows r .. r + rows of the query: the scaled rows and the biases
+    # against float64; an odd number of eight-channel vectors (8, 40) takes
+    # the last vector apart from the pairs.  Rows of the targets past
+    # `rows` keep what they held.
+    rng = np.random.default_rng(head_dim + r)
+    q_rows = rng.standard_normal((8, head_dim)).astype(np.float32)
+    scales = rng.uniform(0.01, 2.0, head_dim).astype(np.float32)
+    offsets = rng.uniform(-3.0, 3.0, head_dim).astype(np.float32)
+    q_scaled = np.full((4, head_dim), np.nan, np.float32)
+    biases = np.full(4, np.nan, np.float32)
+    scaled_rows(q_rows, r, rows, scales, offsets, q_scaled, biases)
+    picked = q_rows[r : r + rows].astype(np.float64)
+    np.testing.assert_array_equal(q_scaled[:rows], q_rows[r : r + rows] * scales)
+    np.testing.assert_allclose(biases[:rows], picked @ offsets, rtol=1e-5, atol=1e-6)
+    assert np.isnan(q_scaled[rows:]).all() and np.isnan(biases[rows:]).all()
