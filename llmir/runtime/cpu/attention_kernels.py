@@ -1153,7 +1153,7 @@ def _attend_codes_tile(
     row_bytes = block.shape[1]
     width = 8 if rows == 1 else 2
     if kind_code == I8_CODE:
-        scale_query_rows(q_rows, r, rows, key_meta[0], key_meta[1], q_scaled, biases)
+        scale_query_rows(q_rows, r, rows, key_meta[0], key_meta[1], q_scaled, biases)  # pyright: ignore[reportCallIssue]
     else:
         # i4 keeps the Numba loop: through the intrinsic its hot decode at
         # block 16 measured slower (MHA 24.2-24.7 -> 27.5-29.5 ns a token,

@@ -201,7 +201,7 @@ def scaled_rows(
     q_rows: Any, r: Any, rows: Any, scales: Any, offsets: Any, q_scaled: Any,
     biases: Any,
 ) -> None:  # fmt: skip
-    scale_query_rows(q_rows, r, rows, scales, offsets, q_scaled, biases)
+    scale_query_rows(q_rows, r, rows, scales, offsets, q_scaled, biases)  # pyright: ignore[reportCallIssue]
 
 
 @pytest.mark.parametrize("head_dim", [8, 40, 64, 128])
