@@ -128,7 +128,9 @@ def load_key_meta(
     257 and 337 ns in the scalar loop this replaced.  Rows of one, two or
     four halves (large blocks) go eight rows per vector (`band_to_f32`):
     one half at a time they cost a hot MHA decode at block 64 about 2 ns
-    per token (i8 18.7-19.4 -> 17.1 ns, i4 21.2-21.5 -> 18.8)."""
+    per token (i8 18.7-19.4 -> 17.1 ns, i4 21.2-21.5 -> 18.8).  Rows of
+    eight or sixteen (block 16) go one load a row (`rows_to_f32`).
+    Symmetric (i8) offsets are ``-128 * scale``, computed, not stored."""
     head_dim = scales.shape[0]
     entry = 2 if symmetric else 4
     if meta_row % entry:
@@ -143,31 +145,25 @@ def load_key_meta(
     full = head_dim // per_row
     rest = head_dim - full * per_row
     tail = full * per_row
+    halves = meta_row // 2
     if rest == 0 and full % 8 == 0 and meta_row in (2, 4, 8):
         # One, two or four halves a row (D = 128: i8 blocks of 32 to 128,
         # i4 of 64 and 128): eight rows per vector, where the loop below
         # went one half at a time (meta_row 2 holds no whole i4 entry).
-        halves = meta_row // 2
         band_to_f32(block, full, meta_col, scales, offsets, halves, not symmetric)
-        if symmetric:
-            for c in range(head_dim):
-                offsets[c] = np.float32(-128.0) * scales[c]
-        return
-    if rest == 0 and meta_row in (16, 32):
+    elif rest == 0 and meta_row in (16, 32):
         # Eight or sixteen halves a row (D = 128: i8 and i4 blocks of 16,
         # i4 of 32): one load a row, where the loops below ran one or two
         # vectors and an empty remainder per row.
-        halves = meta_row // 2
         rows_to_f32(block, 0, full, meta_col, scales, offsets, 0, halves, not symmetric)
-        if symmetric:
-            for c in range(head_dim):
-                offsets[c] = np.float32(-128.0) * scales[c]
-        return
-    halves_to_f32(block, 0, full, meta_col, stride, scales, 0, per_row, per_row)
-    halves_to_f32(block, full, full + 1, meta_col, stride, scales, tail, 0, rest)
-    if not symmetric:
-        halves_to_f32(block, 0, full, meta_col + 2, 2, offsets, 0, per_row, per_row)
-        halves_to_f32(block, full, full + 1, meta_col + 2, 2, offsets, tail, 0, rest)
+    else:
+        halves_to_f32(block, 0, full, meta_col, stride, scales, 0, per_row, per_row)
+        halves_to_f32(block, full, full + 1, meta_col, stride, scales, tail, 0, rest)
+        if not symmetric:
+            halves_to_f32(block, 0, full, meta_col + 2, 2, offsets, 0, per_row, per_row)
+            halves_to_f32(
+                block, full, full + 1, meta_col + 2, 2, offsets, tail, 0, rest
+            )
     if symmetric:
         for c in range(head_dim):
             offsets[c] = np.float32(-128.0) * scales[c]
