@@ -419,12 +419,12 @@ def _attend_block_streaming(
     1.4x faster than the four interleaved ones of `_attend_block_unrolled`.
 
     The block at `far_run` (two ahead in the walk) is prefetched as this one
-    is read, its key rows with the scores and its value rows with ``P V``:
-    one slot's K and V together in the ``P V`` loop alone left the scores'
-    half of the block without prefetches and doubled them in the other
-    (Zen 4 VM, batch 8 x 8192 tokens, IPEX time / ours in the same process,
-    two runs each: f32 block 64 1.24-1.32x -> 1.57-1.70x, f32 block 16
-    1.28-1.33x -> 1.43-1.46x, f16 block 64 1.08-1.23x -> 1.19-1.30x).
+    is read: its key rows with the scores, its value rows with ``P V``.
+    Before, the ``P V`` loop prefetched both, so the scores' half of the
+    block issued no prefetch and the other half twice as many (Zen 4 VM,
+    batch 8 x 8192 tokens, IPEX time / ours in the same process, two runs
+    each: f32 block 64 1.24-1.32x -> 1.57-1.70x, f32 block 16 1.28-1.33x
+    -> 1.43-1.46x, f16 block 64 1.08-1.23x -> 1.19-1.30x).
     """
     block_max = _block_scores(
         q_rows, keys, lo, hi, scores, r, soft_cap, kind_code, pool, far_run
