@@ -557,12 +557,12 @@ def _attend_block_group(
     starting at element `next_run` of the flattened `pool`; -1: none) is
     prefetched as this one is computed, so its misses overlap this block's
     arithmetic (1.3-1.4x faster than without in a microbenchmark, at blocks
-    of 16 and 64): two slots of K and V per score tile, or, where the scores
-    are those tiles and the block is longer than `_PV_PIECE` slots (GQA
-    decode at block 64), two slots of K per score tile and
-    the V of each `_PV_PIECE` slots before their ``P V``, so the values'
-    misses spread over ``P V`` instead of piling onto the scores (Zen 4 VM,
-    GQA 32/8, batch 8 x 8192 tokens, block 64, six runs of each build,
+    of 16 and 64).  Two slots of K and V go per score tile; but where the
+    scores are those tiles and the block is longer than `_PV_PIECE` slots
+    (GQA decode at block 64), two slots of K go per score tile and the V of
+    each `_PV_PIECE` slots just before their ``P V``, so the values' misses
+    spread over ``P V`` instead of piling onto the scores (Zen 4 VM, GQA
+    32/8, batch 8 x 8192 tokens, block 64, six runs of each build,
     alternated: median f32 25.1 -> 23.3 ms, bf16 13.8 -> 12.1 ms; the paged
     walk's time / ours in the same process, f32 0.65-0.70 -> 0.70-0.73 but
     for one run at 0.46, bf16 0.43-0.60 -> 0.49-0.84; at block 16 the split
