@@ -5,7 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ruff check .
-python -m pytest -q tests/unit --ignore=tests/unit/cuda
+# Two processes, a file each at a time: most of the unit tests' time is Numba
+# compiling kernels, on one core per process.  Both share the on-disk cache
+# (NUMBA_CACHE_DIR), so a kernel one compiled the other loads.
+python -m pytest -q -n 2 --dist loadfile tests/unit \
+    --ignore=tests/unit/cuda --ignore=tests/unit/distributed
+# Ray starts once for the distributed tests (a session fixture): one process.
+python -m pytest -q tests/unit/distributed
 # The simulator must be chosen before numba is imported: its own process.
-NUMBA_ENABLE_CUDASIM=1 python -m pytest -q tests/unit/cuda
+NUMBA_ENABLE_CUDASIM=1 python -m pytest -q -n 2 --dist loadfile tests/unit/cuda
 lit -sv tests/filecheck
