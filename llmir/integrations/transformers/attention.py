@@ -3,7 +3,7 @@
 `use_llmir_attention(model)` registers it (once per process) with
 transformers' `AttentionInterface` and `AttentionMaskInterface` and switches
 the model to it.  The attention function reads the layer's keys and values
-from llmir's pool through the `LlmirCache` passed as ``past_key_values``;
+from llmir's pool through the `LlmirCache` passed as ``cache``;
 the mask function builds nothing, because the kernels apply the causal,
 sliding-window and per-sequence length masks themselves.  A padded batch
 cannot be expressed that way: it is refused (the engine in
@@ -42,8 +42,7 @@ def llmir_attention_forward(
     cache = STAGING_CACHE.get()
     if cache is None:
         raise ConfigError(
-            "attn_implementation='llmir' needs past_key_values=LlmirCache(...) "
-            "and use_cache=True"
+            "attn_implementation='llmir' needs cache=LlmirCache(...) and use_cache=True"
         )
     try:
         if dropout:

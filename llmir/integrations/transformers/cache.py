@@ -1,7 +1,7 @@
 """`LlmirCache`: transformers' `Cache` whose storage is llmir's paged block
 pool, and whose attention runs in llmir's kernels.
 
-transformers calls ``past_key_values.update(k, v, layer_idx)`` and then the
+transformers calls ``cache.update(k, v, layer_idx)`` and then the
 registered attention function (`llmir.integrations.transformers.attention`)
 in every attention layer.  Here `update` only records the step's keys and
 values; the attention function hands them, with the query, to the cache's
@@ -243,7 +243,7 @@ class LlmirCache(Cache):
         if pending is None or pending.keys is not keys:
             raise ConfigError(
                 f"attention of layer {layer} got keys that LlmirCache did not "
-                "stage: pass past_key_values=LlmirCache(...) with "
+                "stage: pass cache=LlmirCache(...) with "
                 "attn_implementation='llmir'"
             )
         assert self._seq_ids is not None

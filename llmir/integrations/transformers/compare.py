@@ -88,7 +88,7 @@ def hf_generate(
                 break
         tokens.append(kept)
     kv_bytes = 0
-    cache = out.past_key_values
+    cache = out.cache
     if cache is not None:
         for layer in cache.layers:
             for tensor in (layer.keys, layer.values):

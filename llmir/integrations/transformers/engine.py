@@ -381,7 +381,7 @@ class Engine:
         out = self.model(
             input_ids=tokens,
             position_ids=positions,
-            past_key_values=self.cache,
+            cache=self.cache,
             use_cache=True,
             logits_to_keep=1,
         )

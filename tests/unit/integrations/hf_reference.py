@@ -29,7 +29,7 @@ def hf_greedy(
             out = model(
                 input_ids=inputs,
                 position_ids=positions,
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             )
             position += inputs.shape[1]

@@ -4,6 +4,8 @@ it gets when run alone; bookkeeping and memory are exact."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -49,6 +51,15 @@ def _alone(model: object, request: Request) -> list[int]:
         sampling=request.sampling,
     )
     return engine.run([solo])[request.request_id].tokens
+
+
+def test_the_engine_passes_the_cache_by_its_current_name(llama) -> None:
+    # transformers 5.24 renamed the models' `past_key_values` argument to
+    # `cache` and warns of the old name, which forward stops taking in 5.40.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*deprecated", FutureWarning)
+        done = Engine(llama, num_blocks=32).run(_requests()[:2])
+    assert sorted(done) == [0, 1]
 
 
 @pytest.mark.parametrize(
@@ -294,13 +305,11 @@ def test_an_interrupted_forward_is_not_continued(llama) -> None:
 
     cache.step = failing
     with torch.inference_mode():
-        llama(
-            input_ids=torch.tensor([[1, 2, 3]]), past_key_values=cache, use_cache=True
-        )
+        llama(input_ids=torch.tensor([[1, 2, 3]]), cache=cache, use_cache=True)
         with pytest.raises(KeyboardInterrupt):
-            llama(input_ids=torch.tensor([[4]]), past_key_values=cache, use_cache=True)
+            llama(input_ids=torch.tensor([[4]]), cache=cache, use_cache=True)
         with pytest.raises(SequenceError, match="half-appended"):
-            llama(input_ids=torch.tensor([[4]]), past_key_values=cache, use_cache=True)
+            llama(input_ids=torch.tensor([[4]]), cache=cache, use_cache=True)
 
 
 def test_late_arrivals_do_not_spin(llama) -> None:
@@ -335,16 +344,14 @@ def test_dropout_refusal_leaves_the_cache_usable(llama) -> None:
         layer.self_attn.attention_dropout = 0.1
     try:
         with pytest.raises(ConfigError, match="dropout"):
-            llama(
-                input_ids=torch.tensor([[1, 2]]), past_key_values=cache, use_cache=True
-            )
+            llama(input_ids=torch.tensor([[1, 2]]), cache=cache, use_cache=True)
     finally:
         llama.eval()
         for layer in llama.model.layers:
             layer.self_attn.attention_dropout = 0.0
     cache.reset()
     with torch.inference_mode():
-        llama(input_ids=torch.tensor([[1, 2]]), past_key_values=cache, use_cache=True)
+        llama(input_ids=torch.tensor([[1, 2]]), cache=cache, use_cache=True)
 
 
 def test_ir_step_refuses_another_cache() -> None:

@@ -90,7 +90,7 @@ def test_model_generate_with_llmir_cache(arch) -> None:
             max_new_tokens=NEW_TOKENS,
             min_new_tokens=NEW_TOKENS,
             do_sample=False,
-            past_key_values=cache,
+            cache=cache,
             eos_token_id=None,
         )
     assert out[0, len(prompt) :].tolist() == reference[1][0], name
@@ -105,7 +105,7 @@ def test_padded_batch_is_refused() -> None:
     ids = torch.tensor([[0, 5, 6], [7, 8, 9]])
     mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
     with pytest.raises(ConfigError, match="padded"), torch.inference_mode():
-        model(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+        model(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
 
 
 def test_cache_without_llmir_attention_is_refused() -> None:
@@ -118,7 +118,7 @@ def test_cache_without_llmir_attention_is_refused() -> None:
         torch.inference_mode(),
         pytest.raises(ConfigError, match="attn_implementation='llmir'"),
     ):
-        model(input_ids=torch.tensor([[1, 2]]), past_key_values=cache, use_cache=True)
+        model(input_ids=torch.tensor([[1, 2]]), cache=cache, use_cache=True)
 
 
 def test_llmir_attention_without_its_cache_is_refused() -> None:
