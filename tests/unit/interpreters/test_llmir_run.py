@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from numba.core import event
+from run_output import stderr_lines
 
 import llmir
 from llmir.dialects import llm
@@ -96,7 +97,7 @@ def _error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     assert main(list(argv)) == 2
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
-    lines = captured.err.strip().splitlines()
+    lines = stderr_lines(captured.err)
     assert len(lines) == 1 and lines[0].startswith("llmir-run: error: ")
     return lines[0]
 
@@ -202,7 +203,7 @@ func.func @main(%x : tensor<1x1x1x2xf32>) -> tensor<1x1x1x2xf32> {
     # The create, then 3 llm ops per step of the 100-step loop.
     assert "progress: step 50/100, 154 llm ops, " in err
     assert "progress: step 99/100, 301 llm ops, " in err
-    assert err.splitlines()[-1].startswith("llmir-run: progress: 301 llm ops, ")
+    assert stderr_lines(err)[-1].startswith("llmir-run: progress: 301 llm ops, ")
 
 
 def test_progress_reports_about_once_a_second() -> None:

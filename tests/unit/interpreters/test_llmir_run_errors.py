@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from run_output import stderr_lines
 
 from llmir.tools.run import main
 
@@ -760,7 +761,7 @@ def test_bad_input_is_exit_2_and_one_line(
     except SystemExit as exit_:  # argparse's own errors
         status = exit_.code
     captured = capsys.readouterr()
-    lines = captured.err.strip().splitlines()
+    lines = stderr_lines(captured.err)
     assert status == 2, captured.err
     assert "Traceback" not in captured.err
     assert lines[0].startswith("llmir-run: error: "), captured.err
@@ -787,5 +788,5 @@ def test_a_reader_that_goes_away_ends_the_run_quietly(tmp_path: Path) -> None:
     done = subprocess.run(
         ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True
     )
-    assert done.stderr == ""
+    assert stderr_lines(done.stderr) == []
     assert done.returncode == 0
