@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 ruff check .
 # Two processes, a file each at a time: most of the unit tests' time is Numba
-# compiling kernels, on one core per process.  Both share the on-disk cache
-# (NUMBA_CACHE_DIR), so a kernel one compiled the other loads.
+# compiling kernels, on one core per process.  Both share Numba's on-disk
+# cache (NUMBA_CACHE_DIR, or __pycache__), so a kernel one compiled the other
+# loads.
 python -m pytest -q -n 2 --dist loadfile tests/unit \
     --ignore=tests/unit/cuda --ignore=tests/unit/distributed
 # Ray starts once for the distributed tests (a session fixture): one process.

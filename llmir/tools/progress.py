@@ -19,6 +19,11 @@ from llmir import abi
 
 REPORT_EVERY_SECONDS = 1.0
 
+COMPILING = "llmir-run: compiling kernels for "
+COMPILED = "llmir-run: compiled "
+"""How `CompileNotice`'s two lines begin (tests set them apart from the
+rest of stderr: they appear only when the process compiles a kernel)."""
+
 
 class CompileNotice(event.Listener):
     """Counts the time Numba spends compiling kernels, and says so once when
@@ -40,7 +45,7 @@ class CompileNotice(event.Listener):
         if self._depth == 0:
             if self.compiles == 0:
                 print(
-                    f"llmir-run: compiling kernels for {self.what} (first run only: "
+                    f"{COMPILING}{self.what} (first run only: "
                     "Numba keeps them in NUMBA_CACHE_DIR or __pycache__)...",
                     file=self.stream,
                     flush=True,
@@ -62,8 +67,7 @@ class CompileNotice(event.Listener):
         event.unregister("numba:compile", self)
         if self.compiles:
             print(
-                f"llmir-run: compiled {self.compiles} kernel(s) in "
-                f"{self.seconds:.1f} s",
+                f"{COMPILED}{self.compiles} kernel(s) in {self.seconds:.1f} s",
                 file=self.stream,
                 flush=True,
             )

@@ -7,7 +7,7 @@ other lines."""
 
 from __future__ import annotations
 
-COMPILE_NOTICES = ("llmir-run: compiling kernels for ", "llmir-run: compiled ")
+from llmir.tools.progress import COMPILED, COMPILING
 
 
 def stderr_lines(err: str) -> list[str]:
@@ -15,5 +15,5 @@ def stderr_lines(err: str) -> list[str]:
     return [
         line
         for line in err.strip().splitlines()
-        if not line.startswith(COMPILE_NOTICES)
+        if not line.startswith((COMPILING, COMPILED))
     ]
