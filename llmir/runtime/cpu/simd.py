@@ -211,12 +211,15 @@ def _fmuladd(builder: Any, a: Any, b: Any, c: Any) -> Any:
 
 
 def _combine(builder: Any, kind: str, a: Any, b: Any) -> Any:
-    """`a` and `b` folded by `kind`: "fadd"; "min" and "max" as a compare
-    and a select (one ``vminps``/``vmaxps``: the finite values of an append's
-    ranges need none of the NaN fix-ups LLVM adds around ``minnum``, which
-    tripled the dependency chain of a range); or an ``llvm.<kind>`` call."""
+    """`a` and `b` folded by `kind`: "fadd"; "add" (integers); "min" and
+    "max" as a compare and a select (one ``vminps``/``vmaxps``: the finite
+    values of an append's ranges need none of the NaN fix-ups LLVM adds
+    around ``minnum``, which tripled the dependency chain of a range); or an
+    ``llvm.<kind>`` call."""
     if kind == "fadd":
         return builder.fadd(a, b)
+    if kind == "add":
+        return builder.add(a, b)
     if kind in ("min", "max"):
         keep_a = builder.fcmp_ordered("<" if kind == "min" else ">", a, b)
         return builder.select(keep_a, a, b)

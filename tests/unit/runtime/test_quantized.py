@@ -9,12 +9,16 @@ import pytest
 
 from llmir import PagedKVCache
 from llmir.errors import ConfigError, DTypeError, NonFiniteError
+from llmir.runtime.cpu import vnni
 from llmir.runtime.dtypes import ELEMENT_TYPES, element_type
 from llmir.runtime.geometry import CacheGeometry, layer_block_size_axis
 from llmir.runtime.quantization import BlockLayout, key_meta, value_meta
 from llmir.testing.reference import reference_paged_attention
 
 QUANTIZED = ["i8", "i4"]
+needs_vnni = pytest.mark.skipif(
+    not vnni.available(), reason="the CPU has no AVX-512 VNNI"
+)
 # Issue 13's gates: relative RMS error of attention outputs against an f32
 # cache, on N(0, 1) data and on keys with 3 of 64 channels x20.
 GATES = {"i8": (1e-2, 2e-2), "i4": (1.1e-1, 1.6e-1)}
@@ -160,13 +164,27 @@ CASES = [
 GEOMETRIES = [(64, 16), (32, 64), (64, 4), (48, 8)]
 
 
-@pytest.mark.parametrize("kind", QUANTIZED)
+# Fours of i8 rows take the integer tiles (`llmir.runtime.cpu.vnni`) where
+# the CPU has them, unless LLMIR_CPU_VNNI=0 keeps them on the float32 tiles:
+# both paths are checked.  The integer tiles round the scaled query and the
+# weights to 15-bit integers (test_vnni.py holds each product to its bound),
+# so their outputs are held to the halves' 1e-3, the float path to 1e-5.
+KERNEL_PATHS = [
+    ("i8", "float"),
+    pytest.param("i8", "integer", marks=needs_vnni),
+    ("i4", "float"),
+]
+PATH_TOLERANCE = {"float": 1e-5, "integer": 1e-3}
+
+
+@pytest.mark.parametrize(("kind", "path"), KERNEL_PATHS)
 @pytest.mark.parametrize(("name", "hq", "heads", "tq", "options"), CASES)
 @pytest.mark.parametrize(("head_dim", "block"), GEOMETRIES)
 def test_kernel_matches_float64_over_the_stored_values(
-    kind: str, name: str, hq: int, heads: int, tq: int, options: dict,
-    head_dim: int, block: int,
+    kind: str, path: str, name: str, hq: int, heads: int, tq: int,
+    options: dict, head_dim: int, block: int, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
+    monkeypatch.setenv("LLMIR_CPU_VNNI", "1" if path == "integer" else "0")
     quant = element_type(kind).quant
     assert quant is not None
     if quant.layout_errors(head_dim, block):
@@ -186,7 +204,8 @@ def test_kernel_matches_float64_over_the_stored_values(
     ref = reference_paged_attention(
         q, cache.kv_pool[0], cache.element_type, table, seq_lens, **options
     )
-    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5, err_msg=name)
+    tolerance = PATH_TOLERANCE[path]
+    np.testing.assert_allclose(out, ref, rtol=tolerance, atol=tolerance, err_msg=name)
 
 
 @pytest.mark.parametrize("kind", QUANTIZED)
