@@ -13,13 +13,15 @@ Four tables, the machine's limits measured in the same run:
   over the very runs the kernel reads in its order (`paged_read`: the
   ceiling of a paged kernel, whose runs are too short for the hardware's
   prefetchers to stream) and the kernel's % of it, and the speedup over
-  f16;
+  f16; on a CPU with AVX-512 VNNI, the i8 cache again with its integer
+  tiles turned off ("i8, float tiles"), so the run shows what they gain;
 * hot decode: the cost of a token's codes and scales once they are in
   cache (one thread, 8 kv heads, MHA and GQA 4 rows per kv head, block 16
   and 64: ns per token and kv head, the time of a 512-token context less
   that of a 128-token one, so a call's fixed cost drops out; pools of at
   most 2 MiB, within or near L2), every kind and length timed in turns:
-  what the kernels' arithmetic and per-block work cost, apart from memory;
+  what the kernels' arithmetic and per-block work cost, apart from memory
+  (with the same "i8, float tiles" row);
 * pool bytes per element (codes, key scales, value scales) at block 16 and
   64, head_dim 64 and 128, as a fraction of f16;
 * append: prefilling 8 sequences of 2048 tokens (one layer, 8 kv heads),
@@ -28,6 +30,8 @@ Four tables, the machine's limits measured in the same run:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 import numba
@@ -44,11 +48,45 @@ from benchmarks.common import (
     read_limit,
 )
 from llmir import PagedKVCache
+from llmir.runtime.cpu import vnni
 from llmir.runtime.dtypes import element_type
 from llmir.runtime.geometry import CacheGeometry
 
 HEAD_DIM = 128
 KINDS = ("f16", "i8", "i4")
+FLOAT_TILES = "i8, float tiles"
+"""The i8 cache again with its integer tiles off (``LLMIR_CPU_VNNI=0``),
+on CPUs that have them: what `llmir.runtime.cpu.vnni` gains, in the same
+run."""
+
+
+def _labels() -> tuple[str, ...]:
+    """The rows of the decode tables: each kind, and the i8 float tiles
+    where the integer ones are on."""
+    return (*KINDS, FLOAT_TILES) if vnni.enabled() else KINDS
+
+
+def _kind(label: str) -> str:
+    return "i8" if label == FLOAT_TILES else label
+
+
+def _as_labelled(label: str, call: Callable[[], Any]) -> Callable[[], Any]:
+    """`call`, with the integer tiles off for the float-tiles row."""
+    if label != FLOAT_TILES:
+        return call
+
+    def without_integer_tiles() -> Any:
+        before = os.environ.get("LLMIR_CPU_VNNI")
+        os.environ["LLMIR_CPU_VNNI"] = "0"
+        try:
+            return call()
+        finally:
+            if before is None:
+                del os.environ["LLMIR_CPU_VNNI"]
+            else:
+                os.environ["LLMIR_CPU_VNNI"] = before
+
+    return without_integer_tiles
 
 
 def _filled(
@@ -70,22 +108,30 @@ def decode_rows(table: Table, quick: bool, repeats: int, limit_gbs: float) -> No
         for block in (16, 64):
             progress(f"  decode {q_heads}/{kv_heads}, block {block} ...")
             rng = np.random.default_rng(0)
-            caches = [
-                _filled(kind, batch, context, kv_heads, block, rng) for kind in KINDS
-            ]
+            by_kind = {
+                kind: _filled(kind, batch, context, kv_heads, block, rng)
+                for kind in KINDS
+            }
+            labels = _labels()
+            caches = [by_kind[_kind(label)] for label in labels]
             query = rng.standard_normal((batch, 1, q_heads, HEAD_DIM), np.float32)
             out = np.empty_like(query)
             tables = [cache.block_table(list(range(batch))) for cache in caches]
             calls = [
-                lambda c=cache, t=table_, n=lens, q=query, o=out: c.paged_attention(
-                    q, t, n, out=o
+                _as_labelled(
+                    label,
+                    lambda c=cache, t=table_, n=lens, q=query, o=out: c.paged_attention(
+                        q, t, n, out=o
+                    ),
                 )
-                for cache, (table_, lens) in zip(caches, tables, strict=True)
+                for label, cache, (table_, lens) in zip(
+                    labels, caches, tables, strict=True
+                )
             ]
             timings = measure_alternated(calls, repeats=repeats)
             f16_time = timings[0].median
             for kind, cache, (table_, lens), timing in zip(
-                KINDS, caches, tables, timings, strict=True
+                labels, caches, tables, timings, strict=True
             ):
                 read = batch * -(-context // block) * cache.geometry.bytes_per_block
                 gbs = read / timing.median / 1e9
@@ -115,7 +161,7 @@ def hot_rows(table: Table, repeats: int) -> None:
             for block in (16, 64):
                 progress(f"  hot decode, group {group}, block {block} ...")
                 rng = np.random.default_rng(2)
-                calls: list[Any] = []
+                made: dict[tuple[str, int], Callable[[], Any]] = {}
                 for kind in KINDS:
                     for context in HOT_CONTEXTS:
                         cache = _filled(kind, 1, context, HOT_HEADS, block, rng)
@@ -123,19 +169,25 @@ def hot_rows(table: Table, repeats: int) -> None:
                             (1, 1, group * HOT_HEADS, HEAD_DIM), np.float32
                         )
                         table_, lens = cache.block_table([0])
-                        calls.append(
+                        made[kind, context] = (
                             lambda c=cache, t=table_, n=lens, q=query: (
                                 c.paged_attention(q, t, n, out=np.empty_like(q))
                             )
                         )
+                labels = _labels()
+                calls = [
+                    _as_labelled(label, made[_kind(label), context])
+                    for label in labels
+                    for context in HOT_CONTEXTS
+                ]
                 timings = measure_alternated(calls, repeats=repeats, min_time=0.02)
                 tokens = (HOT_CONTEXTS[1] - HOT_CONTEXTS[0]) * HOT_HEADS
                 per_token = [
                     (timings[2 * i + 1].median - timings[2 * i].median) / tokens
-                    for i in range(len(KINDS))
+                    for i in range(len(labels))
                 ]
                 for kind, seconds, longer in zip(
-                    KINDS, per_token, timings[1::2], strict=True
+                    labels, per_token, timings[1::2], strict=True
                 ):
                     table.add(
                         **{"Hq/H": f"{group * HOT_HEADS}/{HOT_HEADS}"}, block=block,
