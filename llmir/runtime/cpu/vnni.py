@@ -58,10 +58,11 @@ from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
-from llmir.runtime.cpu.simd import (  # pyright: ignore[reportPrivateUsage]
-    _combine,
-    _fold_eight,
-    _Rows,
+# The IR helpers of the float tiles, shared rather than repeated.
+from llmir.runtime.cpu.simd import (
+    _combine,  # pyright: ignore[reportPrivateUsage]
+    _fold_eight,  # pyright: ignore[reportPrivateUsage]
+    _Rows,  # pyright: ignore[reportPrivateUsage]
 )
 
 ROWS = 4
