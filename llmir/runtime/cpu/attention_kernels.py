@@ -48,11 +48,12 @@ Measured choices (see the functions' docstrings):
   scratch, in two pairs of runs);
   layouts the tiles do not fit (head_dim not a multiple of 32, blocks
   under 8) are decoded once into float32 scratch;
-* i8 rows in fours, on a CPU with AVX-512 VNNI (`vnni.enabled`), take both
-  products on its integer dot products instead (`vnni`): the scaled query
-  and the weights as 15-bit integers, the codes as they are stored (hot
-  GQA 32/8, ns per token and kv head: block 16 44.1 -> 35.8, block 64
-  49.5 -> 31.8);
+* i8 rows in fours (and single rows in blocks under 64), on a CPU with
+  AVX-512 VNNI (`vnni.enabled`), take both products on its integer dot
+  products instead (`vnni`): the scaled query and the weights as 15-bit
+  integers, the codes as they are stored (hot GQA 32/8, ns per token and
+  kv head: block 16 44.1 -> 35.8, block 64 49.5 -> 31.8; batch 8 x 8192,
+  MHA 16/16 at block 16: 13.36-13.51 -> 11.48-11.52 ms);
 * f16 and bf16 items of 16 rows or more (f16: 32), on a CPU with AMX
   (`amx.enabled`), take both products of a block on AMX tiles instead
   (`_attend_blocks_amx`, `amx_attention`): sixteen rows at a time, blocks
@@ -113,7 +114,12 @@ from llmir.runtime.cpu.simd import (
     transpose_block,
 )
 from llmir.runtime.cpu.vnni import pv_codes as vnni_pv_codes
-from llmir.runtime.cpu.vnni import qk_codes, quantize_query_rows
+from llmir.runtime.cpu.vnni import (
+    qk_codes,
+    qk_codes_row,
+    quantize_query_row,
+    quantize_query_rows,
+)
 from llmir.runtime.dtypes import BF16_CODE, F16_CODE, F32_CODE, I4_CODE, I8_CODE
 from llmir.runtime.geometry import KEY, VALUE, layer_block_size_axis
 
@@ -1235,11 +1241,12 @@ def _attend_codes_tile(
     block 16 took 57.6-62.1 ns a token and kv head in i4 and 54.5-57.4 in
     i8, inlined 52.7 and 51.7-56.7.
 
-    Four i8 rows take the integer tiles of `vnni` instead where
-    `vnni_codes` (the kernel's compile-time flag) allows and the head
-    dimension fits them: the query rows scaled and rounded to integers once
-    per block into `words`, whose logits come complete (no bias), four keys
-    at a time, and ``P V`` over the span's integer weights.
+    i8 rows take the integer tiles of `vnni` instead where `vnni_codes`
+    (the kernel's compile-time flag) allows and the head dimension fits
+    them (a single row: below `vnni.SINGLE_ROW_BLOCKS`): the query rows
+    scaled and rounded to integers once per block into `words`, whose
+    logits come complete (no bias), four keys at a time (a single row:
+    eight), and ``P V`` over the span's integer weights.
     """
     head_dim = acc.shape[1]
     row_bytes = block.shape[1]
@@ -1248,11 +1255,13 @@ def _attend_codes_tile(
     integer_tiles = (
         vnni_codes
         and kind_code == I8_CODE
-        and rows == ROWS
         and head_dim <= vnni.MAX_HEAD_DIM
+        and (rows > 1 or block.shape[0] < vnni.SINGLE_ROW_BLOCKS)
     )
     width = 8 if rows == 1 else (vnni.KEYS if integer_tiles else 2)
-    if integer_tiles:
+    if integer_tiles and rows == 1:
+        quantize_query_row(q_rows, r, key_meta[0], words)  # pyright: ignore[reportCallIssue]
+    elif integer_tiles:
         quantize_query_rows(q_rows, r, key_meta[0], words)  # pyright: ignore[reportCallIssue]
     elif kind_code == I8_CODE:
         scale_query_rows(q_rows, r, rows, key_meta[0], key_meta[1], q_scaled, biases)  # pyright: ignore[reportCallIssue]
@@ -1270,10 +1279,12 @@ def _attend_codes_tile(
     t = lo - lo % width
     while t < hi:
         _prefetch_rows(pool, next_run, t, width, row_bytes)
-        if rows == 1:
-            qk_row(q_scaled, 0, block, t, scores, kind_code)
+        if integer_tiles and rows == 1:
+            qk_codes_row(words, block, t, scores, head_dim)  # pyright: ignore[reportCallIssue]
         elif integer_tiles:
             qk_codes(words, block, t, scores, head_dim)  # pyright: ignore[reportCallIssue]
+        elif rows == 1:
+            qk_row(q_scaled, 0, block, t, scores, kind_code)
         else:
             qk_tile(q_scaled, 0, block, t, scores, kind_code)
         t += width
@@ -1284,10 +1295,10 @@ def _attend_codes_tile(
                 scores[i, np.uintp(t)] += bias
     _tile_weights(scores, rows, lo, hi, soft_cap, row_max, row_sum, acc, r)
     v_codes = (head_dim if kind_code == I8_CODE else head_dim // 2) + meta_row
-    if rows == 1:
+    if integer_tiles:
+        vnni_pv_codes(scores, block, lo, hi, acc, r, v_codes, value_meta, words, rows)
+    elif rows == 1:
         pv_row(scores, block, lo, hi, acc, r, v_codes, value_meta, kind_code)
-    elif integer_tiles:
-        vnni_pv_codes(scores, block, lo, hi, acc, r, v_codes, value_meta, words)
     else:
         pv_tile(scores, block, lo, hi, acc, r, v_codes, value_meta, kind_code)
 

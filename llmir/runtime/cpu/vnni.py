@@ -1,6 +1,6 @@
 """Both products of an i8 block, ``S = Q K^T`` and ``acc += P V``, for four
-query rows on the CPU's integer dot-product instruction (AVX-512 VNNI),
-and whether this process may use it.
+query rows or one on the CPU's integer dot-product instruction (AVX-512
+VNNI), and whether this process may use it.
 
 A GQA group's four query rows share every block they read, and decode
 with them is bound by arithmetic, not by bytes: in float32 every code is
@@ -10,7 +10,9 @@ sixteen pairs of 16-bit integers and adds each pair's two products into
 one 32-bit lane, so the same work takes half the instructions, and the
 codes need no conversion to float.  Hot (one thread, GQA 32/8, D = 128,
 ns per token and kv head, this path against the float32 one in the same
-process): block 16 44.1 -> 35.8, block 64 49.5 -> 31.8.
+process): block 16 44.1 -> 35.8, block 64 49.5 -> 31.8.  A single row
+(MHA decode) gains too, where the codes' conversions made it bound by
+arithmetic (`SINGLE_ROW_BLOCKS`).
 
 So the float operands become integers, each within half a step:
 
@@ -80,6 +82,14 @@ and read whole tiles (the block size is a multiple of 8)."""
 MAX_HEAD_DIM = 256
 """The largest head dimension of the integer logits: a sum of ``x * code``
 over the channels stays under ``32767 * 255 * 256 < 2^31``."""
+
+SINGLE_ROW_BLOCKS = 64
+"""Blocks from this size on keep a single query row (MHA decode) on the
+float tiles.  Batch 8, 8192 tokens, MHA 16/16 (two runs): at block 16 the
+integer tiles took 11.48-11.52 ms against 13.36-13.51, at block 64
+13.98-14.20 against 13.33-13.55, although hot (one thread, pool in
+cache) they were faster there too (13.2-13.4 ns a token against
+17.7-17.8); block 32 was not measured."""
 
 QUERY_WORDS = 32
 """Columns of the `words` scratch past the head dimension that
@@ -166,9 +176,12 @@ def _call(builder: Any, name: str, result: Any, *operands: Any) -> Any:
 
 
 def _across_rows(builder: Any, vectors: list[Any], kind: str) -> list[Any]:
-    """Four vectors of eight lanes, each folded over its lanes by `kind`
-    (`simd._combine`'s "max" or "add"): one transposing tree of shuffles for
-    all four, where four separate reductions would be four serial chains."""
+    """Up to four vectors of eight lanes, each folded over its lanes by
+    `kind` (`simd._combine`'s "max" or "add"): one transposing tree of
+    shuffles for all four, where four separate reductions would be four
+    serial chains."""
+    count = len(vectors)
+    vectors = vectors + [vectors[0]] * (ROWS - count)
 
     def combine(a: Any, b: Any) -> Any:
         return _combine(builder, kind, a, b)
@@ -183,7 +196,7 @@ def _across_rows(builder: Any, vectors: list[Any], kind: str) -> list[Any]:
     quad = fold(pairs[0], pairs[1], lows, highs)
     # quad lanes: A0-3 B0-3 C0-3 D0-3 A4-7 B4-7 C4-7 D4-7
     folded = combine(quad, _shuffle(builder, quad, quad, [4, 5, 6, 7, 0, 1, 2, 3]))
-    return [builder.extract_element(folded, ir.Constant(_I32, i)) for i in range(ROWS)]
+    return [builder.extract_element(folded, ir.Constant(_I32, i)) for i in range(count)]
 
 
 def _integer_steps(builder: Any, tops: list[Any]) -> tuple[list[Any], list[Any]]:
@@ -213,11 +226,18 @@ def _to_integers(builder: Any, scaled: Any) -> Any:
 _NARROW = ir.VectorType(_I16, _LANES)
 
 
-@intrinsic
-def quantize_query_rows(
-    typingctx: Any, q_rows: Any, r: Any, scales: Any, words: Any
-) -> Any:
-    """For i < 4: ``q = q_rows[r + i] * scales`` (float32, the scaled query
+def _quantize_intrinsic(rows: int) -> Any:
+    """`quantize_query_rows` for `rows` rows (4 or 1)."""
+
+    @intrinsic
+    def quantize(typingctx: Any, q_rows: Any, r: Any, scales: Any, words: Any) -> Any:
+        return _quantize_typed(rows, q_rows, r, scales, words)
+
+    return quantize
+
+
+def _quantize_typed(rows: int, q_rows: Any, r: Any, scales: Any, words: Any) -> Any:
+    """For i < `rows`: ``q = q_rows[r + i] * scales`` (float32, the scaled query
     of `simd.scale_query_rows`) as 15-bit integers ``x = rint(q / step)``,
     ``step = max |q| / 32767``, into ``words[i, :D]`` (int16), with ``sum
     x`` and `step` as `qk_codes` reads them after the codes of row 0 (``D +
@@ -246,7 +266,7 @@ def quantize_query_rows(
             return ir.Constant(intp_type, value)
 
         head_dim = q.columns
-        rows_at = [builder.add(row, const(i)) for i in range(ROWS)]
+        rows_at = [builder.add(row, const(i)) for i in range(rows)]
 
         def scaled_rows(c: Any) -> list[Any]:
             pointer = builder.bitcast(
@@ -259,7 +279,7 @@ def quantize_query_rows(
             ]
 
         zeros = ir.Constant(_FLOATS, [0.0] * _LANES)
-        tops = [cgutils.alloca_once_value(builder, zeros) for _ in range(ROWS)]
+        tops = [cgutils.alloca_once_value(builder, zeros) for _ in range(rows)]
         with cgutils.for_range_slice(builder, const(0), head_dim, const(_LANES)) as (
             c,
             _,
@@ -271,7 +291,7 @@ def quantize_query_rows(
         largest = _across_rows(builder, [builder.load(top) for top in tops], "max")
         inverses, steps = _integer_steps(builder, largest)
         no_sum = ir.Constant(_DWORDS, [0] * _LANES)
-        sums = [cgutils.alloca_once_value(builder, no_sum) for _ in range(ROWS)]
+        sums = [cgutils.alloca_once_value(builder, no_sum) for _ in range(rows)]
         with cgutils.for_range_slice(builder, const(0), head_dim, const(_LANES)) as (
             c,
             _,
@@ -282,16 +302,17 @@ def quantize_query_rows(
                 builder.store(builder.trunc(x, _NARROW), at, align=2)
                 builder.store(builder.add(builder.load(sums[i]), x), sums[i])
         totals = _across_rows(builder, [builder.load(total) for total in sums], "add")
-        # What `qk_codes` needs after its sums, lane 2 i + j for row i: 128
-        # sum x (int32), then the step (float32), in row 0 after the codes.
+        # What `qk_codes` needs after its sums, lane k for row k * rows / 8
+        # (the lanes of its folded sums): 128 sum x (int32), then the step
+        # (float32), in row 0 after the codes.
         offsets = ir.Constant(_DWORDS, None)
         step_lanes = ir.Constant(_FLOATS, None)
-        for i in range(ROWS):
+        for k in range(_LANES):
+            i = k * rows // _LANES
             offset = builder.mul(totals[i], ir.Constant(_I32, 128))
-            for j in range(2):
-                lane = ir.Constant(_I32, 2 * i + j)
-                offsets = builder.insert_element(offsets, offset, lane)
-                step_lanes = builder.insert_element(step_lanes, steps[i], lane)
+            lane = ir.Constant(_I32, k)
+            offsets = builder.insert_element(offsets, offset, lane)
+            step_lanes = builder.insert_element(step_lanes, steps[i], lane)
         builder.store(offsets, y.address(const(0), head_dim, _DWORDS), align=4)
         after = builder.add(head_dim, const(2 * _LANES))
         builder.store(step_lanes, y.address(const(0), after, _FLOATS), align=4)
@@ -300,16 +321,35 @@ def quantize_query_rows(
     return sig, codegen
 
 
-@intrinsic
-def qk_codes(
-    typingctx: Any, words: Any, codes: Any, t: Any, scores: Any, head_dim: Any
-) -> Any:
+quantize_query_rows = _quantize_intrinsic(ROWS)
+"""``(q_rows, r, scales, words)``: four query rows as integers (njit only;
+see `_quantize_typed`)."""
+
+quantize_query_row = _quantize_intrinsic(1)
+"""`quantize_query_rows` for the single row `r` (njit only)."""
+
+
+def _qk_intrinsic(rows: int, keys: int) -> Any:
+    """`qk_codes` for `rows` rows by `keys` keys (``rows * keys`` a multiple
+    of 8: whole vectors of sums)."""
+
+    @intrinsic
+    def tile(
+        typingctx: Any, words: Any, codes: Any, t: Any, scores: Any, head_dim: Any
+    ) -> Any:
+        return _qk_typed(rows, keys, words, codes, t, scores, head_dim)
+
+    return tile
+
+
+def _qk_typed(
+    rows: int, keys: int, words: Any, codes: Any, t: Any, scores: Any,
+    head_dim: Any,
+) -> Any:  # fmt: skip
     """``scores[i, t + j] = step_i * sum_c x_ic * (codes[t + j, c] - 128)``
-    for i < 4, j < `KEYS`, c < `head_dim` (a multiple of 16): the logits of
-    four i8 keys (their codes from byte 0 of their rows) for the query rows
-    that `quantize_query_rows` left in `words`.  Four keys share each load
-    of the query's integers (with two, a hot block of 16 took 10 ns a
-    token)."""
+    for i < `rows`, j < `keys`, c < `head_dim` (a multiple of 16): the
+    logits of i8 keys (their codes from byte 0 of their rows) for the query
+    rows that `quantize_query_rows` (or `_row`) left in `words`."""
     if not _c_2d(words, types.int16):
         raise TypingError(f"words must be C-contiguous 2D int16, got {words}")
     if not _c_2d(codes, types.uint8):
@@ -332,12 +372,14 @@ def qk_codes(
         def const(value: int) -> Any:
             return ir.Constant(intp_type, value)
 
-        keys = [builder.add(token, const(j)) for j in range(KEYS)]
+        key_at = [builder.add(token, const(j)) for j in range(keys)]
         no_sum = ir.Constant(_DWORDS, [0] * _LANES)
-        # sums[half][2 i + j]: row i, key 2 half + j
+        # Each vector of sums holds `per_fold` keys of every row:
+        # sums[f][per_fold i + j] is row i, key per_fold f + j.
+        per_fold = _LANES // rows
         sums = [
-            [cgutils.alloca_once_value(builder, no_sum) for _ in range(2 * ROWS)]
-            for _ in range(KEYS // 2)
+            [cgutils.alloca_once_value(builder, no_sum) for _ in range(_LANES)]
+            for _ in range(keys // per_fold)
         ]
         loop = cgutils.for_range_slice(builder, const(0), channels, const(16))
         with loop as (c, _):
@@ -348,12 +390,12 @@ def qk_codes(
                     ),
                     _DWORDS,
                 )
-                for key in keys
+                for key in key_at
             ]
-            for i in range(ROWS):
+            for i in range(rows):
                 query = builder.load(y.address(const(i), c, _DWORDS), align=2)
                 for j, key_vector in enumerate(key_vectors):
-                    slot = sums[j // 2][2 * i + j % 2]
+                    slot = sums[j // per_fold][per_fold * i + j % per_fold]
                     total = _call(
                         builder, "llvm.x86.avx512.vpdpwssd.256", _DWORDS,
                         builder.load(slot), key_vector, query,
@@ -362,34 +404,48 @@ def qk_codes(
         offsets = builder.load(y.address(const(0), channels, _DWORDS), align=4)
         after = builder.add(channels, const(2 * _LANES))
         steps = builder.load(y.address(const(0), after, _FLOATS), align=4)
-        pair = ir.VectorType(_F32, 2)
-        for half, slots in enumerate(sums):
+        run = ir.VectorType(_F32, per_fold)
+        for f, slots in enumerate(sums):
             folded = _fold_eight(builder, [builder.load(slot) for slot in slots], "add")
             logits = builder.fmul(
                 builder.sitofp(builder.sub(folded, offsets), _FLOATS), steps
             )
-            for i in range(ROWS):
-                two = _shuffle(builder, logits, logits, [2 * i, 2 * i + 1])
-                address = s.address(const(i), keys[2 * half], pair)
-                builder.store(two, address, align=4)
+            for i in range(rows):
+                lanes = list(range(per_fold * i, per_fold * (i + 1)))
+                row_logits = _shuffle(builder, logits, logits, lanes)
+                address = s.address(const(i), key_at[per_fold * f], run)
+                builder.store(row_logits, address, align=4)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-@intrinsic
-def _pv_span(
-    typingctx: Any,
-    weights: Any,
-    value_meta: Any,
-    codes: Any,
-    lo: Any,
-    hi: Any,
-    base: Any,
-    acc: Any,
-    r: Any,
-    words: Any,
-) -> Any:
+qk_codes = _qk_intrinsic(ROWS, KEYS)
+"""``(words, codes, t, scores, head_dim)``: the logits of four rows by
+`KEYS` keys, four keys sharing each load of the query's integers (with
+two, a hot block of 16 took 10 ns a token); njit only."""
+
+qk_codes_row = _qk_intrinsic(1, 8)
+"""`qk_codes` for one row by eight keys (njit only)."""
+
+
+def _pv_intrinsic(rows: int) -> Any:
+    """`_pv_typed` for `rows` rows (4 or 1)."""
+
+    @intrinsic
+    def span(
+        typingctx: Any, weights: Any, value_meta: Any, codes: Any, lo: Any,
+        hi: Any, base: Any, acc: Any, r: Any, words: Any,
+    ) -> Any:  # fmt: skip
+        return _pv_typed(rows, weights, value_meta, codes, lo, hi, base, acc, r, words)
+
+    return span
+
+
+def _pv_typed(
+    rows: int, weights: Any, value_meta: Any, codes: Any, lo: Any, hi: Any,
+    base: Any, acc: Any, r: Any, words: Any,
+) -> Any:  # fmt: skip
     """See `pv_codes`, for ``hi - lo <= SPAN_TOKENS``; `words` is int16
     scratch ``[4, >= SPAN_TOKENS + 16]``."""
     if not _c_2d(weights, types.float32):
@@ -458,17 +514,17 @@ def _pv_span(
                     ),
                     zeros,
                 )
-                for i in range(ROWS)
+                for i in range(rows)
             ]
 
-        tops = [cgutils.alloca_once_value(builder, zeros) for _ in range(ROWS)]
+        tops = [cgutils.alloca_once_value(builder, zeros) for _ in range(rows)]
         with cgutils.for_range_slice(builder, start, stop, const(_LANES)) as (t, _):
             for top, w in zip(tops, token_weights(t), strict=True):
                 builder.store(_combine(builder, "max", w, builder.load(top)), top)
         largest = _across_rows(builder, [builder.load(top) for top in tops], "max")
         inverses, steps = _integer_steps(builder, largest)
         no_sum = ir.Constant(_DWORDS, [0] * _LANES)
-        sums = [cgutils.alloca_once_value(builder, no_sum) for _ in range(ROWS)]
+        sums = [cgutils.alloca_once_value(builder, no_sum) for _ in range(rows)]
         with cgutils.for_range_slice(builder, start, stop, const(_LANES)) as (t, _):
             for i, w in enumerate(token_weights(t)):
                 x = _to_integers(builder, builder.fmul(w, inverses[i]))
@@ -483,7 +539,7 @@ def _pv_span(
         step_splats = [_splat(builder, step, _FLOATS) for step in steps]
 
         count = builder.lshr(builder.sub(stop, start), const(1))
-        rows_at = [builder.add(row, const(i)) for i in range(ROWS)]
+        rows_at = [builder.add(row, const(i)) for i in range(rows)]
         chunks = cgutils.for_range_slice(
             builder, const(0), out.columns, const(CHANNELS)
         )
@@ -491,7 +547,7 @@ def _pv_span(
             # sums_at[i][j]: row i, the channels of unpacked vector j
             sums_at = [
                 [cgutils.alloca_once_value(builder, no_sum) for _ in range(4)]
-                for _ in range(ROWS)
+                for _ in range(rows)
             ]
             with cgutils.for_range(builder, count) as loop:
                 pair_column = builder.shl(loop.index, const(1))
@@ -513,7 +569,7 @@ def _pv_span(
                     for q in (0, 1)
                     for order in (_UNPACK_LOW, _UNPACK_HIGH)
                 ]
-                for i in range(ROWS):
+                for i in range(rows):
                     pair = builder.load(y.address(const(i), pair_column, _I32), align=4)
                     weight = _splat(builder, pair, _DWORDS)
                     for j, vector in enumerate(vectors):
@@ -523,7 +579,7 @@ def _pv_span(
                             builder.load(slot), vector, weight,
                         )  # fmt: skip
                         builder.store(total, slot)
-            for i in range(ROWS):
+            for i in range(rows):
                 floats = [
                     builder.sitofp(builder.add(builder.load(slot), offsets[i]), _FLOATS)
                     for slot in sums_at[i]
@@ -547,9 +603,13 @@ def _pv_span(
     return sig, codegen
 
 
+_pv_span = _pv_intrinsic(ROWS)
+_pv_span_row = _pv_intrinsic(1)
+
+
 @njit(inline="always", cache=True)
 def pv_codes(
-    weights: Any,  # f32 [>= 4, block_size]: the rows' softmax weights
+    weights: Any,  # f32 [>= rows, block_size]: the rows' softmax weights
     codes: Any,  # uint8 [block_size, row_bytes]: a block's rows
     lo: Any,
     hi: Any,
@@ -558,11 +618,17 @@ def pv_codes(
     base: Any,  # the value codes' first byte in a row
     value_meta: Any,  # f32 [2 block_size]: token t's value scale at [2 t]
     words: Any,  # int16 [4, SPAN_TOKENS + 16]: scratch
+    rows: Any,  # 4, or 1
 ) -> None:
-    """``acc[r + i] += weights[i, lo:hi] @ values[lo:hi]`` for i < 4 over an
-    i8 block's value codes, in 15-bit integer weights (module doc).  The
-    block size is a multiple of 8: the weights, scales and codes of whole
-    eights of tokens around ``lo:hi`` are read (and weigh nothing)."""
+    """``acc[r + i] += weights[i, lo:hi] @ values[lo:hi]`` for i < `rows`
+    over an i8 block's value codes, in 15-bit integer weights (module doc).
+    The block size is a multiple of 8: the weights, scales and codes of
+    whole eights of tokens around ``lo:hi`` are read (and weigh nothing)."""
     for span_lo in range(lo, hi, SPAN_TOKENS):
         span_hi = min(hi, span_lo + SPAN_TOKENS)
-        _pv_span(weights, value_meta, codes, span_lo, span_hi, base, acc, r, words)  # pyright: ignore[reportCallIssue]
+        if rows == 1:
+            _pv_span_row(
+                weights, value_meta, codes, span_lo, span_hi, base, acc, r, words
+            )  # pyright: ignore[reportCallIssue]
+        else:
+            _pv_span(weights, value_meta, codes, span_lo, span_hi, base, acc, r, words)  # pyright: ignore[reportCallIssue]

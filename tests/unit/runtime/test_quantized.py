@@ -164,8 +164,9 @@ CASES = [
 GEOMETRIES = [(64, 16), (32, 64), (64, 4), (48, 8)]
 
 
-# Fours of i8 rows take the integer tiles (`llmir.runtime.cpu.vnni`) where
-# the CPU has them, unless LLMIR_CPU_VNNI=0 keeps them on the float32 tiles:
+# i8 rows (fours, and single rows at block 16) take the integer tiles
+# (`llmir.runtime.cpu.vnni`) where the CPU has them, unless LLMIR_CPU_VNNI=0
+# keeps them on the float32 tiles:
 # both paths are checked.  The integer tiles round the scaled query and the
 # weights to 15-bit integers (test_vnni.py holds each product to its bound),
 # so their outputs are held to the halves' 1e-3, the float path to 1e-5.

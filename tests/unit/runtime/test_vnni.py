@@ -19,15 +19,20 @@ needs_vnni = pytest.mark.skipif(
 
 
 @njit(cache=True)
-def _logits(q_rows, scales, codes, head_dim, scores, words):
-    vnni.quantize_query_rows(q_rows, 0, scales, words)  # pyright: ignore[reportCallIssue]
-    for t in range(0, codes.shape[0], vnni.KEYS):
-        vnni.qk_codes(words, codes, t, scores, head_dim)  # pyright: ignore[reportCallIssue]
+def _logits(q_rows, scales, codes, head_dim, scores, words, rows):
+    if rows == 1:
+        vnni.quantize_query_row(q_rows, 0, scales, words)  # pyright: ignore[reportCallIssue]
+        for t in range(0, codes.shape[0], 8):
+            vnni.qk_codes_row(words, codes, t, scores, head_dim)  # pyright: ignore[reportCallIssue]
+    else:
+        vnni.quantize_query_rows(q_rows, 0, scales, words)  # pyright: ignore[reportCallIssue]
+        for t in range(0, codes.shape[0], vnni.KEYS):
+            vnni.qk_codes(words, codes, t, scores, head_dim)  # pyright: ignore[reportCallIssue]
 
 
 @njit(cache=True)
-def _values(weights, codes, lo, hi, acc, base, value_meta, words):
-    vnni.pv_codes(weights, codes, lo, hi, acc, 0, base, value_meta, words)
+def _values(weights, codes, lo, hi, acc, base, value_meta, words, rows):
+    vnni.pv_codes(weights, codes, lo, hi, acc, 0, base, value_meta, words, rows)
 
 
 def _words(head_dim: int) -> np.ndarray:
@@ -36,10 +41,11 @@ def _words(head_dim: int) -> np.ndarray:
 
 
 @needs_vnni
+@pytest.mark.parametrize("rows", [4, 1])
 @pytest.mark.parametrize("head_dim", [32, 128, vnni.MAX_HEAD_DIM])
 @pytest.mark.parametrize("extremes", [False, True], ids=["random", "extreme codes"])
 def test_logits_within_half_a_step_of_each_scaled_query_element(
-    head_dim: int, extremes: bool
+    head_dim: int, extremes: bool, rows: int
 ) -> None:
     rng = np.random.default_rng(head_dim)
     q_rows = rng.standard_normal((vnni.ROWS, head_dim)).astype(np.float32)
@@ -55,7 +61,12 @@ def test_logits_within_half_a_step_of_each_scaled_query_element(
         codes[::2, :head_dim] = 1
         q_rows[2] = 1.0 / scales
     scores = np.full((vnni.ROWS, block), np.nan, np.float32)
-    _logits(q_rows, scales, codes, head_dim, scores, _words(head_dim))
+    _logits(q_rows, scales, codes, head_dim, scores, _words(head_dim), rows)
+    if rows == 1:  # each row on its own: the others are rows 1-3 in turn
+        for row in range(1, vnni.ROWS):
+            alone = np.full((vnni.ROWS, block), np.nan, np.float32)
+            _logits(q_rows[row:], scales, codes, head_dim, alone, _words(head_dim), 1)
+            scores[row] = alone[0]
 
     scaled = (q_rows * scales).astype(np.float64)  # float32 products
     centred = codes[:, :head_dim].astype(np.float64) - 128
@@ -69,12 +80,13 @@ def test_logits_within_half_a_step_of_each_scaled_query_element(
 
 
 @needs_vnni
+@pytest.mark.parametrize("rows", [4, 1])
 @pytest.mark.parametrize(
     ("block", "lo", "hi"),
     [(16, 0, 16), (16, 3, 11), (16, 5, 6), (64, 1, 63), (256, 0, 256), (256, 7, 201)],
 )
 def test_value_sums_within_half_a_step_of_each_weight(
-    block: int, lo: int, hi: int
+    block: int, lo: int, hi: int, rows: int
 ) -> None:
     head_dim, base = 64, 80
     rng = np.random.default_rng(block + lo)
@@ -89,7 +101,14 @@ def test_value_sums_within_half_a_step_of_each_weight(
     codes[1::3, base:] = 1
     acc = rng.standard_normal((vnni.ROWS, head_dim)).astype(np.float32)
     before = acc.astype(np.float64)
-    _values(weights, codes, lo, hi, acc, base, value_meta, _words(head_dim))
+    if rows == 1:  # each row on its own, as the row r of the accumulator
+        for r in range(vnni.ROWS):
+            _values(
+                weights[r:], codes, lo, hi, acc[r:], base, value_meta,
+                _words(head_dim), 1,
+            )  # fmt: skip
+    else:
+        _values(weights, codes, lo, hi, acc, base, value_meta, _words(head_dim), 4)
 
     w = (weights[:, lo:hi] * value_meta[2 * lo : 2 * hi : 2]).astype(np.float64)
     centred = codes[lo:hi, base:].astype(np.float64) - 128
