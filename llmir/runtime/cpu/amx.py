@@ -36,12 +36,13 @@ import platform
 from functools import cache
 from typing import Any
 
-from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import types  # pyright: ignore[reportUnknownVariableType]
 from numba.core import cgutils
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
+
+from llmir.runtime.cpu.host import host_has
 
 _ARCH_PRCTL = 158  # the x86-64 system call number
 _ARCH_REQ_XCOMP_PERM = 0x1023
@@ -58,14 +59,6 @@ TILE_BYTES = 64
 """Bytes of a full tile row."""
 
 
-def _cpu_has_amx() -> bool:
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return False
-    llvm.initialize_native_target()
-    features = llvm.get_host_cpu_features()
-    return bool(features.get("amx-tile")) and bool(features.get("amx-bf16"))
-
-
 def _request_tile_state() -> bool:
     """Ask Linux for the tile state (True: granted, or already held)."""
     if platform.system() != "Linux":
@@ -80,7 +73,7 @@ def _request_tile_state() -> bool:
 @cache
 def available() -> bool:
     """Whether this CPU has AMX bf16 and this process may use it."""
-    return _cpu_has_amx() and _request_tile_state()
+    return host_has("amx-tile", "amx-bf16") and _request_tile_state()
 
 
 def enabled() -> bool:

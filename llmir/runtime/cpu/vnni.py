@@ -49,11 +49,9 @@ the kernels reach them only behind a compile-time flag that is then false.
 from __future__ import annotations
 
 import os
-import platform
 from functools import cache
 from typing import Any
 
-from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, types  # pyright: ignore[reportUnknownVariableType]
 from numba.core import cgutils
@@ -61,6 +59,8 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 # The IR helpers of the float tiles, shared rather than repeated.
+from llmir.runtime.cpu.host import host_has
+from llmir.runtime.cpu.quant_simd import _c_array  # pyright: ignore[reportPrivateUsage]
 from llmir.runtime.cpu.simd import (
     _combine,  # pyright: ignore[reportPrivateUsage]
     _fold_eight,  # pyright: ignore[reportPrivateUsage]
@@ -117,11 +117,7 @@ _WORDS = ir.VectorType(_I16, 16)
 @cache
 def available() -> bool:
     """Whether this CPU has 256-bit ``vpdpwssd`` (AVX-512 VNNI and VL)."""
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return False
-    llvm.initialize_native_target()
-    features = llvm.get_host_cpu_features()
-    return bool(features.get("avx512vnni")) and bool(features.get("avx512vl"))
+    return host_has("avx512vnni", "avx512vl")
 
 
 def enabled() -> bool:
@@ -151,22 +147,14 @@ _CHANNELS_LOW = [0, 1, 2, 3, 8, 9, 10, 11]
 _CHANNELS_HIGH = [4, 5, 6, 7, 12, 13, 14, 15]
 
 
-def _c_2d(array: Any, dtype: Any) -> bool:
-    return (
-        isinstance(array, types.Array)
-        and array.ndim == 2
-        and array.layout == "C"
-        and array.dtype == dtype
-    )
-
-
-def _c_1d(array: Any, dtype: Any) -> bool:
-    return (
-        isinstance(array, types.Array)
-        and array.ndim == 1
-        and array.layout == "C"
-        and array.dtype == dtype
-    )
+def _require(ndim: int, dtype: Any, **arrays: Any) -> None:
+    """Refuse, at typing, any of `arrays` that is not C-contiguous with
+    `ndim` dimensions of `dtype`."""
+    for name, array in arrays.items():
+        if not _c_array(array, ndim, dtype):
+            raise TypingError(
+                f"{name} must be a C-contiguous {ndim}D {dtype} array, got {array}"
+            )
 
 
 def _call(builder: Any, name: str, result: Any, *operands: Any) -> Any:
@@ -245,12 +233,9 @@ def _quantize_typed(rows: int, q_rows: Any, r: Any, scales: Any, words: Any) -> 
     rows go side by side: one at a time, each row's maximum and sum were
     serial chains, and this took 110 ns a block, where the scaling alone
     takes 19."""
-    if not _c_2d(q_rows, types.float32):
-        raise TypingError(f"q_rows must be C-contiguous 2D float32, got {q_rows}")
-    if not _c_1d(scales, types.float32):
-        raise TypingError(f"scales must be C-contiguous 1D float32, got {scales}")
-    if not _c_2d(words, types.int16):
-        raise TypingError(f"words must be C-contiguous 2D int16, got {words}")
+    _require(2, types.float32, q_rows=q_rows)
+    _require(1, types.float32, scales=scales)
+    _require(2, types.int16, words=words)
     sig = types.void(q_rows, r, scales, words)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
@@ -350,12 +335,9 @@ def _qk_typed(
     for i < `rows`, j < `keys`, c < `head_dim` (a multiple of 16): the
     logits of i8 keys (their codes from byte 0 of their rows) for the query
     rows that `quantize_query_rows` (or `_row`) left in `words`."""
-    if not _c_2d(words, types.int16):
-        raise TypingError(f"words must be C-contiguous 2D int16, got {words}")
-    if not _c_2d(codes, types.uint8):
-        raise TypingError(f"codes must be C-contiguous 2D uint8, got {codes}")
-    if not _c_2d(scores, types.float32):
-        raise TypingError(f"scores must be C-contiguous 2D float32, got {scores}")
+    _require(2, types.int16, words=words)
+    _require(2, types.uint8, codes=codes)
+    _require(2, types.float32, scores=scores)
     sig = types.void(words, codes, t, scores, head_dim)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
@@ -448,16 +430,10 @@ def _pv_typed(
 ) -> Any:  # fmt: skip
     """See `pv_codes`, for ``hi - lo <= SPAN_TOKENS``; `words` is int16
     scratch ``[4, >= SPAN_TOKENS + 16]``."""
-    if not _c_2d(weights, types.float32):
-        raise TypingError(f"weights must be C-contiguous 2D float32, got {weights}")
-    if not _c_1d(value_meta, types.float32):
-        raise TypingError(f"value_meta must be contiguous 1D float32, got {value_meta}")
-    if not _c_2d(codes, types.uint8):
-        raise TypingError(f"codes must be C-contiguous 2D uint8, got {codes}")
-    if not _c_2d(acc, types.float32):
-        raise TypingError(f"acc must be C-contiguous 2D float32, got {acc}")
-    if not _c_2d(words, types.int16):
-        raise TypingError(f"words must be C-contiguous 2D int16, got {words}")
+    _require(2, types.float32, weights=weights, acc=acc)
+    _require(1, types.float32, value_meta=value_meta)
+    _require(2, types.uint8, codes=codes)
+    _require(2, types.int16, words=words)
     sig = types.void(weights, value_meta, codes, lo, hi, base, acc, r, words)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
