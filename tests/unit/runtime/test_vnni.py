@@ -85,11 +85,13 @@ def test_logits_within_half_a_step_of_each_scaled_query_element(
     ("block", "lo", "hi"),
     [(16, 0, 16), (16, 3, 11), (16, 5, 6), (64, 1, 63), (256, 0, 256), (256, 7, 201)],
 )
+# A single row takes 128 channels a pass, then the rest 32 at a time.
+@pytest.mark.parametrize("head_dim", [64, 128, 160])
 def test_value_sums_within_half_a_step_of_each_weight(
-    block: int, lo: int, hi: int, rows: int
+    block: int, lo: int, hi: int, rows: int, head_dim: int
 ) -> None:
-    head_dim, base = 64, 80
-    rng = np.random.default_rng(block + lo)
+    base = 80
+    rng = np.random.default_rng(block + lo + head_dim)
     weights = np.full((vnni.ROWS, block), np.nan, np.float32)
     weights[:, lo:hi] = rng.uniform(0.0, 1.0, (vnni.ROWS, hi - lo))
     weights[2, lo:hi] = 0.0  # a row whose weights all underflowed
