@@ -85,7 +85,7 @@ def test_logits_within_half_a_step_of_each_scaled_query_element(
     ("block", "lo", "hi"),
     [(16, 0, 16), (16, 3, 11), (16, 5, 6), (64, 1, 63), (256, 0, 256), (256, 7, 201)],
 )
-# A single row takes 128 channels a pass, then the rest 32 at a time.
+# The sums go 32 channels a pass: two passes at 64, four at 128, five at 160.
 @pytest.mark.parametrize("head_dim", [64, 128, 160])
 def test_value_sums_within_half_a_step_of_each_weight(
     block: int, lo: int, hi: int, rows: int, head_dim: int
