@@ -165,26 +165,16 @@ def _call(builder: Any, name: str, result: Any, *operands: Any) -> Any:
 
 def _across_rows(builder: Any, vectors: list[Any], kind: str) -> list[Any]:
     """Up to four vectors of eight lanes, each folded over its lanes by
-    `kind` (`simd._combine`'s "max" or "add"): one transposing tree of
-    shuffles for all four, where four separate reductions would be four
-    serial chains."""
-    count = len(vectors)
-    vectors = vectors + [vectors[0]] * (ROWS - count)
-
-    def combine(a: Any, b: Any) -> Any:
-        return _combine(builder, kind, a, b)
-
-    def fold(a: Any, b: Any, first: list[int], second: list[int]) -> Any:
-        return combine(_shuffle(builder, a, b, first), _shuffle(builder, a, b, second))
-
-    evens, odds = [0, 8, 2, 10, 4, 12, 6, 14], [1, 9, 3, 11, 5, 13, 7, 15]
-    lows, highs = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
-    pairs = [fold(vectors[i], vectors[i + 1], evens, odds) for i in (0, 2)]
-    # pairs[k] lanes: A01 B01 A23 B23 A45 B45 A67 B67
-    quad = fold(pairs[0], pairs[1], lows, highs)
-    # quad lanes: A0-3 B0-3 C0-3 D0-3 A4-7 B4-7 C4-7 D4-7
-    folded = combine(quad, _shuffle(builder, quad, quad, [4, 5, 6, 7, 0, 1, 2, 3]))
-    return [builder.extract_element(folded, ir.Constant(_I32, i)) for i in range(count)]
+    `kind` (`simd._combine`'s "max" or "add"): `simd._fold_eight`'s
+    transposing tree, given the four twice (LLVM merges the repeated folds,
+    so the tree is two levels of shuffles and one more combine), where four
+    separate reductions would be four serial chains."""
+    padded = [vectors[i % len(vectors)] for i in range(ROWS)] * 2
+    folded = _fold_eight(builder, padded, kind)
+    return [
+        builder.extract_element(folded, ir.Constant(_I32, i))
+        for i in range(len(vectors))
+    ]
 
 
 def _integer_steps(builder: Any, tops: list[Any]) -> tuple[list[Any], list[Any]]:
