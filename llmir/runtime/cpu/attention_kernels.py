@@ -85,7 +85,6 @@ import numpy as np
 import numpy.typing as npt
 from llvmlite import ir
 from numba import njit, prange, types  # pyright: ignore[reportUnknownVariableType]
-from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 from llmir.runtime.cpu import amx, amx_attention, vnni
@@ -95,15 +94,19 @@ from llmir.runtime.cpu.simd import (
     CHANNELS,
     COLUMN_KEYS,
     I4_GROUP,
+    LANES,
     ROWS,
     cap_row,
     cap_rows,
     exp_nonpositive,
     halves_to_f32,
+    prefetch_ir,
     pv_row,
+    pv_row_stream,
     pv_tile,
     qk_columns,
     qk_row,
+    qk_row_stream,
     qk_tile,
     row_exponential,
     row_exponentials,
@@ -264,10 +267,7 @@ def prefetch_line(typingctx: Any, array: Any, offset: Any) -> Any:
         address = builder.bitcast(
             builder.gep(data, [args[1]]), ir.IntType(8).as_pointer()
         )
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        builder.call(fn, [address, i32(0), i32(2), i32(1)])
+        prefetch_ir(builder, address)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -430,8 +430,10 @@ def _attend_block_streaming(
 
     For a row reading straight from the pool (`keys`/`values` stored
     elements of `kind_code`, decoded on the fly): the first row of a float32
-    group, and the single row of a half-precision MHA decode, where decoding
-    the block into scratch first would cost more than it saves.  The value
+    group, the single row of a float32 MHA decode, and that of a
+    half-precision one whose shape the one-row tiles do not take
+    (`_attend_block_row`), where decoding the block into scratch first
+    would cost more than it saves.  The value
     rows then arrive from memory, and one sequential stream measured up to
     1.4x faster than the four interleaved ones of `_attend_block_unrolled`.
 
@@ -462,6 +464,40 @@ def _attend_block_streaming(
         for d in range(head_dim):
             acc[r, d] += p * element_f32(values, t, d, kind_code)
     row_sum[r] += block_sum
+
+
+@njit(inline="always", fastmath=_REORDER_SUMS, error_model="numpy", cache=True)
+def _attend_block_row(
+    q_rows: Any, keys: Any, values: Any, lo: Any, hi: Any, scores: Any,
+    row_max: Any, row_sum: Any, acc: Any, soft_cap: Any, kind_code: Any,
+    ahead: Any,
+) -> None:  # fmt: skip
+    """`_attend_block_streaming` through vector tiles, for the single row of
+    a half-precision MHA decode: the scores eight keys at a time
+    (`qk_row_stream`), the weights as vectors (`_tile_weights`), then ``P
+    V`` with the row's accumulator in registers (`pv_row_stream`).  Both
+    tiles read their rows whole and in order, as the streaming loop does,
+    and prefetch the line `ahead` bytes past each line they read (in the
+    block two ahead in the walk; where there is none, 0: the line
+    itself).  `scores` is ``[1+, block_size]``, the block size a multiple
+    of `LANES` and the head dimension of 32.
+
+    Halves only.  Zen 4 VM, batch 8, MHA 16/16, D = 128, the loop and the
+    tiles alternated in one process on the same pool, five or six
+    processes (loop time / tiles time; README, "One-row tiles"): bf16
+    1.11-1.46x at block 16 and 1.00-1.39x at block 64 (8192 tokens),
+    1.08-1.43x and 0.99-1.17x (2048); f16 0.93-1.42x and 1.02-1.36x,
+    0.95-1.36x and 0.94-1.40x; the tiles faster in 35 of the 41 pairs.
+    Float32 reads twice the bytes for the same arithmetic and stays where
+    memory holds it: 0.95-1.07x and 0.92-1.13x at 8192 tokens, faster in
+    2 of 10, so it keeps the loop.  An earlier form that scored eight
+    interleaved rows (`qk_row`) and prefetched each tile's lines in one
+    burst before it was slower than the loop in float32 (block 16 33.7 ->
+    45.3 ms, block 64 28.2 -> 40.9)."""
+    for t in range(lo - lo % LANES, hi, LANES):
+        qk_row_stream(q_rows, keys, t, scores, ahead, kind_code)
+    _tile_weights(scores, 1, lo, hi, soft_cap, row_max, row_sum, acc, 0)
+    pv_row_stream(scores, values, lo, hi, acc, ahead, kind_code)
 
 
 @njit(fastmath=_REORDER_SUMS, error_model="numpy", cache=True)
@@ -1449,6 +1485,8 @@ def attention_kernel(
         # Quantized blocks go through the code tiles when their chunks (32
         # channels for one row) and their score tiles (8 slots) fit.
         codes_tiled = head_dim % 32 == 0 and block_size % 8 == 0
+        # A half-precision MHA row likewise (`_attend_block_row`).
+        row_tiles = codes_tiled and kind_code in (F16_CODE, BF16_CODE)
         value_groups = head_dim // I4_GROUP if kind_code == I4_CODE else 1
         amx_shaped = use_amx and amx_attention.supports(head_dim, block_size)
         amx_planes = 2 if kind_code == F16_CODE else 1
@@ -1647,7 +1685,19 @@ def attention_kernel(
                             lo, hi, first_pos - base, causal, window, sinks - base
                         )
                         for part_lo, part_hi in ((sink_lo, sink_hi), (row_lo, row_hi)):
-                            if part_lo < part_hi:
+                            if part_lo >= part_hi:
+                                continue
+                            if row_tiles:
+                                ahead = 0  # bytes from this block to the far one
+                                if far_run >= 0:
+                                    run = (block * num_heads + h) * run_length
+                                    ahead = (far_run - run) * layer_pool.itemsize
+                                _attend_block_row(
+                                    q_rows, stored_keys, stored_values, part_lo,
+                                    part_hi, tile_scores, row_max, row_sum, acc,
+                                    soft_cap, kind_code, ahead,
+                                )  # fmt: skip
+                            else:
                                 _attend_block_streaming(
                                     q_rows, stored_keys, stored_values, part_lo,
                                     part_hi, scores, row_max, row_sum, acc, 0,

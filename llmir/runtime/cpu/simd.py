@@ -27,10 +27,14 @@ soft cap first goes through `cap_rows`, a float32 tanh eight lanes at a
 time.
 
 `qk_row` and `pv_row` are the single-row forms (one row by eight keys, by
-32 channels).  Over float pools they measured slower than the streaming
-loop of the kernel (a single row is bound by memory and reads best as one
-sequential stream), so only quantized MHA decode uses them: there the
-codes' conversions make a row bound by arithmetic.
+32 channels), for quantized MHA decode, whose codes' conversions make a
+row bound by arithmetic.  A half-precision MHA row takes `qk_row_stream`
+and `pv_row_stream` instead: they read the rows of a block whole and in
+order, one sequential stream as memory serves it best (`qk_row`'s eight
+interleaved rows measured slower there), keep up to 128 channels of the
+accumulator in registers, and prefetch, line by line as they read, the
+same line of the block two ahead.  Float32 rows keep the kernel's
+streaming loop: bound by memory, they measured no faster through these.
 
 The stored elements are float32, IEEE half / bfloat16 bit patterns
 (uint16) converted on load (``fpext`` from ``half``, ``vcvtph2ps`` with
@@ -1720,6 +1724,202 @@ def pv_row(
     """`pv_tile` for the single row `r`, 32 channels per chunk: the head
     dimension a multiple of 32 (njit only)."""
     raise NotImplementedError("pv_row is only callable from @njit code")
+
+
+def prefetch_ir(builder: Any, address: Any) -> None:
+    """Hint the CPU to load the line holding byte pointer `address` into L2
+    (``llvm.prefetch``, read, locality 2: ``prefetcht1``)."""
+    fnty = ir.FunctionType(ir.VoidType(), [_I8_PTR, _I32, _I32, _I32])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+    builder.call(fn, [address, _I32(0), _I32(2), _I32(1)])
+
+
+def _prefetch_ahead(
+    builder: Any, rows: _Rows, row: Any, column: Any, ahead: Any
+) -> None:
+    """Prefetch the line `ahead` bytes past element ``[row, column]`` of
+    `rows` (`prefetch_ir`)."""
+    prefetch_ir(builder, builder.gep(rows.address(row, column, ir.IntType(8)), [ahead]))
+
+
+def _line_vectors(stored: str) -> int:
+    """Vectors of eight stored elements in one 64-byte cache line."""
+    return {"f32": 2, "f16": 4, "bf16": 4}[stored]
+
+
+@intrinsic
+def _qk_row_stream(
+    typingctx: Any, q_rows: Any, keys: Any, t: Any, scores: Any, ahead: Any,
+    element: Any,
+) -> Any:  # fmt: skip
+    """``scores[0, t + j] = q_rows[0] . keys[t + j]`` for j < 8, the keys
+    read one whole row after the other (one sequential stream), each line
+    read prefetching the line `ahead` bytes further (0: itself)."""
+    stored = _element_format(element, _storage(keys))
+    if stored not in ("f32", "f16", "bf16"):
+        raise TypingError(f"float keys expected, got {stored}")
+    sig = types.void(q_rows, keys, t, scores, ahead, element)
+    per_line = _line_vectors(stored)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        arg_types = signature.args
+        q = _Rows(context, builder, arg_types[0], args[0])
+        k = _Rows(context, builder, arg_types[1], args[1])
+        s = _Rows(context, builder, arg_types[3], args[3])
+        token = context.cast(builder, args[2], arg_types[2], types.intp)
+        ahead_bytes = context.cast(builder, args[4], arg_types[4], types.intp)
+        sums = []
+        for j in range(LANES):
+            row = builder.add(token, k.index(j))
+            # Two accumulators: half the length of one dependency chain.
+            partial = _vector_slots(builder, 2)
+            for slot in partial:
+                builder.store(ir.Constant(_VEC, [0.0] * LANES), slot)
+            loop = cgutils.for_range_slice(
+                builder, q.index(0), q.columns, q.index(LANES * per_line)
+            )
+            with loop as (d, _):
+                _prefetch_ahead(builder, k, row, d, ahead_bytes)
+                for u in range(per_line):
+                    column = builder.add(d, q.index(LANES * u))
+                    q_u = _load_vector(builder, q, q.index(0), column, "f32")
+                    k_u = _load_vector(builder, k, row, column, stored)
+                    _accumulate(builder, partial[u % 2], q_u, k_u)
+            sums.append(
+                builder.fadd(builder.load(partial[0]), builder.load(partial[1]))
+            )
+        folded = _fold_eight(builder, sums)
+        builder.store(folded, s.address(s.index(0), token, _VEC), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _pv_row_stream_intrinsic(vectors: int) -> Any:
+    """``acc[0] += weights[0, lo:hi] @ values[lo:hi]``, ``vectors * LANES``
+    channels per chunk held in registers across the tokens, each line of
+    values read prefetching the line `ahead` bytes further (0: itself)."""
+
+    @intrinsic
+    def stream(
+        typingctx: Any, weights: Any, values: Any, lo: Any, hi: Any, acc: Any,
+        ahead: Any, element: Any,
+    ) -> Any:  # fmt: skip
+        stored = _element_format(element, _storage(values))
+        if stored not in ("f32", "f16", "bf16"):
+            raise TypingError(f"float values expected, got {stored}")
+        sig = types.void(weights, values, lo, hi, acc, ahead, element)
+        per_line = _line_vectors(stored)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            arg_types = signature.args
+            w = _Rows(context, builder, arg_types[0], args[0])
+            v = _Rows(context, builder, arg_types[1], args[1])
+            out = _Rows(context, builder, arg_types[4], args[4])
+
+            def intp(position: int) -> Any:
+                return context.cast(
+                    builder, args[position], arg_types[position], types.intp
+                )
+
+            lo_value, hi_value, ahead_bytes = intp(2), intp(3), intp(5)
+            slots = _vector_slots(builder, vectors)
+            chunks = cgutils.for_range_slice(
+                builder, out.index(0), out.columns, out.index(LANES * vectors)
+            )
+            with chunks as (d, _):
+                columns = [builder.add(d, out.index(LANES * c)) for c in range(vectors)]
+                for slot, column in zip(slots, columns, strict=True):
+                    vector = _load_vector(builder, out, out.index(0), column, "f32")
+                    builder.store(vector, slot)
+                tokens = cgutils.for_range_slice(
+                    builder, lo_value, hi_value, v.index(1)
+                )
+                with tokens as (t, _):
+                    p = _splat(builder, builder.load(w.address(w.index(0), t)))
+                    for c, (slot, column) in enumerate(
+                        zip(slots, columns, strict=True)
+                    ):
+                        if c % per_line == 0:
+                            _prefetch_ahead(builder, v, t, column, ahead_bytes)
+                        value = _load_vector(builder, v, t, column, stored)
+                        _accumulate(builder, slot, p, value)
+                for slot, column in zip(slots, columns, strict=True):
+                    address = out.address(out.index(0), column, _VEC)
+                    builder.store(builder.load(slot), address, align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return stream
+
+
+_pv_row_streams = {vectors: _pv_row_stream_intrinsic(vectors) for vectors in (16, 8, 4)}
+
+
+def qk_row_stream(
+    q_rows: Any, keys: Any, t: int, scores: Any, ahead: int, kind_code: int
+) -> None:  # pragma: no cover - replaced by the overload inside @njit code
+    """`_qk_row_stream` over float32 or half keys, the head dimension a
+    multiple of 32 (njit only)."""
+    raise NotImplementedError("qk_row_stream is only callable from @njit code")
+
+
+@overload(qk_row_stream, inline="always")
+def _qk_row_stream_impl(
+    q_rows: Any, keys: Any, t: Any, scores: Any, ahead: Any, kind_code: Any
+) -> Any:
+    first, second, first_code = _formats(keys.dtype)
+
+    def dispatch(
+        q_rows: Any, keys: Any, t: Any, scores: Any, ahead: Any, kind_code: Any
+    ):
+        if kind_code == first_code:
+            _qk_row_stream(q_rows, keys, t, scores, ahead, first)
+        else:
+            _qk_row_stream(q_rows, keys, t, scores, ahead, second)
+
+    return dispatch
+
+
+def pv_row_stream(
+    weights: Any, values: Any, lo: int, hi: int, acc: Any, ahead: int,
+    kind_code: int,
+) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
+    """`_pv_row_stream_intrinsic` over float32 or half values, the widest
+    chunk (128, 64 or 32 channels) that divides the head dimension (njit
+    only)."""
+    raise NotImplementedError("pv_row_stream is only callable from @njit code")
+
+
+@overload(pv_row_stream, inline="always")
+def _pv_row_stream_impl(
+    weights: Any, values: Any, lo: Any, hi: Any, acc: Any, ahead: Any,
+    kind_code: Any,
+) -> Any:  # fmt: skip
+    first, second, first_code = _formats(values.dtype)
+    wide, half, narrow = (_pv_row_streams[v] for v in (16, 8, 4))
+
+    def dispatch(
+        weights: Any, values: Any, lo: Any, hi: Any, acc: Any, ahead: Any,
+        kind_code: Any,
+    ):  # fmt: skip
+        head_dim = acc.shape[1]
+        if kind_code == first_code:
+            if head_dim % 128 == 0:
+                wide(weights, values, lo, hi, acc, ahead, first)
+            elif head_dim % 64 == 0:
+                half(weights, values, lo, hi, acc, ahead, first)
+            else:
+                narrow(weights, values, lo, hi, acc, ahead, first)
+        elif head_dim % 128 == 0:
+            wide(weights, values, lo, hi, acc, ahead, second)
+        elif head_dim % 64 == 0:
+            half(weights, values, lo, hi, acc, ahead, second)
+        else:
+            narrow(weights, values, lo, hi, acc, ahead, second)
+
+    return dispatch
 
 
 overload(qk_tile, inline="always")(_qk_overload(_qk_tile))

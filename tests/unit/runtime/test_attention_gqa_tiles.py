@@ -9,7 +9,9 @@ beside attention sinks, or with a row that has no slot in the block, go
 row by row; head dimensions that are not a multiple of the tile's sixteen
 channels take the scratch path.  The cases below put such items next to
 each other, with lengths that do and do not fill the last block,
-windows, soft cap, context partitions and empty sequences.  The tiles over
+windows, soft cap, context partitions and empty sequences.  A single
+half-precision row (MHA decode) takes the one-row tiles, checked alone
+and through the kernel at head dimensions 32 to 256.  The tiles over
 quantized codes (and the float16 scale conversion) are checked alone here;
 through the kernel in tests/unit/runtime/test_quantized.py.
 """
@@ -28,9 +30,11 @@ from llmir.runtime.cpu.simd import (
     cap_rows,
     halves_to_f32,
     pv_row,
+    pv_row_stream,
     pv_tile,
     qk_columns,
     qk_row,
+    qk_row_stream,
     qk_tile,
     row_exponential,
     row_exponentials,
@@ -128,6 +132,32 @@ def test_groups_of_eight_and_odd_head_dims(kind_name: str, q_heads: int, head_di
 
 
 @pytest.mark.parametrize("kind_name", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("head_dim", [32, 64, 96, 128, 256, 40])
+def test_single_row_decode(kind_name: str, head_dim: int):
+    # MHA decode, one row per item: halves through `qk_row_stream` and
+    # `pv_row_stream` (chunks of 128, 64 or 32 channels by the head
+    # dimension), float32, head_dim 40 and block 4 through the streaming
+    # loop; the slots a row attends start and end mid-block.
+    rng = np.random.default_rng(head_dim)
+    lens = [1, 7, 45, 130]
+    tolerance = F32_TOL if kind_name == "f32" else HALF_TOL
+    for block_size, options in [
+        (4, {}),
+        (8, {"sliding_window": 11}),
+        (16, {"logits_soft_cap": 3.0, "sliding_window": 40, "sink_tokens": 3}),
+        (64, {}),
+        (64, {"partition_size": 64, "sliding_window": 70}),
+    ]:
+        out, expected = attend(
+            rng, kind_name, lens, 1, 3, 3, block_size, head_dim=head_dim,
+            **options,
+        )  # fmt: skip
+        np.testing.assert_allclose(
+            out, expected, rtol=tolerance, atol=tolerance, err_msg=f"{block_size}"
+        )
+
+
+@pytest.mark.parametrize("kind_name", ["f32", "f16", "bf16"])
 def test_tiles_against_float64(kind_name: str):
     # The tiles alone: exact products of stored values, summed in float32.
     rng = np.random.default_rng(7)
@@ -149,6 +179,47 @@ def test_tiles_against_float64(kind_name: str):
     expected_scores = q_rows[1:5].astype(np.float64) @ keys[2:4].T
     np.testing.assert_allclose(scores[:, 2:4], expected_scores, rtol=1e-5, atol=1e-5)
     assert np.isnan(scores[:, [0, 1, 4, 5]]).all()  # nothing else written
+    np.testing.assert_allclose(acc, expected_acc, rtol=1e-5, atol=1e-5)
+
+
+@njit(cache=True)
+def row_stream_tiles(
+    q_rows: Any, keys: Any, values: Any, weights: Any, scores: Any, acc: Any,
+    ahead: int, kind_code: int,
+) -> None:  # fmt: skip
+    qk_row_stream(q_rows, keys, 8, scores, ahead, kind_code)
+    pv_row_stream(weights, values, 3, 13, acc, ahead, kind_code)
+
+
+@pytest.mark.parametrize("kind_name", ["f32", "f16", "bf16"])
+@pytest.mark.parametrize("head_dim", [32, 64, 96, 128, 256])
+def test_row_stream_tiles_against_float64(kind_name: str, head_dim: int):
+    # One row: eight scores from slot 8 on, ``P V`` over slots 3:13 (chunks
+    # of 128, 64 or 32 channels by the head dimension), prefetching a
+    # block's length ahead (past the arrays' end: a hint, never a load).
+    rng = np.random.default_rng(head_dim)
+    kind = element_type(kind_name)
+    slots = 16
+    stored_keys = kind.encode(rng.standard_normal((slots, head_dim), dtype=np.float32))
+    stored_values = kind.encode(
+        rng.standard_normal((slots, head_dim), dtype=np.float32)
+    )
+    keys = kind.decode(stored_keys).astype(np.float64)
+    values = kind.decode(stored_values).astype(np.float64)
+    q_rows = rng.standard_normal((1, head_dim), dtype=np.float32)
+    weights = rng.random((1, slots), dtype=np.float32)
+    acc = rng.standard_normal((1, head_dim), dtype=np.float32)
+    scores = np.full((1, slots), np.nan, np.float32)
+    expected_acc = (
+        acc.astype(np.float64) + weights[:, 3:13].astype(np.float64) @ values[3:13]
+    )
+    ahead = stored_keys.nbytes
+    row_stream_tiles(
+        q_rows, stored_keys, stored_values, weights, scores, acc, ahead, kind.code
+    )
+    expected_scores = q_rows.astype(np.float64) @ keys[8:16].T
+    np.testing.assert_allclose(scores[:, 8:], expected_scores, rtol=1e-5, atol=1e-5)
+    assert np.isnan(scores[:, :8]).all()  # nothing else written
     np.testing.assert_allclose(acc, expected_acc, rtol=1e-5, atol=1e-5)
 
 
