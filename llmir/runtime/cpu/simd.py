@@ -1749,25 +1749,21 @@ def _line_vectors(stored: str) -> int:
 
 @intrinsic
 def _qk_row_stream(
-    typingctx: Any, q_rows: Any, keys: Any, t: Any, scores: Any, ahead: Any,
-    element: Any,
+    typingctx: Any, q_rows: Any, r: Any, keys: Any, t: Any, scores: Any,
+    ahead: Any, element: Any,
 ) -> Any:  # fmt: skip
-    """``scores[0, t + j] = q_rows[0] . keys[t + j]`` for j < 8, the keys
+    """``scores[0, t + j] = q_rows[r] . keys[t + j]`` for j < 8, the keys
     read one whole row after the other (one sequential stream), each line
     read prefetching the line `ahead` bytes further (0: itself)."""
     stored = _element_format(element, _storage(keys))
     if stored not in ("f32", "f16", "bf16"):
         raise TypingError(f"float keys expected, got {stored}")
-    sig = types.void(q_rows, keys, t, scores, ahead, element)
+    sig = types.void(q_rows, r, keys, t, scores, ahead, element)
     per_line = _line_vectors(stored)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-        arg_types = signature.args
-        q = _Rows(context, builder, arg_types[0], args[0])
-        k = _Rows(context, builder, arg_types[1], args[1])
-        s = _Rows(context, builder, arg_types[3], args[3])
-        token = context.cast(builder, args[2], arg_types[2], types.intp)
-        ahead_bytes = context.cast(builder, args[4], arg_types[4], types.intp)
+        q, k, s, q_row, token = _score_operands(context, builder, signature, args)
+        ahead_bytes = context.cast(builder, args[5], signature.args[5], types.intp)
         sums = []
         for j in range(LANES):
             row = builder.add(token, k.index(j))
@@ -1782,7 +1778,7 @@ def _qk_row_stream(
                 _prefetch_ahead(builder, k, row, d, ahead_bytes)
                 for u in range(per_line):
                     column = builder.add(d, q.index(LANES * u))
-                    q_u = _load_vector(builder, q, q.index(0), column, "f32")
+                    q_u = _load_vector(builder, q, q_row, column, "f32")
                     k_u = _load_vector(builder, k, row, column, stored)
                     _accumulate(builder, partial[u % 2], q_u, k_u)
             sums.append(
@@ -1795,134 +1791,129 @@ def _qk_row_stream(
     return sig, codegen
 
 
-def _pv_row_stream_intrinsic(vectors: int) -> Any:
-    """``acc[0] += weights[0, lo:hi] @ values[lo:hi]``, ``vectors * LANES``
-    channels per chunk held in registers across the tokens, each line of
-    values read prefetching the line `ahead` bytes further (0: itself)."""
+_ROW_STREAM_VECTORS = (16, 8, 4)
+"""The chunks `_pv_row_stream` may hold in registers, widest first: 128,
+64 or 32 channels."""
 
-    @intrinsic
-    def stream(
-        typingctx: Any, weights: Any, values: Any, lo: Any, hi: Any, acc: Any,
-        ahead: Any, element: Any,
-    ) -> Any:  # fmt: skip
-        stored = _element_format(element, _storage(values))
-        if stored not in ("f32", "f16", "bf16"):
-            raise TypingError(f"float values expected, got {stored}")
-        sig = types.void(weights, values, lo, hi, acc, ahead, element)
-        per_line = _line_vectors(stored)
 
-        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-            arg_types = signature.args
-            w = _Rows(context, builder, arg_types[0], args[0])
-            v = _Rows(context, builder, arg_types[1], args[1])
-            out = _Rows(context, builder, arg_types[4], args[4])
-
-            def intp(position: int) -> Any:
-                return context.cast(
-                    builder, args[position], arg_types[position], types.intp
+def _pv_row_stream_chunks(
+    builder: Any, w: _Rows, v: _Rows, out: _Rows, lo: Any, hi: Any, ahead: Any,
+    stored: str, vectors: int,
+) -> None:  # fmt: skip
+    """The chunks of `_pv_row_stream`, `vectors` vectors each."""
+    per_line = _line_vectors(stored)
+    slots = _vector_slots(builder, vectors)
+    chunks = cgutils.for_range_slice(
+        builder, out.index(0), out.columns, out.index(LANES * vectors)
+    )
+    with chunks as (d, _):
+        columns = [builder.add(d, out.index(LANES * c)) for c in range(vectors)]
+        for slot, column in zip(slots, columns, strict=True):
+            builder.store(_load_vector(builder, out, out.index(0), column, "f32"), slot)
+        with cgutils.for_range_slice(builder, lo, hi, v.index(1)) as (t, _):
+            p = _splat(builder, builder.load(w.address(w.index(0), t)))
+            for c, (slot, column) in enumerate(zip(slots, columns, strict=True)):
+                if c % per_line == 0:
+                    _prefetch_ahead(builder, v, t, column, ahead)
+                _accumulate(
+                    builder, slot, p, _load_vector(builder, v, t, column, stored)
                 )
+        for slot, column in zip(slots, columns, strict=True):
+            address = out.address(out.index(0), column, _VEC)
+            builder.store(builder.load(slot), address, align=4)
 
-            lo_value, hi_value, ahead_bytes = intp(2), intp(3), intp(5)
-            slots = _vector_slots(builder, vectors)
-            chunks = cgutils.for_range_slice(
-                builder, out.index(0), out.columns, out.index(LANES * vectors)
+
+@intrinsic
+def _pv_row_stream(
+    typingctx: Any, weights: Any, values: Any, lo: Any, hi: Any, acc: Any,
+    ahead: Any, element: Any,
+) -> Any:  # fmt: skip
+    """``acc[0] += weights[0, lo:hi] @ values[lo:hi]``, the widest chunk of
+    `_ROW_STREAM_VECTORS` that divides the head dimension held in registers
+    across the tokens, each line of values read prefetching the line
+    `ahead` bytes further (0: itself)."""
+    stored = _element_format(element, _storage(values))
+    if stored not in ("f32", "f16", "bf16"):
+        raise TypingError(f"float values expected, got {stored}")
+    sig = types.void(weights, values, lo, hi, acc, ahead, element)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        arg_types = signature.args
+        w, v, out = (_Rows(context, builder, arg_types[i], args[i]) for i in (0, 1, 4))
+        lo_value, hi_value, ahead_bytes = (
+            context.cast(builder, args[i], arg_types[i], types.intp) for i in (2, 3, 5)
+        )
+
+        def chunks_of(position: int) -> None:
+            vectors = _ROW_STREAM_VECTORS[position]
+            if position == len(_ROW_STREAM_VECTORS) - 1:
+                _pv_row_stream_chunks(
+                    builder, w, v, out, lo_value, hi_value, ahead_bytes, stored,
+                    vectors,
+                )  # fmt: skip
+                return
+            width = out.index(LANES * vectors)
+            divides = builder.icmp_signed(
+                "==", builder.srem(out.columns, width), out.index(0)
             )
-            with chunks as (d, _):
-                columns = [builder.add(d, out.index(LANES * c)) for c in range(vectors)]
-                for slot, column in zip(slots, columns, strict=True):
-                    vector = _load_vector(builder, out, out.index(0), column, "f32")
-                    builder.store(vector, slot)
-                tokens = cgutils.for_range_slice(
-                    builder, lo_value, hi_value, v.index(1)
-                )
-                with tokens as (t, _):
-                    p = _splat(builder, builder.load(w.address(w.index(0), t)))
-                    for c, (slot, column) in enumerate(
-                        zip(slots, columns, strict=True)
-                    ):
-                        if c % per_line == 0:
-                            _prefetch_ahead(builder, v, t, column, ahead_bytes)
-                        value = _load_vector(builder, v, t, column, stored)
-                        _accumulate(builder, slot, p, value)
-                for slot, column in zip(slots, columns, strict=True):
-                    address = out.address(out.index(0), column, _VEC)
-                    builder.store(builder.load(slot), address, align=4)
-            return context.get_dummy_value()
+            with builder.if_else(divides) as (then, otherwise):
+                with then:
+                    _pv_row_stream_chunks(
+                        builder, w, v, out, lo_value, hi_value, ahead_bytes,
+                        stored, vectors,
+                    )  # fmt: skip
+                with otherwise:
+                    chunks_of(position + 1)
 
-        return sig, codegen
+        chunks_of(0)
+        return context.get_dummy_value()
 
-    return stream
-
-
-_pv_row_streams = {vectors: _pv_row_stream_intrinsic(vectors) for vectors in (16, 8, 4)}
+    return sig, codegen
 
 
 def qk_row_stream(
-    q_rows: Any, keys: Any, t: int, scores: Any, ahead: int, kind_code: int
-) -> None:  # pragma: no cover - replaced by the overload inside @njit code
+    q_rows: Any, r: int, keys: Any, t: int, scores: Any, ahead: int,
+    kind_code: int,
+) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
     """`_qk_row_stream` over float32 or half keys, the head dimension a
     multiple of 32 (njit only)."""
     raise NotImplementedError("qk_row_stream is only callable from @njit code")
-
-
-@overload(qk_row_stream, inline="always")
-def _qk_row_stream_impl(
-    q_rows: Any, keys: Any, t: Any, scores: Any, ahead: Any, kind_code: Any
-) -> Any:
-    first, second, first_code = _formats(keys.dtype)
-
-    def dispatch(
-        q_rows: Any, keys: Any, t: Any, scores: Any, ahead: Any, kind_code: Any
-    ):
-        if kind_code == first_code:
-            _qk_row_stream(q_rows, keys, t, scores, ahead, first)
-        else:
-            _qk_row_stream(q_rows, keys, t, scores, ahead, second)
-
-    return dispatch
 
 
 def pv_row_stream(
     weights: Any, values: Any, lo: int, hi: int, acc: Any, ahead: int,
     kind_code: int,
 ) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
-    """`_pv_row_stream_intrinsic` over float32 or half values, the widest
-    chunk (128, 64 or 32 channels) that divides the head dimension (njit
-    only)."""
+    """`_pv_row_stream` over float32 or half values, the head dimension a
+    multiple of 32 (njit only)."""
     raise NotImplementedError("pv_row_stream is only callable from @njit code")
 
 
-@overload(pv_row_stream, inline="always")
-def _pv_row_stream_impl(
-    weights: Any, values: Any, lo: Any, hi: Any, acc: Any, ahead: Any,
-    kind_code: Any,
-) -> Any:  # fmt: skip
-    first, second, first_code = _formats(values.dtype)
-    wide, half, narrow = (_pv_row_streams[v] for v in (16, 8, 4))
+def _row_stream_overload(tile: Any, stored_at: int) -> Any:
+    """`_qk_overload` for a row stream: five operands (the stored array the
+    one at `stored_at`), then the prefetch distance and the kind code."""
 
-    def dispatch(
-        weights: Any, values: Any, lo: Any, hi: Any, acc: Any, ahead: Any,
-        kind_code: Any,
-    ):  # fmt: skip
-        head_dim = acc.shape[1]
-        if kind_code == first_code:
-            if head_dim % 128 == 0:
-                wide(weights, values, lo, hi, acc, ahead, first)
-            elif head_dim % 64 == 0:
-                half(weights, values, lo, hi, acc, ahead, first)
+    def implementation(
+        o0: Any, o1: Any, o2: Any, o3: Any, o4: Any, ahead: Any, kind_code: Any
+    ) -> Any:
+        first, second, first_code = _formats((o0, o1, o2, o3, o4)[stored_at].dtype)
+
+        def dispatch(
+            o0: Any, o1: Any, o2: Any, o3: Any, o4: Any, ahead: Any, kind_code: Any
+        ):
+            if kind_code == first_code:
+                tile(o0, o1, o2, o3, o4, ahead, first)
             else:
-                narrow(weights, values, lo, hi, acc, ahead, first)
-        elif head_dim % 128 == 0:
-            wide(weights, values, lo, hi, acc, ahead, second)
-        elif head_dim % 64 == 0:
-            half(weights, values, lo, hi, acc, ahead, second)
-        else:
-            narrow(weights, values, lo, hi, acc, ahead, second)
+                tile(o0, o1, o2, o3, o4, ahead, second)
 
-    return dispatch
+        return dispatch
+
+    return implementation
 
 
 overload(qk_tile, inline="always")(_qk_overload(_qk_tile))
 overload(qk_row, inline="always")(_qk_overload(_qk_row))
 overload(pv_tile, inline="always")(_pv_overload(_pv_tile))
 overload(pv_row, inline="always")(_pv_overload(_pv_row))
+overload(qk_row_stream, inline="always")(_row_stream_overload(_qk_row_stream, 2))
+overload(pv_row_stream, inline="always")(_row_stream_overload(_pv_row_stream, 1))

@@ -157,18 +157,27 @@ def test_single_row_decode(kind_name: str, head_dim: int):
         )
 
 
+def stored_block(
+    rng: np.random.Generator, kind: Any, slots: int, head_dim: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random keys and values of one block as `kind` stores them, then the
+    stored values in float64: the reference the tiles' exact products of
+    stored elements are checked against."""
+    stored = [
+        kind.encode(rng.standard_normal((slots, head_dim), dtype=np.float32))
+        for _ in range(2)
+    ]
+    keys, values = (kind.decode(s).astype(np.float64) for s in stored)
+    return stored[0], stored[1], keys, values
+
+
 @pytest.mark.parametrize("kind_name", ["f32", "f16", "bf16"])
 def test_tiles_against_float64(kind_name: str):
     # The tiles alone: exact products of stored values, summed in float32.
     rng = np.random.default_rng(7)
     kind = element_type(kind_name)
     head_dim, slots = 48, 6
-    stored_keys = kind.encode(rng.standard_normal((slots, head_dim), dtype=np.float32))
-    stored_values = kind.encode(
-        rng.standard_normal((slots, head_dim), dtype=np.float32)
-    )
-    keys = kind.decode(stored_keys).astype(np.float64)
-    values = kind.decode(stored_values).astype(np.float64)
+    stored_keys, stored_values, keys, values = stored_block(rng, kind, slots, head_dim)
     q_rows = rng.standard_normal((6, head_dim), dtype=np.float32)
     weights = rng.random((4, slots), dtype=np.float32)
     acc = rng.standard_normal((6, head_dim), dtype=np.float32)
@@ -187,26 +196,22 @@ def row_stream_tiles(
     q_rows: Any, keys: Any, values: Any, weights: Any, scores: Any, acc: Any,
     ahead: int, kind_code: int,
 ) -> None:  # fmt: skip
-    qk_row_stream(q_rows, keys, 8, scores, ahead, kind_code)
+    qk_row_stream(q_rows, 1, keys, 8, scores, ahead, kind_code)
     pv_row_stream(weights, values, 3, 13, acc, ahead, kind_code)
 
 
 @pytest.mark.parametrize("kind_name", ["f32", "f16", "bf16"])
 @pytest.mark.parametrize("head_dim", [32, 64, 96, 128, 256])
 def test_row_stream_tiles_against_float64(kind_name: str, head_dim: int):
-    # One row: eight scores from slot 8 on, ``P V`` over slots 3:13 (chunks
-    # of 128, 64 or 32 channels by the head dimension), prefetching a
-    # block's length ahead (past the arrays' end: a hint, never a load).
+    # One row: eight scores of query row 1 from slot 8 on, ``P V`` over
+    # slots 3:13 (chunks of 128, 64 or 32 channels by the head dimension),
+    # prefetching a block's length ahead (past the arrays' end: a hint,
+    # never a load).
     rng = np.random.default_rng(head_dim)
     kind = element_type(kind_name)
     slots = 16
-    stored_keys = kind.encode(rng.standard_normal((slots, head_dim), dtype=np.float32))
-    stored_values = kind.encode(
-        rng.standard_normal((slots, head_dim), dtype=np.float32)
-    )
-    keys = kind.decode(stored_keys).astype(np.float64)
-    values = kind.decode(stored_values).astype(np.float64)
-    q_rows = rng.standard_normal((1, head_dim), dtype=np.float32)
+    stored_keys, stored_values, keys, values = stored_block(rng, kind, slots, head_dim)
+    q_rows = rng.standard_normal((2, head_dim), dtype=np.float32)
     weights = rng.random((1, slots), dtype=np.float32)
     acc = rng.standard_normal((1, head_dim), dtype=np.float32)
     scores = np.full((1, slots), np.nan, np.float32)
@@ -217,7 +222,7 @@ def test_row_stream_tiles_against_float64(kind_name: str, head_dim: int):
     row_stream_tiles(
         q_rows, stored_keys, stored_values, weights, scores, acc, ahead, kind.code
     )
-    expected_scores = q_rows.astype(np.float64) @ keys[8:16].T
+    expected_scores = q_rows[1:].astype(np.float64) @ keys[8:16].T
     np.testing.assert_allclose(scores[:, 8:], expected_scores, rtol=1e-5, atol=1e-5)
     assert np.isnan(scores[:, :8]).all()  # nothing else written
     np.testing.assert_allclose(acc, expected_acc, rtol=1e-5, atol=1e-5)
