@@ -213,9 +213,13 @@ def read_probes(a: np.ndarray[Any, Any]) -> dict[str, Callable[[], Any]]:
 
 
 _AHEAD_LINES = 8
-"""Cache lines of the next run that `paged_sum` prefetches (with `ahead`):
-measured here, 8 lines made an i8 or f16 walk 5-10% faster than none, and
-prefetching whole runs, one or two ahead, no faster than none."""
+"""Cache lines of the next run that one of `paged_read`'s walks prefetches:
+measured here, 8 lines made an i8 or f16 walk 5-10% faster than none.
+Another walk prefetches the whole next run: on 2026-12-07 that read GQA
+32/8 f16 at block 16 (8 KiB runs) 1.13x faster than 16 lines and f32
+(16 KiB) 1.03x, and was 0.93-0.98x of it at block 64 (batch 8 x 8192
+tokens, alternated in one process), so the walk takes the best of the
+three."""
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -224,10 +228,10 @@ def paged_sum(
 ) -> Any:
     """The sum of every (block, head) run that decode attention over
     `block_table` reads, one (sequence, head) per parallel item, its blocks
-    in table order (`runs` is ``[blocks, heads, elements]`` float32).  With
-    `ahead`, the first lines of the next run are prefetched into L2 as each
-    run begins (`pool_bytes`: the pool's bytes, flat), which starts the
-    hardware's stream there early."""
+    in table order (`runs` is ``[blocks, heads, elements]`` float32).  The
+    first `ahead` cache lines of the next run (0: none) are prefetched into
+    L2 as each run begins (`pool_bytes`: the pool's bytes, flat), which
+    starts the hardware's stream there early."""
     batch = block_table.shape[0]
     heads = runs.shape[1]
     n = runs.shape[2]
@@ -240,9 +244,9 @@ def paged_sum(
         count = blocks_per_seq[b]
         for j in range(count):
             block = block_table[b, j]
-            if ahead and j + 1 < count:
+            if ahead > 0 and j + 1 < count:
                 following = (block_table[b, j + 1] * heads + h) * run_bytes
-                for line in range(min(_AHEAD_LINES * 64, run_bytes) // 64):
+                for line in range(min(ahead * 64, run_bytes) // 64):
                     prefetch_line(pool_bytes, following + 64 * line)  # pyright: ignore[reportCallIssue]
             for x in range(n):
                 acc += runs[block, h, x]
@@ -257,11 +261,11 @@ def paged_read(
     """Read bandwidth (GB/s) over the scattered runs a decode reads: each
     sequence's blocks of one layer's pool (``[blocks, heads, ...]``, any
     element type), one run of contiguous bytes per block and head, as
-    `paged_sum` walks them, the better of without and with the next run
-    prefetched; and its timing.  A paged kernel reads the same runs in the
+    `paged_sum` walks them; and its timing.  A paged kernel reads the same runs in the
     same order, so this is its memory ceiling: the hardware's prefetchers
     lose the stream at each run's end, which the plain `read_limit` never
-    sees."""
+    sees.  The walk is timed three ways, the best taken: no prefetch, the
+    next run's first `_AHEAD_LINES` lines, the whole next run."""
     blocks, heads = layer_pool.shape[:2]
     run_bytes = layer_pool[0, 0].nbytes
     pool_bytes = layer_pool.reshape(-1).view(np.uint8)
@@ -277,7 +281,7 @@ def paged_read(
                 repeats,
                 warmup=1,
             )
-            for ahead in (False, True)
+            for ahead in (0, _AHEAD_LINES, -(-run_bytes // 64))
         ),
         key=lambda t: t.median,
     )
