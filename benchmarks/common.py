@@ -261,11 +261,12 @@ def paged_read(
     """Read bandwidth (GB/s) over the scattered runs a decode reads: each
     sequence's blocks of one layer's pool (``[blocks, heads, ...]``, any
     element type), one run of contiguous bytes per block and head, as
-    `paged_sum` walks them; and its timing.  A paged kernel reads the same runs in the
-    same order, so this is its memory ceiling: the hardware's prefetchers
-    lose the stream at each run's end, which the plain `read_limit` never
-    sees.  The walk is timed three ways, the best taken: no prefetch, the
-    next run's first `_AHEAD_LINES` lines, the whole next run."""
+    `paged_sum` walks them; and its timing.  A paged kernel reads the same
+    runs in the same order, so this is its memory ceiling: the hardware's
+    prefetchers lose the stream at each run's end, which the plain
+    `read_limit` never sees.  The walk is timed three ways, the best taken:
+    no prefetch, the next run's first `_AHEAD_LINES` lines, the whole next
+    run."""
     blocks, heads = layer_pool.shape[:2]
     run_bytes = layer_pool[0, 0].nbytes
     pool_bytes = layer_pool.reshape(-1).view(np.uint8)
