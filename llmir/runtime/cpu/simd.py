@@ -1846,11 +1846,15 @@ def _pv_row_stream(
 
         def chunks_of(position: int) -> None:
             vectors = _ROW_STREAM_VECTORS[position]
-            if position == len(_ROW_STREAM_VECTORS) - 1:
+
+            def emit() -> None:
                 _pv_row_stream_chunks(
                     builder, w, v, out, lo_value, hi_value, ahead_bytes, stored,
                     vectors,
                 )  # fmt: skip
+
+            if position == len(_ROW_STREAM_VECTORS) - 1:
+                emit()
                 return
             width = out.index(LANES * vectors)
             divides = builder.icmp_signed(
@@ -1858,10 +1862,7 @@ def _pv_row_stream(
             )
             with builder.if_else(divides) as (then, otherwise):
                 with then:
-                    _pv_row_stream_chunks(
-                        builder, w, v, out, lo_value, hi_value, ahead_bytes,
-                        stored, vectors,
-                    )  # fmt: skip
+                    emit()
                 with otherwise:
                     chunks_of(position + 1)
 
