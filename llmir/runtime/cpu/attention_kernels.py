@@ -29,7 +29,8 @@ Measured choices (see the functions' docstrings):
   four rows by sixteen channels held in registers across the block.  A
   group of four reads the pool directly, converting each element once; more
   rows convert a half block once into scratch first (quantized blocks are
-  decoded into it).  The next block is prefetched as the scores go.  GQA
+  decoded into it).  The tiles prefetch the next block line by line as
+  they read this one.  GQA
   32/8 decode measured 1.1-2.7x faster in halves than the four-row register
   tile this replaced, and 1.4-1.6x in float32 at block 16 than the scratch
   path below (no gain at float32 block 64);
@@ -248,10 +249,6 @@ _REORDER_SUMS = {"reassoc", "contract"}
 
 
 _CACHE_LINE_BYTES = 64
-
-_PV_PIECE = 16
-"""Slots of a GQA tile's ``P V`` between two batches of value prefetches
-(`_attend_block_group`)."""
 
 
 @intrinsic
@@ -627,16 +624,19 @@ def _attend_block_group(
     starting at element `next_run` of the flattened `pool`; -1: none) is
     prefetched as this one is computed, so its misses overlap this block's
     arithmetic (1.3-1.4x faster than without in a microbenchmark, at blocks
-    of 16 and 64).  Two slots of K and V go per score tile; but where the
-    scores are those tiles and the block is longer than `_PV_PIECE` slots
-    (GQA decode at block 64), two slots of K go per score tile and the V of
-    each `_PV_PIECE` slots just before their ``P V``, so the values' misses
-    spread over ``P V`` instead of piling onto the scores (Zen 4 VM, GQA
-    32/8, batch 8 x 8192 tokens, block 64, six runs of each build,
-    alternated: median f32 25.1 -> 23.3 ms, bf16 13.8 -> 12.1 ms; the paged
-    walk's time / ours in the same process, f32 0.65-0.70 -> 0.70-0.73 but
-    for one run at 0.46, bf16 0.43-0.60 -> 0.49-0.84; at block 16 the split
-    measured no gain).
+    of 16 and 64).  Where the tiles read the block from the pool, they
+    prefetch as they go: each step of `qk_tile` one line of the next
+    block's keys, each token of a `pv_tile` chunk one line of its values,
+    so the misses spread evenly over the block's arithmetic (Zen 4 VM, GQA
+    32/8, batch 8 x 8192 tokens, the kernel before and after alternated in
+    one process, time before / after: f32 1.24x at block 64 and 1.46x at
+    block 16 in one process, 1.17x and 1.16x in another; bf16 0.95-1.15x
+    at block 64 and 1.00-1.22x at block 16; README, "Prefetching inside
+    the tiles").  Before, two slots of K and V were prefetched per score
+    tile, or at block 64 the K of two slots per score tile and the V of
+    each 16 slots in one burst before their ``P V``.  Otherwise (scratch,
+    transposed keys) two slots of K and V go per score tile, sixteen per
+    column tile.
 
     With `keys_t` non-empty (the block's keys transposed by
     `_transpose_keys`, float32 ``[D, block_size]``, block_size a multiple of
@@ -652,7 +652,17 @@ def _attend_block_group(
     afterwards).
     """
     head_dim = keys.shape[1]
-    spread = keys_t.size == 0 and keys.shape[0] > _PV_PIECE
+    # The tiles prefetch the next block line by line as they read this one,
+    # where they read it from the pool (not from scratch, not transposed).
+    first_byte = pool.ctypes.data
+    streamed = (
+        next_run >= 0
+        and keys_t.size == 0
+        and first_byte <= keys.ctypes.data < first_byte + pool.size * pool.itemsize
+    )
+    ahead = 0  # bytes from this block's K (and V) to the next one's; 0: none
+    if streamed:
+        ahead = first_byte + next_run * pool.itemsize - keys.ctypes.data
     t = lo
     if keys_t.size > 0:
         for t_columns in range(lo - lo % COLUMN_KEYS, hi, COLUMN_KEYS):
@@ -660,14 +670,13 @@ def _attend_block_group(
             qk_columns(q_rows, r, keys_t, t_columns, scores)  # pyright: ignore[reportCallIssue]
         t = hi  # every score is in: no tiles of two below
     while t < hi:
-        if spread:  # the keys now, the values with P V
-            _prefetch_part(pool, next_run, KEY, t, head_dim)
-            _prefetch_part(pool, next_run, KEY, t + 1, head_dim)
-        else:
+        if not streamed:
             _prefetch_slots(pool, next_run, t, 2, head_dim)
         if t + 2 <= hi:
-            qk_tile(q_rows, r, keys, t, scores, kind_code)
+            qk_tile(q_rows, r, keys, t, scores, ahead, kind_code)
         else:  # an odd last slot
+            if streamed:
+                _prefetch_part(pool, next_run, KEY, t, head_dim)
             s0 = s1 = s2 = s3 = np.float32(0.0)
             for d in range(head_dim):
                 k = element_f32(keys, t, d, kind_code)
@@ -702,14 +711,7 @@ def _attend_block_group(
                 scores[i, t] = np.float32(0.0)
             for t in range(ends[i], hi):
                 scores[i, t] = np.float32(0.0)
-    if not spread:
-        pv_tile(scores, values, lo, hi, acc, r, 0, row_sum, kind_code)  # no scales
-        return
-    for piece in range(lo, hi, _PV_PIECE):
-        piece_hi = min(piece + _PV_PIECE, hi)
-        for t in range(piece, piece_hi):
-            _prefetch_part(pool, next_run, VALUE, t, head_dim)
-        pv_tile(scores, values, piece, piece_hi, acc, r, 0, row_sum, kind_code)
+    pv_tile(scores, values, lo, hi, acc, r, 0, row_sum, ahead, kind_code)  # no scales
 
 
 @njit(inline="always", cache=True)
@@ -1320,9 +1322,9 @@ def _attend_codes_tile(
         elif integer_tiles:
             qk_codes(words, block, t, scores, head_dim)  # pyright: ignore[reportCallIssue]
         elif rows == 1:
-            qk_row(q_scaled, 0, block, t, scores, kind_code)
+            qk_row(q_scaled, 0, block, t, scores, 0, kind_code)
         else:
-            qk_tile(q_scaled, 0, block, t, scores, kind_code)
+            qk_tile(q_scaled, 0, block, t, scores, 0, kind_code)
         t += width
     if not integer_tiles:
         for i in range(rows):
@@ -1334,9 +1336,9 @@ def _attend_codes_tile(
     if integer_tiles:
         vnni_pv_codes(scores, block, lo, hi, acc, r, v_codes, value_meta, words, rows)
     elif rows == 1:
-        pv_row(scores, block, lo, hi, acc, r, v_codes, value_meta, kind_code)
+        pv_row(scores, block, lo, hi, acc, r, v_codes, value_meta, 0, kind_code)
     else:
-        pv_tile(scores, block, lo, hi, acc, r, v_codes, value_meta, kind_code)
+        pv_tile(scores, block, lo, hi, acc, r, v_codes, value_meta, 0, kind_code)
 
 
 def attend_codes(

@@ -17,6 +17,11 @@ out over ``<8 x float>`` vectors (one AVX2 register):
   is loaded and converted once per four rows, and the accumulator is read
   and written once per block.
 
+Both prefetch, line by line as they read a block, the same lines of the
+next block (`ahead` bytes further): spread over the arithmetic, the misses
+overlap it, where a burst of prefetches per tile or per 16 tokens stalled
+on them.
+
 Prefill reads each block with many fours of rows, so it transposes the
 block's keys once (`transpose_block`, 8 x 8 shuffles) and takes the scores
 from `qk_columns`: four rows by 16 keys lying across the lanes, one
@@ -344,7 +349,11 @@ def _score_operands(
 
 def _qk_intrinsic(rows: int, keys: int) -> Any:
     """The ``Q K^T`` tile of `rows` query rows by `keys` keys (``rows * keys
-    == LANES``: one shuffle tree reduces all the dot products)."""
+    == LANES``: one shuffle tree reduces all the dot products).  A tile of
+    two float keys prefetches, one line per step of eight channels, the
+    line `ahead` bytes past the one it reads (0: none; the steps alternate
+    between the two keys, so in float32 each line of both is prefetched
+    once)."""
 
     @intrinsic
     def tile(
@@ -354,15 +363,19 @@ def _qk_intrinsic(rows: int, keys: int) -> Any:
         key_rows: Any,
         t: Any,
         scores: Any,
+        ahead: Any,
         element: Any,
     ) -> Any:
         stored = _element_format(element, _storage(key_rows))
         if _storage(q_rows) != "f32" or _storage(scores) != "f32":
             raise TypingError("q_rows and scores must be float32")
-        sig = types.void(q_rows, r, key_rows, t, scores, element)
+        sig = types.void(q_rows, r, key_rows, t, scores, ahead, element)
+        prefetches = keys == 2 and stored in ("f32", "f16", "bf16")
 
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
             q, k, s, row, token = _score_operands(context, builder, signature, args)
+            ahead_bytes = context.cast(builder, args[5], signature.args[5], types.intp)
+            wanted = builder.icmp_signed("!=", ahead_bytes, q.index(0))
             slots = [builder.add(token, k.index(j)) for j in range(keys)]
             q_rows_at = [builder.add(row, q.index(i)) for i in range(rows)]
             # accumulators[keys * i + j]: row i, key j
@@ -385,6 +398,13 @@ def _qk_intrinsic(rows: int, keys: int) -> Any:
                             _accumulate(builder, slot, q_low, k_low)
                             _accumulate(builder, slot, q_high, k_high)
                 else:
+                    if prefetches:
+                        odd_step = builder.icmp_signed(
+                            "!=", builder.and_(d, q.index(LANES)), q.index(0)
+                        )
+                        key = builder.select(odd_step, slots[1], slots[0])
+                        with builder.if_then(wanted, likely=True):
+                            _prefetch_ahead(builder, k, key, d, ahead_bytes)
                     key_vectors = [
                         _load_vector(builder, k, tk, d, stored) for tk in slots
                     ]
@@ -542,7 +562,10 @@ qk_columns = _qk_columns_intrinsic(ROWS, COLUMN_KEYS // LANES)
 
 def _pv_intrinsic(rows: int, vectors: int) -> Any:
     """The ``P V`` tile of `rows` accumulator rows by ``vectors * LANES``
-    channels, held in registers across the tokens of a block."""
+    channels, held in registers across the tokens of a block.  A tile of
+    several rows over float values prefetches, for each token of a chunk,
+    the line `ahead` bytes past its first channel (0: none; in float32,
+    with 16 channels a chunk, every line of the values once)."""
     # An i4 chunk reads ``vectors / 2`` loads of eight bytes; its low and
     # its high channels must each lie within one value group.
     assert I4_GROUP % (LANES * vectors // 2) == 0
@@ -558,6 +581,7 @@ def _pv_intrinsic(rows: int, vectors: int) -> Any:
         r: Any,
         base: Any,
         value_meta: Any,
+        ahead: Any,
         element: Any,
     ) -> Any:
         stored = _element_format(element, _storage(values))
@@ -565,7 +589,9 @@ def _pv_intrinsic(rows: int, vectors: int) -> Any:
             raise TypingError("weights and acc must be float32")
         if not _float_1d(value_meta):
             raise TypingError(f"value_meta must be 1D float32, got {value_meta}")
-        sig = types.void(weights, values, lo, hi, acc, r, base, value_meta, element)
+        sig = types.void(
+            weights, values, lo, hi, acc, r, base, value_meta, ahead, element
+        )
 
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
             arg_types = signature.args
@@ -580,10 +606,13 @@ def _pv_intrinsic(rows: int, vectors: int) -> Any:
                 )
 
             lo_value, hi_value, row, base_column = intp(2), intp(3), intp(5), intp(6)
+            ahead_bytes = intp(8)
+            wanted = builder.icmp_signed("!=", ahead_bytes, out.index(0))
             acc_rows = [builder.add(row, out.index(i)) for i in range(rows)]
             head_dim = out.columns
             half = builder.lshr(head_dim, out.index(1))
             quantized = stored in ("i8", "i4")
+            prefetches = rows > 1 and not quantized
             nibbles = stored == "i4"
             # Per chunk: the code columns read (i4: each byte feeds a low and
             # a high vector, which may lie in different value groups).
@@ -623,6 +652,9 @@ def _pv_intrinsic(rows: int, vectors: int) -> Any:
                 )
                 with tokens as (t, _):
                     code_columns = [builder.add(base_column, c) for c in columns]
+                    if prefetches:
+                        with builder.if_then(wanted, likely=True):
+                            _prefetch_ahead(builder, v, t, code_columns[0], ahead_bytes)
                     if nibbles:
                         pairs = [_load_nibbles(builder, v, t, c) for c in code_columns]
                         value_vectors = [low for low, _ in pairs] + [
@@ -1642,42 +1674,23 @@ def _formats(dtype: Any) -> tuple[str, str, int]:
     return "f32", "f32", -1
 
 
-def _qk_overload(tile: Any) -> Any:
-    def implementation(
-        q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any
-    ) -> Any:
-        # By the stored dtype at compile time; the kind test is on a
-        # constant of each kernel, so LLVM keeps one branch.
-        first, second, first_code = _formats(keys.dtype)
-
-        def dispatch(
-            q_rows: Any, r: Any, keys: Any, t: Any, scores: Any, kind_code: Any
-        ):
-            if kind_code == first_code:
-                tile(q_rows, r, keys, t, scores, first)
-            else:
-                tile(q_rows, r, keys, t, scores, second)
-
-        return dispatch
-
-    return implementation
-
-
 def _pv_overload(tile: Any) -> Any:
     def implementation(
         weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any, base: Any,
-        value_meta: Any, kind_code: Any,
+        value_meta: Any, ahead: Any, kind_code: Any,
     ) -> Any:  # fmt: skip
+        # By the stored dtype at compile time; the kind test is on a
+        # constant of each kernel, so LLVM keeps one branch.
         first, second, first_code = _formats(values.dtype)
 
         def dispatch(
             weights: Any, values: Any, lo: Any, hi: Any, acc: Any, r: Any,
-            base: Any, value_meta: Any, kind_code: Any,
+            base: Any, value_meta: Any, ahead: Any, kind_code: Any,
         ):  # fmt: skip
             if kind_code == first_code:
-                tile(weights, values, lo, hi, acc, r, base, value_meta, first)
+                tile(weights, values, lo, hi, acc, r, base, value_meta, ahead, first)
             else:
-                tile(weights, values, lo, hi, acc, r, base, value_meta, second)
+                tile(weights, values, lo, hi, acc, r, base, value_meta, ahead, second)
 
         return dispatch
 
@@ -1685,29 +1698,33 @@ def _pv_overload(tile: Any) -> Any:
 
 
 def qk_tile(
-    q_rows: Any, r: int, keys: Any, t: int, scores: Any, kind_code: int
+    q_rows: Any, r: int, keys: Any, t: int, scores: Any, ahead: int, kind_code: int
 ) -> None:  # pragma: no cover - replaced by the overload inside @njit code
     """``scores[i, t + j] = q_rows[r + i] . keys[t + j]`` for i < 4, j < 2,
     `keys` holding elements of `kind_code` (njit only).  Quantized keys are
-    a block's rows of codes (their offset left to the caller)."""
+    a block's rows of codes (their offset left to the caller).  Float keys
+    prefetch, as they are read, the lines `ahead` bytes further (0: none;
+    quantized keys prefetch nothing)."""
     raise NotImplementedError("qk_tile is only callable from @njit code")
 
 
 def qk_row(
-    q_rows: Any, r: int, keys: Any, t: int, scores: Any, kind_code: int
+    q_rows: Any, r: int, keys: Any, t: int, scores: Any, ahead: int, kind_code: int
 ) -> None:  # pragma: no cover - replaced by the overload inside @njit code
     """``scores[0, t + j] = q_rows[r] . keys[t + j]`` for j < 8, as
-    `qk_tile` (njit only)."""
+    `qk_tile`, but prefetching nothing: `ahead` is unused, there for
+    `qk_tile`'s signature (njit only)."""
     raise NotImplementedError("qk_row is only callable from @njit code")
 
 
 def pv_tile(
     weights: Any, values: Any, lo: int, hi: int, acc: Any, r: int, base: int,
-    value_meta: Any, kind_code: int,
+    value_meta: Any, ahead: int, kind_code: int,
 ) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
     """``acc[r + i] += weights[i, lo:hi] @ values[lo:hi]`` for i < 4,
     `values` holding elements of `kind_code` from column `base` on; the head
-    dimension a multiple of `CHANNELS` (njit only).
+    dimension a multiple of `CHANNELS` (njit only).  Float values prefetch,
+    as they are read, the lines `ahead` bytes further (0: none).
 
     Quantized values are codes, decoded in registers once for all rows as
     ``code * scale + offset`` of their token and value group (i8: one group,
@@ -1719,10 +1736,11 @@ def pv_tile(
 
 def pv_row(
     weights: Any, values: Any, lo: int, hi: int, acc: Any, r: int, base: int,
-    value_meta: Any, kind_code: int,
+    value_meta: Any, ahead: int, kind_code: int,
 ) -> None:  # pragma: no cover - replaced by the overload inside @njit code  # fmt: skip
-    """`pv_tile` for the single row `r`, 32 channels per chunk: the head
-    dimension a multiple of 32 (njit only)."""
+    """`pv_tile` for the single row `r`, 32 channels per chunk, but
+    prefetching nothing (`ahead` unused): the head dimension a multiple of
+    32 (njit only)."""
     raise NotImplementedError("pv_row is only callable from @njit code")
 
 
@@ -1890,9 +1908,11 @@ def pv_row_stream(
     raise NotImplementedError("pv_row_stream is only callable from @njit code")
 
 
-def _row_stream_overload(tile: Any, stored_at: int) -> Any:
-    """`_qk_overload` for a row stream: five operands (the stored array the
-    one at `stored_at`), then the prefetch distance and the kind code."""
+def _prefetching_overload(tile: Any, stored_at: int) -> Any:
+    """The overload of a tile of five operands (the stored array the one at
+    `stored_at`), then the prefetch distance and the kind code: the tile
+    of the kind's format, by the stored dtype at compile time (the kind
+    test is on a constant of each kernel, so LLVM keeps one branch)."""
 
     def implementation(
         o0: Any, o1: Any, o2: Any, o3: Any, o4: Any, ahead: Any, kind_code: Any
@@ -1912,9 +1932,9 @@ def _row_stream_overload(tile: Any, stored_at: int) -> Any:
     return implementation
 
 
-overload(qk_tile, inline="always")(_qk_overload(_qk_tile))
-overload(qk_row, inline="always")(_qk_overload(_qk_row))
+overload(qk_tile, inline="always")(_prefetching_overload(_qk_tile, 2))
+overload(qk_row, inline="always")(_prefetching_overload(_qk_row, 2))
 overload(pv_tile, inline="always")(_pv_overload(_pv_tile))
 overload(pv_row, inline="always")(_pv_overload(_pv_row))
-overload(qk_row_stream, inline="always")(_row_stream_overload(_qk_row_stream, 2))
-overload(pv_row_stream, inline="always")(_row_stream_overload(_pv_row_stream, 1))
+overload(qk_row_stream, inline="always")(_prefetching_overload(_qk_row_stream, 2))
+overload(pv_row_stream, inline="always")(_prefetching_overload(_pv_row_stream, 1))

@@ -172,8 +172,11 @@ def stored_block(
 
 
 @pytest.mark.parametrize("kind_name", ["f32", "f16", "bf16"])
-def test_tiles_against_float64(kind_name: str):
-    # The tiles alone: exact products of stored values, summed in float32.
+@pytest.mark.parametrize("prefetching", [False, True])
+def test_tiles_against_float64(kind_name: str, prefetching: bool):
+    # The tiles alone: exact products of stored values, summed in float32,
+    # with and without prefetching a block's length ahead (past the arrays'
+    # end: a hint, never a fault).
     rng = np.random.default_rng(7)
     kind = element_type(kind_name)
     head_dim, slots = 48, 6
@@ -184,7 +187,8 @@ def test_tiles_against_float64(kind_name: str):
     scores = np.full((4, slots), np.nan, np.float32)
     expected_acc = acc.astype(np.float64)
     expected_acc[1:5] += weights[:, 1:5].astype(np.float64) @ values[1:5]
-    tiles(q_rows, stored_keys, stored_values, weights, scores, acc, kind.code)
+    ahead = stored_keys.nbytes if prefetching else 0
+    tiles(q_rows, stored_keys, stored_values, weights, scores, acc, ahead, kind.code)
     expected_scores = q_rows[1:5].astype(np.float64) @ keys[2:4].T
     np.testing.assert_allclose(scores[:, 2:4], expected_scores, rtol=1e-5, atol=1e-5)
     assert np.isnan(scores[:, [0, 1, 4, 5]]).all()  # nothing else written
@@ -267,10 +271,11 @@ def test_prefill_column_tiles(kind_name: str, options: Any):
 
 @njit(cache=True)
 def tiles(
-    q_rows: Any, keys: Any, values: Any, weights: Any, scores: Any, acc: Any, kind: Any
-) -> None:
-    qk_tile(q_rows, 1, keys, 2, scores, kind)
-    pv_tile(weights, values, 1, 5, acc, 1, 0, acc[0], kind)  # no scales
+    q_rows: Any, keys: Any, values: Any, weights: Any, scores: Any, acc: Any,
+    ahead: Any, kind: Any,
+) -> None:  # fmt: skip
+    qk_tile(q_rows, 1, keys, 2, scores, ahead, kind)
+    pv_tile(weights, values, 1, 5, acc, 1, 0, acc[0], ahead, kind)  # no scales
 
 
 @pytest.mark.parametrize("kind_name", ["f16", "bf16", "f32"])
@@ -423,11 +428,11 @@ def code_tiles(
     acc: Any, base: Any, value_meta: Any, kind: Any, single: Any,
 ) -> None:  # fmt: skip
     if single:
-        qk_row(q_rows, 1, block, t, scores, kind)
-        pv_row(weights, block, lo, hi, acc, 1, base, value_meta, kind)
+        qk_row(q_rows, 1, block, t, scores, 0, kind)
+        pv_row(weights, block, lo, hi, acc, 1, base, value_meta, 0, kind)
     else:
-        qk_tile(q_rows, 1, block, t, scores, kind)
-        pv_tile(weights, block, lo, hi, acc, 1, base, value_meta, kind)
+        qk_tile(q_rows, 1, block, t, scores, 0, kind)
+        pv_tile(weights, block, lo, hi, acc, 1, base, value_meta, 0, kind)
 
 
 def _codes(block: np.ndarray, column: int, head_dim: int, kind_name: str) -> Any:
