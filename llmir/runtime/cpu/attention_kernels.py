@@ -628,11 +628,11 @@ def _attend_block_group(
     prefetch as they go: each step of `qk_tile` one line of the next
     block's keys, each token of a `pv_tile` chunk one line of its values,
     so the misses spread evenly over the block's arithmetic (Zen 4 VM, GQA
-    32/8, batch 8 x 8192 tokens, the kernel before and after alternated in
-    one process, time before / after: f32 1.24x at block 64 and 1.46x at
-    block 16 in one process, 1.17x and 1.16x in another; bf16 0.95-1.15x
-    at block 64 and 1.00-1.22x at block 16; README, "Prefetching inside
-    the tiles").  Before, two slots of K and V were prefetched per score
+    32/8, batch 8 x 8192 / 2048 tokens, the kernel before and after
+    alternated in one process, time before / after: f32 1.12 / 1.13 at
+    block 64 and 1.26 / 1.25 at block 16, bf16 1.03 / 0.99 and 1.29 /
+    1.37, f16 0.97 / 1.03 and 1.09 / 1.07; README, "Prefetching inside the
+    tiles").  Before, two slots of K and V were prefetched per score
     tile, or at block 64 the K of two slots per score tile and the V of
     each 16 slots in one burst before their ``P V``.  Otherwise (scratch,
     transposed keys) two slots of K and V go per score tile, sixteen per
